@@ -1,0 +1,125 @@
+//! The schema registry: every canonical JSON Schema in a folder, compiled once
+//! at load, validating documents with **every** fault reported at once as
+//! (JSON Pointer, message) pairs.
+//!
+//! ```no_run
+//! let registry = crossgate_schema::Registry::load_dir("schemas")?;
+//! match registry.parse_and_validate("person.v1", br#"{"name": "x"}"#) {
+//!     Ok(_doc) => println!("valid"),
+//!     Err(crossgate_schema::Rejection::Invalid(faults)) => {
+//!         for f in &faults {
+//!             println!("{}: {}", f.path, f.message);
+//!         }
+//!     }
+//!     Err(other) => println!("{other}"),
+//! }
+//! # Ok::<(), crossgate_schema::LoadError>(())
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod formats;
+pub mod guard;
+mod registry;
+pub use registry::parse_document;
+mod rules;
+
+pub use registry::{Registry, SchemaInfo};
+
+use std::path::PathBuf;
+
+/// One thing wrong with a document: where (a JSON Pointer into the canonical
+/// document; `""` is the whole document) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub path: String,
+    pub message: String,
+}
+
+impl Fault {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Fault {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = if self.path.is_empty() { "(document)" } else { &self.path };
+        write!(f, "{path}: {}", self.message)
+    }
+}
+
+/// Why a schema folder could not be loaded. Each names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read schema folder {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read schema {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: not valid JSON: {message}")]
+    Json {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: not a usable JSON Schema: {message}; fix the schema at {location}")]
+    Compile {
+        path: PathBuf,
+        location: String,
+        message: String,
+    },
+    #[error(
+        "{path}: a schema file is named <record-type>.json with the version in the type, e.g. person.v1.json"
+    )]
+    BadName { path: PathBuf },
+    #[error("no schemas (*.json files) in {path}; point --schemas at the project's schemas/ folder")]
+    Empty { path: PathBuf },
+}
+
+/// Why a document was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("unknown record type {record_type:?}; known types: {known}")]
+    UnknownType { record_type: String, known: String },
+    #[error("document is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("document nests objects and arrays deeper than {limit} levels")]
+    TooDeep { limit: usize },
+    #[error("not valid JSON at line {line}, column {column}: {message}")]
+    Malformed {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{} fault(s): {}", .0.len(), .0.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join(", "))]
+    Invalid(Vec<Fault>),
+}
+
+impl Rejection {
+    /// The faults, as (path, message) pairs: the whole list for an invalid
+    /// document, one fault at the document root for the other kinds.
+    pub fn faults(&self) -> Vec<Fault> {
+        match self {
+            Rejection::Invalid(faults) => faults.clone(),
+            other => vec![Fault::new("", other.to_string())],
+        }
+    }
+}
+
+/// Escape one property name for use as a JSON Pointer segment (RFC 6901).
+pub fn escape_pointer_segment(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['~', '/']) {
+        name.replace('~', "~0").replace('/', "~1").into()
+    } else {
+        name.into()
+    }
+}

@@ -1,0 +1,73 @@
+//! Cross-field rules that JSON Schema cannot state: they run after the schema
+//! passes its own checks, on the record types that have them.
+
+use crate::Fault;
+use crate::formats::{is_resident_id, resident_id_birth_date};
+use serde_json::Value;
+
+/// A rule over a whole document, adding a fault for each violation it finds.
+pub(crate) type Rule = fn(&Value, &mut Vec<Fault>);
+
+/// The cross-field rules of a record type (matched by the name before the version).
+pub(crate) fn rules_for(record_type: &str) -> &'static [Rule] {
+    match record_type.split('.').next() {
+        Some("person") => &[person_agrees_with_id_number],
+        Some("household") => &[household_has_one_head],
+        _ => &[],
+    }
+}
+
+/// person: `sex` agrees with digit 17 of `id_number` (odd male, even female)
+/// unless `unknown`; `birth_date` equals the date inside `id_number`. Skipped
+/// when `id_number` itself is invalid: its own fault already says so.
+fn person_agrees_with_id_number(doc: &Value, faults: &mut Vec<Fault>) {
+    let Some(id) = doc.get("id_number").and_then(Value::as_str) else {
+        return;
+    };
+    if !is_resident_id(id) {
+        return;
+    }
+    let digit17 = id.as_bytes()[16] - b'0';
+    let id_sex = if digit17 % 2 == 1 { "male" } else { "female" };
+    if let Some(sex) = doc.get("sex").and_then(Value::as_str)
+        && (sex == "male" || sex == "female")
+        && sex != id_sex
+    {
+        faults.push(Fault::new(
+            "/sex",
+            format!("sex is {sex} but digit 17 of id_number ({digit17}) says {id_sex}"),
+        ));
+    }
+    if let (Some(birth), Some((y, m, d))) = (
+        doc.get("birth_date").and_then(Value::as_str),
+        resident_id_birth_date(id),
+    ) {
+        let expected = format!("{y:04}-{m:02}-{d:02}");
+        if birth != expected && crate::formats::is_plain_date(birth) {
+            faults.push(Fault::new(
+                "/birth_date",
+                format!("birth_date {birth} does not match {expected} in id_number"),
+            ));
+        }
+    }
+}
+
+/// household: exactly one member has relation `head`.
+fn household_has_one_head(doc: &Value, faults: &mut Vec<Fault>) {
+    let Some(members) = doc.get("members").and_then(Value::as_array) else {
+        return;
+    };
+    if members.is_empty() {
+        return; // minItems reports it
+    }
+    let heads = members
+        .iter()
+        .filter(|m| m.get("relation").and_then(Value::as_str) == Some("head"))
+        .count();
+    if heads != 1 {
+        faults.push(Fault::new(
+            "/members",
+            format!("a household has exactly one member with relation head, this one has {heads}"),
+        ));
+    }
+}
