@@ -46,7 +46,11 @@ impl Fault {
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() { "(document)" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "(document)"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {}", self.message)
     }
 }
@@ -81,7 +85,9 @@ pub enum LoadError {
         "{path}: a schema file is named <record-type>.json with the version in the type, e.g. person.v1.json"
     )]
     BadName { path: PathBuf },
-    #[error("no schemas (*.json files) in {path}; point --schemas at the project's schemas/ folder")]
+    #[error(
+        "no schemas (*.json files) in {path}; point --schemas at the project's schemas/ folder"
+    )]
     Empty { path: PathBuf },
 }
 

@@ -34,7 +34,11 @@ fn an_impossible_birth_date_is_invalid() {
     // 1999-02-30 with an otherwise right check character.
     let first17 = b"54020219990230587";
     let check = resident_id_check_char(first17).unwrap();
-    let id = format!("{}{}", std::str::from_utf8(first17).unwrap(), char::from(check));
+    let id = format!(
+        "{}{}",
+        std::str::from_utf8(first17).unwrap(),
+        char::from(check)
+    );
     assert_eq!(
         explain_resident_id(&id).as_deref(),
         Some("identity number: birth date 19990230 is not a real day")
@@ -45,11 +49,27 @@ fn an_impossible_birth_date_is_invalid() {
 
 #[test]
 fn wrong_lengths_and_alphabets_are_explained() {
-    assert!(explain_resident_id("12345").unwrap().contains("18 characters, has 5"));
-    assert!(explain_uscc("91350100M000100O43").unwrap().contains("not in the GB 32100 alphabet"));
+    assert!(
+        explain_resident_id("12345")
+            .unwrap()
+            .contains("18 characters, has 5")
+    );
+    assert!(
+        explain_uscc("91350100M000100O43")
+            .unwrap()
+            .contains("not in the GB 32100 alphabet")
+    );
     assert!(explain_uscc("91990100M000100Y43").is_some());
-    assert!(explain_division_code("11010").unwrap().contains("six digits"));
-    assert!(explain_division_code("990101").unwrap().contains("outside 11-82"));
+    assert!(
+        explain_division_code("11010")
+            .unwrap()
+            .contains("six digits")
+    );
+    assert!(
+        explain_division_code("990101")
+            .unwrap()
+            .contains("outside 11-82")
+    );
     assert!(is_division_code("820000"));
     assert!(!is_division_code("100000"));
 }

@@ -25,7 +25,10 @@ fn paths(faults: &[Fault]) -> Vec<&str> {
 #[test]
 fn lists_every_shipped_record_type_with_its_title() {
     let reg = registry();
-    let listed: Vec<(&str, &str)> = reg.record_types().map(|s| (s.record_type, s.title)).collect();
+    let listed: Vec<(&str, &str)> = reg
+        .record_types()
+        .map(|s| (s.record_type, s.title))
+        .collect();
     assert_eq!(
         listed,
         vec![
@@ -64,7 +67,10 @@ fn person_valid_and_every_fault_reported() {
             "/sex"
         ]
     );
-    assert_eq!(f[2].message, "identity number: wrong check character '1', expected 'X'");
+    assert_eq!(
+        f[2].message,
+        "identity number: wrong check character '1', expected 'X'"
+    );
     assert_eq!(f[3].message, "is required");
 }
 
@@ -84,7 +90,8 @@ fn person_sex_and_birth_date_must_agree_with_id_number() {
 
 #[test]
 fn household_needs_exactly_one_head() {
-    let member = |id: &str, relation: &str| json!({"id_number": id, "name": "n", "relation": relation});
+    let member =
+        |id: &str, relation: &str| json!({"id_number": id, "name": "n", "relation": relation});
     let ok = json!({
         "household_id": "1", "registered_address": {"division_code": "110105"},
         "members": [member("11010519491231002X", "head"), member("34052419800101001X", "spouse")]
@@ -97,7 +104,12 @@ fn household_needs_exactly_one_head() {
     let f = faults("household.v1", two_heads);
     assert_eq!(
         paths(&f),
-        vec!["/members", "/members/0/id_number", "/members/2/id_number", "/members/2/relation"]
+        vec![
+            "/members",
+            "/members/0/id_number",
+            "/members/2/id_number",
+            "/members/2/relation"
+        ]
     );
     assert!(f[0].message.contains("has 2"));
 }
@@ -110,7 +122,14 @@ fn birth_business_customs_report_every_path() {
     });
     assert_eq!(
         paths(&faults("birth.v1", birth)),
-        vec!["/certificate_number", "/child/born_at", "/child/name", "/child/sex", "/child/weight_grams", "/mother/id_number"]
+        vec![
+            "/certificate_number",
+            "/child/born_at",
+            "/child/name",
+            "/child/sex",
+            "/child/weight_grams",
+            "/mother/id_number"
+        ]
     );
     let good_birth = json!({
         "certificate_number": "Q315668221",
@@ -126,7 +145,13 @@ fn birth_business_customs_report_every_path() {
     });
     assert_eq!(
         paths(&faults("business.v1", business)),
-        vec!["/established_on", "/kind", "/registered_capital/amount", "/registered_capital/currency", "/uscc"]
+        vec![
+            "/established_on",
+            "/kind",
+            "/registered_capital/amount",
+            "/registered_capital/currency",
+            "/uscc"
+        ]
     );
 
     let customs = json!({
@@ -169,19 +194,39 @@ fn bad_documents_get_a_clear_error_not_a_panic() {
 #[test]
 fn schema_at_follows_properties_and_items() {
     let reg = registry();
-    assert!(reg.schema_at("customs-declaration.v1", "/goods/0/value/amount").is_some());
-    assert!(reg.schema_at("customs-declaration.v1", "/goods/-/unit").is_some());
-    assert!(reg.schema_at("customs-declaration.v1", "/goods/x").is_none());
-    assert!(reg.schema_at("person.v1", "/registered_address/division_code").is_some());
+    assert!(
+        reg.schema_at("customs-declaration.v1", "/goods/0/value/amount")
+            .is_some()
+    );
+    assert!(
+        reg.schema_at("customs-declaration.v1", "/goods/-/unit")
+            .is_some()
+    );
+    assert!(
+        reg.schema_at("customs-declaration.v1", "/goods/x")
+            .is_none()
+    );
+    assert!(
+        reg.schema_at("person.v1", "/registered_address/division_code")
+            .is_some()
+    );
     assert!(reg.schema_at("person.v1", "/nope").is_none());
 }
 
 #[test]
 fn a_broken_schema_folder_names_the_file() {
-    let err = Registry::from_sources([("x/bad.v1.json".into(), "{\n  \"type\": ".to_owned())]).unwrap_err();
+    let err = Registry::from_sources([("x/bad.v1.json".into(), "{\n  \"type\": ".to_owned())])
+        .unwrap_err();
     assert!(err.to_string().starts_with("x/bad.v1.json:2:"), "{err}");
-    let err = Registry::from_sources([("x/bad.v1.json".into(), r#"{"type": "strin"}"#.to_owned())]).unwrap_err();
-    assert!(err.to_string().starts_with("x/bad.v1.json: not a usable JSON Schema"), "{err}");
-    let err = Registry::from_sources([("x/f.v1.json".into(), r#"{"format": "cn-nope"}"#.to_owned())]).unwrap_err();
+    let err = Registry::from_sources([("x/bad.v1.json".into(), r#"{"type": "strin"}"#.to_owned())])
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("x/bad.v1.json: not a usable JSON Schema"),
+        "{err}"
+    );
+    let err =
+        Registry::from_sources([("x/f.v1.json".into(), r#"{"format": "cn-nope"}"#.to_owned())])
+            .unwrap_err();
     assert!(err.to_string().contains("cn-nope"), "{err}");
 }

@@ -1,0 +1,294 @@
+//! Value transforms, each in both directions: inbound (native → canonical)
+//! and outbound (canonical → native). Each returns a message a department's
+//! engineer can act on when a value cannot be transformed.
+
+use chrono::{DateTime, NaiveDate};
+use serde_json::{Number, Value};
+use std::collections::HashMap;
+
+/// How a single value is transformed.
+#[derive(Debug, Clone)]
+pub enum Transform {
+    /// Strings as they are (after the text options).
+    Text,
+    Integer,
+    Number,
+    Boolean,
+    /// A date in the given strftime format ↔ canonical `YYYY-MM-DD`.
+    Date(String),
+    /// An instant in the given strftime format (with offset), or RFC 3339 when
+    /// `None` ↔ canonical RFC 3339.
+    DateTime(Option<String>),
+    /// A code table: native code → canonical value, and back (the first native
+    /// code listed for a canonical value is used outbound).
+    Codes {
+        inbound: HashMap<String, Value>,
+        outbound: HashMap<String, String>,
+        listed: String,
+    },
+    /// A Chinese amount such as `100万元人民币` ↔ `{"amount": 1000000, "currency": "CNY"}`.
+    Amount,
+}
+
+/// Options applied to native strings before the transform.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TextOptions {
+    pub trim: bool,
+    pub upper: bool,
+}
+
+impl Transform {
+    pub fn inbound(&self, value: &Value, text: TextOptions) -> Result<Value, String> {
+        // Text options first, on strings only; they allocate only when they change something.
+        let owned;
+        let value = match value {
+            Value::String(s) if needs_text_change(s, text) => {
+                owned = Value::String(apply_text(s, text));
+                &owned
+            }
+            v => v,
+        };
+        match self {
+            Transform::Text => match value {
+                Value::String(_) => Ok(value.clone()),
+                Value::Number(n) => Ok(Value::String(n.to_string())),
+                Value::Bool(b) => Ok(Value::String(b.to_string())),
+                other => Err(format!("expected text, got {}", kind(other))),
+            },
+            Transform::Integer => match value {
+                Value::Number(n) if n.is_i64() || n.is_u64() => Ok(value.clone()),
+                Value::Number(n) => match n.as_f64() {
+                    Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Value::from(f as i64)),
+                    _ => Err(format!("expected a whole number, got {n}")),
+                },
+                Value::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .map_err(|_| format!("expected a whole number, got {s:?}")),
+                other => Err(format!("expected a whole number, got {}", kind(other))),
+            },
+            Transform::Number => match value {
+                Value::Number(_) => Ok(value.clone()),
+                Value::String(s) => {
+                    parse_number(s.trim()).ok_or_else(|| format!("expected a number, got {s:?}"))
+                }
+                other => Err(format!("expected a number, got {}", kind(other))),
+            },
+            Transform::Boolean => match value {
+                Value::Bool(_) => Ok(value.clone()),
+                Value::String(s) => match s.trim() {
+                    "true" | "1" | "Y" | "y" => Ok(Value::Bool(true)),
+                    "false" | "0" | "N" | "n" => Ok(Value::Bool(false)),
+                    _ => Err(format!("expected true/false, got {s:?}")),
+                },
+                Value::Number(n) if n.as_u64() == Some(1) => Ok(Value::Bool(true)),
+                Value::Number(n) if n.as_u64() == Some(0) => Ok(Value::Bool(false)),
+                other => Err(format!("expected true/false, got {}", kind(other))),
+            },
+            Transform::Date(fmt) => {
+                let s = as_text(value)?;
+                NaiveDate::parse_from_str(s, fmt)
+                    .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
+                    .map_err(|e| format!("cannot read {s:?} as a date in format {fmt}: {e}"))
+            }
+            Transform::DateTime(fmt) => {
+                let s = as_text(value)?;
+                let parsed = match fmt {
+                    None => DateTime::parse_from_rfc3339(s),
+                    Some(f) => DateTime::parse_from_str(s, f),
+                };
+                parsed.map(|t| Value::String(t.to_rfc3339())).map_err(|e| {
+                    let f = fmt.as_deref().unwrap_or("RFC 3339");
+                    format!("cannot read {s:?} as a date-time in format {f}: {e}")
+                })
+            }
+            Transform::Codes {
+                inbound, listed, ..
+            } => {
+                let code = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    other => return Err(format!("expected a code, got {}", kind(other))),
+                };
+                inbound
+                    .get(&code)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown code {code:?}; known codes: {listed}"))
+            }
+            Transform::Amount => parse_amount(as_text(value)?),
+        }
+    }
+
+    pub fn outbound(&self, value: &Value) -> Result<Value, String> {
+        match self {
+            Transform::Text | Transform::Integer | Transform::Number | Transform::Boolean => {
+                Ok(value.clone())
+            }
+            Transform::Date(fmt) => {
+                let s = as_text(value)?;
+                NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .map(|d| Value::String(d.format(fmt).to_string()))
+                    .map_err(|e| format!("cannot read {s:?} as a canonical date: {e}"))
+            }
+            Transform::DateTime(fmt) => {
+                let s = as_text(value)?;
+                let t = DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| format!("cannot read {s:?} as an RFC 3339 date-time: {e}"))?;
+                Ok(Value::String(match fmt {
+                    None => t.to_rfc3339(),
+                    Some(f) => t.format(f).to_string(),
+                }))
+            }
+            Transform::Codes { outbound, .. } => {
+                let s = as_text(value)?;
+                outbound
+                    .get(s)
+                    .map(|c| Value::String(c.clone()))
+                    .ok_or_else(|| format!("no native code for {s:?}"))
+            }
+            Transform::Amount => format_amount(value),
+        }
+    }
+}
+
+fn needs_text_change(s: &str, o: TextOptions) -> bool {
+    (o.trim && s.trim().len() != s.len()) || (o.upper && s.chars().any(char::is_lowercase))
+}
+
+fn apply_text(s: &str, o: TextOptions) -> String {
+    let s = if o.trim { s.trim() } else { s };
+    if o.upper {
+        s.to_uppercase()
+    } else {
+        s.to_owned()
+    }
+}
+
+fn as_text(value: &Value) -> Result<&str, String> {
+    value
+        .as_str()
+        .ok_or_else(|| format!("expected text, got {}", kind(value)))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "true/false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "text",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn parse_number(s: &str) -> Option<Value> {
+    if let Ok(i) = s.parse::<i64>() {
+        return Some(Value::from(i));
+    }
+    s.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map(Value::Number)
+}
+
+/// Currency words, longest first so that `元人民币` wins over `元`.
+const CURRENCIES: &[(&str, &str)] = &[
+    ("人民币元", "CNY"),
+    ("元人民币", "CNY"),
+    ("人民币", "CNY"),
+    ("美元", "USD"),
+    ("港元", "HKD"),
+    ("港币", "HKD"),
+    ("欧元", "EUR"),
+    ("日元", "JPY"),
+    ("英镑", "GBP"),
+    ("元", "CNY"),
+];
+
+/// Parse `100万元人民币`, `50万美元`, `1000.5万元`, `3000000元`: digits with an
+/// optional decimal part, an optional `万` (×10,000) or `亿` (×100,000,000),
+/// then a currency word. Exact decimal arithmetic: no float rounding.
+pub fn parse_amount(text: &str) -> Result<Value, String> {
+    let s = text.trim().replace([',', '，'], "");
+    let digits_end = s
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_digit() || *c == '.'))
+        .map_or(s.len(), |(i, _)| i);
+    let (number, rest) = s.split_at(digits_end);
+    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
+    if int_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+        || frac_part.len() > 8
+    {
+        return Err(format!(
+            "cannot read amount {text:?}: expected digits such as 100万元人民币, 50万美元 or 3000000元"
+        ));
+    }
+    let (scale_exp, rest) = if let Some(r) = rest.strip_prefix('万') {
+        (4u32, r)
+    } else if let Some(r) = rest.strip_prefix('亿') {
+        (8u32, r)
+    } else {
+        (0, rest)
+    };
+    let currency = if rest.is_empty() {
+        return Err(format!(
+            "amount {text:?} names no currency (元, 人民币, 美元, ...)"
+        ));
+    } else {
+        CURRENCIES
+            .iter()
+            .find(|(word, _)| *word == rest)
+            .map(|(_, code)| *code)
+            .ok_or_else(|| format!("amount {text:?}: unknown currency {rest:?}"))?
+    };
+    // value = (int_part.frac_part) * 10^scale_exp, computed as an integer of minor units.
+    let frac_len = frac_part.len() as u32;
+    let mantissa: u128 = format!("{int_part}{frac_part}")
+        .parse()
+        .map_err(|_| format!("amount {text:?} is too large"))?;
+    let amount = if scale_exp >= frac_len {
+        let whole = mantissa
+            .checked_mul(10u128.pow(scale_exp - frac_len))
+            .filter(|v| *v <= i64::MAX as u128)
+            .ok_or_else(|| format!("amount {text:?} is too large"))?;
+        Value::from(whole as i64)
+    } else {
+        let divisor = 10u128.pow(frac_len - scale_exp);
+        let f = mantissa as f64 / divisor as f64;
+        if mantissa % divisor == 0 {
+            Value::from((mantissa / divisor) as i64)
+        } else {
+            Number::from_f64(f)
+                .map(Value::Number)
+                .ok_or_else(|| format!("amount {text:?} is not a number"))?
+        }
+    };
+    Ok(serde_json::json!({ "amount": amount, "currency": currency }))
+}
+
+/// `{"amount": 1000000, "currency": "CNY"}` → `1000000元`; USD → `美元`, etc.
+fn format_amount(value: &Value) -> Result<Value, String> {
+    let amount = value
+        .get("amount")
+        .and_then(Value::as_number)
+        .ok_or("expected an amount object with a numeric amount")?;
+    let currency = value
+        .get("currency")
+        .and_then(Value::as_str)
+        .ok_or("expected an amount object with a currency")?;
+    let word = match currency {
+        "CNY" => "元",
+        other => CURRENCIES
+            .iter()
+            .find(|(_, code)| *code == other)
+            .map(|(word, _)| *word)
+            .ok_or_else(|| format!("no native word for currency {other:?}"))?,
+    };
+    Ok(Value::String(format!("{amount}{word}")))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,44 @@
+//! `crossgate`: the one binary of the cross-department data-sharing gateway.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod input;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes scripts can trust.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    /// Everything succeeded.
+    Ok = 0,
+    /// The command ran, and some record was invalid or some step failed.
+    Failed = 1,
+    /// Usage, configuration or I/O error: nothing was judged.
+    Usage = 2,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crossgate",
+    version,
+    about = "Cross-department data-sharing gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Canonical record schemas: validate records, list record types.
+    #[command(subcommand)]
+    Schema(cmd::schema::SchemaCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Schema(c) => cmd::schema::run(c),
+    };
+    std::process::ExitCode::from(code as u8)
+}
