@@ -1,1 +1,41 @@
-fn main() {}
+//! `cargo bench -p crossgate-mapping`: a customs declaration from native JSON
+//! bytes to validated canonical JSON bytes (parse, map, validate, serialise).
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use crossgate_schema::Registry;
+use std::hint::black_box;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn bench(c: &mut Criterion) {
+    let registry = Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas load");
+    let file = format!("{ROOT}/deploy/local/departments/customs.toml");
+    let text = std::fs::read_to_string(&file).expect("customs config");
+    let dept =
+        crossgate_mapping::compile(&file, &text, &registry).expect("customs config compiles");
+    let mapping = dept.native("declarations").expect("declarations mapping");
+    let fixtures = std::fs::read_to_string(format!(
+        "{ROOT}/deploy/local/fixtures/customs/declarations.valid.jsonl"
+    ))
+    .expect("customs fixture");
+    let native = fixtures
+        .lines()
+        .next()
+        .expect("a declaration")
+        .as_bytes()
+        .to_vec();
+
+    let mut group = c.benchmark_group("customs");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("native bytes -> validated canonical bytes", |b| {
+        b.iter(|| {
+            let doc: serde_json::Value = serde_json::from_slice(black_box(&native)).expect("json");
+            let mapped = mapping.inbound(&doc, &registry).expect("valid");
+            serde_json::to_vec(&mapped.document).expect("serialise")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

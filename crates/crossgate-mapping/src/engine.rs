@@ -17,11 +17,7 @@ impl RecordMapping {
             });
             return (out, faults);
         }
-        let ctx = Ctx {
-            native: "",
-            canonical: "",
-        };
-        inbound_fields(&self.fields, native, &mut out, &ctx, &mut faults);
+        inbound_fields(&self.fields, native, &mut out, &Ctx::ROOT, &mut faults);
         (out, faults)
     }
 
@@ -31,16 +27,7 @@ impl RecordMapping {
     pub fn outbound(&self, canonical: &Value) -> Result<Value, Vec<MapFault>> {
         let mut out = Value::Object(Map::new());
         let mut faults = Vec::new();
-        outbound_fields(
-            &self.fields,
-            canonical,
-            &mut out,
-            &Ctx {
-                native: "",
-                canonical: "",
-            },
-            &mut faults,
-        );
+        outbound_fields(&self.fields, canonical, &mut out, &Ctx::ROOT, &mut faults);
         if faults.is_empty() {
             Ok(out)
         } else {
@@ -49,19 +36,47 @@ impl RecordMapping {
     }
 }
 
-/// Where we are, for fault messages only.
+/// Where we are, for fault messages only: a chain of (list field, index)
+/// steps, turned into text only when a fault is reported.
+#[derive(Clone, Copy)]
 struct Ctx<'a> {
-    native: &'a str,
-    canonical: &'a str,
+    parent: Option<(&'a Ctx<'a>, &'a CompiledField, usize)>,
 }
 
 impl Ctx<'_> {
+    const ROOT: Ctx<'static> = Ctx { parent: None };
+
+    fn prefixes(&self) -> (String, String) {
+        match self.parent {
+            None => (String::new(), String::new()),
+            Some((up, field, i)) => {
+                let (native, canonical) = up.prefixes();
+                let name = field.native.as_ref().map_or("", |n| n.as_str());
+                (
+                    format!("{native}{name}[{i}]."),
+                    format!("{canonical}{}/{i}", field.canonical_text),
+                )
+            }
+        }
+    }
+
     fn fault(&self, field: &CompiledField, message: String) -> MapFault {
+        let (native_prefix, canonical_prefix) = self.prefixes();
         let native = field.native.as_ref().map_or("(constant)", |n| n.as_str());
         MapFault {
-            native: format!("{}{native}", self.native),
-            canonical: format!("{}{}", self.canonical, field.canonical_text),
+            native: format!("{native_prefix}{native}"),
+            canonical: format!("{canonical_prefix}{}", field.canonical_text),
             message,
+        }
+    }
+
+    /// A fault about the list element itself.
+    fn element_fault(&self, message: &str) -> MapFault {
+        let (native, canonical) = self.prefixes();
+        MapFault {
+            native: native.trim_end_matches('.').to_owned(),
+            canonical,
+            message: message.to_owned(),
         }
     }
 }
@@ -95,25 +110,14 @@ fn inbound_fields(
             };
             let mut mapped = Vec::with_capacity(list.len());
             for (i, element) in list.iter().enumerate() {
-                let native_prefix = format!(
-                    "{}{}[{i}].",
-                    ctx.native,
-                    field.native.as_ref().map_or("", |n| n.as_str())
-                );
-                let canonical_prefix = format!("{}{}/{i}", ctx.canonical, field.canonical_text);
                 let inner = Ctx {
-                    native: &native_prefix,
-                    canonical: &canonical_prefix,
+                    parent: Some((ctx, field, i)),
                 };
                 let mut obj = Value::Object(Map::new());
                 if element.is_object() {
                     inbound_fields(items, element, &mut obj, &inner, faults);
                 } else {
-                    faults.push(MapFault {
-                        native: native_prefix.trim_end_matches('.').to_owned(),
-                        canonical: canonical_prefix,
-                        message: "expected an object".into(),
-                    });
+                    faults.push(inner.element_fault("expected an object"));
                 }
                 mapped.push(obj);
             }
@@ -148,11 +152,8 @@ fn outbound_fields(
             };
             let mut mapped = Vec::with_capacity(list.len());
             for (i, element) in list.iter().enumerate() {
-                let native_prefix = format!("{}{}[{i}].", ctx.native, native.as_str());
-                let canonical_prefix = format!("{}{}/{i}", ctx.canonical, field.canonical_text);
                 let inner = Ctx {
-                    native: &native_prefix,
-                    canonical: &canonical_prefix,
+                    parent: Some((ctx, field, i)),
                 };
                 let mut obj = Value::Object(Map::new());
                 outbound_fields(items, element, &mut obj, &inner, faults);

@@ -205,6 +205,24 @@ impl RecordMapping {
             .map(|f| f.canonical_text.as_str())
     }
 
+    /// A query condition on a canonical field, as the native field (a JSON
+    /// Pointer into the native record) and the native value, so that a
+    /// department's system can be asked in its own terms. `None` when the
+    /// canonical field is not mapped from a single native field.
+    pub fn native_criterion(&self, canonical: &str, value: &str) -> Option<(String, Value)> {
+        let field = self
+            .fields
+            .iter()
+            .find(|f| f.canonical_text == canonical && f.items.is_none() && f.constant.is_none())?;
+        let native = field.native.as_ref()?;
+        let native_value = field
+            .transform
+            .outbound(&Value::String(value.to_owned()))
+            .ok()?;
+        let pointer: String = native.segments.iter().map(|s| format!("/{s}")).collect();
+        Some((pointer, native_value))
+    }
+
     /// The native field a canonical path comes from, for fault reports:
     /// `goods[1].unit` for `/goods/1/unit`.
     pub fn native_for(&self, canonical: &str) -> String {

@@ -1,0 +1,52 @@
+//! The department adapter service. It serves `Ingress` to its own
+//! department's system (native records in, canonical records to the broker)
+//! and `Department` to the broker (canonical records in, native records to
+//! the department's system), mapping with the department's declarative file.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod service;
+pub mod system;
+
+pub use service::{Adapter, faults_status};
+
+use crossgate_proto::department_server::DepartmentServer;
+use crossgate_proto::department_system_server::DepartmentSystemServer;
+use crossgate_proto::ingress_server::IngressServer;
+use std::future::Future;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Endpoint, Server};
+
+/// Serve an adapter's `Ingress` and `Department` on `listener` until `shutdown`.
+pub async fn serve(
+    adapter: Adapter,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(IngressServer::new(adapter.clone()))
+        .add_service(DepartmentServer::new(adapter))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+/// Serve a reference department system on `listener` until `shutdown`.
+pub async fn serve_system(
+    system: system::ReferenceSystem,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    Server::builder()
+        .add_service(DepartmentSystemServer::new(system))
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await
+}
+
+/// A lazily connected plain-HTTP/2 channel to `http://addr`, with a short
+/// connect timeout so that a peer that is down answers `UNAVAILABLE` quickly.
+pub fn lazy_channel(uri: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(uri.to_owned())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .connect_lazy())
+}

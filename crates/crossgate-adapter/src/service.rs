@@ -1,0 +1,356 @@
+//! The adapter: `Ingress` towards its own department's system, `Department`
+//! towards the broker. Each call is map → validate → forward, in both
+//! directions.
+
+use crossgate_mapping::{DepartmentMapping, MapFault, RecordMapping};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::department_server::Department;
+use crossgate_proto::department_system_client::DepartmentSystemClient;
+use crossgate_proto::ingress_server::Ingress;
+use crossgate_proto::{
+    Criterion, DeliverRequest, DeliverResponse, DeliveryOutcome, DeliveryReport, FetchRequest,
+    FetchResponse, FindRequest, LookupRequest, LookupResponse, NativeRecord, PublishRequest,
+    QueryRequest, ReceiveRequest, Record, SubmitRequest, SubmitResponse,
+};
+use crossgate_schema::{Registry, parse_document};
+use serde_json::Value;
+use std::sync::Arc;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// One department's adapter.
+#[derive(Clone)]
+pub struct Adapter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mapping: DepartmentMapping,
+    registry: Arc<Registry>,
+    broker: BrokerClient<Channel>,
+    system: DepartmentSystemClient<Channel>,
+}
+
+impl Adapter {
+    /// `broker` and `system` may be lazily connected channels: the adapter
+    /// starts even when neither is up yet, and a call made while one is down
+    /// answers `UNAVAILABLE`.
+    pub fn new(
+        mapping: DepartmentMapping,
+        registry: Arc<Registry>,
+        broker: Channel,
+        system: Channel,
+    ) -> Self {
+        Adapter {
+            inner: Arc::new(Inner {
+                mapping,
+                registry,
+                broker: BrokerClient::new(broker),
+                system: DepartmentSystemClient::new(system),
+            }),
+        }
+    }
+
+    pub fn department(&self) -> &str {
+        &self.inner.mapping.department
+    }
+
+    fn native_mapping(&self, record: &NativeRecord, doc: &Value) -> Result<&RecordMapping, Status> {
+        let mapping = &self.inner.mapping;
+        let found = if record.native_type.is_empty() {
+            mapping.detect_native(doc)
+        } else {
+            mapping.native(&record.native_type)
+        };
+        found.ok_or_else(|| {
+            let known: Vec<&str> = mapping
+                .records
+                .iter()
+                .map(|r| r.native_type.as_str())
+                .collect();
+            Status::invalid_argument(format!(
+                "department {} has no mapping for native type {:?}; mapped native types: {}",
+                mapping.department,
+                record.native_type,
+                known.join(", ")
+            ))
+        })
+    }
+}
+
+/// `INVALID_ARGUMENT` with a `google.rpc.BadRequest` listing every fault:
+/// the field is the canonical JSON Pointer, the description names the native field.
+pub fn faults_status(faults: &[MapFault]) -> Status {
+    let paths: Vec<&str> = faults.iter().map(|f| f.native.as_str()).collect();
+    let message = format!(
+        "record rejected with {} fault(s): {}",
+        faults.len(),
+        paths.join(", ")
+    );
+    faults_status_with(message, faults)
+}
+
+fn faults_status_with(message: String, faults: &[MapFault]) -> Status {
+    let violations: Vec<FieldViolation> = faults
+        .iter()
+        .map(|f| FieldViolation::new(f.canonical.clone(), format!("{}: {}", f.native, f.message)))
+        .collect();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request(violations),
+    )
+}
+
+fn parse_native(bytes: &[u8]) -> Result<Value, Status> {
+    parse_document(bytes).map_err(|rejection| {
+        let faults: Vec<MapFault> = rejection
+            .faults()
+            .into_iter()
+            .map(|f| MapFault {
+                native: "(record)".into(),
+                canonical: f.path,
+                message: f.message,
+            })
+            .collect();
+        faults_status_with(format!("record rejected: {rejection}"), &faults)
+    })
+}
+
+/// A failed outgoing call keeps its gRPC code (UNAVAILABLE stays UNAVAILABLE)
+/// and says which hop failed.
+fn upstream(hop: &str, status: Status) -> Status {
+    Status::new(status.code(), format!("{hop}: {}", status.message()))
+}
+
+#[tonic::async_trait]
+impl Ingress for Adapter {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
+        let native = request
+            .into_inner()
+            .record
+            .ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let doc = parse_native(&native.json)?;
+        let mapping = self.native_mapping(&native, &doc)?;
+        let mapped = mapping
+            .inbound(&doc, &self.inner.registry)
+            .map_err(|faults| faults_status(&faults))?;
+        let record_id = if native.record_id.is_empty() {
+            mapped.record_id.clone().unwrap_or_default()
+        } else {
+            native.record_id.clone()
+        };
+        let json =
+            serde_json::to_vec(&mapped.document).map_err(|e| Status::internal(e.to_string()))?;
+        let reply = self
+            .inner
+            .broker
+            .clone()
+            .publish(PublishRequest {
+                record: Some(Record {
+                    record_type: mapped.record_type.clone(),
+                    record_id,
+                    json,
+                }),
+            })
+            .await
+            .map_err(|s| upstream("broker", s))?
+            .into_inner();
+        tracing::info!(
+            department = %self.department(),
+            record_type = %mapped.record_type,
+            receivers = reply.deliveries.len(),
+            "submitted"
+        );
+        Ok(Response::new(SubmitResponse {
+            request_id: reply.request_id,
+            record_type: mapped.record_type,
+            deliveries: reply
+                .deliveries
+                .into_iter()
+                .map(|d| DeliveryReport {
+                    outcome: outcome_name(d.outcome()).to_owned(),
+                    receiver: d.receiver,
+                    released_fields: d.released_fields,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let req = request.into_inner();
+        let reply = self
+            .inner
+            .broker
+            .clone()
+            .query(QueryRequest {
+                provider: req.provider,
+                record_type: req.record_type.clone(),
+                purpose: req.purpose,
+                approval_reference: req.approval_reference,
+                criteria: req.criteria,
+            })
+            .await
+            .map_err(|s| upstream("broker", s))?
+            .into_inner();
+        let back = self
+            .inner
+            .mapping
+            .canonical(&req.record_type)
+            .filter(|m| m.outbound);
+        let mut records = Vec::with_capacity(reply.records.len());
+        for record in reply.records {
+            records.push(to_native(back, record)?);
+        }
+        Ok(Response::new(LookupResponse {
+            request_id: reply.request_id,
+            records,
+            withheld_fields: reply.withheld_fields,
+        }))
+    }
+}
+
+/// A canonical record in the department's own format where it has an
+/// outbound mapping for the type, canonical JSON otherwise.
+fn to_native(mapping: Option<&RecordMapping>, record: Record) -> Result<NativeRecord, Status> {
+    let Some(mapping) = mapping else {
+        return Ok(NativeRecord {
+            native_type: record.record_type,
+            record_id: record.record_id,
+            json: record.json,
+        });
+    };
+    let doc = parse_native(&record.json)?;
+    let native = mapping.outbound(&doc).map_err(|faults| {
+        let paths: Vec<String> = faults.iter().map(|f| f.canonical.clone()).collect();
+        Status::internal(format!(
+            "cannot map {} back to {}: {}",
+            record.record_type,
+            mapping.native_type,
+            paths.join(", ")
+        ))
+    })?;
+    Ok(NativeRecord {
+        native_type: mapping.native_type.clone(),
+        record_id: record.record_id,
+        json: serde_json::to_vec(&native).map_err(|e| Status::internal(e.to_string()))?,
+    })
+}
+
+fn outcome_name(o: DeliveryOutcome) -> &'static str {
+    match o {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Queued => "queued",
+        DeliveryOutcome::Failed => "failed",
+        DeliveryOutcome::Unspecified => "unspecified",
+    }
+}
+
+#[tonic::async_trait]
+impl Department for Adapter {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let req = request.into_inner();
+        let record = req
+            .record
+            .ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let record_type = record.record_type.clone();
+        let back = self
+            .inner
+            .mapping
+            .canonical(&record_type)
+            .filter(|m| m.outbound);
+        let native = to_native(back, record)?;
+        self.inner
+            .system
+            .clone()
+            .receive(ReceiveRequest {
+                provider: req.provider,
+                record_type: record_type.clone(),
+                record: Some(native),
+            })
+            .await
+            .map_err(|s| upstream("department system", s))?;
+        tracing::info!(department = %self.department(), %record_type, request_id = %req.request_id, "delivered");
+        Ok(Response::new(DeliverResponse {}))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let req = request.into_inner();
+        let mapping = self
+            .inner
+            .mapping
+            .canonical(&req.record_type)
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "{} does not hold {} records",
+                    self.department(),
+                    req.record_type
+                ))
+            })?;
+        let mut criteria = Vec::with_capacity(req.criteria.len());
+        for c in &req.criteria {
+            let (path, value) = mapping.native_criterion(&c.path, &c.value).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{} cannot be searched by {}",
+                    req.record_type, c.path
+                ))
+            })?;
+            let value = match value {
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            criteria.push(Criterion { path, value });
+        }
+        let found = self
+            .inner
+            .system
+            .clone()
+            .find(FindRequest {
+                native_type: mapping.native_type.clone(),
+                criteria,
+            })
+            .await
+            .map_err(|s| upstream("department system", s))?
+            .into_inner();
+        let mut records = Vec::with_capacity(found.records.len());
+        for native in found.records {
+            let doc = parse_native(&native.json)?;
+            // Never answer with a record that does not validate: say so instead.
+            let mapped = mapping.inbound(&doc, &self.inner.registry).map_err(|faults| {
+                let paths: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
+                tracing::warn!(department = %self.department(), faults = faults.len(), "department system returned a record that does not map");
+                Status::internal(format!(
+                    "the department system holds a {} record that does not map: {}",
+                    mapping.native_type,
+                    paths.join("; ")
+                ))
+            })?;
+            records.push(Record {
+                record_type: mapped.record_type,
+                record_id: mapped.record_id.unwrap_or_default(),
+                json: serde_json::to_vec(&mapped.document)
+                    .map_err(|e| Status::internal(e.to_string()))?,
+            });
+        }
+        if records.is_empty() {
+            return Err(Status::not_found(format!(
+                "no {} record matches",
+                req.record_type
+            )));
+        }
+        Ok(Response::new(FetchResponse { records }))
+    }
+}

@@ -1,0 +1,160 @@
+//! The reference department system: a small `DepartmentSystem` service over
+//! native JSON records held in memory, seeded from JSON Lines files and
+//! appending what it receives to an inbox file. Tests and the demo use it in
+//! place of a real department's database.
+
+use crossgate_proto::department_system_server::DepartmentSystem;
+use crossgate_proto::{FindRequest, FindResponse, NativeRecord, ReceiveRequest, ReceiveResponse};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tonic::{Request, Response, Status};
+
+/// One record the system received from the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub provider: String,
+    pub record_type: String,
+    pub native_type: String,
+    pub document: Value,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    records: HashMap<String, Vec<Value>>,
+    received: Vec<Received>,
+}
+
+/// An in-memory department system.
+#[derive(Debug, Clone, Default)]
+pub struct ReferenceSystem {
+    state: Arc<Mutex<State>>,
+    inbox: Option<PathBuf>,
+}
+
+impl ReferenceSystem {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append every received record to this JSON Lines file as well.
+    pub fn with_inbox(mut self, path: PathBuf) -> Self {
+        self.inbox = Some(path);
+        self
+    }
+
+    /// Load `*.valid.jsonl` files of a folder: `persons.valid.jsonl` seeds
+    /// native type `persons`. Returns how many records were loaded.
+    pub fn seed_dir(&self, dir: &Path) -> std::io::Result<usize> {
+        let mut count = 0;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".valid.jsonl"))
+            .collect();
+        files.sort();
+        for path in files {
+            let Some(native_type) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('.').next())
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(&path)?;
+            for (i, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let doc: Value = serde_json::from_str(line).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}:{}: {e}", path.display(), i + 1),
+                    )
+                })?;
+                self.insert(native_type, doc);
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    pub fn insert(&self, native_type: &str, doc: Value) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .records
+            .entry(native_type.to_owned())
+            .or_default()
+            .push(doc);
+    }
+
+    /// Everything received so far, oldest first.
+    pub fn received(&self) -> Vec<Received> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.received.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl DepartmentSystem for ReferenceSystem {
+    async fn receive(
+        &self,
+        request: Request<ReceiveRequest>,
+    ) -> Result<Response<ReceiveResponse>, Status> {
+        let req = request.into_inner();
+        let record = req
+            .record
+            .ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let document: Value = serde_json::from_slice(&record.json)
+            .map_err(|e| Status::invalid_argument(format!("record is not JSON: {e}")))?;
+        if let Some(path) = &self.inbox {
+            let line = serde_json::json!({
+                "provider": req.provider, "record_type": req.record_type,
+                "native_type": record.native_type, "record": document,
+            });
+            let written = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .and_then(|mut f| writeln!(f, "{line}"));
+            written.map_err(|e| Status::unavailable(format!("cannot write the inbox: {e}")))?;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.received.push(Received {
+            provider: req.provider,
+            record_type: req.record_type,
+            native_type: record.native_type,
+            document,
+        });
+        Ok(Response::new(ReceiveResponse {}))
+    }
+
+    async fn find(&self, request: Request<FindRequest>) -> Result<Response<FindResponse>, Status> {
+        let req = request.into_inner();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let records = state
+            .records
+            .get(&req.native_type)
+            .map(|docs| {
+                docs.iter()
+                    .filter(|doc| {
+                        req.criteria.iter().all(|c| match doc.pointer(&c.path) {
+                            Some(Value::String(s)) => s.eq_ignore_ascii_case(&c.value),
+                            Some(Value::Number(n)) => n.to_string() == c.value,
+                            _ => false,
+                        })
+                    })
+                    .map(|doc| NativeRecord {
+                        native_type: req.native_type.clone(),
+                        record_id: String::new(),
+                        json: serde_json::to_vec(doc).unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(FindResponse { records }))
+    }
+}

@@ -1,0 +1,401 @@
+//! The adapter service over real loopback sockets: a fake broker, the
+//! reference department system, and the adapter between them.
+
+use crossgate_adapter::system::ReferenceSystem;
+use crossgate_adapter::{Adapter, config, lazy_channel, serve, serve_system};
+use crossgate_proto::broker_server::{Broker, BrokerServer};
+use crossgate_proto::department_client::DepartmentClient;
+use crossgate_proto::ingress_client::IngressClient;
+use crossgate_proto::*;
+use crossgate_schema::Registry;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::StatusExt;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+/// Records what is published; answers queries with one person.
+#[derive(Clone, Default)]
+struct FakeBroker {
+    published: Arc<Mutex<Vec<Record>>>,
+}
+
+#[tonic::async_trait]
+impl Broker for FakeBroker {
+    async fn publish(
+        &self,
+        r: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let record = r.into_inner().record.unwrap();
+        self.published.lock().unwrap().push(record);
+        Ok(Response::new(PublishResponse {
+            request_id: "req-1".into(),
+            deliveries: vec![Delivery {
+                receiver: "border-inspection".into(),
+                outcome: DeliveryOutcome::Delivered as i32,
+                released_fields: vec!["/transport".into()],
+                detail: String::new(),
+            }],
+        }))
+    }
+    async fn query(&self, r: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
+        let q = r.into_inner();
+        if q.provider != "public-security" {
+            return Err(Status::permission_denied("no grant"));
+        }
+        let doc = json!({"name": "徐军", "birth_date": "1989-09-03", "registered_address": {"division_code": "140302"}});
+        Ok(Response::new(QueryResponse {
+            request_id: "req-2".into(),
+            records: vec![Record {
+                record_type: q.record_type,
+                record_id: "x".into(),
+                json: serde_json::to_vec(&doc).unwrap(),
+            }],
+            withheld_fields: vec!["/id_number".into()],
+        }))
+    }
+    async fn list_schemas(
+        &self,
+        _: Request<ListSchemasRequest>,
+    ) -> Result<Response<ListSchemasResponse>, Status> {
+        Ok(Response::new(ListSchemasResponse::default()))
+    }
+}
+
+struct Running {
+    broker: FakeBroker,
+    system: ReferenceSystem,
+    ingress: IngressClient<Channel>,
+    department: DepartmentClient<Channel>,
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", l.local_addr().unwrap());
+    (l, uri)
+}
+
+/// Start the fake broker (unless `broker_down`), the reference system seeded
+/// from the department's fixtures, and the adapter, all on loopback.
+async fn start(department: &str, broker_down: bool) -> Running {
+    let registry = Arc::new(Registry::load_dir(format!("{ROOT}/schemas")).unwrap());
+    let mapping = config::load_department(
+        Path::new(&format!("{ROOT}/deploy/local")),
+        department,
+        &registry,
+    )
+    .unwrap();
+    let broker = FakeBroker::default();
+    let (bl, broker_uri) = listener().await;
+    if broker_down {
+        drop(bl);
+    } else {
+        let svc = BrokerServer::new(broker.clone());
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(bl))
+                .await
+        });
+    }
+    let system = ReferenceSystem::new();
+    system
+        .seed_dir(Path::new(&format!(
+            "{ROOT}/deploy/local/fixtures/{department}"
+        )))
+        .unwrap();
+    let (sl, system_uri) = listener().await;
+    tokio::spawn(serve_system(system.clone(), sl, std::future::pending()));
+    let adapter = Adapter::new(
+        mapping,
+        registry,
+        lazy_channel(&broker_uri).unwrap(),
+        lazy_channel(&system_uri).unwrap(),
+    );
+    let (al, adapter_uri) = listener().await;
+    tokio::spawn(serve(adapter, al, std::future::pending()));
+    let channel = Channel::from_shared(adapter_uri)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Running {
+        broker,
+        system,
+        ingress: IngressClient::new(channel.clone()),
+        department: DepartmentClient::new(channel),
+    }
+}
+
+fn fixture_line(dept: &str, file: &str, n: usize) -> Vec<u8> {
+    let text =
+        std::fs::read_to_string(format!("{ROOT}/deploy/local/fixtures/{dept}/{file}")).unwrap();
+    text.lines().nth(n).unwrap().as_bytes().to_vec()
+}
+
+fn native(native_type: &str, json: Vec<u8>) -> SubmitRequest {
+    SubmitRequest {
+        record: Some(NativeRecord {
+            native_type: native_type.into(),
+            record_id: String::new(),
+            json,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn submit_maps_validates_and_publishes_the_canonical_record() {
+    let mut run = start("customs", false).await;
+    let reply = run
+        .ingress
+        .submit(native(
+            "declarations",
+            fixture_line("customs", "declarations.valid.jsonl", 0),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.record_type, "customs-declaration.v1");
+    assert_eq!(reply.deliveries[0].receiver, "border-inspection");
+    assert_eq!(reply.deliveries[0].outcome, "delivered");
+    let published = run.broker.published.lock().unwrap().clone();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].record_id, "440663864056324842");
+    let doc: Value = serde_json::from_slice(&published[0].json).unwrap();
+    assert_eq!(doc["direction"], "import");
+    assert_eq!(doc["transport"]["mode"], "road");
+    assert_eq!(doc["goods"][0]["unit"], "kg");
+}
+
+#[tokio::test]
+async fn an_invalid_record_is_refused_with_every_fault_and_never_published() {
+    let mut run = start("customs", false).await;
+    let status = run
+        .ingress
+        .submit(native(
+            "declarations",
+            fixture_line("customs", "declarations.invalid.jsonl", 0),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let bad = status
+        .get_details_bad_request()
+        .expect("BadRequest details");
+    let mut got: Vec<(String, String)> = bad
+        .field_violations
+        .iter()
+        .map(|v| (v.field.clone(), v.description.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, "/goods");
+    assert!(got[0].1.starts_with("goods: "), "{}", got[0].1);
+    assert_eq!(
+        got[1],
+        (
+            "/transport/mode".into(),
+            "trafMode: unknown code \"Q\"; known codes: 2, 3, 4, 5".into()
+        )
+    );
+    assert!(run.broker.published.lock().unwrap().is_empty());
+
+    let status = run
+        .ingress
+        .submit(native("declarations", b"{not json".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not valid JSON"),
+        "{}",
+        status.message()
+    );
+
+    let status = run
+        .ingress
+        .submit(native("invoices", b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("mapped native types: declarations"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn deliveries_reach_the_system_in_its_own_format() {
+    let mut run = start("customs", false).await;
+    let part = json!({"declaration_id": "440663864056324842", "transport": {"mode": "road", "vehicle_plate": "藏D96371"}});
+    run.department
+        .deliver(DeliverRequest {
+            request_id: "r".into(),
+            provider: "customs".into(),
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: "1".into(),
+                json: serde_json::to_vec(&part).unwrap(),
+            }),
+        })
+        .await
+        .unwrap();
+    // A type the department has no mapping for arrives as canonical JSON.
+    let person = json!({"name": "徐军"});
+    run.department
+        .deliver(DeliverRequest {
+            request_id: "r2".into(),
+            provider: "public-security".into(),
+            record: Some(Record {
+                record_type: "person.v1".into(),
+                record_id: "2".into(),
+                json: serde_json::to_vec(&person).unwrap(),
+            }),
+        })
+        .await
+        .unwrap();
+    let got = run.system.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].native_type, "declarations");
+    assert_eq!(
+        got[0].document,
+        json!({"entryId": "440663864056324842", "trafMode": "4", "vehiclePlate": "藏D96371"})
+    );
+    assert_eq!(got[1].native_type, "person.v1");
+    assert_eq!(got[1].document, person);
+}
+
+#[tokio::test]
+async fn fetch_answers_from_the_system_with_valid_canonical_records() {
+    let mut run = start("public-security", false).await;
+    let reply = run
+        .department
+        .fetch(FetchRequest {
+            request_id: "r".into(),
+            consumer: "education".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "14030219890903420X".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.records.len(), 1);
+    let doc: Value = serde_json::from_slice(&reply.records[0].json).unwrap();
+    assert_eq!(doc["id_number"], "14030219890903420X");
+    assert_eq!(doc["birth_date"], "1989-09-03");
+
+    let households = run
+        .department
+        .fetch(FetchRequest {
+            record_type: "household.v1".into(),
+            criteria: vec![Criterion {
+                path: "/household_id".into(),
+                value: "11010567397679".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let doc: Value = serde_json::from_slice(&households.records[0].json).unwrap();
+    assert_eq!(doc["members"][0]["relation"], "head");
+
+    let none = run
+        .department
+        .fetch(FetchRequest {
+            record_type: "person.v1".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "11010519491231002X".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), Code::NotFound);
+    let not_held = run
+        .department
+        .fetch(FetchRequest {
+            record_type: "birth.v1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_held.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn lookup_answers_in_the_departments_own_format() {
+    let mut run = start("public-security", false).await;
+    let reply = run
+        .ingress
+        .lookup(LookupRequest {
+            provider: "public-security".into(),
+            record_type: "person.v1".into(),
+            purpose: "check".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let doc: Value = serde_json::from_slice(&reply.records[0].json).unwrap();
+    assert_eq!(
+        doc,
+        json!({"XM": "徐军", "CSRQ": "19890903", "HJDZ_XZQH": "140302"})
+    );
+    assert_eq!(reply.withheld_fields, vec!["/id_number"]);
+    let denied = run
+        .ingress
+        .lookup(LookupRequest {
+            provider: "tax".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(denied.message(), "broker: no grant");
+}
+
+#[tokio::test]
+async fn a_broker_that_is_down_gives_unavailable_quickly() {
+    let mut run = start("customs", true).await;
+    let started = std::time::Instant::now();
+    let status = run
+        .ingress
+        .submit(native(
+            "declarations",
+            fixture_line("customs", "declarations.valid.jsonl", 0),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn an_unknown_department_names_the_configured_ones() {
+    let registry = Registry::load_dir(format!("{ROOT}/schemas")).unwrap();
+    let err = config::load_department(
+        Path::new(&format!("{ROOT}/deploy/local")),
+        "educaton",
+        &registry,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "configured departments: customs, health, market-regulation, public-security"
+        ),
+        "{err}"
+    );
+}
