@@ -34,6 +34,25 @@ fn bench(c: &mut Criterion) {
             serde_json::to_vec(&mapped.document).expect("serialise")
         })
     });
+    // The parts, to see where the time goes.
+    let doc: serde_json::Value = serde_json::from_slice(&native).expect("json");
+    let canonical = mapping.inbound(&doc, &registry).expect("valid").document;
+    group.bench_function("part: parse native JSON", |b| {
+        b.iter(|| serde_json::from_slice::<serde_json::Value>(black_box(&native)).expect("json"))
+    });
+    group.bench_function("part: map (no validation)", |b| {
+        b.iter(|| mapping.to_canonical(black_box(&doc)))
+    });
+    group.bench_function("part: validate canonical", |b| {
+        b.iter(|| {
+            registry
+                .validate("customs-declaration.v1", black_box(&canonical))
+                .is_ok()
+        })
+    });
+    group.bench_function("part: serialise canonical", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&canonical)).expect("serialise"))
+    });
     group.finish();
 }
 

@@ -239,7 +239,7 @@ fn transform_of(
     }
     if let Some(d) = &fc.date {
         check_date_format(d.get_ref(), false).map_err(|m| at(d.span(), m))?;
-        return Ok(Transform::Date(d.get_ref().clone()));
+        return Ok(Transform::Date(d.get_ref().as_str().into()));
     }
     if let Some(d) = &fc.datetime {
         if d.get_ref().eq_ignore_ascii_case("rfc3339") {

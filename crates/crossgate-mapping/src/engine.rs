@@ -181,9 +181,13 @@ fn set(doc: &mut Value, segments: &[String], value: Value) {
     let mut node = doc;
     for seg in parents {
         let Value::Object(map) = node else { return };
-        node = map
-            .entry(seg.clone())
-            .or_insert_with(|| Value::Object(Map::new()));
+        // Look up before inserting: most parents exist already, and an
+        // entry() would allocate the key every time.
+        if !map.contains_key(seg) {
+            map.insert(seg.clone(), Value::Object(Map::new()));
+        }
+        let Some(next) = map.get_mut(seg) else { return };
+        node = next;
     }
     if let Value::Object(map) = node {
         map.insert(last.clone(), value);

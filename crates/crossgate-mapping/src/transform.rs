@@ -15,7 +15,7 @@ pub enum Transform {
     Number,
     Boolean,
     /// A date in the given strftime format ↔ canonical `YYYY-MM-DD`.
-    Date(String),
+    Date(DateFormat),
     /// An instant in the given strftime format (with offset), or RFC 3339 when
     /// `None` ↔ canonical RFC 3339.
     DateTime(Option<String>),
@@ -28,6 +28,39 @@ pub enum Transform {
     },
     /// A Chinese amount such as `100万元人民币` ↔ `{"amount": 1000000, "currency": "CNY"}`.
     Amount,
+}
+
+/// A strftime date format, parsed once at load.
+#[derive(Debug, Clone)]
+pub struct DateFormat {
+    text: String,
+    items: Vec<chrono::format::Item<'static>>,
+}
+
+impl From<&str> for DateFormat {
+    fn from(text: &str) -> Self {
+        let items = chrono::format::StrftimeItems::new(text)
+            .parse_to_owned()
+            .unwrap_or_default();
+        DateFormat {
+            text: text.to_owned(),
+            items,
+        }
+    }
+}
+
+impl DateFormat {
+    fn parse(&self, s: &str) -> Result<NaiveDate, chrono::ParseError> {
+        let mut parsed = chrono::format::Parsed::new();
+        chrono::format::parse(&mut parsed, s, self.items.iter())?;
+        parsed.to_naive_date()
+    }
+}
+
+/// `YYYY-MM-DD` without going through a format string.
+fn iso_date(d: NaiveDate) -> String {
+    use chrono::Datelike;
+    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
 }
 
 /// Options applied to native strings before the transform.
@@ -88,9 +121,9 @@ impl Transform {
             },
             Transform::Date(fmt) => {
                 let s = as_text(value)?;
-                NaiveDate::parse_from_str(s, fmt)
-                    .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
-                    .map_err(|e| format!("cannot read {s:?} as a date in format {fmt}: {e}"))
+                fmt.parse(s)
+                    .map(|d| Value::String(iso_date(d)))
+                    .map_err(|e| format!("cannot read {s:?} as a date in format {}: {e}", fmt.text))
             }
             Transform::DateTime(fmt) => {
                 let s = as_text(value)?;
@@ -106,13 +139,17 @@ impl Transform {
             Transform::Codes {
                 inbound, listed, ..
             } => {
+                let number;
                 let code = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Number(n) => n.to_string(),
+                    Value::String(s) => s.as_str(),
+                    Value::Number(n) => {
+                        number = n.to_string();
+                        number.as_str()
+                    }
                     other => return Err(format!("expected a code, got {}", kind(other))),
                 };
                 inbound
-                    .get(&code)
+                    .get(code)
                     .cloned()
                     .ok_or_else(|| format!("unknown code {code:?}; known codes: {listed}"))
             }
@@ -128,7 +165,7 @@ impl Transform {
             Transform::Date(fmt) => {
                 let s = as_text(value)?;
                 NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                    .map(|d| Value::String(d.format(fmt).to_string()))
+                    .map(|d| Value::String(d.format_with_items(fmt.items.iter()).to_string()))
                     .map_err(|e| format!("cannot read {s:?} as a canonical date: {e}"))
             }
             Transform::DateTime(fmt) => {

@@ -33,12 +33,18 @@ enum Command {
     /// Canonical record schemas: validate records, list record types.
     #[command(subcommand)]
     Schema(cmd::schema::SchemaCommand),
+    /// Map a department's native records to canonical records (or back).
+    Map(cmd::map::MapArgs),
+    /// Run one department's adapter.
+    Adapter(cmd::adapter::AdapterArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Schema(c) => cmd::schema::run(c),
+        Command::Map(args) => cmd::map::run(args),
+        Command::Adapter(args) => cmd::adapter::run(args),
     };
     std::process::ExitCode::from(code as u8)
 }

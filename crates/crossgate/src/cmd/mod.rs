@@ -1,1 +1,3 @@
+pub mod adapter;
+pub mod map;
 pub mod schema;
