@@ -87,8 +87,7 @@ fn amounts_and_slashed_dates_in_business_records() {
 fn fault_lines(result: &Result<Value, Vec<MapFault>>) -> Vec<String> {
     let mut lines: Vec<String> = result
         .as_ref()
-        .err()
-        .expect("the record is rejected")
+        .expect_err("the record is rejected")
         .iter()
         .map(|f| format!("{} -> {}", f.native, f.canonical))
         .collect();

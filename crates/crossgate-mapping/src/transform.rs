@@ -295,7 +295,7 @@ pub fn parse_amount(text: &str) -> Result<Value, String> {
     } else {
         let divisor = 10u128.pow(frac_len - scale_exp);
         let f = mantissa as f64 / divisor as f64;
-        if mantissa % divisor == 0 {
+        if mantissa.is_multiple_of(divisor) {
             Value::from((mantissa / divisor) as i64)
         } else {
             Number::from_f64(f)

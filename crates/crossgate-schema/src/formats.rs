@@ -46,7 +46,7 @@ pub fn resident_id_birth_date(id: &str) -> Option<(u32, u32, u32)> {
 
 /// Whether y-m-d is a day of the proleptic Gregorian calendar (year 1 or later).
 pub fn is_real_date(y: u32, m: u32, d: u32) -> bool {
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let leap = (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
     let days = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -196,8 +196,11 @@ pub fn is_plain_date(s: &str) -> bool {
     }
 }
 
+/// A format check: its name in schemas, the fast check, and the explanation.
+pub type CustomFormat = (&'static str, fn(&str) -> bool, fn(&str) -> Option<String>);
+
 /// The custom formats by the name schemas use in `format`.
-pub const CUSTOM_FORMATS: &[(&str, fn(&str) -> bool, fn(&str) -> Option<String>)] = &[
+pub const CUSTOM_FORMATS: &[CustomFormat] = &[
     ("cn-resident-id", is_resident_id, explain_resident_id),
     ("cn-uscc", is_uscc, explain_uscc),
     ("cn-division-code", is_division_code, explain_division_code),
