@@ -18,17 +18,34 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
 
-/// Serve an adapter's `Ingress` and `Department` on `listener` until `shutdown`.
+/// Why a server stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] crossgate_proto::standard::ReflectionError),
+}
+
+/// Serve an adapter's `Ingress` and `Department` on `listener` until
+/// `shutdown`, with gRPC health checking and server reflection beside them.
 pub async fn serve(
     adapter: Adapter,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let (reporter, health) = crossgate_proto::standard::health_reporter();
+    reporter.set_serving::<IngressServer<Adapter>>().await;
+    reporter.set_serving::<DepartmentServer<Adapter>>().await;
+    let reflection = crossgate_proto::standard::reflection()?;
     Server::builder()
+        .add_service(health)
+        .add_service(reflection)
         .add_service(IngressServer::new(adapter.clone()))
         .add_service(DepartmentServer::new(adapter))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await
+        .await?;
+    Ok(())
 }
 
 /// Serve a reference department system on `listener` until `shutdown`.

@@ -67,6 +67,7 @@ impl Broker for FakeBroker {
 }
 
 struct Running {
+    channel: Channel,
     broker: FakeBroker,
     system: ReferenceSystem,
     ingress: IngressClient<Channel>,
@@ -124,6 +125,7 @@ async fn start(department: &str, broker_down: bool) -> Running {
         .await
         .unwrap();
     Running {
+        channel: channel.clone(),
         broker,
         system,
         ingress: IngressClient::new(channel.clone()),
@@ -398,4 +400,30 @@ fn an_unknown_department_names_the_configured_ones() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn standard_grpc_health_checking_is_served() {
+    use crossgate_proto::standard::health_pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let run = start("customs", false).await;
+    let mut health = HealthClient::new(run.channel.clone());
+    for service in ["crossgate.v1.Ingress", "crossgate.v1.Department"] {
+        let reply = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.status(), ServingStatus::Serving, "{service}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "crossgate.v1.Broker".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
 }
