@@ -137,7 +137,7 @@ impl Ingress for Adapter {
         let doc = parse_native(&native.json)?;
         let mapping = self.native_mapping(&native, &doc)?;
         let mapped = mapping
-            .inbound(&doc, &self.inner.registry)
+            .inbound_owned(doc, &self.inner.registry)
             .map_err(|faults| faults_status(&faults))?;
         let record_id = if native.record_id.is_empty() {
             mapped.record_id.clone().unwrap_or_default()
@@ -329,7 +329,7 @@ impl Department for Adapter {
         for native in found.records {
             let doc = parse_native(&native.json)?;
             // Never answer with a record that does not validate: say so instead.
-            let mapped = mapping.inbound(&doc, &self.inner.registry).map_err(|faults| {
+            let mapped = mapping.inbound_owned(doc, &self.inner.registry).map_err(|faults| {
                 let paths: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
                 tracing::warn!(department = %self.department(), faults = faults.len(), "department system returned a record that does not map");
                 Status::internal(format!(

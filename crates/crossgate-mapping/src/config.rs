@@ -3,11 +3,10 @@
 //! Every problem names the file, the line and the fix.
 
 use crate::transform::{TextOptions, Transform};
-use crate::{CompiledField, ConfigError, DepartmentMapping, NativePath, RecordMapping};
+use crate::{CompiledField, ConfigError, DepartmentMapping, FieldSet, NativePath, RecordMapping};
 use crossgate_schema::Registry;
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::HashMap;
 use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
@@ -134,7 +133,7 @@ fn compile_fields(
     prefix: &str,
     at: &dyn Fn(std::ops::Range<usize>, String) -> ConfigError,
     registry: &Registry,
-) -> Result<Vec<CompiledField>, ConfigError> {
+) -> Result<FieldSet, ConfigError> {
     let mut out = Vec::with_capacity(configs.len());
     for fc in configs {
         let canonical = fc.canonical.get_ref();
@@ -196,9 +195,18 @@ fn compile_fields(
             constant,
             default,
             items,
+            shared_native: false,
         });
     }
-    Ok(out)
+    FieldSet::new(out).map_err(|i| {
+        at(
+            configs[i].canonical.span(),
+            format!(
+                "{prefix}{} overlaps the path of another field; each canonical path may be filled by one field",
+                configs[i].canonical.get_ref()
+            ),
+        )
+    })
 }
 
 fn transform_of(
@@ -262,8 +270,8 @@ fn transform_of(
     }
     if let Some(codes) = &fc.codes {
         let allowed = target.get("enum").and_then(Value::as_array);
-        let mut inbound = HashMap::new();
-        let mut outbound = HashMap::new();
+        let mut inbound: Vec<(String, Value)> = Vec::new();
+        let mut outbound: Vec<(String, String)> = Vec::new();
         let mut listed = Vec::new();
         for (code, value) in codes.get_ref() {
             let Some(canonical) = value.as_str() else {
@@ -284,10 +292,10 @@ fn transform_of(
                     ),
                 ));
             }
-            inbound.insert(code.clone(), Value::String(canonical.to_owned()));
-            outbound
-                .entry(canonical.to_owned())
-                .or_insert_with(|| code.clone());
+            inbound.push((code.clone(), Value::String(canonical.to_owned())));
+            if !outbound.iter().any(|(v, _)| v == canonical) {
+                outbound.push((canonical.to_owned(), code.clone()));
+            }
             listed.push(code.clone());
         }
         return Ok(Transform::Codes {

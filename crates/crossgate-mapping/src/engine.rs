@@ -1,13 +1,17 @@
 //! Applying compiled field rules to documents, in both directions.
 
-use crate::{CompiledField, MapFault, RecordMapping};
+use crate::{CompiledField, FieldSet, MapFault, PlanNode, RecordMapping};
 use serde_json::{Map, Value};
 
 impl RecordMapping {
     /// Native → canonical without schema validation: the document built from
     /// every field that mapped, and a fault for every field that did not.
     pub fn to_canonical(&self, native: &Value) -> (Value, Vec<MapFault>) {
-        let mut out = Value::Object(Map::new());
+        self.to_canonical_owned(native.clone())
+    }
+
+    /// As [`RecordMapping::to_canonical`], moving values out of `native`.
+    pub fn to_canonical_owned(&self, mut native: Value) -> (Value, Vec<MapFault>) {
         let mut faults = Vec::new();
         if !native.is_object() {
             faults.push(MapFault {
@@ -15,9 +19,14 @@ impl RecordMapping {
                 canonical: String::new(),
                 message: "a native record must be a JSON object".into(),
             });
-            return (out, faults);
+            return (Value::Object(Map::new()), faults);
         }
-        inbound_fields(&self.fields, native, &mut out, &Ctx::ROOT, &mut faults);
+        let out = Value::Object(inbound_fields(
+            &self.fields,
+            &mut native,
+            &Ctx::ROOT,
+            &mut faults,
+        ));
         (out, faults)
     }
 
@@ -27,7 +36,13 @@ impl RecordMapping {
     pub fn outbound(&self, canonical: &Value) -> Result<Value, Vec<MapFault>> {
         let mut out = Value::Object(Map::new());
         let mut faults = Vec::new();
-        outbound_fields(&self.fields, canonical, &mut out, &Ctx::ROOT, &mut faults);
+        outbound_fields(
+            &self.fields.fields,
+            canonical,
+            &mut out,
+            &Ctx::ROOT,
+            &mut faults,
+        );
         if faults.is_empty() {
             Ok(out)
         } else {
@@ -81,52 +96,95 @@ impl Ctx<'_> {
     }
 }
 
+/// Build the canonical object of one level along its plan.
 fn inbound_fields(
-    fields: &[CompiledField],
-    native: &Value,
-    out: &mut Value,
+    set: &FieldSet,
+    native: &mut Value,
     ctx: &Ctx<'_>,
     faults: &mut Vec<MapFault>,
-) {
-    for field in fields {
-        let value = match &field.native {
-            Some(path) => path.get(native).filter(|v| !v.is_null()),
-            None => None,
-        };
-        let value = match (value, &field.constant, &field.default) {
-            (_, Some(c), _) => {
-                set(out, &field.canonical, c.clone());
-                continue;
+) -> Map<String, Value> {
+    build(&set.plan, &set.fields, native, ctx, faults)
+}
+
+fn build(
+    level: &[(String, PlanNode)],
+    fields: &[CompiledField],
+    native: &mut Value,
+    ctx: &Ctx<'_>,
+    faults: &mut Vec<MapFault>,
+) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (key, node) in level {
+        let value = match node {
+            PlanNode::Leaf(i) => inbound_value(&fields[*i], native, ctx, faults),
+            PlanNode::Object(children) => {
+                let inner = build(children, fields, native, ctx, faults);
+                (!inner.is_empty()).then_some(Value::Object(inner))
             }
-            (Some(v), _, _) => v,
-            (None, _, Some(d)) => d,
-            // Absent: the schema says whether that is a fault.
-            (None, _, None) => continue,
         };
-        if let Some(items) = &field.items {
-            let Some(list) = value.as_array() else {
-                faults.push(ctx.fault(field, "expected a list".into()));
-                continue;
-            };
-            let mut mapped = Vec::with_capacity(list.len());
-            for (i, element) in list.iter().enumerate() {
-                let inner = Ctx {
-                    parent: Some((ctx, field, i)),
-                };
-                let mut obj = Value::Object(Map::new());
-                if element.is_object() {
-                    inbound_fields(items, element, &mut obj, &inner, faults);
-                } else {
-                    faults.push(inner.element_fault("expected an object"));
-                }
-                mapped.push(obj);
-            }
-            set(out, &field.canonical, Value::Array(mapped));
-            continue;
+        if let Some(v) = value {
+            map.insert(key.clone(), v);
         }
-        match field.transform.inbound(value, field.text) {
-            Ok(v) => set(out, &field.canonical, v),
-            Err(message) => faults.push(ctx.fault(field, message)),
+    }
+    map
+}
+
+/// The canonical value of one field, `None` when the native record does not
+/// have it (the schema says whether that is a fault) or it failed to map.
+fn inbound_value(
+    field: &CompiledField,
+    native: &mut Value,
+    ctx: &Ctx<'_>,
+    faults: &mut Vec<MapFault>,
+) -> Option<Value> {
+    if let Some(c) = &field.constant {
+        return Some(c.clone());
+    }
+    let found = field
+        .native
+        .as_ref()
+        .and_then(|path| path.get_mut(native))
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            if field.shared_native {
+                v.clone()
+            } else {
+                std::mem::take(v)
+            }
+        });
+    let value = match found {
+        Some(v) => v,
+        None => field.default.clone()?,
+    };
+    if let Some(items) = &field.items {
+        let Value::Array(list) = value else {
+            faults.push(ctx.fault(field, "expected a list".into()));
+            return None;
+        };
+        let mut mapped = Vec::with_capacity(list.len());
+        for (i, mut element) in list.into_iter().enumerate() {
+            let inner = Ctx {
+                parent: Some((ctx, field, i)),
+            };
+            if element.is_object() {
+                mapped.push(Value::Object(inbound_fields(
+                    items,
+                    &mut element,
+                    &inner,
+                    faults,
+                )));
+            } else {
+                faults.push(inner.element_fault("expected an object"));
+                mapped.push(Value::Object(Map::new()));
+            }
+        }
+        return Some(Value::Array(mapped));
+    }
+    match field.transform.inbound_owned(value, field.text) {
+        Ok(v) => Some(v),
+        Err(message) => {
+            faults.push(ctx.fault(field, message));
+            None
         }
     }
 }
@@ -156,7 +214,7 @@ fn outbound_fields(
                     parent: Some((ctx, field, i)),
                 };
                 let mut obj = Value::Object(Map::new());
-                outbound_fields(items, element, &mut obj, &inner, faults);
+                outbound_fields(&items.fields, element, &mut obj, &inner, faults);
                 mapped.push(obj);
             }
             set(out, &native.segments, Value::Array(mapped));
@@ -220,7 +278,7 @@ pub(crate) fn native_for(
             if inner.is_empty() {
                 return Some(prefix.trim_end_matches('.').to_owned());
             }
-            return native_for(items, &inner, &prefix)
+            return native_for(&items.fields, &inner, &prefix)
                 .or(Some(prefix.trim_end_matches('.').to_owned()));
         }
     }

@@ -36,7 +36,73 @@ pub struct RecordMapping {
     pub record_type: String,
     pub outbound: bool,
     id_field: Option<NativePath>,
+    fields: FieldSet,
+}
+
+/// The field rules of one level (a record, or the elements of a list), and
+/// the shape of the canonical object they fill, planned at load so that
+/// mapping builds each object once without looking parents up again.
+#[derive(Debug)]
+pub(crate) struct FieldSet {
     fields: Vec<CompiledField>,
+    plan: Vec<(String, PlanNode)>,
+}
+
+#[derive(Debug)]
+pub(crate) enum PlanNode {
+    /// Filled by the field at this index.
+    Leaf(usize),
+    /// An object with these members, left out when none of them is filled.
+    Object(Vec<(String, PlanNode)>),
+}
+
+impl FieldSet {
+    /// Plan the canonical shape; `Err(i)` when field `i`'s path collides with
+    /// an earlier field's.
+    pub(crate) fn new(fields: Vec<CompiledField>) -> Result<Self, usize> {
+        fn insert(
+            level: &mut Vec<(String, PlanNode)>,
+            segments: &[String],
+            i: usize,
+        ) -> Result<(), usize> {
+            let Some((first, rest)) = segments.split_first() else {
+                return Err(i);
+            };
+            let pos = level.iter().position(|(k, _)| k == first);
+            match (pos, rest.is_empty()) {
+                (Some(_), true) => Err(i),
+                (None, true) => {
+                    level.push((first.clone(), PlanNode::Leaf(i)));
+                    Ok(())
+                }
+                (Some(p), false) => match &mut level[p].1 {
+                    PlanNode::Object(children) => insert(children, rest, i),
+                    PlanNode::Leaf(_) => Err(i),
+                },
+                (None, false) => {
+                    let mut children = Vec::new();
+                    insert(&mut children, rest, i)?;
+                    level.push((first.clone(), PlanNode::Object(children)));
+                    Ok(())
+                }
+            }
+        }
+        let mut fields = fields;
+        for i in 0..fields.len() {
+            let shared = fields[i].native.as_ref().is_some_and(|n| {
+                fields
+                    .iter()
+                    .enumerate()
+                    .any(|(j, f)| j != i && f.native.as_ref().is_some_and(|m| m.text == n.text))
+            });
+            fields[i].shared_native = shared;
+        }
+        let mut plan = Vec::new();
+        for (i, f) in fields.iter().enumerate() {
+            insert(&mut plan, &f.canonical, i)?;
+        }
+        Ok(FieldSet { fields, plan })
+    }
 }
 
 #[derive(Debug)]
@@ -48,7 +114,10 @@ pub(crate) struct CompiledField {
     text: TextOptions,
     constant: Option<Value>,
     default: Option<Value>,
-    items: Option<Vec<CompiledField>>,
+    items: Option<FieldSet>,
+    /// Another field of the same level reads the same native field, so the
+    /// value is copied rather than moved out of the native record.
+    shared_native: bool,
 }
 
 /// A native field path: dotted segments (`address.city`).
@@ -74,6 +143,13 @@ impl NativePath {
 
     pub fn as_str(&self) -> &str {
         &self.text
+    }
+
+    /// The value at this path in `doc`, mutably.
+    pub fn get_mut<'a>(&self, doc: &'a mut Value) -> Option<&'a mut Value> {
+        self.segments
+            .iter()
+            .try_fold(doc, |node, seg| node.get_mut(seg))
     }
 
     /// The value at this path in `doc`, if any.
@@ -161,7 +237,18 @@ impl RecordMapping {
     /// Native → canonical, then validated against the record type's schema.
     /// Every fault at once, mapping faults first.
     pub fn inbound(&self, native: &Value, registry: &Registry) -> Result<Mapped, Vec<MapFault>> {
-        let (document, mut faults) = self.to_canonical(native);
+        self.inbound_owned(native.clone(), registry)
+    }
+
+    /// As [`RecordMapping::inbound`], consuming the native record so that its
+    /// values move into the canonical one instead of being copied.
+    pub fn inbound_owned(
+        &self,
+        native: Value,
+        registry: &Registry,
+    ) -> Result<Mapped, Vec<MapFault>> {
+        let record_id = self.record_id(&native);
+        let (document, mut faults) = self.to_canonical_owned(native);
         if let Err(rejection) = registry.validate(&self.record_type, &document) {
             for fault in rejection.faults() {
                 // A field that failed to map is absent, so the schema reports it
@@ -179,7 +266,7 @@ impl RecordMapping {
         if faults.is_empty() {
             Ok(Mapped {
                 record_type: self.record_type.clone(),
-                record_id: self.record_id(native),
+                record_id,
                 document,
             })
         } else {
@@ -200,6 +287,7 @@ impl RecordMapping {
     pub fn id_canonical_path(&self) -> Option<&str> {
         let id = self.id_field.as_ref()?;
         self.fields
+            .fields
             .iter()
             .find(|f| f.native.as_ref().is_some_and(|n| n.text == id.text))
             .map(|f| f.canonical_text.as_str())
@@ -210,10 +298,10 @@ impl RecordMapping {
     /// department's system can be asked in its own terms. `None` when the
     /// canonical field is not mapped from a single native field.
     pub fn native_criterion(&self, canonical: &str, value: &str) -> Option<(String, Value)> {
-        let field = self
-            .fields
-            .iter()
-            .find(|f| f.canonical_text == canonical && f.items.is_none() && f.constant.is_none())?;
+        let field =
+            self.fields.fields.iter().find(|f| {
+                f.canonical_text == canonical && f.items.is_none() && f.constant.is_none()
+            })?;
         let native = field.native.as_ref()?;
         let native_value = field
             .transform
@@ -226,7 +314,8 @@ impl RecordMapping {
     /// The native field a canonical path comes from, for fault reports:
     /// `goods[1].unit` for `/goods/1/unit`.
     pub fn native_for(&self, canonical: &str) -> String {
-        engine::native_for(&self.fields, canonical, "").unwrap_or_else(|| "(record)".to_owned())
+        engine::native_for(&self.fields.fields, canonical, "")
+            .unwrap_or_else(|| "(record)".to_owned())
     }
 }
 

@@ -303,3 +303,14 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn two_fields_filling_one_path_are_refused_at_load() {
+    let text = "department = \"x\"\n[[record]]\nnative_type = \"p\"\nrecord_type = \"person.v1\"\n\
+                [[record.field]]\nnative = \"XM\"\ncanonical = \"/name\"\n\
+                [[record.field]]\nnative = \"NAME\"\ncanonical = \"/name\"\n";
+    assert_eq!(
+        config_error(text),
+        "dept.toml:10: /name overlaps the path of another field; each canonical path may be filled by one field"
+    );
+}

@@ -4,7 +4,6 @@
 
 use chrono::{DateTime, NaiveDate};
 use serde_json::{Number, Value};
-use std::collections::HashMap;
 
 /// How a single value is transformed.
 #[derive(Debug, Clone)]
@@ -20,10 +19,11 @@ pub enum Transform {
     /// `None` ↔ canonical RFC 3339.
     DateTime(Option<String>),
     /// A code table: native code → canonical value, and back (the first native
-    /// code listed for a canonical value is used outbound).
+    /// code listed for a canonical value is used outbound). Tables are small,
+    /// so a linear scan beats hashing.
     Codes {
-        inbound: HashMap<String, Value>,
-        outbound: HashMap<String, String>,
+        inbound: Vec<(String, Value)>,
+        outbound: Vec<(String, String)>,
         listed: String,
     },
     /// A Chinese amount such as `100万元人民币` ↔ `{"amount": 1000000, "currency": "CNY"}`.
@@ -71,6 +71,15 @@ pub struct TextOptions {
 }
 
 impl Transform {
+    /// As [`Transform::inbound`], taking the native value: a text that needs
+    /// no change is moved, not copied.
+    pub fn inbound_owned(&self, value: Value, text: TextOptions) -> Result<Value, String> {
+        match (self, &value) {
+            (Transform::Text, Value::String(s)) if !needs_text_change(s, text) => Ok(value),
+            _ => self.inbound(&value, text),
+        }
+    }
+
     pub fn inbound(&self, value: &Value, text: TextOptions) -> Result<Value, String> {
         // Text options first, on strings only; they allocate only when they change something.
         let owned;
@@ -149,8 +158,9 @@ impl Transform {
                     other => return Err(format!("expected a code, got {}", kind(other))),
                 };
                 inbound
-                    .get(code)
-                    .cloned()
+                    .iter()
+                    .find(|(c, _)| c == code)
+                    .map(|(_, v)| v.clone())
                     .ok_or_else(|| format!("unknown code {code:?}; known codes: {listed}"))
             }
             Transform::Amount => parse_amount(as_text(value)?),
@@ -180,8 +190,9 @@ impl Transform {
             Transform::Codes { outbound, .. } => {
                 let s = as_text(value)?;
                 outbound
-                    .get(s)
-                    .map(|c| Value::String(c.clone()))
+                    .iter()
+                    .find(|(v, _)| v == s)
+                    .map(|(_, c)| Value::String(c.clone()))
                     .ok_or_else(|| format!("no native code for {s:?}"))
             }
             Transform::Amount => format_amount(value),

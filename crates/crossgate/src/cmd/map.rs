@@ -114,7 +114,7 @@ pub fn run(args: MapArgs) -> ExitCode {
                     };
                     match args.direction {
                         Direction::Inbound => {
-                            mapping.inbound(&value, &registry).map(|m| m.document)
+                            mapping.inbound_owned(value, &registry).map(|m| m.document)
                         }
                         Direction::Outbound => mapping.outbound(&value),
                     }
