@@ -1,0 +1,69 @@
+//! `cargo bench -p crossgate-policy`: one query decision against the shipped catalog.
+
+use chrono::NaiveDate;
+use criterion::{Criterion, criterion_group, criterion_main};
+use crossgate_schema::Registry;
+use std::hint::black_box;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+fn bench(c: &mut Criterion) {
+    let registry = Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas");
+    let file = format!("{ROOT}/deploy/local/catalog.toml");
+    let text = std::fs::read_to_string(&file).expect("catalog");
+    let partners = [
+        "customs",
+        "border-inspection",
+        "commerce",
+        "health",
+        "public-security",
+        "medical-insurance",
+        "market-regulation",
+        "tax",
+        "human-resources",
+        "education",
+        "audit-office",
+        "operations",
+    ];
+    let policy =
+        crossgate_policy::compile(&file, &text, &partners, &registry).expect("catalog compiles");
+    let today = NaiveDate::from_ymd_opt(2026, 11, 22).expect("date");
+    c.bench_function("decide query (conditional, with approval)", |b| {
+        b.iter(|| {
+            policy
+                .decide_query(
+                    black_box("education"),
+                    "public-security",
+                    "household.v1",
+                    "school-enrolment",
+                    Some("EDU-2025-0001"),
+                    today,
+                )
+                .is_ok()
+        })
+    });
+    c.bench_function("decide query (denied: wrong purpose)", |b| {
+        b.iter(|| {
+            policy
+                .decide_query(
+                    black_box("education"),
+                    "public-security",
+                    "person.v1",
+                    "marketing",
+                    None,
+                    today,
+                )
+                .is_err()
+        })
+    });
+    c.bench_function("publish routes", |b| {
+        b.iter(|| {
+            policy
+                .publish_routes(black_box("customs"), "customs-declaration.v1", today)
+                .map(|r| r.len())
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,306 @@
+//! `catalog.toml`: its serde shape and its compilation into a [`Policy`].
+//! Every refusal names the file, the line and the fix.
+
+use crate::{Approval, ConfigError, Grant, Mask, Mode, Policy, ReleasedField, SharingClass};
+use chrono::NaiveDate;
+use crossgate_schema::Registry;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    catalog: Vec<Entry>,
+    #[serde(default)]
+    grant: Vec<GrantConfig>,
+    #[serde(default)]
+    approval: Vec<ApprovalConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    provider: Spanned<String>,
+    record_type: Spanned<String>,
+    class: Spanned<String>,
+    condition: Option<String>,
+    legal_basis: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantConfig {
+    id: Spanned<String>,
+    consumer: Spanned<String>,
+    provider: Spanned<String>,
+    record_type: Spanned<String>,
+    mode: Spanned<String>,
+    purposes: Spanned<Vec<String>>,
+    fields: Spanned<Vec<String>>,
+    masks: Option<Spanned<BTreeMap<String, String>>>,
+    valid_from: Spanned<String>,
+    valid_until: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalConfig {
+    reference: Spanned<String>,
+    consumer: Spanned<String>,
+    record_type: Spanned<String>,
+    purpose: String,
+    valid_from: Spanned<String>,
+    valid_until: Spanned<String>,
+}
+
+/// Compile `catalog.toml`. `partners` are the known partner ids; every
+/// record type and field path is checked against `registry`.
+pub fn compile(
+    file: &str,
+    text: &str,
+    partners: &[&str],
+    registry: &Registry,
+) -> Result<Policy, ConfigError> {
+    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
+        file: file.to_owned(),
+        line: 1 + text.as_bytes()[..span.start.min(text.len())]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count(),
+        message,
+    };
+    let parsed: File = toml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_owned(),
+        line: e.span().map_or(0, |s| {
+            1 + text.as_bytes()[..s.start.min(text.len())]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+        }),
+        message: e.message().trim().to_owned(),
+    })?;
+    let partner = |p: &Spanned<String>| -> Result<String, ConfigError> {
+        if partners.contains(&p.get_ref().as_str()) {
+            Ok(p.get_ref().clone())
+        } else {
+            Err(err(
+                p.span(),
+                format!(
+                    "unknown partner {:?}; partners are listed in partners.toml: {}",
+                    p.get_ref(),
+                    partners.join(", ")
+                ),
+            ))
+        }
+    };
+    let record_type = |t: &Spanned<String>| -> Result<String, ConfigError> {
+        if registry.contains(t.get_ref()) {
+            Ok(t.get_ref().clone())
+        } else {
+            let known: Vec<&str> = registry.record_types().map(|s| s.record_type).collect();
+            Err(err(
+                t.span(),
+                format!(
+                    "unknown record type {:?}; known: {}",
+                    t.get_ref(),
+                    known.join(", ")
+                ),
+            ))
+        }
+    };
+    let date = |d: &Spanned<String>| -> Result<NaiveDate, ConfigError> {
+        NaiveDate::parse_from_str(d.get_ref(), "%Y-%m-%d").map_err(|_| {
+            err(
+                d.span(),
+                format!("{:?} is not a date; write YYYY-MM-DD", d.get_ref()),
+            )
+        })
+    };
+
+    let mut policy = Policy::default();
+    for e in &parsed.catalog {
+        let provider = partner(&e.provider)?;
+        let rt = record_type(&e.record_type)?;
+        let class = match e.class.get_ref().as_str() {
+            "unconditional" => SharingClass::Unconditional,
+            "conditional" => SharingClass::Conditional {
+                condition: e.condition.clone().ok_or_else(|| {
+                    err(e.class.span(), "a conditional entry needs `condition = \"...\"` saying what the condition is".into())
+                })?,
+            },
+            "none" => SharingClass::None {
+                legal_basis: e.legal_basis.clone().ok_or_else(|| {
+                    err(e.class.span(), "an entry of class none needs `legal_basis = \"...\"`".into())
+                })?,
+            },
+            other => {
+                return Err(err(
+                    e.class.span(),
+                    format!("unknown sharing class {other:?}; use unconditional, conditional or none"),
+                ));
+            }
+        };
+        let by_type = policy.classes.entry(provider.clone()).or_default();
+        if by_type.insert(rt.clone(), class).is_some() {
+            return Err(err(
+                e.record_type.span(),
+                format!("{rt} of {provider} is listed twice; keep one entry"),
+            ));
+        }
+    }
+
+    for g in &parsed.grant {
+        let id = g.id.get_ref().clone();
+        if policy.grants.iter().any(|x| x.id == id) {
+            return Err(err(g.id.span(), format!("grant id {id:?} is used twice")));
+        }
+        let consumer = partner(&g.consumer)?;
+        let provider = partner(&g.provider)?;
+        let rt = record_type(&g.record_type)?;
+        if policy.class(&provider, &rt).is_none() {
+            return Err(err(
+                g.record_type.span(),
+                format!(
+                    "grant {id} shares {rt} of {provider}, which the catalog does not list; add a [[catalog]] entry"
+                ),
+            ));
+        }
+        let mode = match g.mode.get_ref().as_str() {
+            "publish" => Mode::Publish,
+            "query" => Mode::Query,
+            other => {
+                return Err(err(
+                    g.mode.span(),
+                    format!("unknown mode {other:?}; use publish or query"),
+                ));
+            }
+        };
+        if g.purposes.get_ref().is_empty() {
+            return Err(err(
+                g.purposes.span(),
+                format!(
+                    "grant {id} names no purpose; data may be used only for a declared purpose"
+                ),
+            ));
+        }
+        let mut fields = Vec::new();
+        for pointer in g.fields.get_ref() {
+            if !pointer.starts_with('/') || registry.schema_at(&rt, pointer).is_none() {
+                return Err(err(
+                    g.fields.span(),
+                    format!(
+                        "{pointer} is not a field of {rt}; see schemas/{rt}.json (write lists as /goods/-/hs_code)"
+                    ),
+                ));
+            }
+            fields.push(ReleasedField::new(pointer, None));
+        }
+        let no_masks = BTreeMap::new();
+        let (masks, masks_span) = match &g.masks {
+            Some(m) => (m.get_ref(), m.span()),
+            None => (&no_masks, 0..0),
+        };
+        for (pointer, mask) in masks {
+            let mask = Mask::parse(mask).map_err(|m| err(masks_span.clone(), m))?;
+            let released = fields
+                .iter()
+                .any(|f| pointer == &f.pointer || pointer.starts_with(&format!("{}/", f.pointer)));
+            if !released || registry.schema_at(&rt, pointer).is_none() {
+                return Err(err(
+                    masks_span.clone(),
+                    format!("mask on {pointer}, which grant {id} does not release"),
+                ));
+            }
+            fields.push(ReleasedField::new(pointer, Some(mask)));
+        }
+        if fields.is_empty() {
+            return Err(err(
+                g.fields.span(),
+                format!("grant {id} releases no field"),
+            ));
+        }
+        let (valid_from, valid_until) = (date(&g.valid_from)?, date(&g.valid_until)?);
+        if valid_until < valid_from {
+            return Err(err(
+                g.valid_until.span(),
+                format!("grant {id} ends before it starts"),
+            ));
+        }
+        let grant = Grant {
+            id,
+            consumer,
+            provider,
+            record_type: rt,
+            mode,
+            purposes: g.purposes.get_ref().clone(),
+            fields,
+            valid_from,
+            valid_until,
+        };
+        if let Some(other) = policy.grants.iter().find(|o| disagree(o, &grant)) {
+            return Err(err(
+                g.id.span(),
+                format!(
+                    "grants {} and {} overlap (same consumer, provider, record type, mode, a shared purpose and overlapping validity) but release different fields; merge them",
+                    other.id, grant.id
+                ),
+            ));
+        }
+        let index = policy.grants.len();
+        match mode {
+            Mode::Query => policy
+                .query
+                .entry(grant.consumer.clone())
+                .or_default()
+                .entry(grant.provider.clone())
+                .or_default()
+                .entry(grant.record_type.clone())
+                .or_default()
+                .push(index),
+            Mode::Publish => policy
+                .publish
+                .entry(grant.provider.clone())
+                .or_default()
+                .entry(grant.record_type.clone())
+                .or_default()
+                .push(index),
+        }
+        policy.grants.push(grant);
+    }
+
+    for a in &parsed.approval {
+        let reference = a.reference.get_ref().clone();
+        let approval = Approval {
+            consumer: partner(&a.consumer)?,
+            record_type: record_type(&a.record_type)?,
+            purpose: a.purpose.clone(),
+            valid_from: date(&a.valid_from)?,
+            valid_until: date(&a.valid_until)?,
+            reference: reference.clone(),
+        };
+        if policy
+            .approvals
+            .insert(reference.clone(), approval)
+            .is_some()
+        {
+            return Err(err(
+                a.reference.span(),
+                format!("approval {reference:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(policy)
+}
+
+fn disagree(a: &Grant, b: &Grant) -> bool {
+    a.consumer == b.consumer
+        && a.provider == b.provider
+        && a.record_type == b.record_type
+        && a.mode == b.mode
+        && a.purposes.iter().any(|p| b.purposes.contains(p))
+        && a.valid_from <= b.valid_until
+        && b.valid_from <= a.valid_until
+        && a.fields != b.fields
+}

@@ -1,0 +1,248 @@
+use crate::{Policy, compile, project, withheld};
+use chrono::NaiveDate;
+use crossgate_schema::Registry;
+use serde_json::json;
+use std::sync::OnceLock;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+const PARTNERS: &[&str] = &[
+    "customs",
+    "border-inspection",
+    "commerce",
+    "health",
+    "public-security",
+    "medical-insurance",
+    "market-regulation",
+    "tax",
+    "human-resources",
+    "education",
+    "audit-office",
+    "operations",
+];
+
+fn registry() -> &'static Registry {
+    static R: OnceLock<Registry> = OnceLock::new();
+    R.get_or_init(|| Registry::load_dir(format!("{ROOT}/schemas")).unwrap())
+}
+
+fn shipped() -> Policy {
+    let file = format!("{ROOT}/deploy/local/catalog.toml");
+    compile(
+        &file,
+        &std::fs::read_to_string(&file).unwrap(),
+        PARTNERS,
+        registry(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn day(s: &str) -> NaiveDate {
+    NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+}
+
+const TODAY: &str = "2026-11-22";
+
+#[test]
+fn education_queries_households_with_purpose_and_approval() {
+    let p = shipped();
+    let release = p
+        .decide_query(
+            "education",
+            "public-security",
+            "household.v1",
+            "school-enrolment",
+            Some("EDU-2025-0001"),
+            day(TODAY),
+        )
+        .unwrap();
+    assert_eq!(release.grant.id, "education-household");
+    assert_eq!(release.approval.unwrap().reference, "EDU-2025-0001");
+    let household = json!({
+        "household_id": "11010567397679",
+        "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"},
+        "members": [{"id_number": "110105198405049582", "name": "周建华", "relation": "head"}]
+    });
+    assert_eq!(
+        project(&household, release.fields()),
+        json!({
+            "household_id": "11010567397679",
+            "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"},
+            "members": [{"id_number": "**************9582", "name": "周建华", "relation": "head"}]
+        })
+    );
+}
+
+#[test]
+fn every_denial_says_why_and_names_its_rule() {
+    let p = shipped();
+    let today = day(TODAY);
+    let wrong_purpose = p
+        .decide_query(
+            "education",
+            "public-security",
+            "person.v1",
+            "marketing",
+            None,
+            today,
+        )
+        .unwrap_err();
+    assert_eq!(wrong_purpose.rule, "grant:education-person");
+    assert_eq!(
+        wrong_purpose.reason,
+        "grant education-person serves the purposes school-enrolment, not \"marketing\""
+    );
+
+    let no_approval = p
+        .decide_query(
+            "education",
+            "public-security",
+            "household.v1",
+            "school-enrolment",
+            None,
+            today,
+        )
+        .unwrap_err();
+    assert_eq!(no_approval.rule, "catalog:public-security/household.v1");
+    assert!(
+        no_approval
+            .reason
+            .contains("an approval reference is required")
+    );
+
+    let bad_approval = p
+        .decide_query(
+            "education",
+            "public-security",
+            "household.v1",
+            "school-enrolment",
+            Some("EDU-9"),
+            today,
+        )
+        .unwrap_err();
+    assert_eq!(bad_approval.reason, "approval EDU-9 is not on record");
+
+    let no_grant = p
+        .decide_query(
+            "tax",
+            "public-security",
+            "person.v1",
+            "school-enrolment",
+            None,
+            today,
+        )
+        .unwrap_err();
+    assert_eq!(no_grant.rule, "default-deny");
+    assert_eq!(
+        no_grant.reason,
+        "no grant lets tax query public-security for person.v1"
+    );
+
+    let expired = p
+        .decide_query(
+            "education",
+            "public-security",
+            "person.v1",
+            "school-enrolment",
+            None,
+            day("2031-01-01"),
+        )
+        .unwrap_err();
+    assert_eq!(
+        expired.reason,
+        "grant education-person is valid from 2025-01-01 to 2030-12-31; today is 2031-01-01"
+    );
+
+    let unlisted = p
+        .decide_query("education", "customs", "person.v1", "x", None, today)
+        .unwrap_err();
+    assert_eq!(
+        unlisted.reason,
+        "the sharing catalog does not list person.v1 for customs"
+    );
+}
+
+#[test]
+fn a_declaration_is_routed_to_border_inspection_and_commerce_each_with_its_part() {
+    let p = shipped();
+    let routes = p
+        .publish_routes("customs", "customs-declaration.v1", day(TODAY))
+        .unwrap();
+    let receivers: Vec<&str> = routes.iter().map(|r| r.grant.consumer.as_str()).collect();
+    assert_eq!(receivers, ["border-inspection", "commerce"]);
+    let declaration = json!({
+        "declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22",
+        "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
+        "transport": {"mode": "road", "vehicle_plate": "藏D96371"},
+        "goods": [{"line": 1, "hs_code": "6746284797", "quantity": 191, "unit": "kg"}]
+    });
+    let border = project(&declaration, routes[0].fields());
+    assert!(border.get("goods").is_none() && border.get("trader_uscc").is_none());
+    assert_eq!(border["transport"]["vehicle_plate"], "藏D96371");
+    let commerce = project(&declaration, routes[1].fields());
+    assert!(commerce.get("transport").is_none());
+    assert_eq!(commerce["goods"][0]["hs_code"], "6746284797");
+    assert_eq!(
+        withheld(&declaration, routes[1].fields()),
+        vec!["/port_code", "/transport/mode", "/transport/vehicle_plate"]
+    );
+
+    assert!(
+        p.publish_routes("customs", "person.v1", day(TODAY))
+            .is_err()
+    );
+    assert!(
+        p.publish_routes("customs", "customs-declaration.v1", day("2035-01-01"))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn error(text: &str) -> String {
+    compile("catalog.toml", text, PARTNERS, registry())
+        .unwrap_err()
+        .to_string()
+}
+
+const ENTRY: &str = "[[catalog]]\nprovider = \"public-security\"\nrecord_type = \"person.v1\"\nclass = \"unconditional\"\n";
+
+fn grant(consumer: &str, fields: &str, purposes: &str) -> String {
+    format!(
+        "[[grant]]\nid = \"g-{consumer}-{}\"\nconsumer = \"{consumer}\"\nprovider = \"public-security\"\nrecord_type = \"person.v1\"\n\
+         mode = \"query\"\npurposes = {purposes}\nfields = {fields}\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\n",
+        fields.len()
+    )
+}
+
+#[test]
+fn bad_catalogs_are_refused_with_file_line_and_reason() {
+    assert_eq!(
+        error(&format!(
+            "{ENTRY}{}",
+            grant("educaton", "[\"/name\"]", "[\"x\"]")
+        )),
+        "catalog.toml:7: unknown partner \"educaton\"; partners are listed in partners.toml: customs, border-inspection, commerce, health, public-security, medical-insurance, market-regulation, tax, human-resources, education, audit-office, operations"
+    );
+    assert!(
+        error("[[catalog]]\nprovider = \"health\"\nrecord_type = \"birth.v9\"\nclass = \"unconditional\"\n")
+            .starts_with("catalog.toml:3: unknown record type \"birth.v9\"")
+    );
+    assert_eq!(
+        error(&format!(
+            "{ENTRY}{}",
+            grant("education", "[\"/name\", \"/nickname\"]", "[\"x\"]")
+        )),
+        "catalog.toml:12: /nickname is not a field of person.v1; see schemas/person.v1.json (write lists as /goods/-/hs_code)"
+    );
+    let overlapping = format!(
+        "{ENTRY}{}{}",
+        grant("education", "[\"/name\"]", "[\"a\", \"b\"]"),
+        grant("education", "[\"/name\", \"/birth_date\"]", "[\"b\"]")
+    );
+    let e = error(&overlapping);
+    assert!(
+        e.starts_with("catalog.toml:16: grants g-education-9 and g-education-24 overlap"),
+        "{e}"
+    );
+    assert!(error("[[catalog]]\nprovider = \"health\"\nrecord_type = \"birth.v1\"\nclass = \"conditional\"\n").contains("needs `condition"));
+    assert!(error("[[grant]\n").starts_with("catalog.toml:1:"));
+}
