@@ -5,9 +5,11 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+mod partners;
 mod project;
 
 pub use catalog::compile;
+pub use partners::{Partner, Role, compile_partners};
 pub use project::{Mask, ReleasedField, project, withheld};
 
 use chrono::NaiveDate;

@@ -246,3 +246,21 @@ fn bad_catalogs_are_refused_with_file_line_and_reason() {
     assert!(error("[[catalog]]\nprovider = \"health\"\nrecord_type = \"birth.v1\"\nclass = \"conditional\"\n").contains("needs `condition"));
     assert!(error("[[grant]\n").starts_with("catalog.toml:1:"));
 }
+
+#[test]
+fn shipped_partners_load_and_bad_ones_are_refused() {
+    let file = format!("{ROOT}/deploy/local/partners.toml");
+    let partners =
+        crate::compile_partners(&file, &std::fs::read_to_string(&file).unwrap()).unwrap();
+    let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, PARTNERS);
+    let err = crate::compile_partners(
+        "partners.toml",
+        "[[partner]]\nid = \"tax\"\nname = \"t\"\nrole = \"admin\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "partners.toml:4: unknown role \"admin\"; use partner, auditor or operator"
+    );
+}

@@ -37,6 +37,9 @@ enum Command {
     Map(cmd::map::MapArgs),
     /// Run one department's adapter.
     Adapter(cmd::adapter::AdapterArgs),
+    /// The sharing catalog: check what it decides.
+    #[command(subcommand)]
+    Policy(cmd::policy::PolicyCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Schema(c) => cmd::schema::run(c),
         Command::Map(args) => cmd::map::run(args),
         Command::Adapter(args) => cmd::adapter::run(args),
+        Command::Policy(c) => cmd::policy::run(c),
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -1,3 +1,4 @@
 pub mod adapter;
 pub mod map;
+pub mod policy;
 pub mod schema;
