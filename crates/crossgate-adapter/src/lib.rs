@@ -8,7 +8,7 @@ pub mod config;
 mod service;
 pub mod system;
 
-pub use service::{Adapter, faults_status};
+pub use service::{Adapter, Peers, faults_status};
 
 use crossgate_proto::department_server::DepartmentServer;
 use crossgate_proto::department_system_server::DepartmentSystemServer;
@@ -34,11 +34,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_tls(adapter, listener, None, shutdown).await
+}
+
+/// As [`serve`], over mutual TLS when `tls` is given.
+pub async fn serve_tls(
+    adapter: Adapter,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let (reporter, health) = crossgate_proto::standard::health_reporter();
     reporter.set_serving::<IngressServer<Adapter>>().await;
     reporter.set_serving::<DepartmentServer<Adapter>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .add_service(health)
         .add_service(reflection)
         .add_service(IngressServer::new(adapter.clone()))
@@ -63,7 +77,18 @@ pub async fn serve_system(
 /// A lazily connected plain-HTTP/2 channel to `http://addr`, with a short
 /// connect timeout so that a peer that is down answers `UNAVAILABLE` quickly.
 pub fn lazy_channel(uri: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(uri.to_owned())?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect_lazy())
+    lazy_tls_channel(uri, None)
+}
+
+/// As [`lazy_channel`], over mutual TLS when `tls` is given (`https://...`).
+pub fn lazy_tls_channel(
+    uri: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let mut endpoint =
+        Endpoint::from_shared(uri.to_owned())?.connect_timeout(std::time::Duration::from_secs(2));
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    Ok(endpoint.connect_lazy())
 }

@@ -30,6 +30,16 @@ struct Inner {
     registry: Arc<Registry>,
     broker: BrokerClient<Channel>,
     system: DepartmentSystemClient<Channel>,
+    /// Under mutual TLS: who may call which service.
+    peers: Option<Peers>,
+}
+
+/// Under mutual TLS, `Department` may be called only by the broker and
+/// `Ingress` only by the department's own system (its certificate names the
+/// department).
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub broker: String,
 }
 
 impl Adapter {
@@ -48,8 +58,42 @@ impl Adapter {
                 registry,
                 broker: BrokerClient::new(broker),
                 system: DepartmentSystemClient::new(system),
+                peers: None,
             }),
         }
+    }
+
+    /// Check callers' certificates: the broker for `Department`, the
+    /// department itself for `Ingress`. For adapters served over mutual TLS;
+    /// call before the adapter is cloned or served.
+    pub fn with_peers(mut self, peers: Peers) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.peers = Some(peers),
+            None => tracing::error!("with_peers called on a shared adapter; peers not set"),
+        }
+        self
+    }
+
+    /// Under mutual TLS, the caller must be `expected`.
+    fn check_peer<T>(&self, request: &Request<T>, expected: &str) -> Result<(), Status> {
+        if self.inner.peers.is_none() {
+            return Ok(());
+        }
+        let caller = request
+            .peer_certs()
+            .and_then(|chain| crossgate_tls::peer_identity(&chain));
+        match caller {
+            Some(id) if id == expected => Ok(()),
+            Some(id) => Err(Status::permission_denied(format!(
+                "{id} may not call this service of {}'s adapter",
+                self.department()
+            ))),
+            None => Err(Status::unauthenticated("a client certificate is required")),
+        }
+    }
+
+    fn broker_id(&self) -> &str {
+        self.inner.peers.as_ref().map_or("", |p| p.broker.as_str())
     }
 
     pub fn department(&self) -> &str {
@@ -130,6 +174,7 @@ impl Ingress for Adapter {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        self.check_peer(&request, self.department())?;
         let native = request
             .into_inner()
             .record
@@ -185,6 +230,7 @@ impl Ingress for Adapter {
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
+        self.check_peer(&request, self.department())?;
         let req = request.into_inner();
         let reply = self
             .inner
@@ -259,6 +305,7 @@ impl Department for Adapter {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
+        self.check_peer(&request, self.broker_id())?;
         let req = request.into_inner();
         let record = req
             .record
@@ -288,6 +335,7 @@ impl Department for Adapter {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        self.check_peer(&request, self.broker_id())?;
         let req = request.into_inner();
         let mapping = self
             .inner

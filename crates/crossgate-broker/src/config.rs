@@ -1,0 +1,83 @@
+//! `broker.toml` and the files it points at.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Where the broker listens.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Folder with `ca.pem`, `broker.pem`/`broker.key` and the parties' certificates.
+    #[serde(default = "default_certs")]
+    pub certs: PathBuf,
+    /// Largest gRPC message accepted, in bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// Deadline for a call whose caller set none, in milliseconds.
+    #[serde(default = "default_deadline")]
+    pub default_deadline_ms: u64,
+    /// How long a delivery to one adapter may take, in milliseconds.
+    #[serde(default = "default_delivery")]
+    pub delivery_timeout_ms: u64,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7000))
+}
+fn default_certs() -> PathBuf {
+    PathBuf::from(".crossgate/certs")
+}
+fn default_max_message() -> usize {
+    4 * 1024 * 1024
+}
+fn default_deadline() -> u64 {
+    5_000
+}
+fn default_delivery() -> u64 {
+    2_000
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: default_listen(),
+            certs: default_certs(),
+            max_message_bytes: default_max_message(),
+            default_deadline_ms: default_deadline(),
+            delivery_timeout_ms: default_delivery(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    /// Read `<dir>/broker.toml`; a missing file means the defaults.
+    pub fn load(dir: &Path) -> Result<Self, String> {
+        let path = dir.join("broker.toml");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                1 + text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            });
+            format!("{}:{line}: {}", path.display(), e.message().trim())
+        })
+    }
+
+    pub fn default_deadline(&self) -> Duration {
+        Duration::from_millis(self.default_deadline_ms)
+    }
+
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms)
+    }
+}

@@ -1,0 +1,148 @@
+//! The broker: every record between departments passes it. Each call takes
+//! the same named steps (see `pipeline.rs`): authenticate → limit → validate →
+//! authorise → audit → forward.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod config;
+pub mod delivery;
+mod pipeline;
+mod service;
+
+use crossgate_policy::{Mode, Partner, Policy};
+use crossgate_proto::broker_server::BrokerServer;
+use crossgate_schema::Registry;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
+use tonic::Status;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use config::BrokerConfig;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub id: String,
+}
+
+/// The limit step's interface: `Err` is the call's answer
+/// (`RESOURCE_EXHAUSTED` with how long to wait).
+pub trait Limiter: Send + Sync + 'static {
+    fn check(&self, partner: &str, mode: Mode) -> Result<(), Status>;
+}
+
+/// No limits (until per-partner limits are configured).
+pub struct Unlimited;
+
+impl Limiter for Unlimited {
+    fn check(&self, _: &str, _: Mode) -> Result<(), Status> {
+        Ok(())
+    }
+}
+
+/// Everything the broker needs, built once at start.
+pub struct Parts {
+    pub config: BrokerConfig,
+    pub registry: Arc<Registry>,
+    pub policy: Policy,
+    pub partners: Vec<Partner>,
+    pub adapters: delivery::Adapters,
+    pub queue: Arc<dyn delivery::DeliveryQueue>,
+    pub audit: Arc<dyn audit::AuditSink>,
+    pub limiter: Arc<dyn Limiter>,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: BrokerConfig,
+    registry: Arc<Registry>,
+    policy: Policy,
+    partners: HashMap<String, Partner>,
+    adapters: delivery::Adapters,
+    queue: Arc<dyn delivery::DeliveryQueue>,
+    audit: Arc<dyn audit::AuditSink>,
+    limiter: Arc<dyn Limiter>,
+    next_request: AtomicU64,
+    epoch: u64,
+}
+
+impl Broker {
+    pub fn new(parts: Parts) -> Self {
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        Broker {
+            inner: Arc::new(Inner {
+                config: parts.config,
+                registry: parts.registry,
+                policy: parts.policy,
+                partners: parts
+                    .partners
+                    .into_iter()
+                    .map(|p| (p.id.clone(), p))
+                    .collect(),
+                adapters: parts.adapters,
+                queue: parts.queue,
+                audit: parts.audit,
+                limiter: parts.limiter,
+                next_request: AtomicU64::new(1),
+                epoch,
+            }),
+        }
+    }
+
+    /// A request id unique to this broker process.
+    fn request_id(&self) -> String {
+        let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        format!("{:x}-{n}", self.inner.epoch)
+    }
+}
+
+/// Today (UTC), for grant and approval validity windows.
+fn today() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive()
+}
+
+/// Why the broker stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server reflection: {0}")]
+    Reflection(#[from] crossgate_proto::standard::ReflectionError),
+}
+
+/// Serve `Broker` over mutual TLS on `listener` until `shutdown`, with health
+/// checking and server reflection.
+pub async fn serve(
+    broker: Broker,
+    tls: crossgate_tls::Bundle,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health) = crossgate_proto::standard::health_reporter();
+    reporter.set_serving::<BrokerServer<Broker>>().await;
+    let reflection = crossgate_proto::standard::reflection()?;
+    let max = broker.inner.config.max_message_bytes;
+    Server::builder()
+        .tls_config(tls.server())?
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(
+            BrokerServer::new(broker)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The broker's request path, one named step each, in the order every call
+//! takes them: authenticate → limit → validate → authorise → audit → forward.
+//! The gRPC handlers in `service.rs` are these steps in sequence.
+
+use crate::audit::{Decision, Entry};
+use crate::{Broker, Caller};
+use crossgate_policy::{Denial, Mode, Release, Role};
+use crossgate_proto::Record;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// A request's running context: its id, when it started, and its deadline.
+pub struct Call {
+    pub id: String,
+    pub started: Instant,
+    pub deadline: Duration,
+}
+
+impl Call {
+    pub fn elapsed_micros(&self) -> u64 {
+        self.started.elapsed().as_micros().min(u128::from(u64::MAX)) as u64
+    }
+
+    /// Time left before the caller's deadline.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_sub(self.started.elapsed())
+    }
+}
+
+impl Broker {
+    /// Step 1 — authenticate: the caller is whoever its verified client
+    /// certificate names, and must be a known party of `role`.
+    pub(crate) fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        role: Role,
+    ) -> Result<Caller, Status> {
+        let id = request
+            .peer_certs()
+            .and_then(|chain| crossgate_tls::peer_identity(&chain))
+            .ok_or_else(|| {
+                Status::unauthenticated("a client certificate naming a crossgate party is required")
+            })?;
+        let partner = self.inner.partners.get(&id).ok_or_else(|| {
+            Status::unauthenticated(format!("{id} is not a party in partners.toml"))
+        })?;
+        if partner.role != role {
+            return Err(Status::permission_denied(format!(
+                "{id} has the role {}; this call needs the role {}",
+                partner.role.as_str(),
+                role.as_str()
+            )));
+        }
+        Ok(Caller { id })
+    }
+
+    /// Step 2 — limit: checked before the record is parsed, so a throttled
+    /// call costs next to nothing.
+    pub(crate) async fn limit(&self, caller: &Caller, mode: Mode) -> Result<(), Status> {
+        self.inner.limiter.check(&caller.id, mode)
+    }
+
+    /// Step 3 — validate: the record against its schema, every fault at once.
+    pub(crate) fn validate(&self, record: &Record) -> Result<Value, Status> {
+        self.inner
+            .registry
+            .parse_and_validate(&record.record_type, &record.json)
+            .map_err(|rejection| {
+                let faults = rejection.faults();
+                let violations: Vec<FieldViolation> = faults
+                    .iter()
+                    .map(|f| FieldViolation::new(f.path.clone(), f.message.clone()))
+                    .collect();
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("{} record rejected: {rejection}", record.record_type),
+                    ErrorDetails::with_bad_request(violations),
+                )
+            })
+    }
+
+    /// Step 4 — authorise a publish: every receiver whose grant is in force.
+    pub(crate) fn authorise_publish(
+        &self,
+        caller: &Caller,
+        record_type: &str,
+    ) -> Result<Vec<Release<'_>>, Denial> {
+        self.inner
+            .policy
+            .publish_routes(&caller.id, record_type, crate::today())
+    }
+
+    /// Step 4 — authorise a query.
+    pub(crate) fn authorise_query(
+        &self,
+        caller: &Caller,
+        provider: &str,
+        record_type: &str,
+        purpose: &str,
+        approval: &str,
+    ) -> Result<Release<'_>, Denial> {
+        let approval = (!approval.is_empty()).then_some(approval);
+        self.inner.policy.decide_query(
+            &caller.id,
+            provider,
+            record_type,
+            purpose,
+            approval,
+            crate::today(),
+        )
+    }
+
+    /// Step 5 — audit: returns only when the entry is kept; if the log cannot
+    /// be written the broker refuses the work rather than serve without it.
+    pub(crate) async fn audit(&self, call: &Call, mut entry: Entry) -> Result<(), Status> {
+        entry.request_id = call.id.clone();
+        entry.latency_micros = call.elapsed_micros();
+        let decision = entry.decision;
+        self.inner.audit.append(entry).await.map_err(|e| {
+            tracing::error!(request_id = %call.id, error = %e, "audit log unavailable");
+            Status::unavailable("the audit log cannot be written; try again later")
+        })?;
+        tracing::info!(request_id = %call.id, decision = decision.as_str(), "audited");
+        Ok(())
+    }
+}
+
+/// A blank entry of `kind` for `caller`, filled in by each step.
+pub(crate) fn entry(kind: &'static str, decision: Decision) -> Entry {
+    Entry {
+        time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        request_id: String::new(),
+        kind,
+        consumer: String::new(),
+        provider: String::new(),
+        record_type: String::new(),
+        record_id: String::new(),
+        purpose: String::new(),
+        approval_reference: String::new(),
+        decision,
+        reason: String::new(),
+        released_fields: Vec::new(),
+        record_digest: String::new(),
+        latency_micros: 0,
+    }
+}
+
+/// `PERMISSION_DENIED` with the rule and reason.
+pub(crate) fn denied(denial: &Denial) -> Status {
+    Status::with_error_details(
+        Code::PermissionDenied,
+        denial.reason.clone(),
+        ErrorDetails::with_error_info(
+            denial.rule.clone(),
+            "crossgate",
+            std::collections::HashMap::new(),
+        ),
+    )
+}
+
+/// The caller's deadline from the `grpc-timeout` header, capped by the default.
+pub(crate) fn deadline<T>(request: &Request<T>, default: Duration) -> Duration {
+    let parsed = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| {
+            let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+            let n: u64 = digits.parse().ok()?;
+            Some(match unit {
+                "H" => Duration::from_secs(n.saturating_mul(3600)),
+                "M" => Duration::from_secs(n.saturating_mul(60)),
+                "S" => Duration::from_secs(n),
+                "m" => Duration::from_millis(n),
+                "u" => Duration::from_micros(n),
+                "n" => Duration::from_nanos(n),
+                _ => return None,
+            })
+        });
+    parsed.map_or(default, |d| d.min(default))
+}

@@ -1,0 +1,499 @@
+//! The broker end to end over real loopback sockets with real certificates:
+//! adapters with reference department systems, the broker, and clients that
+//! present (or fail to present) certificates.
+
+use crossgate_adapter::system::ReferenceSystem;
+use crossgate_adapter::{
+    Adapter, Peers, config as adapter_config, lazy_channel, lazy_tls_channel, serve_system,
+    serve_tls,
+};
+use crossgate_broker::audit::{Decision, MemorySink};
+use crossgate_broker::delivery::{Adapters, DirectDelivery};
+use crossgate_broker::{Broker, BrokerConfig, Parts, Unlimited, serve};
+use crossgate_policy::{Partner, compile, compile_partners};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::ingress_client::IngressClient;
+use crossgate_proto::*;
+use crossgate_schema::Registry;
+use crossgate_tls::{Bundle, DevCa};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+
+struct System {
+    broker_addr: String,
+    ca: Arc<DevCa>,
+    systems: HashMap<String, ReferenceSystem>,
+    audit: Arc<MemorySink>,
+    adapter_addrs: HashMap<String, String>,
+}
+
+fn bundle(ca: &DevCa, id: &str) -> Bundle {
+    let (cert_pem, key_pem) = ca.issue(id, 1, 30).unwrap();
+    Bundle {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.pem().to_owned(),
+    }
+}
+
+async fn bind() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap().to_string();
+    (l, a)
+}
+
+/// Start the broker and adapters for `departments` (the rest of the partners
+/// get an address where nothing listens).
+async fn start(departments: &[&str]) -> System {
+    let registry = Arc::new(Registry::load_dir(format!("{ROOT}/schemas")).unwrap());
+    let ca = Arc::new(DevCa::new("test CA").unwrap());
+    let (broker_listener, broker_addr) = bind().await;
+
+    let mut systems = HashMap::new();
+    let mut adapter_addrs = HashMap::new();
+    for dept in departments {
+        let system = ReferenceSystem::new();
+        let seeds = format!("{ROOT}/deploy/local/fixtures/{dept}");
+        if Path::new(&seeds).is_dir() {
+            system.seed_dir(Path::new(&seeds)).unwrap();
+        }
+        let (sl, saddr) = bind().await;
+        tokio::spawn(serve_system(system.clone(), sl, std::future::pending()));
+        let mapping = adapter_config::load_department(
+            Path::new(&format!("{ROOT}/deploy/local")),
+            dept,
+            &registry,
+        )
+        .unwrap_or_else(|_| crossgate_mapping::DepartmentMapping {
+            department: dept.to_string(),
+            records: vec![],
+        });
+        let tls = bundle(&ca, dept);
+        let broker_channel =
+            lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client())).unwrap();
+        let adapter = Adapter::new(
+            mapping,
+            registry.clone(),
+            broker_channel,
+            lazy_channel(&format!("http://{saddr}")).unwrap(),
+        )
+        .with_peers(Peers {
+            broker: "broker".into(),
+        });
+        let (al, aaddr) = bind().await;
+        tokio::spawn(serve_tls(
+            adapter,
+            al,
+            Some(tls.server()),
+            std::future::pending(),
+        ));
+        systems.insert(dept.to_string(), system);
+        adapter_addrs.insert(dept.to_string(), aaddr);
+    }
+
+    let pfile = format!("{ROOT}/deploy/local/partners.toml");
+    let mut partners: Vec<Partner> =
+        compile_partners(&pfile, &std::fs::read_to_string(&pfile).unwrap()).unwrap();
+    // A port where nothing listens, for adapters that are down.
+    let down = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    for p in partners.iter_mut().filter(|p| p.adapter.is_some()) {
+        p.adapter = Some(
+            adapter_addrs
+                .get(&p.id)
+                .cloned()
+                .unwrap_or_else(|| down.clone()),
+        );
+    }
+    let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
+    let cfile = format!("{ROOT}/deploy/local/catalog.toml");
+    let policy = compile(
+        &cfile,
+        &std::fs::read_to_string(&cfile).unwrap(),
+        &ids,
+        &registry,
+    )
+    .unwrap();
+    let broker_tls = bundle(&ca, "broker");
+    let adapters =
+        Adapters::new(&partners, Some(broker_tls.client()), Duration::from_secs(1)).unwrap();
+    let audit = Arc::new(MemorySink::default());
+    let config = BrokerConfig::default();
+    let broker = Broker::new(Parts {
+        queue: Arc::new(DirectDelivery {
+            adapters: adapters.clone(),
+            timeout: config.delivery_timeout(),
+        }),
+        config,
+        registry,
+        policy,
+        partners,
+        adapters,
+        audit: audit.clone(),
+        limiter: Arc::new(Unlimited),
+    });
+    tokio::spawn(serve(
+        broker,
+        broker_tls,
+        broker_listener,
+        std::future::pending(),
+    ));
+    System {
+        broker_addr,
+        ca,
+        systems,
+        audit,
+        adapter_addrs,
+    }
+}
+
+async fn channel(addr: &str, tls: Bundle) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(format!("https://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tls_config(tls.client())?
+        .connect()
+        .await
+}
+
+async fn broker_as(sys: &System, id: &str) -> BrokerClient<Channel> {
+    BrokerClient::new(
+        channel(&sys.broker_addr, bundle(&sys.ca, id))
+            .await
+            .unwrap(),
+    )
+}
+
+fn fixture(dept: &str, file: &str, n: usize) -> Vec<u8> {
+    let text =
+        std::fs::read_to_string(format!("{ROOT}/deploy/local/fixtures/{dept}/{file}")).unwrap();
+    text.lines().nth(n).unwrap().as_bytes().to_vec()
+}
+
+#[tokio::test]
+async fn the_land_port_one_declaration_two_receivers_each_its_own_part() {
+    let sys = start(&["customs", "border-inspection", "commerce"]).await;
+    let mut customs = IngressClient::new(
+        channel(&sys.adapter_addrs["customs"], bundle(&sys.ca, "customs"))
+            .await
+            .unwrap(),
+    );
+    let reply = customs
+        .submit(SubmitRequest {
+            record: Some(NativeRecord {
+                native_type: "declarations".into(),
+                record_id: String::new(),
+                json: fixture("customs", "declarations.valid.jsonl", 0),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<(String, String)> = reply
+        .deliveries
+        .iter()
+        .map(|d| (d.receiver.clone(), d.outcome.clone()))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("border-inspection".into(), "delivered".into()),
+            ("commerce".into(), "delivered".into())
+        ]
+    );
+    let border = sys.systems["border-inspection"].received();
+    let commerce = sys.systems["commerce"].received();
+    assert_eq!(border.len(), 1);
+    assert_eq!(commerce.len(), 1);
+    assert_eq!(border[0].provider, "customs");
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&border[0].document),
+        [
+            "declaration_id",
+            "declared_on",
+            "direction",
+            "port_code",
+            "transport"
+        ]
+    );
+    assert_eq!(
+        keys(&commerce[0].document),
+        [
+            "declaration_id",
+            "declared_on",
+            "direction",
+            "goods",
+            "trader_uscc"
+        ]
+    );
+    assert_eq!(border[0].document["transport"]["vehicle_plate"], "藏D96371");
+
+    let log = sys.audit.entries();
+    let delivered: Vec<(&str, &str, Decision)> = log
+        .iter()
+        .map(|e| (e.provider.as_str(), e.consumer.as_str(), e.decision))
+        .collect();
+    assert_eq!(
+        delivered,
+        [
+            ("customs", "border-inspection", Decision::Delivered),
+            ("customs", "commerce", Decision::Delivered)
+        ]
+    );
+    assert_eq!(log[0].record_digest.len(), 64);
+    assert!(
+        !format!("{log:?}").contains("藏D96371"),
+        "the audit log never holds record contents"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_record_never_reaches_any_receiver() {
+    let sys = start(&["border-inspection", "commerce"]).await;
+    let mut customs = broker_as(&sys, "customs").await;
+    let bad = json!({"declaration_id": "1", "direction": "sideways", "declared_on": "2025-07-22", "trader_uscc": "91350100M000100Y43"});
+    let status = customs
+        .publish(PublishRequest {
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: "1".into(),
+                json: serde_json::to_vec(&bad).unwrap(),
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["/declaration_id", "/direction"]);
+    assert!(sys.systems["border-inspection"].received().is_empty());
+    assert!(sys.systems["commerce"].received().is_empty());
+    assert_eq!(sys.audit.entries()[0].decision, Decision::Invalid);
+
+    let status = customs
+        .publish(PublishRequest {
+            record: Some(Record { record_type: "person.v1".into(), record_id: "1".into(), json: br#"{"id_number":"11010519491231002X","name":"a","sex":"female","birth_date":"1949-12-31"}"#.to_vec() }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "the sharing catalog does not list person.v1 for customs"
+    );
+}
+
+#[tokio::test]
+async fn school_enrolment_query_releases_only_the_granted_fields() {
+    let sys = start(&["public-security"]).await;
+    let mut education = broker_as(&sys, "education").await;
+    let query = |purpose: &str, approval: &str| QueryRequest {
+        provider: "public-security".into(),
+        record_type: "household.v1".into(),
+        purpose: purpose.into(),
+        approval_reference: approval.into(),
+        criteria: vec![Criterion {
+            path: "/household_id".into(),
+            value: "11010567397679".into(),
+        }],
+    };
+    let reply = education
+        .query(query("school-enrolment", "EDU-2025-0001"))
+        .await
+        .unwrap()
+        .into_inner();
+    let doc: Value = serde_json::from_slice(&reply.records[0].json).unwrap();
+    assert_eq!(
+        doc["members"][0],
+        json!({"id_number": "**************9582", "name": "周建华", "relation": "head"})
+    );
+    assert!(
+        reply.withheld_fields.is_empty(),
+        "{:?}",
+        reply.withheld_fields
+    );
+
+    for (purpose, approval, reason) in [
+        (
+            "sports",
+            "EDU-2025-0001",
+            "grant education-household serves the purposes school-enrolment, not \"sports\"",
+        ),
+        ("school-enrolment", "", "an approval reference is required"),
+        (
+            "school-enrolment",
+            "EDU-1999-0001",
+            "approval EDU-1999-0001 is not on record",
+        ),
+    ] {
+        let status = education.query(query(purpose, approval)).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{purpose} {approval}"
+        );
+        assert!(status.message().contains(reason), "{}", status.message());
+    }
+    // The identity is the certificate's: tax has no grant, whatever it sends.
+    let mut tax = broker_as(&sys, "tax").await;
+    let mut req = tonic::Request::new(query("school-enrolment", "EDU-2025-0001"));
+    req.metadata_mut()
+        .insert("x-partner", "education".parse().unwrap());
+    let status = tax.query(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        status.message(),
+        "no grant lets tax query public-security for household.v1"
+    );
+
+    let person = education
+        .query(QueryRequest {
+            provider: "public-security".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            approval_reference: String::new(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "540202198107103540".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let doc: Value = serde_json::from_slice(&person.records[0].json).unwrap();
+    assert_eq!(
+        doc.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["birth_date", "name", "registered_address"]
+    );
+    assert_eq!(person.withheld_fields, ["/ethnicity", "/id_number", "/sex"]);
+
+    let decisions: Vec<Decision> = sys.audit.entries().iter().map(|e| e.decision).collect();
+    assert_eq!(
+        decisions,
+        [
+            Decision::Allowed,
+            Decision::Denied,
+            Decision::Denied,
+            Decision::Denied,
+            Decision::Denied,
+            Decision::Allowed
+        ]
+    );
+    let first = &sys.audit.entries()[0];
+    assert_eq!(
+        (
+            first.consumer.as_str(),
+            first.purpose.as_str(),
+            first.approval_reference.as_str()
+        ),
+        ("education", "school-enrolment", "EDU-2025-0001")
+    );
+}
+
+#[tokio::test]
+async fn a_provider_that_is_down_gives_unavailable_quickly() {
+    let sys = start(&[]).await;
+    let mut education = broker_as(&sys, "education").await;
+    let started = std::time::Instant::now();
+    let status = education
+        .query(QueryRequest {
+            provider: "public-security".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(sys.audit.entries()[0].decision, Decision::Failed);
+}
+
+#[tokio::test]
+async fn clients_without_a_good_certificate_are_refused() {
+    let sys = start(&[]).await;
+    // Another CA.
+    let rogue_ca = DevCa::new("rogue").unwrap();
+    let (cert_pem, key_pem) = rogue_ca.issue("education", 1, 30).unwrap();
+    let rogue = Bundle {
+        cert_pem,
+        key_pem,
+        ca_pem: sys.ca.pem().to_owned(),
+    };
+    // Expired.
+    let (cert_pem, key_pem) = sys.ca.issue("education", 30, -1).unwrap();
+    let expired = Bundle {
+        cert_pem,
+        key_pem,
+        ca_pem: sys.ca.pem().to_owned(),
+    };
+    // No certificate at all.
+    let anonymous = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(sys.ca.pem()))
+        .domain_name("localhost");
+    for (name, tls) in [
+        ("other CA", rogue.client()),
+        ("expired", expired.client()),
+        ("none", anonymous),
+    ] {
+        let endpoint = Endpoint::from_shared(format!("https://{}", sys.broker_addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap();
+        let result = match endpoint.connect().await {
+            Err(_) => Err(Code::Unavailable),
+            Ok(ch) => BrokerClient::new(ch)
+                .list_schemas(ListSchemasRequest {})
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code()),
+        };
+        assert!(result.is_err(), "{name}: a call went through");
+    }
+    // A known CA but an identity not in partners.toml.
+    let mut stranger = broker_as(&sys, "stranger").await;
+    assert_eq!(
+        stranger
+            .list_schemas(ListSchemasRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    // An auditor is not a partner.
+    let mut auditor = broker_as(&sys, "audit-office").await;
+    assert_eq!(
+        auditor
+            .list_schemas(ListSchemasRequest {})
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let mut ok = broker_as(&sys, "education").await;
+    assert_eq!(
+        ok.list_schemas(ListSchemasRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .schemas
+            .len(),
+        5
+    );
+}

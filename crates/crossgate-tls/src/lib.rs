@@ -1,0 +1,231 @@
+//! Mutual TLS for crossgate.
+//!
+//! - A party's identity is the SAN URI `spiffe://crossgate/partner/<id>` of
+//!   its verified client certificate ([`peer_identity`]); nothing in a
+//!   request body can claim another.
+//! - [`generate_dev`] makes a development CA and one certificate per party
+//!   (usable as client and as loopback server certificate).
+//! - [`Bundle`] loads a party's certificate, key and the CA, and builds the
+//!   tonic server and client TLS configs.
+#![forbid(unsafe_code)]
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use std::path::{Path, PathBuf};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+
+/// The SAN URI prefix that names a party.
+pub const IDENTITY_PREFIX: &str = "spiffe://crossgate/partner/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read {path}: {source}; make development certificates with `crossgate certs dev --out DIR`"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a usable identity: lower-case letters, digits and '-' only")]
+    BadId(String),
+}
+
+/// A CA able to issue party certificates.
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl DevCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> Result<Self, TlsError> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        dn.push(DnType::OrganizationName, "crossgate development");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Issue a certificate for party `id`, valid `days_before` days ago until
+    /// `days_after` days from now (negative `days_after`: already expired).
+    /// It names the party by SAN URI and serves `localhost` / `127.0.0.1`.
+    pub fn issue(
+        &self,
+        id: &str,
+        days_before: i64,
+        days_after: i64,
+    ) -> Result<(String, String), TlsError> {
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(TlsError::BadId(id.to_owned()));
+        }
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        params
+            .subject_alt_names
+            .push(SanType::URI(format!("{IDENTITY_PREFIX}{id}").try_into()?));
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, id);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ClientAuth,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        ];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+        params.not_before =
+            now - std::time::Duration::from_secs(days_before.max(0) as u64 * 86_400);
+        params.not_after = if days_after >= 0 {
+            now + std::time::Duration::from_secs(days_after as u64 * 86_400)
+        } else {
+            now - std::time::Duration::from_secs(days_after.unsigned_abs() * 86_400)
+        };
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+}
+
+fn write(path: PathBuf, text: &str) -> Result<PathBuf, TlsError> {
+    std::fs::write(&path, text).map_err(|source| TlsError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Make `ca.pem` and `<id>.pem` / `<id>.key` for every id in `out` (created
+/// if missing). Certificates are valid for a year. Returns the files written.
+pub fn generate_dev(out: &Path, ids: &[&str]) -> Result<Vec<PathBuf>, TlsError> {
+    std::fs::create_dir_all(out).map_err(|source| TlsError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let ca = DevCa::new("crossgate development CA")?;
+    let mut written = vec![write(out.join("ca.pem"), ca.pem())?];
+    for id in ids {
+        let (cert, key) = ca.issue(id, 1, 365)?;
+        written.push(write(out.join(format!("{id}.pem")), &cert)?);
+        written.push(write(out.join(format!("{id}.key")), &key)?);
+    }
+    Ok(written)
+}
+
+/// A party's certificate and key, and the CA that vouches for its peers.
+#[derive(Clone)]
+pub struct Bundle {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+}
+
+impl Bundle {
+    /// `<dir>/<id>.pem`, `<dir>/<id>.key` and `<dir>/ca.pem`.
+    pub fn load(dir: &Path, id: &str) -> Result<Self, TlsError> {
+        Self::from_files(
+            &dir.join(format!("{id}.pem")),
+            &dir.join(format!("{id}.key")),
+            &dir.join("ca.pem"),
+        )
+    }
+
+    pub fn from_files(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| TlsError::Read {
+                path: p.to_path_buf(),
+                source,
+            })
+        };
+        Ok(Bundle {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            ca_pem: read(ca)?,
+        })
+    }
+
+    /// Server side: present this certificate, require a client certificate
+    /// signed by the CA.
+    pub fn server(&self) -> ServerTlsConfig {
+        ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// Client side: present this certificate, trust only the CA; servers are
+    /// reached as `localhost` (development certificates name it).
+    pub fn client(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .domain_name("localhost")
+    }
+}
+
+/// The party id named by a verified peer certificate chain (leaf first), or
+/// `None` when there is no certificate or it names no crossgate party.
+pub fn peer_identity(chain: &[tonic::transport::CertificateDer<'_>]) -> Option<String> {
+    let leaf = chain.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::URI(uri) => {
+            uri.strip_prefix(IDENTITY_PREFIX).map(str::to_owned)
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_issued_certificate_names_its_party() {
+        let ca = DevCa::new("test CA").unwrap();
+        let (cert, _key) = ca.issue("education", 1, 30).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(cert.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        let chain = [tonic::transport::CertificateDer::from(der)];
+        assert_eq!(peer_identity(&chain).as_deref(), Some("education"));
+        assert_eq!(peer_identity(&[]), None);
+        assert!(matches!(ca.issue("Bad Id", 1, 1), Err(TlsError::BadId(_))));
+    }
+}
