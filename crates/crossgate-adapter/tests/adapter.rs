@@ -396,7 +396,7 @@ fn an_unknown_department_names_the_configured_ones() {
     .unwrap_err();
     assert!(
         err.to_string().contains(
-            "configured departments: customs, health, market-regulation, public-security"
+            "configured departments: border-inspection, commerce, customs, education, health, human-resources, market-regulation, medical-insurance, public-security, tax"
         ),
         "{err}"
     );

@@ -40,6 +40,11 @@ enum Command {
     /// The sharing catalog: check what it decides.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
+    /// Run the broker.
+    Broker(cmd::broker::BrokerArgs),
+    /// Certificates: make development ones.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,6 +54,8 @@ fn main() -> std::process::ExitCode {
         Command::Map(args) => cmd::map::run(args),
         Command::Adapter(args) => cmd::adapter::run(args),
         Command::Policy(c) => cmd::policy::run(c),
+        Command::Broker(args) => cmd::broker::run(args),
+        Command::Certs(c) => cmd::certs::run(c),
     };
     std::process::ExitCode::from(code as u8)
 }

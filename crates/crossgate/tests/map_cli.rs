@@ -139,7 +139,7 @@ fn unknown_department_and_bad_config_exit_2_with_a_clear_message() {
     assert!(text(&out.stderr).contains("unknown department \"educaton\""));
     assert!(
         text(&out.stderr).contains(
-            "configured departments: customs, health, market-regulation, public-security"
+            "configured departments: border-inspection, commerce, customs, education, health, human-resources, market-regulation, medical-insurance, public-security, tax"
         )
     );
 
@@ -168,13 +168,42 @@ fn unknown_department_and_bad_config_exit_2_with_a_clear_message() {
 
 #[test]
 fn an_adapter_on_a_taken_port_says_so_and_exits_2() {
+    let certs = std::env::temp_dir().join(format!("crossgate-taken-{}", std::process::id()));
+    let made = crossgate(&["certs", "dev", "--out", certs.to_str().unwrap()]);
+    assert_eq!(made.status.code(), Some(0), "{}", text(&made.stderr));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = crossgate(&["adapter", "--department", "customs", "--listen", &addr]);
+    let out = crossgate(&[
+        "adapter",
+        "--department",
+        "customs",
+        "--listen",
+        &addr,
+        "--certs",
+        certs.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains(&format!("cannot listen on {addr}")),
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn an_adapter_without_certificates_says_how_to_make_them() {
+    let out = crossgate(&[
+        "adapter",
+        "--department",
+        "customs",
+        "--certs",
+        "no/such/certs",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot read no/such/certs/customs.pem"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("crossgate certs dev --out DIR"), "{stderr}");
 }

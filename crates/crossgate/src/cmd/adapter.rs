@@ -5,7 +5,7 @@ use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use clap::Args;
 use crossgate_adapter::system::ReferenceSystem;
-use crossgate_adapter::{Adapter, lazy_channel, serve, serve_system};
+use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,12 +21,20 @@ pub struct AdapterArgs {
     pub config: PathBuf,
     #[command(flatten)]
     pub dir: SchemasDir,
-    /// Address to serve Ingress and Department on (port 0: any free port)
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub listen: SocketAddr,
-    /// The broker's address
-    #[arg(long, default_value = "http://127.0.0.1:7000")]
-    pub broker: String,
+    /// Address to serve Ingress and Department on [default: the department's
+    /// adapter address in partners.toml]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// The broker's address [default: https://<listen of broker.toml>]
+    #[arg(long)]
+    pub broker: Option<String>,
+    /// Certificate folder: ca.pem, <department>.pem and .key
+    /// [default: certs of broker.toml]
+    #[arg(long, value_name = "DIR")]
+    pub certs: Option<PathBuf>,
+    /// Append what the reference system receives to this JSON Lines file
+    #[arg(long, value_name = "FILE")]
+    pub inbox: Option<PathBuf>,
     /// The department system's address [default: a reference system seeded
     /// from <config>/fixtures/<department>, run in this process]
     #[arg(long)]
@@ -58,10 +66,53 @@ async fn run_async(args: AdapterArgs) -> ExitCode {
                 return ExitCode::Usage;
             }
         };
+    let broker_config = match crossgate_broker::BrokerConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            return ExitCode::Usage;
+        }
+    };
+    let certs = args.certs.clone().unwrap_or(broker_config.certs.clone());
+    let tls = match crossgate_tls::Bundle::load(&certs, &args.department) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            return ExitCode::Usage;
+        }
+    };
+    let listen = match args.listen {
+        Some(l) => l,
+        None => {
+            let configured = crate::cmd::broker::load_partners(&args.config)
+                .ok()
+                .and_then(|ps| ps.into_iter().find(|p| p.id == args.department))
+                .and_then(|p| p.adapter)
+                .and_then(|a| a.parse::<SocketAddr>().ok());
+            match configured {
+                Some(a) => a,
+                None => {
+                    eprintln!(
+                        "crossgate: {} has no adapter address in {}; give --listen",
+                        args.department,
+                        args.config.join("partners.toml").display()
+                    );
+                    return ExitCode::Usage;
+                }
+            }
+        }
+    };
+    let broker_uri = args
+        .broker
+        .clone()
+        .unwrap_or_else(|| format!("https://{}", broker_config.listen));
     let system_uri = match &args.system {
         Some(uri) => uri.clone(),
         None => {
-            let system = ReferenceSystem::new();
+            let mut system = ReferenceSystem::new();
+            if let Some(inbox) = &args.inbox {
+                system = system.with_inbox(inbox.clone());
+            }
             let seeds = args.config.join("fixtures").join(&args.department);
             let seeded = if seeds.is_dir() {
                 match system.seed_dir(&seeds) {
@@ -101,19 +152,21 @@ async fn run_async(args: AdapterArgs) -> ExitCode {
             uri
         }
     };
-    let (broker, system) = match (lazy_channel(&args.broker), lazy_channel(&system_uri)) {
+    let (broker, system) = match (
+        lazy_tls_channel(&broker_uri, Some(tls.client())),
+        lazy_channel(&system_uri),
+    ) {
         (Ok(b), Ok(s)) => (b, s),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("crossgate: bad address: {e}");
             return ExitCode::Usage;
         }
     };
-    let listener = match TcpListener::bind(args.listen).await {
+    let listener = match TcpListener::bind(listen).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!(
-                "crossgate: cannot listen on {}: {e}; is another crossgate running? choose another --listen",
-                args.listen
+                "crossgate: cannot listen on {listen}: {e}; is another crossgate running? choose another --listen"
             );
             return ExitCode::Usage;
         }
@@ -123,11 +176,13 @@ async fn run_async(args: AdapterArgs) -> ExitCode {
         .map(|a| a.to_string())
         .unwrap_or_default();
     println!(
-        "adapter {} listening on http://{addr} (Ingress, Department); broker {}",
-        args.department, args.broker
+        "adapter {} listening on https://{addr} (Ingress, Department; mutual TLS); broker {broker_uri}",
+        args.department
     );
-    let adapter = Adapter::new(mapping, registry, broker, system);
-    match serve(adapter, listener, shutdown_signal()).await {
+    let adapter = Adapter::new(mapping, registry, broker, system).with_peers(Peers {
+        broker: "broker".into(),
+    });
+    match serve_tls(adapter, listener, Some(tls.server()), shutdown_signal()).await {
         Ok(()) => ExitCode::Ok,
         Err(e) => {
             eprintln!("crossgate: adapter stopped: {e}");

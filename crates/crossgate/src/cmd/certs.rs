@@ -1,0 +1,66 @@
+//! `crossgate certs dev`: a development CA and a certificate for the broker
+//! and every party in partners.toml.
+
+use crate::ExitCode;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Make a development CA, and a certificate and key for the broker and for
+    /// every partner, auditor and operator of partners.toml (valid one year).
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Folder to write ca.pem, <id>.pem and <id>.key into
+    #[arg(long, value_name = "DIR", default_value = ".crossgate/certs")]
+    pub out: PathBuf,
+    /// Configuration folder holding partners.toml
+    #[arg(long, value_name = "DIR", default_value = "deploy/local")]
+    pub config: PathBuf,
+}
+
+pub fn run(cmd: CertsCommand) -> ExitCode {
+    let CertsCommand::Dev(args) = cmd;
+    let partners = match crate::cmd::broker::load_partners(&args.config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            return ExitCode::Usage;
+        }
+    };
+    let mut ids: Vec<&str> = vec!["broker"];
+    ids.extend(partners.iter().map(|p| p.id.as_str()));
+    match crossgate_tls::generate_dev(&args.out, &ids) {
+        Ok(files) => {
+            println!(
+                "wrote a development CA and {} certificates to {}:",
+                ids.len(),
+                args.out.display()
+            );
+            for p in &partners {
+                println!(
+                    "  {:<20} {:<9} {}/{}.pem",
+                    p.id,
+                    p.role.as_str(),
+                    args.out.display(),
+                    p.id
+                );
+            }
+            println!(
+                "  {:<20} {:<9} {}/broker.pem",
+                "broker",
+                "server",
+                args.out.display()
+            );
+            let _ = files;
+            ExitCode::Ok
+        }
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            ExitCode::Usage
+        }
+    }
+}
