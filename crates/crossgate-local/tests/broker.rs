@@ -1,177 +1,35 @@
 //! The broker end to end over real loopback sockets with real certificates:
-//! adapters with reference department systems, the broker, and clients that
-//! present (or fail to present) certificates.
+//! the local system (adapters, reference department systems, the broker) and
+//! clients that present (or fail to present) certificates.
 
-use crossgate_adapter::system::ReferenceSystem;
-use crossgate_adapter::{
-    Adapter, Peers, config as adapter_config, lazy_channel, lazy_tls_channel, serve_system,
-    serve_tls,
-};
-use crossgate_broker::audit::{Decision, MemorySink};
-use crossgate_broker::delivery::{Adapters, DirectDelivery};
-use crossgate_broker::{Broker, BrokerConfig, Parts, Unlimited, serve};
-use crossgate_policy::{Partner, compile, compile_partners};
+use crossgate_broker::audit::Decision;
+use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::broker_client::BrokerClient;
 use crossgate_proto::ingress_client::IngressClient;
 use crossgate_proto::*;
-use crossgate_schema::Registry;
 use crossgate_tls::{Bundle, DevCa};
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
-struct System {
-    broker_addr: String,
-    ca: Arc<DevCa>,
-    systems: HashMap<String, ReferenceSystem>,
-    audit: Arc<MemorySink>,
-    adapter_addrs: HashMap<String, String>,
+/// The local system with adapters for `departments` only; the other partners'
+/// adapters are down.
+async fn start(departments: &[&str]) -> LocalSystem {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(departments.iter().map(|d| d.to_string()).collect());
+    LocalSystem::start(opts).await.unwrap()
 }
 
-fn bundle(ca: &DevCa, id: &str) -> Bundle {
-    let (cert_pem, key_pem) = ca.issue(id, 1, 30).unwrap();
-    Bundle {
-        cert_pem,
-        key_pem,
-        ca_pem: ca.pem().to_owned(),
-    }
+async fn broker_as(sys: &LocalSystem, id: &str) -> BrokerClient<Channel> {
+    BrokerClient::new(sys.channel(&sys.broker_addr, id).await.unwrap())
 }
 
-async fn bind() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap().to_string();
-    (l, a)
-}
-
-/// Start the broker and adapters for `departments` (the rest of the partners
-/// get an address where nothing listens).
-async fn start(departments: &[&str]) -> System {
-    let registry = Arc::new(Registry::load_dir(format!("{ROOT}/schemas")).unwrap());
-    let ca = Arc::new(DevCa::new("test CA").unwrap());
-    let (broker_listener, broker_addr) = bind().await;
-
-    let mut systems = HashMap::new();
-    let mut adapter_addrs = HashMap::new();
-    for dept in departments {
-        let system = ReferenceSystem::new();
-        let seeds = format!("{ROOT}/deploy/local/fixtures/{dept}");
-        if Path::new(&seeds).is_dir() {
-            system.seed_dir(Path::new(&seeds)).unwrap();
-        }
-        let (sl, saddr) = bind().await;
-        tokio::spawn(serve_system(system.clone(), sl, std::future::pending()));
-        let mapping = adapter_config::load_department(
-            Path::new(&format!("{ROOT}/deploy/local")),
-            dept,
-            &registry,
-        )
-        .unwrap_or_else(|_| crossgate_mapping::DepartmentMapping {
-            department: dept.to_string(),
-            records: vec![],
-        });
-        let tls = bundle(&ca, dept);
-        let broker_channel =
-            lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client())).unwrap();
-        let adapter = Adapter::new(
-            mapping,
-            registry.clone(),
-            broker_channel,
-            lazy_channel(&format!("http://{saddr}")).unwrap(),
-        )
-        .with_peers(Peers {
-            broker: "broker".into(),
-        });
-        let (al, aaddr) = bind().await;
-        tokio::spawn(serve_tls(
-            adapter,
-            al,
-            Some(tls.server()),
-            std::future::pending(),
-        ));
-        systems.insert(dept.to_string(), system);
-        adapter_addrs.insert(dept.to_string(), aaddr);
-    }
-
-    let pfile = format!("{ROOT}/deploy/local/partners.toml");
-    let mut partners: Vec<Partner> =
-        compile_partners(&pfile, &std::fs::read_to_string(&pfile).unwrap()).unwrap();
-    // A port where nothing listens, for adapters that are down.
-    let down = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
-    for p in partners.iter_mut().filter(|p| p.adapter.is_some()) {
-        p.adapter = Some(
-            adapter_addrs
-                .get(&p.id)
-                .cloned()
-                .unwrap_or_else(|| down.clone()),
-        );
-    }
-    let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
-    let cfile = format!("{ROOT}/deploy/local/catalog.toml");
-    let policy = compile(
-        &cfile,
-        &std::fs::read_to_string(&cfile).unwrap(),
-        &ids,
-        &registry,
-    )
-    .unwrap();
-    let broker_tls = bundle(&ca, "broker");
-    let adapters =
-        Adapters::new(&partners, Some(broker_tls.client()), Duration::from_secs(1)).unwrap();
-    let audit = Arc::new(MemorySink::default());
-    let config = BrokerConfig::default();
-    let broker = Broker::new(Parts {
-        queue: Arc::new(DirectDelivery {
-            adapters: adapters.clone(),
-            timeout: config.delivery_timeout(),
-        }),
-        config,
-        registry,
-        policy,
-        partners,
-        adapters,
-        audit: audit.clone(),
-        limiter: Arc::new(Unlimited),
-    });
-    tokio::spawn(serve(
-        broker,
-        broker_tls,
-        broker_listener,
-        std::future::pending(),
-    ));
-    System {
-        broker_addr,
-        ca,
-        systems,
-        audit,
-        adapter_addrs,
-    }
-}
-
-async fn channel(addr: &str, tls: Bundle) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("https://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .tls_config(tls.client())?
-        .connect()
-        .await
-}
-
-async fn broker_as(sys: &System, id: &str) -> BrokerClient<Channel> {
-    BrokerClient::new(
-        channel(&sys.broker_addr, bundle(&sys.ca, id))
-            .await
-            .unwrap(),
-    )
+fn audit(sys: &LocalSystem) -> Vec<crossgate_broker::audit::Entry> {
+    sys.memory_audit.as_ref().unwrap().entries()
 }
 
 fn fixture(dept: &str, file: &str, n: usize) -> Vec<u8> {
@@ -184,7 +42,7 @@ fn fixture(dept: &str, file: &str, n: usize) -> Vec<u8> {
 async fn the_land_port_one_declaration_two_receivers_each_its_own_part() {
     let sys = start(&["customs", "border-inspection", "commerce"]).await;
     let mut customs = IngressClient::new(
-        channel(&sys.adapter_addrs["customs"], bundle(&sys.ca, "customs"))
+        sys.channel(&sys.adapter_addrs["customs"], "customs")
             .await
             .unwrap(),
     );
@@ -239,7 +97,7 @@ async fn the_land_port_one_declaration_two_receivers_each_its_own_part() {
     );
     assert_eq!(border[0].document["transport"]["vehicle_plate"], "藏D96371");
 
-    let log = sys.audit.entries();
+    let log = audit(&sys);
     let delivered: Vec<(&str, &str, Decision)> = log
         .iter()
         .map(|e| (e.provider.as_str(), e.consumer.as_str(), e.decision))
@@ -284,7 +142,7 @@ async fn an_invalid_record_never_reaches_any_receiver() {
     assert_eq!(fields, ["/declaration_id", "/direction"]);
     assert!(sys.systems["border-inspection"].received().is_empty());
     assert!(sys.systems["commerce"].received().is_empty());
-    assert_eq!(sys.audit.entries()[0].decision, Decision::Invalid);
+    assert_eq!(audit(&sys)[0].decision, Decision::Invalid);
 
     let status = customs
         .publish(PublishRequest {
@@ -383,7 +241,7 @@ async fn school_enrolment_query_releases_only_the_granted_fields() {
     );
     assert_eq!(person.withheld_fields, ["/ethnicity", "/id_number", "/sex"]);
 
-    let decisions: Vec<Decision> = sys.audit.entries().iter().map(|e| e.decision).collect();
+    let decisions: Vec<Decision> = audit(&sys).iter().map(|e| e.decision).collect();
     assert_eq!(
         decisions,
         [
@@ -395,7 +253,7 @@ async fn school_enrolment_query_releases_only_the_granted_fields() {
             Decision::Allowed
         ]
     );
-    let first = &sys.audit.entries()[0];
+    let first = &audit(&sys)[0];
     assert_eq!(
         (
             first.consumer.as_str(),
@@ -422,30 +280,31 @@ async fn a_provider_that_is_down_gives_unavailable_quickly() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(sys.audit.entries()[0].decision, Decision::Failed);
+    assert_eq!(audit(&sys)[0].decision, Decision::Failed);
 }
 
 #[tokio::test]
 async fn clients_without_a_good_certificate_are_refused() {
     let sys = start(&[]).await;
+    let ca = sys.dev_ca().unwrap();
     // Another CA.
     let rogue_ca = DevCa::new("rogue").unwrap();
     let (cert_pem, key_pem) = rogue_ca.issue("education", 1, 30).unwrap();
     let rogue = Bundle {
         cert_pem,
         key_pem,
-        ca_pem: sys.ca.pem().to_owned(),
+        ca_pem: ca.pem().to_owned(),
     };
     // Expired.
-    let (cert_pem, key_pem) = sys.ca.issue("education", 30, -1).unwrap();
+    let (cert_pem, key_pem) = ca.issue("education", 30, -1).unwrap();
     let expired = Bundle {
         cert_pem,
         key_pem,
-        ca_pem: sys.ca.pem().to_owned(),
+        ca_pem: ca.pem().to_owned(),
     };
     // No certificate at all.
     let anonymous = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(sys.ca.pem()))
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
         .domain_name("localhost");
     for (name, tls) in [
         ("other CA", rogue.client()),

@@ -1,0 +1,275 @@
+//! The whole system on one machine, in one process: the broker, an adapter
+//! for each department, and each department's reference system seeded from
+//! the shipped fixtures — all on loopback, all over mutual TLS. Used by tests,
+//! benchmarks and the one-command local setup.
+#![forbid(unsafe_code)]
+
+use crossgate_adapter::system::ReferenceSystem;
+use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
+use crossgate_broker::audit::{AuditSink, MemorySink};
+use crossgate_broker::delivery::{Adapters, DirectDelivery};
+use crossgate_broker::{Broker, BrokerConfig, Limiter, Parts, Unlimited};
+use crossgate_policy::{Partner, Role};
+use crossgate_schema::Registry;
+use crossgate_tls::{Bundle, DevCa};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// What to start.
+pub struct Options {
+    /// Config folder: broker.toml, partners.toml, catalog.toml, departments/, fixtures/.
+    pub config: PathBuf,
+    /// Schema folder.
+    pub schemas: PathBuf,
+    /// Certificates: `None` makes a fresh in-memory CA for this run.
+    pub certs: Option<PathBuf>,
+    /// Listen on free ports instead of the configured ones.
+    pub ephemeral_ports: bool,
+    /// Departments whose adapters to start (`None`: every partner).
+    pub departments: Option<Vec<String>>,
+    pub audit: Option<Arc<dyn AuditSink>>,
+    pub limiter: Option<Arc<dyn Limiter>>,
+}
+
+impl Options {
+    /// The project's own `deploy/local` and `schemas`, free ports, a fresh CA.
+    pub fn project_defaults() -> Self {
+        let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        Options {
+            config: root.join("deploy/local"),
+            schemas: root.join("schemas"),
+            certs: None,
+            ephemeral_ports: true,
+            departments: None,
+            audit: None,
+            limiter: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+fn fail(e: impl std::fmt::Display) -> StartError {
+    StartError(e.to_string())
+}
+
+/// A running local system. Dropping it (or [`LocalSystem::shutdown`]) stops
+/// every server gracefully.
+pub struct LocalSystem {
+    pub broker_addr: String,
+    pub adapter_addrs: HashMap<String, String>,
+    pub systems: HashMap<String, ReferenceSystem>,
+    pub partners: Vec<Partner>,
+    pub memory_audit: Option<Arc<MemorySink>>,
+    certs: CertSource,
+    stop: watch::Sender<bool>,
+}
+
+enum CertSource {
+    Dir(PathBuf),
+    Memory(Arc<DevCa>),
+}
+
+impl CertSource {
+    fn bundle(&self, id: &str) -> Result<Bundle, StartError> {
+        match self {
+            CertSource::Dir(dir) => Bundle::load(dir, id).map_err(fail),
+            CertSource::Memory(ca) => {
+                let (cert_pem, key_pem) = ca.issue(id, 1, 30).map_err(fail)?;
+                Ok(Bundle {
+                    cert_pem,
+                    key_pem,
+                    ca_pem: ca.pem().to_owned(),
+                })
+            }
+        }
+    }
+}
+
+async fn bind(addr: &str) -> Result<(TcpListener, String), StartError> {
+    let l = TcpListener::bind(addr).await.map_err(|e| {
+        fail(format!(
+            "cannot listen on {addr}: {e}; is another crossgate running?"
+        ))
+    })?;
+    let a = l.local_addr().map_err(fail)?.to_string();
+    Ok((l, a))
+}
+
+impl LocalSystem {
+    pub async fn start(opts: Options) -> Result<Self, StartError> {
+        let registry = Arc::new(Registry::load_dir(&opts.schemas).map_err(fail)?);
+        let mut config = BrokerConfig::load(&opts.config).map_err(fail)?;
+        let pfile = opts.config.join("partners.toml");
+        let ptext = std::fs::read_to_string(&pfile)
+            .map_err(|e| fail(format!("cannot read {}: {e}", pfile.display())))?;
+        let mut partners = crossgate_policy::compile_partners(&pfile.display().to_string(), &ptext)
+            .map_err(fail)?;
+        let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
+        let cfile = opts.config.join("catalog.toml");
+        let ctext = std::fs::read_to_string(&cfile)
+            .map_err(|e| fail(format!("cannot read {}: {e}", cfile.display())))?;
+        let policy =
+            crossgate_policy::compile(&cfile.display().to_string(), &ctext, &ids, &registry)
+                .map_err(fail)?;
+        let certs = match &opts.certs {
+            Some(dir) => CertSource::Dir(dir.clone()),
+            None => CertSource::Memory(Arc::new(DevCa::new("crossgate local CA").map_err(fail)?)),
+        };
+        let port = |configured: &str| {
+            if opts.ephemeral_ports {
+                "127.0.0.1:0".to_owned()
+            } else {
+                configured.to_owned()
+            }
+        };
+        let (broker_listener, broker_addr) = bind(&port(&config.listen.to_string())).await?;
+        let (stop, stopped) = watch::channel(false);
+        let shutdown = move || {
+            let mut rx = stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+
+        let mut systems = HashMap::new();
+        let mut adapter_addrs = HashMap::new();
+        let wanted = |id: &str| {
+            opts.departments
+                .as_ref()
+                .is_none_or(|d| d.iter().any(|x| x == id))
+        };
+        for partner in partners.iter_mut().filter(|p| p.role == Role::Partner) {
+            let Some(configured) = partner.adapter.clone() else {
+                continue;
+            };
+            if !wanted(&partner.id) {
+                // Not started: point at a port where nothing listens.
+                let (l, a) = bind("127.0.0.1:0").await?;
+                drop(l);
+                partner.adapter = Some(a);
+                continue;
+            }
+            let dept = partner.id.clone();
+            let system = ReferenceSystem::new();
+            let seeds = opts.config.join("fixtures").join(&dept);
+            if seeds.is_dir() {
+                system
+                    .seed_dir(&seeds)
+                    .map_err(|e| fail(format!("{}: {e}", seeds.display())))?;
+            }
+            let (sl, saddr) = bind("127.0.0.1:0").await?;
+            tokio::spawn(serve_system(system.clone(), sl, shutdown()));
+            let mapping =
+                crossgate_adapter::config::load_department(&opts.config, &dept, &registry)
+                    .map_err(fail)?;
+            let tls = certs.bundle(&dept)?;
+            let broker_channel =
+                lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client()))
+                    .map_err(fail)?;
+            let system_channel = lazy_channel(&format!("http://{saddr}")).map_err(fail)?;
+            let adapter = Adapter::new(mapping, registry.clone(), broker_channel, system_channel)
+                .with_peers(Peers {
+                    broker: "broker".into(),
+                });
+            let (al, aaddr) = bind(&port(&configured)).await?;
+            tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
+            partner.adapter = Some(aaddr.clone());
+            systems.insert(dept.clone(), system);
+            adapter_addrs.insert(dept, aaddr);
+        }
+
+        let broker_tls = certs.bundle("broker")?;
+        let adapters = Adapters::new(&partners, Some(broker_tls.client()), Duration::from_secs(2))
+            .map_err(fail)?;
+        let memory = Arc::new(MemorySink::default());
+        let (audit, memory_audit): (Arc<dyn AuditSink>, _) = match opts.audit {
+            Some(a) => (a, None),
+            None => (memory.clone(), Some(memory)),
+        };
+        config.listen = broker_addr.parse().map_err(fail)?;
+        let broker = Broker::new(Parts {
+            queue: Arc::new(DirectDelivery {
+                adapters: adapters.clone(),
+                timeout: config.delivery_timeout(),
+            }),
+            config,
+            registry,
+            policy,
+            partners: partners.clone(),
+            adapters,
+            audit,
+            limiter: opts.limiter.unwrap_or_else(|| Arc::new(Unlimited)),
+        });
+        tokio::spawn(crossgate_broker::serve(
+            broker,
+            broker_tls,
+            broker_listener,
+            shutdown(),
+        ));
+        Ok(LocalSystem {
+            broker_addr,
+            adapter_addrs,
+            systems,
+            partners,
+            memory_audit,
+            certs,
+            stop,
+        })
+    }
+
+    /// The certificate bundle of a party (from the certificate folder, or
+    /// freshly issued by this run's CA).
+    pub fn bundle(&self, id: &str) -> Result<Bundle, StartError> {
+        self.certs.bundle(id)
+    }
+
+    /// The certificate folder, when certificates come from files.
+    pub fn certs_dir(&self) -> Option<&Path> {
+        match &self.certs {
+            CertSource::Dir(d) => Some(d),
+            CertSource::Memory(_) => None,
+        }
+    }
+
+    /// A mutual-TLS channel to `addr` as party `id`.
+    pub async fn channel(
+        &self,
+        addr: &str,
+        id: &str,
+    ) -> Result<tonic::transport::Channel, StartError> {
+        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            .map_err(fail)?
+            .connect_timeout(Duration::from_secs(2))
+            .tls_config(self.bundle(id)?.client())
+            .map_err(fail)?
+            .connect()
+            .await
+            .map_err(fail)
+    }
+
+    /// Stop every server: in-flight calls finish, new ones are refused.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// The in-memory CA of this run, for tests that need to issue odd certificates.
+    pub fn dev_ca(&self) -> Option<&DevCa> {
+        match &self.certs {
+            CertSource::Memory(ca) => Some(ca),
+            CertSource::Dir(_) => None,
+        }
+    }
+}
+
+impl Drop for LocalSystem {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
