@@ -356,3 +356,86 @@ async fn clients_without_a_good_certificate_are_refused() {
         5
     );
 }
+
+/// Submit the first valid fixture of `dept`/`file` through its adapter.
+async fn submit_fixture(
+    sys: &LocalSystem,
+    dept: &str,
+    native_type: &str,
+    file: &str,
+) -> SubmitResponse {
+    let mut ingress =
+        IngressClient::new(sys.channel(&sys.adapter_addrs[dept], dept).await.unwrap());
+    ingress
+        .submit(SubmitRequest {
+            record: Some(NativeRecord {
+                native_type: native_type.into(),
+                record_id: String::new(),
+                json: fixture(dept, file, 0),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn newborn_and_business_registration_reach_each_receiver_with_its_fields() {
+    let sys = start(&[
+        "health",
+        "public-security",
+        "medical-insurance",
+        "market-regulation",
+        "tax",
+        "human-resources",
+    ])
+    .await;
+    let reply = submit_fixture(&sys, "health", "births", "births.valid.jsonl").await;
+    assert_eq!(reply.record_type, "birth.v1");
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let police = sys.systems["public-security"].received();
+    assert_eq!(
+        police[0].native_type, "birth.v1",
+        "no native mapping for births: canonical JSON"
+    );
+    assert_eq!(
+        keys(&police[0].document),
+        ["certificate_number", "child", "father", "mother", "place"]
+    );
+    let insurance = sys.systems["medical-insurance"].received();
+    assert_eq!(
+        keys(&insurance[0].document),
+        ["certificate_number", "child", "mother"]
+    );
+
+    submit_fixture(
+        &sys,
+        "market-regulation",
+        "businesses",
+        "businesses.valid.jsonl",
+    )
+    .await;
+    let tax = sys.systems["tax"].received();
+    assert_eq!(
+        tax[0].document["registered_capital"],
+        json!({"amount": 3000000, "currency": "CNY"})
+    );
+    let hr = sys.systems["human-resources"].received();
+    assert_eq!(
+        keys(&hr[0].document),
+        [
+            "address",
+            "established_on",
+            "kind",
+            "legal_representative",
+            "name",
+            "status",
+            "uscc"
+        ]
+    );
+    assert_eq!(
+        keys(&hr[0].document["legal_representative"]),
+        ["name"],
+        "the representative's id number is not released"
+    );
+}
