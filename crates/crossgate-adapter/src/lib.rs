@@ -18,14 +18,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
 
-/// Why a server stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("server reflection: {0}")]
-    Reflection(#[from] crossgate_proto::standard::ReflectionError),
-}
+pub use crossgate_proto::standard::ServeError;
 
 /// Serve an adapter's `Ingress` and `Department` on `listener` until
 /// `shutdown`, with gRPC health checking and server reflection beside them.

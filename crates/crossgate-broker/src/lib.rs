@@ -112,14 +112,7 @@ fn today() -> chrono::NaiveDate {
     chrono::Utc::now().date_naive()
 }
 
-/// Why the broker stopped or could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("gRPC transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    #[error("server reflection: {0}")]
-    Reflection(#[from] crossgate_proto::standard::ReflectionError),
-}
+pub use crossgate_proto::standard::ServeError;
 
 /// Serve `Broker` over mutual TLS on `listener` until `shutdown`, with health
 /// checking and server reflection.

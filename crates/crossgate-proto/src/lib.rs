@@ -24,6 +24,15 @@ pub mod standard {
     pub use tonic_health::server::{HealthReporter, health_reporter};
     pub use tonic_reflection::server::Error as ReflectionError;
 
+    /// Why a crossgate server stopped or could not start.
+    #[derive(Debug, thiserror::Error)]
+    pub enum ServeError {
+        #[error("gRPC transport: {0}")]
+        Transport(#[from] tonic::transport::Error),
+        #[error("server reflection: {0}")]
+        Reflection(#[from] ReflectionError),
+    }
+
     /// Server reflection (v1) over crossgate's contract and the health service.
     pub fn reflection() -> Result<
         tonic_reflection::server::v1::ServerReflectionServer<
