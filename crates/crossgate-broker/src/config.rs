@@ -81,3 +81,20 @@ impl BrokerConfig {
         Duration::from_millis(self.delivery_timeout_ms)
     }
 }
+
+/// Read `<dir>/limits.toml`, checked against the partner ids; `None` when
+/// there is no such file (then nobody is limited).
+pub fn load_limits(
+    dir: &Path,
+    partners: &[&str],
+) -> Result<Option<crossgate_limits::LimitsConfig>, String> {
+    let path = dir.join("limits.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    crossgate_limits::parse_config(&path.display().to_string(), &text, partners)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}

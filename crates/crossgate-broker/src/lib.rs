@@ -12,6 +12,7 @@ mod service;
 use crossgate_policy::{Mode, Partner, Policy};
 use crossgate_proto::broker_server::BrokerServer;
 use crossgate_schema::Registry;
+use governor::clock as governor_clock;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
@@ -35,12 +36,37 @@ pub trait Limiter: Send + Sync + 'static {
     fn check(&self, partner: &str, mode: Mode) -> Result<(), Status>;
 }
 
-/// No limits (until per-partner limits are configured).
+/// No limits.
 pub struct Unlimited;
 
 impl Limiter for Unlimited {
     fn check(&self, _: &str, _: Mode) -> Result<(), Status> {
         Ok(())
+    }
+}
+
+/// Per-partner limits: a throttled call gets `RESOURCE_EXHAUSTED` with a
+/// `google.rpc.RetryInfo` saying how long to wait.
+impl<C> Limiter for crossgate_limits::Limits<C>
+where
+    C: governor_clock::Clock + Clone + Send + Sync + 'static,
+{
+    fn check(&self, partner: &str, mode: Mode) -> Result<(), Status> {
+        let mode = match mode {
+            Mode::Publish => crossgate_limits::Mode::Publish,
+            Mode::Query => crossgate_limits::Mode::Query,
+        };
+        crossgate_limits::Limits::check(self, partner, mode).map_err(|t| {
+            use tonic_types::{ErrorDetails, StatusExt};
+            Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "{partner} is over its rate limit; retry in {} ms",
+                    t.retry_after.as_millis().max(1)
+                ),
+                ErrorDetails::with_retry_info(Some(t.retry_after)),
+            )
+        })
     }
 }
 

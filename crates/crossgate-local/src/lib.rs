@@ -118,6 +118,15 @@ impl LocalSystem {
         let policy =
             crossgate_policy::compile(&cfile.display().to_string(), &ctext, &ids, &registry)
                 .map_err(fail)?;
+        let limiter: Arc<dyn Limiter> = match opts.limiter {
+            Some(l) => l,
+            None => {
+                match crossgate_broker::config::load_limits(&opts.config, &ids).map_err(fail)? {
+                    Some(limits) => Arc::new(crossgate_limits::Limits::new(limits)),
+                    None => Arc::new(Unlimited),
+                }
+            }
+        };
         let certs = match &opts.certs {
             Some(dir) => CertSource::Dir(dir.clone()),
             None => CertSource::Memory(Arc::new(DevCa::new("crossgate local CA").map_err(fail)?)),
@@ -205,7 +214,7 @@ impl LocalSystem {
             partners: partners.clone(),
             adapters,
             audit,
-            limiter: opts.limiter.unwrap_or_else(|| Arc::new(Unlimited)),
+            limiter,
         });
         tokio::spawn(crossgate_broker::serve(
             broker,

@@ -439,3 +439,66 @@ async fn newborn_and_business_registration_reach_each_receiver_with_its_fields()
         "the representative's id number is not released"
     );
 }
+
+#[tokio::test]
+async fn a_partner_over_its_limit_is_throttled_with_retry_info_and_others_are_not() {
+    let limits = crossgate_limits::parse_config(
+        "limits.toml",
+        "[default]\nrate = \"100/s\"\nburst = 100\n[partner.education]\nrate = \"1/min\"\nburst = 3\n",
+        &["education", "tax"],
+    )
+    .unwrap();
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec![]);
+    opts.limiter = Some(std::sync::Arc::new(crossgate_limits::Limits::new(limits)));
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let mut education = broker_as(&sys, "education").await;
+    let denied = || QueryRequest {
+        provider: "tax".into(),
+        record_type: "person.v1".into(),
+        purpose: "x".into(),
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            education.query(denied()).await.unwrap_err().code(),
+            Code::PermissionDenied
+        );
+    }
+    let status = education.query(denied()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let retry = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap();
+    assert!(
+        retry > Duration::from_secs(10) && retry <= Duration::from_secs(60),
+        "{retry:?}"
+    );
+    // Checked before the record is looked at: publish has its own budget;
+    // once it is spent, even an empty publish is throttled, not refused as invalid.
+    for _ in 0..3 {
+        let status = education
+            .publish(PublishRequest { record: None })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+    }
+    let status = education
+        .publish(PublishRequest { record: None })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    // Another partner is not held back.
+    let mut tax = broker_as(&sys, "tax").await;
+    assert_eq!(
+        tax.query(denied()).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    let throttled: Vec<String> = audit(&sys)
+        .iter()
+        .filter(|e| e.decision == Decision::Throttled)
+        .map(|e| format!("{} {}", e.kind, e.consumer))
+        .collect();
+    assert_eq!(throttled, ["query education", "publish education"]);
+}

@@ -72,6 +72,13 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         Ok(p) => p,
         Err(e) => return fail(e),
     };
+    let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
+    let limiter: Arc<dyn crossgate_broker::Limiter> =
+        match crossgate_broker::config::load_limits(&args.config, &ids) {
+            Ok(Some(limits)) => Arc::new(crossgate_limits::Limits::new(limits)),
+            Ok(None) => Arc::new(Unlimited),
+            Err(e) => return fail(e),
+        };
     let tls = match crossgate_tls::Bundle::load(&config.certs, "broker") {
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
@@ -106,7 +113,7 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         partners,
         adapters,
         audit: Arc::new(MemorySink::default()),
-        limiter: Arc::new(Unlimited),
+        limiter,
     });
     match crossgate_broker::serve(broker, tls, listener, async {
         let _ = tokio::signal::ctrl_c().await;
