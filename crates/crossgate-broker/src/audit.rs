@@ -12,6 +12,8 @@ pub enum Decision {
     Invalid,
     Delivered,
     Failed,
+    /// An operator's change (limits, reloads).
+    Changed,
 }
 
 impl Decision {
@@ -23,6 +25,7 @@ impl Decision {
             Decision::Invalid => "invalid",
             Decision::Delivered => "delivered",
             Decision::Failed => "failed",
+            Decision::Changed => "changed",
         }
     }
 }
@@ -33,7 +36,7 @@ pub struct Entry {
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,
-    /// publish, query, deliver, fetch
+    /// publish, query, admin
     pub kind: &'static str,
     pub consumer: String,
     pub provider: String,

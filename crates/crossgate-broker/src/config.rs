@@ -98,3 +98,32 @@ pub fn load_limits(
         .map(Some)
         .map_err(|e| e.to_string())
 }
+
+/// Where operators' live limit changes are kept, beside the config.
+pub fn overrides_file(dir: &Path) -> PathBuf {
+    dir.join("limits.overrides.toml")
+}
+
+/// The limits of a config folder: `limits.toml` with the operators'
+/// overrides from `limits.overrides.toml` on top. `None` without limits.toml.
+pub fn open_limits(
+    dir: &Path,
+    partners: &[&str],
+) -> Result<Option<std::sync::Arc<crossgate_limits::Limits>>, String> {
+    let Some(config) = load_limits(dir, partners)? else {
+        return Ok(None);
+    };
+    let limits = crossgate_limits::Limits::new(config);
+    let path = overrides_file(dir);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let overrides =
+                crossgate_limits::parse_config(&path.display().to_string(), &text, partners)
+                    .map_err(|e| e.to_string())?;
+            limits.set_overrides(overrides.partners);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    Ok(Some(std::sync::Arc::new(limits)))
+}

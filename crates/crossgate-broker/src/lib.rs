@@ -3,6 +3,7 @@
 //! authorise → audit → forward.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod audit;
 pub mod config;
 pub mod delivery;
@@ -10,6 +11,7 @@ mod pipeline;
 mod service;
 
 use crossgate_policy::{Mode, Partner, Policy};
+use crossgate_proto::admin_server::AdminServer;
 use crossgate_proto::broker_server::BrokerServer;
 use crossgate_schema::Registry;
 use governor::clock as governor_clock;
@@ -80,6 +82,8 @@ pub struct Parts {
     pub queue: Arc<dyn delivery::DeliveryQueue>,
     pub audit: Arc<dyn audit::AuditSink>,
     pub limiter: Arc<dyn Limiter>,
+    /// Live limit tuning through `Admin`; `None` when there is no limits.toml.
+    pub admin: Option<admin::LimitsAdmin>,
 }
 
 #[derive(Clone)]
@@ -96,6 +100,7 @@ struct Inner {
     queue: Arc<dyn delivery::DeliveryQueue>,
     audit: Arc<dyn audit::AuditSink>,
     limiter: Arc<dyn Limiter>,
+    admin: Option<admin::LimitsAdmin>,
     next_request: AtomicU64,
     epoch: u64,
 }
@@ -120,6 +125,7 @@ impl Broker {
                 queue: parts.queue,
                 audit: parts.audit,
                 limiter: parts.limiter,
+                admin: parts.admin,
                 next_request: AtomicU64::new(1),
                 epoch,
             }),
@@ -150,12 +156,14 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (reporter, health) = crossgate_proto::standard::health_reporter();
     reporter.set_serving::<BrokerServer<Broker>>().await;
+    reporter.set_serving::<AdminServer<Broker>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
     let max = broker.inner.config.max_message_bytes;
     Server::builder()
         .tls_config(tls.server())?
         .add_service(health)
         .add_service(reflection)
+        .add_service(AdminServer::new(broker.clone()))
         .add_service(
             BrokerServer::new(broker)
                 .max_decoding_message_size(max)

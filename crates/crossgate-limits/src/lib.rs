@@ -13,9 +13,9 @@ pub use config::{LimitsConfig, parse_config};
 use chrono::{DateTime, NaiveTime, Utc};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Publish or query: limited separately.
@@ -149,9 +149,69 @@ struct Slot<C: Clock> {
 
 type WallClock = Box<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
+/// Calls over the last minute, in one-second buckets of wall-clock time.
+#[derive(Debug)]
+struct Counts {
+    /// (second, allowed, throttled)
+    buckets: [(i64, u64, u64); 60],
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            buckets: [(i64::MIN, 0, 0); 60],
+        }
+    }
+}
+
+impl Counts {
+    fn add(&mut self, second: i64, allowed: bool) {
+        let slot = &mut self.buckets[second.rem_euclid(60) as usize];
+        if slot.0 != second {
+            *slot = (second, 0, 0);
+        }
+        if allowed {
+            slot.1 += 1;
+        } else {
+            slot.2 += 1;
+        }
+    }
+
+    fn last_minute(&self, now: i64) -> (u64, u64) {
+        self.buckets
+            .iter()
+            .filter(|(s, _, _)| *s <= now && now.saturating_sub(*s) < 60)
+            .fold((0, 0), |(a, t), (_, sa, st)| (a + sa, t + st))
+    }
+}
+
+/// Where a partner's limits come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Set live by an operator.
+    Override,
+    /// Its own section of limits.toml.
+    Config,
+    /// limits.toml's `[default]`.
+    Default,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Override => "override",
+            Source::Config => "config",
+            Source::Default => "default",
+        }
+    }
+}
+
 /// Every partner's limiters.
 pub struct Limits<C: Clock = DefaultClock> {
     config: RwLock<LimitsConfig>,
+    /// Limits set live by operators, over the file's.
+    overrides: RwLock<BTreeMap<String, PartnerLimits>>,
+    counts: Mutex<HashMap<String, Counts>>,
     /// partner → [publish, query]
     slots: RwLock<HashMap<String, [Option<Slot<C>>; 2]>>,
     clock: C,
@@ -165,77 +225,101 @@ impl Limits<DefaultClock> {
     }
 }
 
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 impl<C: Clock + Clone> Limits<C> {
     /// Injected clocks: `clock` for the GCRA, `wall` for schedule windows.
     pub fn with_clocks(config: LimitsConfig, clock: C, wall: WallClock) -> Self {
         Limits {
             config: RwLock::new(config),
+            overrides: RwLock::new(BTreeMap::new()),
+            counts: Mutex::new(HashMap::new()),
             slots: RwLock::new(HashMap::new()),
             clock,
             wall,
         }
     }
 
-    fn local_time(&self, config: &LimitsConfig) -> NaiveTime {
-        (self.wall)().with_timezone(&config.offset).time()
-    }
-
-    /// The limits that apply to `partner` (its own or the default).
-    pub fn partner_limits(&self, partner: &str) -> PartnerLimits {
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-        config
-            .partners
-            .get(partner)
-            .unwrap_or(&config.default)
-            .clone()
+    /// The limits that apply to `partner` (an operator's override, its own
+    /// section, or the default) and where they come from.
+    pub fn partner_limits(&self, partner: &str) -> (PartnerLimits, Source) {
+        if let Some(o) = read(&self.overrides).get(partner) {
+            return (o.clone(), Source::Override);
+        }
+        let config = read(&self.config);
+        match config.partners.get(partner) {
+            Some(own) => (own.clone(), Source::Config),
+            None => (config.default.clone(), Source::Default),
+        }
     }
 
     /// The limit in force now for `partner` and `mode`, and its window's text.
     pub fn effective(&self, partner: &str, mode: Mode) -> (Limit, Option<String>) {
-        let config = self.config.read().unwrap_or_else(|p| p.into_inner());
-        let t = self.local_time(&config);
-        let limits = config.partners.get(partner).unwrap_or(&config.default);
+        let (limits, _) = self.partner_limits(partner);
+        let offset = read(&self.config).offset;
+        let t = (self.wall)().with_timezone(&offset).time();
         let (limit, window) = limits.effective(mode, t);
         (limit.clone(), window.map(|w| w.text.clone()))
     }
 
+    /// Calls of `partner` allowed and throttled over the last minute.
+    pub fn last_minute(&self, partner: &str) -> (u64, u64) {
+        let now = (self.wall)().timestamp();
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(partner).map_or((0, 0), |c| c.last_minute(now))
+    }
+
     /// One call by `partner`: `Ok` if within its limit, else how long to wait.
     pub fn check(&self, partner: &str, mode: Mode) -> Result<(), Throttled> {
+        let result = self.check_uncounted(partner, mode);
+        let now = (self.wall)().timestamp();
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(partner) {
+            Some(c) => c.add(now, result.is_ok()),
+            None => {
+                let mut c = Counts::default();
+                c.add(now, result.is_ok());
+                counts.insert(partner.to_owned(), c);
+            }
+        }
+        result
+    }
+
+    fn check_uncounted(&self, partner: &str, mode: Mode) -> Result<(), Throttled> {
         let (limit, _) = self.effective(partner, mode);
         let index = mode as usize;
+        if let Some(slot) = read(&self.slots)
+            .get(partner)
+            .and_then(|s| s[index].as_ref())
+            && slot.limit == limit
         {
-            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(slot) = slots.get(partner).and_then(|s| s[index].as_ref())
-                && slot.limit == limit
-            {
-                return self.decide(&slot.gcra);
-            }
+            return self.decide(&slot.gcra);
         }
         // First call, or the limit changed (a window edge, an operator's
         // change): a fresh limiter with the new quota.
-        let gcra = Arc::new(Gcra::direct_with_clock(
-            limit
-                .quota()
-                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)),
-            self.clock.clone(),
-        ));
-        {
-            let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-            let entry = slots.entry(partner.to_owned()).or_insert([None, None]);
-            match &entry[index] {
-                Some(slot) if slot.limit == limit => {
-                    let existing = slot.gcra.clone();
-                    drop(slots);
-                    return self.decide(&existing);
-                }
-                _ => {
-                    entry[index] = Some(Slot {
-                        limit,
-                        gcra: gcra.clone(),
-                    })
-                }
+        let mut slots = write(&self.slots);
+        let entry = slots.entry(partner.to_owned()).or_insert([None, None]);
+        let gcra = match &entry[index] {
+            Some(slot) if slot.limit == limit => slot.gcra.clone(),
+            _ => {
+                let quota = limit
+                    .quota()
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+                let gcra = Arc::new(Gcra::direct_with_clock(quota, self.clock.clone()));
+                entry[index] = Some(Slot {
+                    limit,
+                    gcra: gcra.clone(),
+                });
+                gcra
             }
-        }
+        };
+        drop(slots);
         self.decide(&gcra)
     }
 
@@ -245,15 +329,13 @@ impl<C: Clock + Clone> Limits<C> {
         })
     }
 
-    /// Replace a partner's limit for one mode (or both): in force for the next call.
-    pub fn set(&self, partner: &str, mode: Option<Mode>, limit: Limit) {
-        let mut config = self.config.write().unwrap_or_else(|p| p.into_inner());
-        let current = config
-            .partners
-            .get(partner)
-            .unwrap_or(&config.default)
-            .clone();
-        let mut updated = current;
+    /// Set a partner's limit for one mode (or both) as an operator's
+    /// override, in force for the next call; it replaces any schedule.
+    /// Returns the limits before.
+    pub fn set(&self, partner: &str, mode: Option<Mode>, limit: Limit) -> PartnerLimits {
+        let (current, _) = self.partner_limits(partner);
+        let mut updated = current.clone();
+        updated.schedule.clear();
         match mode {
             Some(Mode::Publish) => updated.publish = limit,
             Some(Mode::Query) => updated.query = limit,
@@ -262,12 +344,56 @@ impl<C: Clock + Clone> Limits<C> {
                 updated.query = limit;
             }
         }
-        config.partners.insert(partner.to_owned(), updated);
+        write(&self.overrides).insert(partner.to_owned(), updated);
+        current
     }
 
-    /// Replace the whole configuration (a reloaded file).
+    /// The operator's override of a partner, if any.
+    pub fn override_of(&self, partner: &str) -> Option<PartnerLimits> {
+        read(&self.overrides).get(partner).cloned()
+    }
+
+    /// Put back an override as it was (`None`: no override).
+    pub fn restore(&self, partner: &str, previous: Option<PartnerLimits>) {
+        let mut overrides = write(&self.overrides);
+        match previous {
+            Some(p) => overrides.insert(partner.to_owned(), p),
+            None => overrides.remove(partner),
+        };
+    }
+
+    /// Drop an operator's override: back to limits.toml. Whether there was one.
+    pub fn reset(&self, partner: &str) -> bool {
+        write(&self.overrides).remove(partner).is_some()
+    }
+
+    /// Install overrides read back from their file (at start).
+    pub fn set_overrides(&self, overrides: BTreeMap<String, PartnerLimits>) {
+        *write(&self.overrides) = overrides;
+    }
+
+    /// Replace the file's configuration (a reload); overrides stay.
     pub fn replace(&self, new: LimitsConfig) {
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = new;
+        *write(&self.config) = new;
+    }
+
+    /// The overrides as a limits file, to store beside the config.
+    pub fn overrides_toml(&self) -> String {
+        let mut out = String::from(
+            "# Limits set live by operators (crossgate limits set), written by the broker.\n\
+             # `crossgate limits reset <partner>` removes an entry.\n",
+        );
+        for (partner, l) in read(&self.overrides).iter() {
+            out.push_str(&format!(
+                "\n[partner.{partner}]\nrate = \"{pr}\"\nburst = {pb}\n\
+                 publish = {{ rate = \"{pr}\", burst = {pb} }}\nquery = {{ rate = \"{qr}\", burst = {qb} }}\n",
+                pr = l.publish.rate.text,
+                pb = l.publish.burst,
+                qr = l.query.rate.text,
+                qb = l.query.burst,
+            ));
+        }
+        out
     }
 }
 

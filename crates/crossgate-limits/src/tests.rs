@@ -158,3 +158,45 @@ fn rates_parse_and_bad_files_are_refused_with_line_and_reason() {
         .starts_with("limits.toml:5: window \"8-10\" is not HH:MM-HH:MM"));
     assert!(err("timezone = \"Asia/Shanghai\"\n").starts_with("limits.toml:1: time zone"));
 }
+
+#[test]
+fn overrides_win_reset_goes_back_and_they_round_trip_through_their_file() {
+    let (l, _) = limits(FILE, Arc::new(AtomicI64::new(at(12, 0))));
+    assert_eq!(l.partner_limits("education").1, Source::Config);
+    assert_eq!(l.partner_limits("tax").1, Source::Default);
+    let before = l.set(
+        "education",
+        Some(Mode::Query),
+        Limit {
+            rate: Rate::parse("7/s").unwrap(),
+            burst: 3,
+        },
+    );
+    assert_eq!(before.query.rate.text, "2/s");
+    let (now, source) = l.partner_limits("education");
+    assert_eq!(
+        (
+            now.query.rate.text.as_str(),
+            now.publish.rate.text.as_str(),
+            source
+        ),
+        ("7/s", "10/s", Source::Override)
+    );
+    let back = parse_config("limits.overrides.toml", &l.overrides_toml(), PARTNERS).unwrap();
+    assert_eq!(back.partners["education"], now);
+    assert!(l.reset("education"));
+    assert_eq!(l.partner_limits("education").1, Source::Config);
+}
+
+#[test]
+fn the_last_minute_counts_allowed_and_throttled_calls() {
+    let wall = Arc::new(AtomicI64::new(at(12, 0)));
+    let (l, _) = limits(FILE, wall.clone());
+    count_allowed(&l, "education", Mode::Publish, 8);
+    assert_eq!(l.last_minute("education"), (5, 3));
+    wall.store(at(12, 0) + 30, Ordering::SeqCst);
+    l.check("education", Mode::Publish).ok();
+    assert_eq!(l.last_minute("education"), (5, 4));
+    wall.store(at(12, 0) + 61, Ordering::SeqCst);
+    assert_eq!(l.last_minute("education"), (0, 1));
+}

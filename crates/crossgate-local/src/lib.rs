@@ -6,6 +6,7 @@
 
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
+use crossgate_broker::admin::LimitsAdmin;
 use crossgate_broker::audit::{AuditSink, MemorySink};
 use crossgate_broker::delivery::{Adapters, DirectDelivery};
 use crossgate_broker::{Broker, BrokerConfig, Limiter, Parts, Unlimited};
@@ -118,12 +119,18 @@ impl LocalSystem {
         let policy =
             crossgate_policy::compile(&cfile.display().to_string(), &ctext, &ids, &registry)
                 .map_err(fail)?;
-        let limiter: Arc<dyn Limiter> = match opts.limiter {
-            Some(l) => l,
+        let (limiter, admin): (Arc<dyn Limiter>, _) = match opts.limiter {
+            Some(l) => (l, None),
             None => {
-                match crossgate_broker::config::load_limits(&opts.config, &ids).map_err(fail)? {
-                    Some(limits) => Arc::new(crossgate_limits::Limits::new(limits)),
-                    None => Arc::new(Unlimited),
+                match crossgate_broker::config::open_limits(&opts.config, &ids).map_err(fail)? {
+                    Some(limits) => (
+                        limits.clone() as Arc<dyn Limiter>,
+                        Some(LimitsAdmin {
+                            limits,
+                            config_dir: opts.config.clone(),
+                        }),
+                    ),
+                    None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
                 }
             }
         };
@@ -215,6 +222,7 @@ impl LocalSystem {
             adapters,
             audit,
             limiter,
+            admin,
         });
         tokio::spawn(crossgate_broker::serve(
             broker,

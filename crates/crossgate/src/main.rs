@@ -42,6 +42,8 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Run the broker.
     Broker(cmd::broker::BrokerArgs),
+    /// Per-partner rate limits, live, through the broker (operator role).
+    Limits(cmd::limits::LimitsArgs),
     /// Certificates: make development ones.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCommand),
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Broker(args) => cmd::broker::run(args),
         Command::Certs(c) => cmd::certs::run(c),
+        Command::Limits(args) => cmd::limits::run(args),
     };
     std::process::ExitCode::from(code as u8)
 }

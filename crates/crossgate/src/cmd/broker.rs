@@ -3,6 +3,7 @@
 use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use clap::Args;
+use crossgate_broker::admin::LimitsAdmin;
 use crossgate_broker::audit::MemorySink;
 use crossgate_broker::delivery::{Adapters, DirectDelivery};
 use crossgate_broker::{Broker, BrokerConfig, Parts, Unlimited};
@@ -73,10 +74,19 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         Err(e) => return fail(e),
     };
     let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
-    let limiter: Arc<dyn crossgate_broker::Limiter> =
-        match crossgate_broker::config::load_limits(&args.config, &ids) {
-            Ok(Some(limits)) => Arc::new(crossgate_limits::Limits::new(limits)),
-            Ok(None) => Arc::new(Unlimited),
+    let (limiter, admin): (Arc<dyn crossgate_broker::Limiter>, _) =
+        match crossgate_broker::config::open_limits(&args.config, &ids) {
+            Ok(Some(limits)) => (
+                limits.clone() as Arc<dyn crossgate_broker::Limiter>,
+                Some(LimitsAdmin {
+                    limits,
+                    config_dir: args.config.clone(),
+                }),
+            ),
+            Ok(None) => (
+                Arc::new(Unlimited) as Arc<dyn crossgate_broker::Limiter>,
+                None,
+            ),
             Err(e) => return fail(e),
         };
     let tls = match crossgate_tls::Bundle::load(&config.certs, "broker") {
@@ -114,7 +124,26 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         adapters,
         audit: Arc::new(MemorySink::default()),
         limiter,
+        admin,
     });
+    // SIGHUP re-reads limits.toml; an invalid file is refused and the old limits stay.
+    #[cfg(unix)]
+    {
+        let reloader = broker.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match reloader.reload_limits_file() {
+                    Ok(m) => eprintln!("crossgate: {m}"),
+                    Err(e) => eprintln!("crossgate: limits not reloaded: {e}"),
+                }
+            }
+        });
+    }
     match crossgate_broker::serve(broker, tls, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -1,6 +1,7 @@
 pub mod adapter;
 pub mod broker;
 pub mod certs;
+pub mod limits;
 pub mod map;
 pub mod policy;
 pub mod schema;

@@ -1,0 +1,300 @@
+//! The `Admin` service (operator role only): read and tune per-partner
+//! limits live. Every change is audited (who, old, new) and persisted beside
+//! the config so that a restart keeps it.
+
+use crate::audit::Decision;
+use crate::pipeline::{Call, entry};
+use crate::{Broker, Caller};
+use crossgate_limits::{Limit, Limits, Mode, Rate};
+use crossgate_policy::Role;
+use crossgate_proto::admin_server::Admin;
+use crossgate_proto::{
+    GetLimitRequest, ListLimitsRequest, ListLimitsResponse, ListUndeliveredRequest,
+    ListUndeliveredResponse, PartnerLimit, Rate as RateMsg, ReloadRequest, ReloadResponse,
+    ReplayRequest, ReplayResponse, SetLimitRequest,
+};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// What the `Admin` service works on.
+pub struct LimitsAdmin {
+    pub limits: Arc<Limits>,
+    /// The config folder: limits.toml is re-read from it, overrides written beside it.
+    pub config_dir: PathBuf,
+}
+
+fn describe(limit: &Limit) -> String {
+    format!("{} burst {}", limit.rate.text, limit.burst)
+}
+
+impl Broker {
+    fn admin(&self) -> Result<&LimitsAdmin, Status> {
+        self.inner.admin.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this broker runs without limits.toml: nothing to tune")
+        })
+    }
+
+    fn known_partner(&self, id: &str) -> Result<(), Status> {
+        match self.inner.partners.get(id) {
+            Some(p) if p.role == Role::Partner => Ok(()),
+            _ => Err(Status::not_found(format!(
+                "{id:?} is not a partner in partners.toml"
+            ))),
+        }
+    }
+
+    fn partner_limit(&self, admin: &LimitsAdmin, partner: &str) -> PartnerLimit {
+        let (limits, source) = admin.limits.partner_limits(partner);
+        let (publish, window) = admin.limits.effective(partner, Mode::Publish);
+        let (query, _) = admin.limits.effective(partner, Mode::Query);
+        let (allowed, throttled) = admin.limits.last_minute(partner);
+        let _ = limits;
+        PartnerLimit {
+            partner: partner.to_owned(),
+            publish: Some(RateMsg {
+                rate: publish.rate.text.clone(),
+                burst: publish.burst,
+            }),
+            query: Some(RateMsg {
+                rate: query.rate.text.clone(),
+                burst: query.burst,
+            }),
+            active_window: window.unwrap_or_default(),
+            allowed_last_minute: allowed,
+            throttled_last_minute: throttled,
+            source: source.as_str().to_owned(),
+        }
+    }
+
+    /// Write the overrides beside the config; on failure the change is undone by the caller.
+    fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
+        let path = crate::config::overrides_file(&admin.config_dir);
+        let tmp = path.with_extension("toml.tmp");
+        std::fs::write(&tmp, admin.limits.overrides_toml())
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| {
+                Status::unavailable(format!("cannot keep the change in {}: {e}", path.display()))
+            })
+    }
+
+    async fn audit_change(
+        &self,
+        call: &Call,
+        operator: &Caller,
+        partner: &str,
+        reason: String,
+    ) -> Result<(), Status> {
+        let mut e = entry("admin", Decision::Changed);
+        e.consumer = operator.id.clone();
+        e.provider = partner.to_owned();
+        e.reason = reason;
+        self.audit(call, e).await
+    }
+
+    fn admin_call(&self) -> Call {
+        Call {
+            id: self.request_id(),
+            started: Instant::now(),
+            deadline: self.inner.config.default_deadline(),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for Broker {
+    async fn list_limits(
+        &self,
+        request: Request<ListLimitsRequest>,
+    ) -> Result<Response<ListLimitsResponse>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        let admin = self.admin()?;
+        let mut ids: Vec<&String> = self
+            .inner
+            .partners
+            .values()
+            .filter(|p| p.role == Role::Partner)
+            .map(|p| &p.id)
+            .collect();
+        ids.sort();
+        let limits = ids
+            .into_iter()
+            .map(|id| self.partner_limit(admin, id))
+            .collect();
+        Ok(Response::new(ListLimitsResponse { limits }))
+    }
+
+    async fn get_limit(
+        &self,
+        request: Request<GetLimitRequest>,
+    ) -> Result<Response<PartnerLimit>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        let admin = self.admin()?;
+        let partner = request.into_inner().partner;
+        self.known_partner(&partner)?;
+        Ok(Response::new(self.partner_limit(admin, &partner)))
+    }
+
+    async fn set_limit(
+        &self,
+        request: Request<SetLimitRequest>,
+    ) -> Result<Response<PartnerLimit>, Status> {
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let admin = self.admin()?;
+        let call = self.admin_call();
+        let req = request.into_inner();
+        self.known_partner(&req.partner)?;
+        let mode = match req.mode.as_str() {
+            "" => None,
+            "publish" => Some(Mode::Publish),
+            "query" => Some(Mode::Query),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "mode {other:?}: use publish, query or leave it empty for both"
+                )));
+            }
+        };
+        let wanted = req
+            .limit
+            .ok_or_else(|| Status::invalid_argument("limit is required"))?;
+        let rate = Rate::parse(&wanted.rate).map_err(Status::invalid_argument)?;
+        if wanted.burst == 0 {
+            return Err(Status::invalid_argument("burst must be at least 1"));
+        }
+        let limit = Limit {
+            rate,
+            burst: wanted.burst,
+        };
+        let previous = admin.limits.override_of(&req.partner);
+        let before = admin.limits.set(&req.partner, mode, limit.clone());
+        if let Err(status) = self.persist(admin) {
+            // Not kept, so not applied: put back what was there.
+            admin.limits.restore(&req.partner, previous);
+            return Err(status);
+        }
+        let which = if req.mode.is_empty() {
+            "publish+query"
+        } else {
+            req.mode.as_str()
+        };
+        let old = match mode {
+            Some(Mode::Query) => describe(&before.query),
+            _ => describe(&before.publish),
+        };
+        let reason = format!(
+            "limit {which} of {}: {old} -> {} (set by {})",
+            req.partner,
+            describe(&limit),
+            operator.id
+        );
+        self.audit_change(&call, &operator, &req.partner, reason)
+            .await?;
+        tracing::info!(partner = %req.partner, operator = %operator.id, "limit set");
+        Ok(Response::new(self.partner_limit(admin, &req.partner)))
+    }
+
+    async fn reset_limit(
+        &self,
+        request: Request<GetLimitRequest>,
+    ) -> Result<Response<PartnerLimit>, Status> {
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let admin = self.admin()?;
+        let call = self.admin_call();
+        let partner = request.into_inner().partner;
+        self.known_partner(&partner)?;
+        let (before, _) = admin.limits.partner_limits(&partner);
+        if admin.limits.reset(&partner) {
+            self.persist(admin)?;
+            let (after, _) = admin.limits.partner_limits(&partner);
+            let reason = format!(
+                "limit of {partner} reset: {} -> {} (by {})",
+                describe(&before.publish),
+                describe(&after.publish),
+                operator.id
+            );
+            self.audit_change(&call, &operator, &partner, reason)
+                .await?;
+        }
+        Ok(Response::new(self.partner_limit(admin, &partner)))
+    }
+
+    async fn reload_limits(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let call = self.admin_call();
+        match self.reload_limits_file() {
+            Ok(message) => {
+                self.audit_change(
+                    &call,
+                    &operator,
+                    "",
+                    format!("{message} (by {})", operator.id),
+                )
+                .await?;
+                Ok(Response::new(ReloadResponse {
+                    applied: true,
+                    message,
+                }))
+            }
+            Err(message) => Ok(Response::new(ReloadResponse {
+                applied: false,
+                message,
+            })),
+        }
+    }
+
+    async fn reload_catalog(
+        &self,
+        request: Request<ReloadRequest>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        Err(Status::unimplemented(
+            "reloading the catalog is not built yet; restart the broker to apply catalog.toml",
+        ))
+    }
+
+    async fn list_undelivered(
+        &self,
+        request: Request<ListUndeliveredRequest>,
+    ) -> Result<Response<ListUndeliveredResponse>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        Err(Status::unimplemented(
+            "deliveries are not queued durably yet, so there is nothing to list",
+        ))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<ReplayRequest>,
+    ) -> Result<Response<ReplayResponse>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        Err(Status::unimplemented(
+            "deliveries are not queued durably yet, so there is nothing to replay",
+        ))
+    }
+}
+
+impl Broker {
+    /// Re-read limits.toml (operator call or SIGHUP). An invalid file is
+    /// refused with file, line and reason, and the old limits stay.
+    pub fn reload_limits_file(&self) -> Result<String, String> {
+        let admin = self.admin().map_err(|s| s.message().to_owned())?;
+        let ids: Vec<&str> = self.inner.partners.keys().map(String::as_str).collect();
+        match crate::config::load_limits(&admin.config_dir, &ids)? {
+            Some(config) => {
+                admin.limits.replace(config);
+                Ok(format!(
+                    "reloaded {}",
+                    admin.config_dir.join("limits.toml").display()
+                ))
+            }
+            None => Err(format!(
+                "{} is gone; the old limits stay",
+                admin.config_dir.join("limits.toml").display()
+            )),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! `crossgate limits list|get|set|reset|reload`: an operator's view of, and
+//! hand on, per-partner rate limits, through the broker's `Admin` service.
+
+use crate::ExitCode;
+use clap::{Args, Subcommand};
+use crossgate_proto::admin_client::AdminClient;
+use crossgate_proto::{
+    GetLimitRequest, ListLimitsRequest, PartnerLimit, Rate, ReloadRequest, SetLimitRequest,
+};
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    #[command(subcommand)]
+    pub command: LimitsCommand,
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// How to reach the broker, as an operator.
+#[derive(Debug, Args)]
+pub struct Connection {
+    /// The broker [default: https://<listen of broker.toml>]
+    #[arg(long, global = true)]
+    pub broker: Option<String>,
+    /// The operator's certificate [default: <certs of broker.toml>/operations.pem]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The operator's key [default: the certificate's path with .key]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The CA [default: ca.pem beside the certificate]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Configuration folder, for the defaults above
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "deploy/local"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LimitsCommand {
+    /// Every partner: rate, burst, active window, calls allowed and throttled in the last minute.
+    List,
+    /// One partner's limits.
+    Get { partner: String },
+    /// Set a partner's limit, live (kept across restarts).
+    Set {
+        partner: String,
+        /// e.g. 500/s, 12000/min
+        #[arg(long)]
+        rate: String,
+        #[arg(long)]
+        burst: u32,
+        /// publish or query [default: both]
+        #[arg(long)]
+        mode: Option<String>,
+    },
+    /// Back to limits.toml for a partner.
+    Reset { partner: String },
+    /// Re-read limits.toml (an invalid file is refused and the old limits stay).
+    Reload,
+}
+
+impl Connection {
+    pub async fn admin(&self) -> Result<AdminClient<Channel>, String> {
+        let config = crossgate_broker::BrokerConfig::load(&self.config)?;
+        let cert = self
+            .cert
+            .clone()
+            .unwrap_or_else(|| config.certs.join("operations.pem"));
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| cert.with_extension("key"));
+        let ca = self.ca.clone().unwrap_or_else(|| {
+            cert.parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("ca.pem")
+        });
+        let tls = crossgate_tls::Bundle::from_files(&cert, &key, &ca).map_err(|e| e.to_string())?;
+        let url = self
+            .broker
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", config.listen));
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad broker address {url:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tls_config(tls.client())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the broker at {url}: {e}"))?;
+        Ok(AdminClient::new(channel))
+    }
+}
+
+fn print_table(limits: &[PartnerLimit]) {
+    println!(
+        "{:<20} {:>10} {:>6} {:>10} {:>6} {:<13} {:>10} {:>10} SOURCE",
+        "PARTNER", "RATE", "BURST", "QUERY", "BURST", "WINDOW", "ALLOWED/1m", "THROTTLED/1m"
+    );
+    let rate = |r: &Option<Rate>| {
+        r.as_ref()
+            .map(|r| (r.rate.clone(), r.burst))
+            .unwrap_or_default()
+    };
+    for l in limits {
+        let (pr, pb) = rate(&l.publish);
+        let (qr, qb) = rate(&l.query);
+        let window = if l.active_window.is_empty() {
+            "-"
+        } else {
+            &l.active_window
+        };
+        println!(
+            "{:<20} {:>10} {:>6} {:>10} {:>6} {:<13} {:>10} {:>12} {}",
+            l.partner,
+            pr,
+            pb,
+            qr,
+            qb,
+            window,
+            l.allowed_last_minute,
+            l.throttled_last_minute,
+            l.source
+        );
+    }
+}
+
+pub fn run(args: LimitsArgs) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run_async(args)),
+        Err(e) => {
+            eprintln!("crossgate: cannot start the async runtime: {e}");
+            ExitCode::Usage
+        }
+    }
+}
+
+async fn run_async(args: LimitsArgs) -> ExitCode {
+    let mut admin = match args.conn.admin().await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            return ExitCode::Usage;
+        }
+    };
+    let result = match args.command {
+        LimitsCommand::List => admin
+            .list_limits(ListLimitsRequest {})
+            .await
+            .map(|r| print_table(&r.into_inner().limits)),
+        LimitsCommand::Get { partner } => admin
+            .get_limit(GetLimitRequest { partner })
+            .await
+            .map(|r| print_table(&[r.into_inner()])),
+        LimitsCommand::Set {
+            partner,
+            rate,
+            burst,
+            mode,
+        } => admin
+            .set_limit(SetLimitRequest {
+                partner,
+                mode: mode.unwrap_or_default(),
+                limit: Some(Rate { rate, burst }),
+            })
+            .await
+            .map(|r| print_table(&[r.into_inner()])),
+        LimitsCommand::Reset { partner } => admin
+            .reset_limit(GetLimitRequest { partner })
+            .await
+            .map(|r| print_table(&[r.into_inner()])),
+        LimitsCommand::Reload => match admin.reload_limits(ReloadRequest {}).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.applied {
+                    println!("{}", r.message);
+                    return ExitCode::Ok;
+                }
+                eprintln!("crossgate: {}", r.message);
+                return ExitCode::Failed;
+            }
+            Err(s) => Err(s),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::Ok,
+        Err(status) => {
+            eprintln!(
+                "crossgate: the broker refused: {:?}: {}",
+                status.code(),
+                status.message()
+            );
+            ExitCode::Failed
+        }
+    }
+}
