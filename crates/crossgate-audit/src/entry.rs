@@ -1,0 +1,165 @@
+//! Audit entries and their canonical byte encoding.
+//!
+//! The entry hash is SHA-256 over:
+//!
+//! ```text
+//! "crossgate-audit-v1" 0x00
+//! previous_hash            32 bytes (zeros for a chain's first entry)
+//! sequence                 u64, big-endian
+//! writer, time, request_id, kind, consumer, provider, record_type, record_id,
+//! purpose, approval_reference, decision, reason      each a field
+//! released_fields          u32 big-endian count, then each a field
+//! record_digest            a field
+//! latency_micros           u64, big-endian
+//!
+//! field = u32 big-endian byte length, then the UTF-8 bytes
+//! ```
+//!
+//! Every field is covered and lengths are explicit, so no two different
+//! entries encode alike.
+
+use sha2::{Digest, Sha256};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Denied,
+    Throttled,
+    Invalid,
+    Delivered,
+    Failed,
+    /// An operator's change (limits, reloads) or an auditor's reading.
+    Changed,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Denied => "denied",
+            Decision::Throttled => "throttled",
+            Decision::Invalid => "invalid",
+            Decision::Delivered => "delivered",
+            Decision::Failed => "failed",
+            Decision::Changed => "changed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "allowed" => Decision::Allowed,
+            "denied" => Decision::Denied,
+            "throttled" => Decision::Throttled,
+            "invalid" => Decision::Invalid,
+            "delivered" => Decision::Delivered,
+            "failed" => Decision::Failed,
+            "changed" => Decision::Changed,
+            _ => return None,
+        })
+    }
+}
+
+/// One audit entry: who, what, why — and a digest, never the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub request_id: String,
+    /// publish, query, admin, audit
+    pub kind: String,
+    pub consumer: String,
+    pub provider: String,
+    pub record_type: String,
+    pub record_id: String,
+    pub purpose: String,
+    pub approval_reference: String,
+    pub decision: Decision,
+    pub reason: String,
+    pub released_fields: Vec<String>,
+    /// Hex SHA-256 of the canonical record bytes, empty when there is none.
+    pub record_digest: String,
+    pub latency_micros: u64,
+}
+
+/// An entry as the log keeps it: its place in its writer's chain and the hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub writer: String,
+    pub sequence: u64,
+    pub entry: Entry,
+    pub previous_hash: [u8; 32],
+    pub entry_hash: [u8; 32],
+}
+
+fn field(h: &mut Sha256, s: &str) {
+    h.update((s.len() as u32).to_be_bytes());
+    h.update(s.as_bytes());
+}
+
+/// The hash of an entry at `sequence` of `writer`'s chain after `previous`.
+pub fn entry_hash(writer: &str, sequence: u64, previous: &[u8; 32], e: &Entry) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"crossgate-audit-v1\0");
+    h.update(previous);
+    h.update(sequence.to_be_bytes());
+    for f in [
+        writer,
+        &e.time,
+        &e.request_id,
+        &e.kind,
+        &e.consumer,
+        &e.provider,
+        &e.record_type,
+        &e.record_id,
+        &e.purpose,
+        &e.approval_reference,
+        e.decision.as_str(),
+        &e.reason,
+    ] {
+        field(&mut h, f);
+    }
+    h.update((e.released_fields.len() as u32).to_be_bytes());
+    for f in &e.released_fields {
+        field(&mut h, f);
+    }
+    field(&mut h, &e.record_digest);
+    h.update(e.latency_micros.to_be_bytes());
+    h.finalize().into()
+}
+
+impl Stored {
+    /// Seal `entry` as the next of a chain whose head is (`sequence - 1`, `previous`).
+    pub fn seal(writer: &str, sequence: u64, previous: [u8; 32], entry: Entry) -> Self {
+        let entry_hash = entry_hash(writer, sequence, &previous, &entry);
+        Stored {
+            writer: writer.to_owned(),
+            sequence,
+            entry,
+            previous_hash: previous,
+            entry_hash,
+        }
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from 64 hex characters.
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        out[i] = u8::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Hex SHA-256 of `bytes`: the digest a record is logged by.
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}

@@ -1,0 +1,129 @@
+//! Checking the chains: every entry's hash matches its contents, links to the
+//! one before, sequences run without gaps or repeats, and each chain ends
+//! where its recorded head says.
+
+use crate::entry::{Stored, entry_hash, hex};
+use std::collections::BTreeMap;
+
+/// One chain's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub writer: String,
+    pub checked: u64,
+    /// The first sequence number that does not verify, and why.
+    pub broken: Option<(u64, String)>,
+}
+
+/// Verifies entries fed in chain order (writer, then sequence).
+#[derive(Debug, Default)]
+pub struct Verifier {
+    chains: BTreeMap<String, State>,
+}
+
+#[derive(Debug)]
+struct State {
+    expected: u64,
+    previous: [u8; 32],
+    report: ChainReport,
+}
+
+impl Verifier {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed the next stored entry of its chain.
+    pub fn feed(&mut self, s: &Stored) {
+        let state = self
+            .chains
+            .entry(s.writer.clone())
+            .or_insert_with(|| State {
+                expected: 1,
+                previous: [0; 32],
+                report: ChainReport {
+                    writer: s.writer.clone(),
+                    checked: 0,
+                    broken: None,
+                },
+            });
+        if state.report.broken.is_some() {
+            return;
+        }
+        state.report.checked += 1;
+        let fault = if s.sequence < state.expected {
+            Some((
+                s.sequence,
+                format!("sequence {} appears again: an inserted entry", s.sequence),
+            ))
+        } else if s.sequence > state.expected {
+            Some((
+                state.expected,
+                format!(
+                    "sequence {} is missing: an entry was deleted",
+                    state.expected
+                ),
+            ))
+        } else if s.previous_hash != state.previous {
+            Some((
+                s.sequence,
+                "does not link to the entry before it: entries were removed, inserted or reordered"
+                    .into(),
+            ))
+        } else if entry_hash(&s.writer, s.sequence, &s.previous_hash, &s.entry) != s.entry_hash {
+            Some((
+                s.sequence,
+                "its hash does not match its contents: the entry was edited".into(),
+            ))
+        } else {
+            None
+        };
+        match fault {
+            Some(f) => state.report.broken = Some(f),
+            None => {
+                state.expected += 1;
+                state.previous = s.entry_hash;
+            }
+        }
+    }
+
+    /// Finish: each chain must end at its recorded head (writer → (sequence, hash)).
+    pub fn finish(mut self, heads: &BTreeMap<String, (u64, [u8; 32])>) -> Vec<ChainReport> {
+        for (writer, (sequence, hash)) in heads {
+            let state = self.chains.entry(writer.clone()).or_insert_with(|| State {
+                expected: 1,
+                previous: [0; 32],
+                report: ChainReport {
+                    writer: writer.clone(),
+                    checked: 0,
+                    broken: None,
+                },
+            });
+            if state.report.broken.is_some() {
+                continue;
+            }
+            let last = state.expected - 1;
+            if last < *sequence {
+                state.report.broken = Some((
+                    last + 1,
+                    format!(
+                        "the chain ends at {last} but its head records {sequence}: entries were cut off the end"
+                    ),
+                ));
+            } else if last == *sequence && state.previous != *hash {
+                state.report.broken = Some((
+                    last,
+                    format!(
+                        "the last entry's hash differs from the head's {}",
+                        hex(hash)
+                    ),
+                ));
+            } else if last > *sequence {
+                state.report.broken = Some((
+                    sequence + 1,
+                    format!("entries after the recorded head {sequence}"),
+                ));
+            }
+        }
+        self.chains.into_values().map(|s| s.report).collect()
+    }
+}
