@@ -48,14 +48,14 @@ fn log(name: &str, n: u64) -> PathBuf {
     path
 }
 
-fn broken(path: &PathBuf) -> Option<(u64, String)> {
+fn broken(path: &std::path::Path) -> Option<(u64, String)> {
     let mut store = SqliteStore::open(path).unwrap();
     let reports = verify(&mut store).unwrap();
     assert_eq!(reports.len(), 1);
     reports[0].broken.clone()
 }
 
-fn tamper(path: &PathBuf, sql: &str) {
+fn tamper(path: &std::path::Path, sql: &str) {
     SqliteStore::open(path)
         .unwrap()
         .connection()

@@ -23,6 +23,75 @@ pub struct BrokerConfig {
     /// How long a delivery to one adapter may take, in milliseconds.
     #[serde(default = "default_delivery")]
     pub delivery_timeout_ms: u64,
+    /// The audit log.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]` of broker.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// `sqlite:PATH` (the embedded default).
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// `durable` (reply after the entry is committed) or `async`.
+    #[serde(default = "default_durability")]
+    pub durability: String,
+    /// This broker's chain in the log; replicas sharing a store need distinct ids.
+    #[serde(default = "default_writer")]
+    pub writer: String,
+}
+
+fn default_store() -> String {
+    "sqlite:.crossgate/audit.db".into()
+}
+fn default_durability() -> String {
+    "durable".into()
+}
+fn default_writer() -> String {
+    "broker-1".into()
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            store: default_store(),
+            durability: default_durability(),
+            writer: default_writer(),
+        }
+    }
+}
+
+/// Open an audit store named like `sqlite:PATH`.
+pub fn open_store(spec: &str) -> Result<Box<dyn crossgate_audit::Store>, String> {
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        return crossgate_audit::SqliteStore::open(Path::new(path))
+            .map(|s| Box::new(s) as Box<dyn crossgate_audit::Store>)
+            .map_err(|e| e.to_string());
+    }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Err("the PostgreSQL audit store is not built yet; use sqlite:PATH".into());
+    }
+    Err(format!("audit store {spec:?}: write sqlite:PATH"))
+}
+
+impl AuditConfig {
+    /// Start the log's writer for this broker.
+    pub fn start(&self) -> Result<crossgate_audit::Writer, String> {
+        let durability = match self.durability.as_str() {
+            "durable" => crossgate_audit::Durability::Durable,
+            "async" => crossgate_audit::Durability::Async,
+            other => return Err(format!("audit durability {other:?}: use durable or async")),
+        };
+        crossgate_audit::Writer::start(
+            open_store(&self.store)?,
+            self.writer.clone(),
+            durability,
+            4096,
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -49,6 +118,7 @@ impl Default for BrokerConfig {
             max_message_bytes: default_max_message(),
             default_deadline_ms: default_deadline(),
             delivery_timeout_ms: default_delivery(),
+            audit: AuditConfig::default(),
         }
     }
 }

@@ -132,7 +132,7 @@ pub(crate) fn entry(kind: &'static str, decision: Decision) -> Entry {
     Entry {
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         request_id: String::new(),
-        kind,
+        kind: kind.to_owned(),
         consumer: String::new(),
         provider: String::new(),
         record_type: String::new(),

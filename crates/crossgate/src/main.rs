@@ -44,6 +44,8 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Per-partner rate limits, live, through the broker (operator role).
     Limits(cmd::limits::LimitsArgs),
+    /// The audit log: search it, verify its chains.
+    Audit(cmd::audit::AuditArgs),
     /// Certificates: make development ones.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCommand),
@@ -59,6 +61,7 @@ fn main() -> std::process::ExitCode {
         Command::Broker(args) => cmd::broker::run(args),
         Command::Certs(c) => cmd::certs::run(c),
         Command::Limits(args) => cmd::limits::run(args),
+        Command::Audit(args) => cmd::audit::run(args),
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -18,6 +18,10 @@ fn start(name: &str, limits: &str) -> (PathBuf, u16, Processes) {
     let _ = std::fs::remove_dir_all(&dir);
     let (port, _) = config_copy(&dir);
     std::fs::write(dir.join("limits.toml"), limits).unwrap();
+    // These tests measure rates; the log's durability is tested elsewhere.
+    let mut broker_toml = std::fs::read_to_string(dir.join("broker.toml")).unwrap();
+    broker_toml.push_str("durability = \"async\"\n");
+    std::fs::write(dir.join("broker.toml"), broker_toml).unwrap();
     let certs = dir.join("certs");
     assert!(
         crossgate(&[

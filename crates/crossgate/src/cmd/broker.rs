@@ -4,7 +4,6 @@ use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use clap::Args;
 use crossgate_broker::admin::LimitsAdmin;
-use crossgate_broker::audit::MemorySink;
 use crossgate_broker::delivery::{Adapters, DirectDelivery};
 use crossgate_broker::{Broker, BrokerConfig, Parts, Unlimited};
 use crossgate_policy::Partner;
@@ -111,7 +110,14 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         config.listen,
         config.certs.display()
     );
-    println!("audit log: in memory (the durable log is not built yet)");
+    let audit = match config.audit.start() {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
+    println!(
+        "audit log: {} ({}, chain {})",
+        config.audit.store, config.audit.durability, config.audit.writer
+    );
     let broker = Broker::new(Parts {
         queue: Arc::new(DirectDelivery {
             adapters: adapters.clone(),
@@ -122,7 +128,7 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         policy,
         partners,
         adapters,
-        audit: Arc::new(MemorySink::default()),
+        audit: Arc::new(audit),
         limiter,
         admin,
     });

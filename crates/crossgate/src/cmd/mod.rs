@@ -1,4 +1,5 @@
 pub mod adapter;
+pub mod audit;
 pub mod broker;
 pub mod certs;
 pub mod limits;

@@ -47,8 +47,9 @@ pub fn config_copy(dir: &Path) -> (u16, Vec<(String, u16)>) {
     std::fs::write(
         dir.join("broker.toml"),
         format!(
-            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\n",
-            dir.join("certs").display()
+            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\n[audit]\nstore = \"sqlite:{}\"\n",
+            dir.join("certs").display(),
+            dir.join("audit.db").display()
         ),
     )
     .unwrap();
