@@ -142,6 +142,22 @@ impl Stored {
     }
 }
 
+impl Stored {
+    /// The entry as one JSON line (for export and search output).
+    pub fn to_json_line(&self) -> String {
+        let e = &self.entry;
+        serde_json::json!({
+            "writer": self.writer, "sequence": self.sequence, "time": e.time, "request_id": e.request_id,
+            "kind": e.kind, "consumer": e.consumer, "provider": e.provider, "record_type": e.record_type,
+            "record_id": e.record_id, "purpose": e.purpose, "approval_reference": e.approval_reference,
+            "decision": e.decision.as_str(), "reason": e.reason, "released_fields": e.released_fields,
+            "record_digest": e.record_digest, "latency_micros": e.latency_micros,
+            "previous_hash": hex(&self.previous_hash), "entry_hash": hex(&self.entry_hash),
+        })
+        .to_string()
+    }
+}
+
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod audit_service;
 pub mod config;
 pub mod delivery;
 mod pipeline;
@@ -12,6 +13,7 @@ mod service;
 
 use crossgate_policy::{Mode, Partner, Policy};
 use crossgate_proto::admin_server::AdminServer;
+use crossgate_proto::audit_server::AuditServer;
 use crossgate_proto::broker_server::BrokerServer;
 use crossgate_schema::Registry;
 use governor::clock as governor_clock;
@@ -84,6 +86,8 @@ pub struct Parts {
     pub limiter: Arc<dyn Limiter>,
     /// Live limit tuning through `Admin`; `None` when there is no limits.toml.
     pub admin: Option<admin::LimitsAdmin>,
+    /// Where `Audit` reads the log; `None` when the log is not readable (in-memory sinks).
+    pub audit_reader: Option<audit_service::AuditReader>,
 }
 
 #[derive(Clone)]
@@ -101,6 +105,7 @@ struct Inner {
     audit: Arc<dyn audit::AuditSink>,
     limiter: Arc<dyn Limiter>,
     admin: Option<admin::LimitsAdmin>,
+    audit_reader: Option<audit_service::AuditReader>,
     next_request: AtomicU64,
     epoch: u64,
 }
@@ -126,6 +131,7 @@ impl Broker {
                 audit: parts.audit,
                 limiter: parts.limiter,
                 admin: parts.admin,
+                audit_reader: parts.audit_reader,
                 next_request: AtomicU64::new(1),
                 epoch,
             }),
@@ -157,6 +163,7 @@ pub async fn serve(
     let (reporter, health) = crossgate_proto::standard::health_reporter();
     reporter.set_serving::<BrokerServer<Broker>>().await;
     reporter.set_serving::<AdminServer<Broker>>().await;
+    reporter.set_serving::<AuditServer<Broker>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
     let max = broker.inner.config.max_message_bytes;
     Server::builder()
@@ -164,6 +171,7 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(AdminServer::new(broker.clone()))
+        .add_service(AuditServer::new(broker.clone()))
         .add_service(
             BrokerServer::new(broker)
                 .max_decoding_message_size(max)

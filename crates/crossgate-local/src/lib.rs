@@ -223,6 +223,7 @@ impl LocalSystem {
             audit,
             limiter,
             admin,
+            audit_reader: None,
         });
         tokio::spawn(crossgate_broker::serve(
             broker,

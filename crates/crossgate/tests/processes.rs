@@ -125,4 +125,103 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
             "trader_uscc"
         ]
     );
+
+    // Through the broker, with the auditor's certificate; a partner's is refused.
+    let via_broker = |cert: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
+            .arg("audit")
+            .args(args)
+            .args([
+                "--config",
+                &config,
+                "--cert",
+                certs.join(cert).to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, table, err) = via_broker("audit-office.pem", &["search", "--consumer", "commerce"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        table.lines().count(),
+        2,
+        "a header and the delivery to commerce: {table}"
+    );
+    assert!(
+        table.contains("trade-statistics") && table.contains("/trader_uscc"),
+        "{table}"
+    );
+    let exported = dir.join("export.jsonl");
+    let (code, _, err) = via_broker(
+        "audit-office.pem",
+        &["export", "--out", exported.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines = std::fs::read_to_string(&exported).unwrap().lines().count();
+    assert_eq!(lines, 4, "two deliveries, the search and the export itself");
+    let (code, _, err) = via_broker("customs.pem", &["verify"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("PermissionDenied"), "{err}");
+    let (code, verified, err) = via_broker("audit-office.pem", &["verify"]);
+    assert_eq!(code, Some(0), "{verified}{err}");
+
+    // Directly on the file: the deliveries, with purposes and released
+    // fields, in a log that verifies until one byte is changed.
+    drop(running);
+    let store = format!("sqlite:{}", dir.join("audit.db").display());
+    let audit = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
+            .arg("audit")
+            .args(args)
+            .args(["--store", &store])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, found) = audit(&["search", "--provider", "customs", "--format", "jsonl"]);
+    assert_eq!(code, Some(0));
+    let entries: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let receivers: Vec<&str> = entries
+        .iter()
+        .map(|e| e["consumer"].as_str().unwrap())
+        .collect();
+    assert_eq!(receivers, ["border-inspection", "commerce"]);
+    assert_eq!(entries[0]["decision"], "delivered");
+    assert_eq!(entries[1]["purpose"], "trade-statistics");
+    assert!(
+        !found.contains("藏D"),
+        "the log holds digests, never records"
+    );
+    let (code, verified) = audit(&["verify"]);
+    assert_eq!(
+        (code, verified.as_str()),
+        (Some(0), "chain broker-1: 5 entries verified\n"),
+        "2 deliveries and 3 readings"
+    );
+
+    let db = dir.join("audit.db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(16)
+        .position(|w| w == b"trade-statistics")
+        .expect("entry 2 is in the file");
+    bytes[at] ^= 0x01;
+    std::fs::write(&db, bytes).unwrap();
+    let (code, verified) = audit(&["verify"]);
+    assert_eq!(code, Some(1), "{verified}");
+    assert!(
+        verified.starts_with("chain broker-1: entry 2 does not verify"),
+        "{verified}"
+    );
 }

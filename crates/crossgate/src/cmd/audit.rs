@@ -1,9 +1,13 @@
-//! `crossgate audit search|verify`: the auditor's tools, working directly on
-//! a log's store.
+//! `crossgate audit search|verify|export`: the auditor's tools, working
+//! directly on a log's store (`--store`) or through a broker (`--broker`,
+//! `--cert`, `--key`: the auditor's certificate).
 
 use crate::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
-use crossgate_audit::{Filter, Stored, entry::hex};
+use crossgate_audit::entry::unhex32;
+use crossgate_audit::{Decision, Entry, Filter, Stored};
+use crossgate_proto::audit_client::AuditClient;
+use crossgate_proto::{SearchRequest, VerifyRequest};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -14,14 +18,8 @@ pub struct AuditArgs {
     /// The log's store, e.g. sqlite:.crossgate/audit.db [default: [audit] store of broker.toml]
     #[arg(long, global = true)]
     pub store: Option<String>,
-    /// Configuration folder, for the default store
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "deploy/local"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub conn: crate::cmd::connect::Connection,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -43,6 +41,13 @@ pub enum AuditCommand {
     /// Check every chain; exit 1 naming the first bad entry if anything was
     /// edited, deleted, inserted or reordered.
     Verify,
+    /// Write matching entries to a JSON Lines file (progress shown on a terminal).
+    Export {
+        #[command(flatten)]
+        filter: Box<FilterArgs>,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -71,19 +76,6 @@ pub struct FilterArgs {
     decision: Option<String>,
 }
 
-fn json_line(s: &Stored) -> String {
-    let e = &s.entry;
-    serde_json::json!({
-        "writer": s.writer, "sequence": s.sequence, "time": e.time, "request_id": e.request_id,
-        "kind": e.kind, "consumer": e.consumer, "provider": e.provider, "record_type": e.record_type,
-        "record_id": e.record_id, "purpose": e.purpose, "approval_reference": e.approval_reference,
-        "decision": e.decision.as_str(), "reason": e.reason, "released_fields": e.released_fields,
-        "record_digest": e.record_digest, "latency_micros": e.latency_micros,
-        "previous_hash": hex(&s.previous_hash), "entry_hash": hex(&s.entry_hash),
-    })
-    .to_string()
-}
-
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -92,10 +84,52 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+impl FilterArgs {
+    fn to_filter(&self) -> Filter {
+        Filter {
+            since: self.since.clone(),
+            until: self.until.clone(),
+            partner: self.partner.clone(),
+            consumer: self.consumer.clone(),
+            provider: self.provider.clone(),
+            record_type: self.record_type.clone(),
+            record_id: self.record_id.clone(),
+            purpose: self.purpose.clone(),
+            decision: self.decision.clone(),
+            chain_order: false,
+        }
+    }
+
+    fn to_request(&self) -> SearchRequest {
+        let f = self.to_filter();
+        SearchRequest {
+            since: f.since.unwrap_or_default(),
+            until: f.until.unwrap_or_default(),
+            partner: f.partner.unwrap_or_default(),
+            consumer: f.consumer.unwrap_or_default(),
+            provider: f.provider.unwrap_or_default(),
+            record_type: f.record_type.unwrap_or_default(),
+            record_id: f.record_id.unwrap_or_default(),
+            purpose: f.purpose.unwrap_or_default(),
+            decision: f.decision.unwrap_or_default(),
+            limit: 0,
+        }
+    }
+}
+
 pub fn run(args: AuditArgs) -> ExitCode {
+    if args.conn.broker.is_some() || args.conn.cert.is_some() {
+        return match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(through_broker(args)),
+            Err(e) => {
+                eprintln!("crossgate: cannot start the async runtime: {e}");
+                ExitCode::Usage
+            }
+        };
+    }
     let spec = match &args.store {
         Some(s) => s.clone(),
-        None => match crossgate_broker::BrokerConfig::load(&args.config) {
+        None => match crossgate_broker::BrokerConfig::load(&args.conn.config) {
             Ok(c) => c.audit.store,
             Err(e) => {
                 eprintln!("crossgate: {e}");
@@ -136,72 +170,28 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 ExitCode::Usage
             }
         },
-        AuditCommand::Search { filter, format } => {
-            let f = Filter {
-                since: filter.since,
-                until: filter.until,
-                partner: filter.partner,
-                consumer: filter.consumer,
-                provider: filter.provider,
-                record_type: filter.record_type,
-                record_id: filter.record_id,
-                purpose: filter.purpose,
-                decision: filter.decision,
-                chain_order: false,
+        AuditCommand::Export { filter, out } => {
+            let mut file = match std::fs::File::create(&out) {
+                Ok(f) => std::io::BufWriter::new(f),
+                Err(e) => {
+                    eprintln!("crossgate: cannot write {}: {e}", out.display());
+                    return ExitCode::Usage;
+                }
             };
+            let mut n = 0u64;
+            let result = store.scan(&filter.to_filter(), &mut |s| {
+                n += 1;
+                progress(n, 0);
+                writeln!(file, "{}", s.to_json_line()).is_ok()
+            });
+            finish_export(result.map_err(|e| e.to_string()), file, n, &out)
+        }
+        AuditCommand::Search { filter, format } => {
+            let f = filter.to_filter();
             let mut out = std::io::stdout().lock();
-            match format {
-                Format::Table => {
-                    let _ = writeln!(
-                        out,
-                        "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} RELEASED",
-                        "TIME", "KIND", "CONSUMER", "PROVIDER", "TYPE", "PURPOSE", "DECISION"
-                    );
-                }
-                Format::Csv => {
-                    let _ = writeln!(
-                        out,
-                        "time,writer,sequence,kind,consumer,provider,record_type,record_id,purpose,approval_reference,decision,reason,released_fields,record_digest"
-                    );
-                }
-                Format::Jsonl => {}
-            }
+            write_header(&mut out, format);
             let result = store.scan(&f, &mut |s| {
-                let e = &s.entry;
-                let line = match format {
-                    Format::Jsonl => json_line(&s),
-                    Format::Table => format!(
-                        "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} {}",
-                        e.time,
-                        e.kind,
-                        e.consumer,
-                        e.provider,
-                        e.record_type,
-                        e.purpose,
-                        e.decision.as_str(),
-                        e.released_fields.join(" ")
-                    ),
-                    Format::Csv => [
-                        e.time.clone(),
-                        s.writer.clone(),
-                        s.sequence.to_string(),
-                        e.kind.clone(),
-                        e.consumer.clone(),
-                        e.provider.clone(),
-                        e.record_type.clone(),
-                        e.record_id.clone(),
-                        e.purpose.clone(),
-                        e.approval_reference.clone(),
-                        e.decision.as_str().to_owned(),
-                        e.reason.clone(),
-                        e.released_fields.join(" "),
-                        e.record_digest.clone(),
-                    ]
-                    .iter()
-                    .map(|f| csv_field(f))
-                    .collect::<Vec<_>>()
-                    .join(","),
-                };
+                let line = entry_line(format, &s);
                 writeln!(out, "{line}").is_ok()
             });
             match result {
@@ -212,5 +202,203 @@ pub fn run(args: AuditArgs) -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `\rexported N of M entries` on a terminal, nothing otherwise.
+fn progress(sent: u64, total: u64) {
+    use std::io::IsTerminal;
+    if sent.is_multiple_of(1000) && std::io::stderr().is_terminal() {
+        if total > 0 {
+            eprint!("\rexported {sent} of {total} entries");
+        } else {
+            eprint!("\rexported {sent} entries");
+        }
+    }
+}
+
+fn finish_export(
+    result: Result<(), String>,
+    mut file: impl Write,
+    n: u64,
+    out: &std::path::Path,
+) -> ExitCode {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r");
+    }
+    match result.and_then(|()| file.flush().map_err(|e| e.to_string())) {
+        Ok(()) => {
+            eprintln!("exported {n} entries to {}", out.display());
+            ExitCode::Ok
+        }
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            ExitCode::Usage
+        }
+    }
+}
+
+async fn through_broker(args: AuditArgs) -> ExitCode {
+    let channel = match args.conn.channel("audit-office").await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("crossgate: {e}");
+            return ExitCode::Usage;
+        }
+    };
+    let mut client = AuditClient::new(channel);
+    let refused = |s: tonic::Status| {
+        eprintln!(
+            "crossgate: the broker refused: {:?}: {}",
+            s.code(),
+            s.message()
+        );
+        ExitCode::Failed
+    };
+    match args.command {
+        AuditCommand::Verify => match client.verify(VerifyRequest::default()).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                for c in &r.chains {
+                    if c.ok {
+                        println!("chain {}: {} entries verified", c.writer, c.entries_checked);
+                    } else {
+                        println!(
+                            "chain {}: entry {} does not verify: {}",
+                            c.writer, c.first_bad_sequence, c.reason
+                        );
+                    }
+                }
+                if r.chains.is_empty() {
+                    println!("the log is empty");
+                }
+                if r.ok { ExitCode::Ok } else { ExitCode::Failed }
+            }
+            Err(s) => refused(s),
+        },
+        AuditCommand::Search { filter, format } => {
+            let mut stream = match client.search(filter.to_request()).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => return refused(s),
+            };
+            let mut out = std::io::stdout().lock();
+            write_header(&mut out, format);
+            loop {
+                match stream.message().await {
+                    Ok(Some(e)) => {
+                        let _ = writeln!(out, "{}", entry_line(format, &from_message(e)));
+                    }
+                    Ok(None) => return ExitCode::Ok,
+                    Err(s) => return refused(s),
+                }
+            }
+        }
+        AuditCommand::Export { filter, out } => {
+            let mut file = match std::fs::File::create(&out) {
+                Ok(f) => std::io::BufWriter::new(f),
+                Err(e) => {
+                    eprintln!("crossgate: cannot write {}: {e}", out.display());
+                    return ExitCode::Usage;
+                }
+            };
+            let mut stream = match client.export(filter.to_request()).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => return refused(s),
+            };
+            let mut n = 0;
+            let result = loop {
+                match stream.message().await {
+                    Ok(Some(chunk)) => {
+                        n = chunk.entries_sent;
+                        progress(n - n % 1000, chunk.entries_total);
+                        if let Err(e) = file.write_all(&chunk.jsonl) {
+                            break Err(e.to_string());
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(s) => return refused(s),
+                }
+            };
+            finish_export(result, file, n, &out)
+        }
+    }
+}
+
+fn write_header(out: &mut impl Write, format: Format) {
+    let header = match format {
+        Format::Table => format!(
+            "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} RELEASED",
+            "TIME", "KIND", "CONSUMER", "PROVIDER", "TYPE", "PURPOSE", "DECISION"
+        ),
+        Format::Csv => "time,writer,sequence,kind,consumer,provider,record_type,record_id,purpose,\
+                        approval_reference,decision,reason,released_fields,record_digest"
+            .to_owned(),
+        Format::Jsonl => return,
+    };
+    let _ = writeln!(out, "{header}");
+}
+
+fn entry_line(format: Format, s: &Stored) -> String {
+    let e = &s.entry;
+    match format {
+        Format::Jsonl => s.to_json_line(),
+        Format::Table => format!(
+            "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} {}",
+            e.time,
+            e.kind,
+            e.consumer,
+            e.provider,
+            e.record_type,
+            e.purpose,
+            e.decision.as_str(),
+            e.released_fields.join(" ")
+        ),
+        Format::Csv => [
+            e.time.clone(),
+            s.writer.clone(),
+            s.sequence.to_string(),
+            e.kind.clone(),
+            e.consumer.clone(),
+            e.provider.clone(),
+            e.record_type.clone(),
+            e.record_id.clone(),
+            e.purpose.clone(),
+            e.approval_reference.clone(),
+            e.decision.as_str().to_owned(),
+            e.reason.clone(),
+            e.released_fields.join(" "),
+            e.record_digest.clone(),
+        ]
+        .iter()
+        .map(|f| csv_field(f))
+        .collect::<Vec<_>>()
+        .join(","),
+    }
+}
+
+/// An entry as the broker sent it, in the log's own shape.
+fn from_message(e: crossgate_proto::AuditEntry) -> Stored {
+    Stored {
+        writer: e.writer,
+        sequence: e.sequence,
+        previous_hash: unhex32(&e.previous_hash).unwrap_or_default(),
+        entry_hash: unhex32(&e.entry_hash).unwrap_or_default(),
+        entry: Entry {
+            time: e.time,
+            request_id: e.request_id,
+            kind: e.kind,
+            consumer: e.consumer,
+            provider: e.provider,
+            record_type: e.record_type,
+            record_id: e.record_id,
+            purpose: e.purpose,
+            approval_reference: e.approval_reference,
+            decision: Decision::parse(&e.decision).unwrap_or(Decision::Changed),
+            reason: e.reason,
+            released_fields: e.released_fields,
+            record_digest: e.record_digest,
+            latency_micros: e.latency_micros,
+        },
     }
 }

@@ -110,6 +110,9 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         config.listen,
         config.certs.display()
     );
+    let audit_reader = Some(crossgate_broker::audit_service::AuditReader {
+        store: config.audit.store.clone(),
+    });
     let audit = match config.audit.start() {
         Ok(w) => w,
         Err(e) => return fail(e),
@@ -131,6 +134,7 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         audit: Arc::new(audit),
         limiter,
         admin,
+        audit_reader,
     });
     // SIGHUP re-reads limits.toml; an invalid file is refused and the old limits stay.
     #[cfg(unix)]

@@ -7,40 +7,13 @@ use crossgate_proto::admin_client::AdminClient;
 use crossgate_proto::{
     GetLimitRequest, ListLimitsRequest, PartnerLimit, Rate, ReloadRequest, SetLimitRequest,
 };
-use std::path::PathBuf;
-use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct LimitsArgs {
     #[command(subcommand)]
     pub command: LimitsCommand,
     #[command(flatten)]
-    pub conn: Connection,
-}
-
-/// How to reach the broker, as an operator.
-#[derive(Debug, Args)]
-pub struct Connection {
-    /// The broker [default: https://<listen of broker.toml>]
-    #[arg(long, global = true)]
-    pub broker: Option<String>,
-    /// The operator's certificate [default: <certs of broker.toml>/operations.pem]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
-    /// The operator's key [default: the certificate's path with .key]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub key: Option<PathBuf>,
-    /// The CA [default: ca.pem beside the certificate]
-    #[arg(long, global = true, value_name = "FILE")]
-    pub ca: Option<PathBuf>,
-    /// Configuration folder, for the defaults above
-    #[arg(
-        long,
-        global = true,
-        value_name = "DIR",
-        default_value = "deploy/local"
-    )]
-    pub config: PathBuf,
+    pub conn: crate::cmd::connect::Connection,
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,39 +38,6 @@ pub enum LimitsCommand {
     Reset { partner: String },
     /// Re-read limits.toml (an invalid file is refused and the old limits stay).
     Reload,
-}
-
-impl Connection {
-    pub async fn admin(&self) -> Result<AdminClient<Channel>, String> {
-        let config = crossgate_broker::BrokerConfig::load(&self.config)?;
-        let cert = self
-            .cert
-            .clone()
-            .unwrap_or_else(|| config.certs.join("operations.pem"));
-        let key = self
-            .key
-            .clone()
-            .unwrap_or_else(|| cert.with_extension("key"));
-        let ca = self.ca.clone().unwrap_or_else(|| {
-            cert.parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join("ca.pem")
-        });
-        let tls = crossgate_tls::Bundle::from_files(&cert, &key, &ca).map_err(|e| e.to_string())?;
-        let url = self
-            .broker
-            .clone()
-            .unwrap_or_else(|| format!("https://{}", config.listen));
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("bad broker address {url:?}: {e}"))?
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .tls_config(tls.client())
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the broker at {url}: {e}"))?;
-        Ok(AdminClient::new(channel))
-    }
 }
 
 fn print_table(limits: &[PartnerLimit]) {
@@ -144,8 +84,8 @@ pub fn run(args: LimitsArgs) -> ExitCode {
 }
 
 async fn run_async(args: LimitsArgs) -> ExitCode {
-    let mut admin = match args.conn.admin().await {
-        Ok(a) => a,
+    let mut admin = match args.conn.channel("operations").await {
+        Ok(c) => AdminClient::new(c),
         Err(e) => {
             eprintln!("crossgate: {e}");
             return ExitCode::Usage;

@@ -2,6 +2,7 @@ pub mod adapter;
 pub mod audit;
 pub mod broker;
 pub mod certs;
+pub mod connect;
 pub mod limits;
 pub mod map;
 pub mod policy;

@@ -1,0 +1,257 @@
+//! The `Audit` service (auditor role only): search, verify and export the
+//! log. Reads open their own connection to the store; every reading is
+//! itself written to the log.
+
+use crate::audit::Decision;
+use crate::pipeline::{Call, entry};
+use crate::{Broker, Caller};
+use crossgate_audit::{Filter, Stored, entry::hex};
+use crossgate_policy::Role;
+use crossgate_proto::audit_server::Audit;
+use crossgate_proto::{
+    AuditEntry, ChainReport, ExportChunk, SearchRequest, VerifyRequest, VerifyResponse,
+};
+use std::pin::Pin;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+/// Where the `Audit` service reads: a store spec such as `sqlite:PATH`.
+#[derive(Debug, Clone)]
+pub struct AuditReader {
+    pub store: String,
+}
+
+fn filter(r: &SearchRequest) -> Filter {
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    Filter {
+        since: some(&r.since),
+        until: some(&r.until),
+        partner: some(&r.partner),
+        consumer: some(&r.consumer),
+        provider: some(&r.provider),
+        record_type: some(&r.record_type),
+        record_id: some(&r.record_id),
+        purpose: some(&r.purpose),
+        decision: some(&r.decision),
+        chain_order: false,
+    }
+}
+
+fn describe(r: &SearchRequest) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("since", &r.since),
+        ("until", &r.until),
+        ("partner", &r.partner),
+        ("consumer", &r.consumer),
+        ("provider", &r.provider),
+        ("type", &r.record_type),
+        ("record", &r.record_id),
+        ("purpose", &r.purpose),
+        ("decision", &r.decision),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{k}={v}"));
+        }
+    }
+    parts.join(" ")
+}
+
+fn to_message(s: Stored) -> AuditEntry {
+    let e = s.entry;
+    AuditEntry {
+        sequence: s.sequence,
+        writer: s.writer,
+        time: e.time,
+        request_id: e.request_id,
+        kind: e.kind,
+        consumer: e.consumer,
+        provider: e.provider,
+        record_type: e.record_type,
+        record_id: e.record_id,
+        purpose: e.purpose,
+        approval_reference: e.approval_reference,
+        decision: e.decision.as_str().to_owned(),
+        reason: e.reason,
+        released_fields: e.released_fields,
+        record_digest: e.record_digest,
+        latency_micros: e.latency_micros,
+        previous_hash: hex(&s.previous_hash),
+        entry_hash: hex(&s.entry_hash),
+    }
+}
+
+type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Broker {
+    fn reader(&self) -> Result<AuditReader, Status> {
+        self.inner
+            .audit_reader
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("this broker keeps no readable audit log"))
+    }
+
+    /// Every auditor's reading is itself an entry of the log.
+    async fn audit_reading(&self, auditor: &Caller, what: String) -> Result<(), Status> {
+        let call = Call {
+            id: self.request_id(),
+            started: Instant::now(),
+            deadline: self.inner.config.default_deadline(),
+        };
+        let mut e = entry("audit", Decision::Allowed);
+        e.consumer = auditor.id.clone();
+        e.reason = what;
+        self.audit(&call, e).await
+    }
+}
+
+/// Scan the store on a blocking thread, sending each matching entry on.
+fn scan_into<T: Send + 'static>(
+    reader: AuditReader,
+    filter: Filter,
+    limit: u32,
+    map: impl Fn(Stored) -> T + Send + 'static,
+) -> mpsc::Receiver<Result<T, Status>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::task::spawn_blocking(move || {
+        let mut store = match crate::config::open_store(&reader.store) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(Status::unavailable(e)));
+                return;
+            }
+        };
+        let mut sent = 0u32;
+        let result = store.scan(&filter, &mut |s| {
+            sent += 1;
+            tx.blocking_send(Ok(map(s))).is_ok() && (limit == 0 || sent < limit)
+        });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(Status::unavailable(e.to_string())));
+        }
+    });
+    rx
+}
+
+#[tonic::async_trait]
+impl Audit for Broker {
+    type SearchStream = Streamed<AuditEntry>;
+    type ExportStream = Streamed<ExportChunk>;
+
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<Self::SearchStream>, Status> {
+        let auditor = self.authenticate(&request, Role::Auditor)?;
+        let reader = self.reader()?;
+        let r = request.into_inner();
+        self.audit_reading(&auditor, format!("search {}", describe(&r)))
+            .await?;
+        let rx = scan_into(reader, filter(&r), r.limit, to_message);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<VerifyRequest>,
+    ) -> Result<Response<VerifyResponse>, Status> {
+        let auditor = self.authenticate(&request, Role::Auditor)?;
+        let reader = self.reader()?;
+        self.audit_reading(&auditor, "verify".into()).await?;
+        let reports = tokio::task::spawn_blocking(move || {
+            let mut store =
+                crate::config::open_store(&reader.store).map_err(Status::unavailable)?;
+            crossgate_audit::verify(store.as_mut()).map_err(|e| Status::unavailable(e.to_string()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let chains: Vec<ChainReport> = reports
+            .into_iter()
+            .map(|r| ChainReport {
+                ok: r.broken.is_none(),
+                first_bad_sequence: r.broken.as_ref().map_or(0, |b| b.0),
+                reason: r.broken.map(|b| b.1).unwrap_or_default(),
+                entries_checked: r.checked,
+                writer: r.writer,
+            })
+            .collect();
+        Ok(Response::new(VerifyResponse {
+            ok: chains.iter().all(|c| c.ok),
+            entries_checked: chains.iter().map(|c| c.entries_checked).sum(),
+            chains,
+        }))
+    }
+
+    async fn export(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let auditor = self.authenticate(&request, Role::Auditor)?;
+        let reader = self.reader()?;
+        let r = request.into_inner();
+        self.audit_reading(&auditor, format!("export {}", describe(&r)))
+            .await?;
+        let f = filter(&r);
+        // Count first, so that the client can show progress.
+        let (count_reader, count_filter) = (reader.clone(), f.clone());
+        let total = tokio::task::spawn_blocking(move || {
+            let mut store =
+                crate::config::open_store(&count_reader.store).map_err(Status::unavailable)?;
+            let mut n = 0u64;
+            store
+                .scan(&count_filter, &mut |_| {
+                    n += 1;
+                    true
+                })
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            Ok::<u64, Status>(n)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let mut lines = scan_into(reader, f, r.limit, |s| s.to_json_line());
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let (mut chunk, mut sent) = (String::new(), 0u64);
+            while let Some(line) = lines.recv().await {
+                match line {
+                    Ok(l) => {
+                        chunk.push_str(&l);
+                        chunk.push('\n');
+                        sent += 1;
+                        if sent.is_multiple_of(500) {
+                            let jsonl = std::mem::take(&mut chunk).into_bytes();
+                            if tx
+                                .send(Ok(ExportChunk {
+                                    jsonl,
+                                    entries_sent: sent,
+                                    entries_total: total,
+                                }))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+            }
+            if !chunk.is_empty() || sent == 0 {
+                let _ = tx
+                    .send(Ok(ExportChunk {
+                        jsonl: chunk.into_bytes(),
+                        entries_sent: sent,
+                        entries_total: total,
+                    }))
+                    .await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,66 @@
+//! Reaching the broker from the command line.
+
+use clap::Args;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Debug, Args)]
+/// How to reach the broker with a certificate (an operator's or an auditor's).
+pub struct Connection {
+    /// The broker [default: https://<listen of broker.toml>]
+    #[arg(long, global = true)]
+    pub broker: Option<String>,
+    /// Your certificate [default: <certs of broker.toml>/operations.pem for limits,
+    /// audit-office.pem for audit]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// Your key [default: the certificate's path with .key]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// The CA [default: ca.pem beside the certificate]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// Configuration folder, for the defaults above
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        default_value = "deploy/local"
+    )]
+    pub config: PathBuf,
+}
+
+impl Connection {
+    /// A mutual-TLS channel to the broker, as party `default_id` unless
+    /// `--cert` names another certificate.
+    pub async fn channel(&self, default_id: &str) -> Result<Channel, String> {
+        let config = crossgate_broker::BrokerConfig::load(&self.config)?;
+        let cert = self
+            .cert
+            .clone()
+            .unwrap_or_else(|| config.certs.join(format!("{default_id}.pem")));
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| cert.with_extension("key"));
+        let ca = self.ca.clone().unwrap_or_else(|| {
+            cert.parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("ca.pem")
+        });
+        let tls = crossgate_tls::Bundle::from_files(&cert, &key, &ca).map_err(|e| e.to_string())?;
+        let url = self
+            .broker
+            .clone()
+            .unwrap_or_else(|| format!("https://{}", config.listen));
+        let channel = tonic::transport::Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad broker address {url:?}: {e}"))?
+            .connect_timeout(std::time::Duration::from_secs(3))
+            .tls_config(tls.client())
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the broker at {url}: {e}"))?;
+        Ok(channel)
+    }
+}
