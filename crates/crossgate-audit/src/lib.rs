@@ -15,11 +15,13 @@
 #![forbid(unsafe_code)]
 
 pub mod entry;
+mod postgres;
 mod sqlite;
 mod verify;
 mod writer;
 
 pub use entry::{Decision, Entry, Stored, digest};
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};
 pub use writer::{Durability, Writer};

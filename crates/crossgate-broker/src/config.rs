@@ -32,7 +32,7 @@ pub struct BrokerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// `sqlite:PATH` (the embedded default).
+    /// `sqlite:PATH` (the embedded default) or `postgres://...` (shared by replicas).
     #[serde(default = "default_store")]
     pub store: String,
     /// `durable` (reply after the entry is committed) or `async`.
@@ -71,9 +71,13 @@ pub fn open_store(spec: &str) -> Result<Box<dyn crossgate_audit::Store>, String>
             .map_err(|e| e.to_string());
     }
     if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        return Err("the PostgreSQL audit store is not built yet; use sqlite:PATH".into());
+        return crossgate_audit::PostgresStore::connect(spec, None)
+            .map(|s| Box::new(s) as Box<dyn crossgate_audit::Store>)
+            .map_err(|e| e.to_string());
     }
-    Err(format!("audit store {spec:?}: write sqlite:PATH"))
+    Err(format!(
+        "audit store {spec:?}: write sqlite:PATH or postgres://user@host/db"
+    ))
 }
 
 impl AuditConfig {
