@@ -502,3 +502,40 @@ async fn a_partner_over_its_limit_is_throttled_with_retry_info_and_others_are_no
         .collect();
     assert_eq!(throttled, ["query education", "publish education"]);
 }
+
+/// An audit log that cannot be written.
+struct BrokenLog;
+
+#[tonic::async_trait]
+impl crossgate_broker::audit::AuditSink for BrokenLog {
+    async fn append(&self, _: crossgate_broker::audit::Entry) -> Result<(), String> {
+        Err("disk full".into())
+    }
+}
+
+#[tokio::test]
+async fn without_a_writable_audit_log_the_broker_refuses_work() {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec!["public-security".into()]);
+    opts.audit = Some(std::sync::Arc::new(BrokenLog));
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let mut education = broker_as(&sys, "education").await;
+    let status = education
+        .query(QueryRequest {
+            provider: "public-security".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "540202198107103540".into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        status.message(),
+        "the audit log cannot be written; try again later"
+    );
+}

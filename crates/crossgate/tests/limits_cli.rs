@@ -177,6 +177,34 @@ async fn an_operator_sees_education_throttled_raises_its_limit_and_the_throttlin
     );
     assert_eq!(code, 1);
     assert!(err.contains("is not N/s, N/min or N/h"), "{err}");
+
+    // The change is in the audit log: who, old, new.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args([
+            "audit",
+            "search",
+            "--decision",
+            "changed",
+            "--format",
+            "jsonl",
+            "--config",
+            dir.to_str().unwrap(),
+        ])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let changes: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(changes.len(), 1, "{text}");
+    assert_eq!(changes[0]["consumer"], "operations");
+    assert_eq!(changes[0]["provider"], "education");
+    assert_eq!(
+        changes[0]["reason"],
+        "limit publish+query of education: 5/s burst 5 -> 500/s burst 100 (set by operations)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
