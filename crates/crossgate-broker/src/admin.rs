@@ -21,8 +21,10 @@ use tonic::{Request, Response, Status};
 /// What the `Admin` service works on.
 pub struct LimitsAdmin {
     pub limits: Arc<Limits>,
-    /// The config folder: limits.toml is re-read from it, overrides written beside it.
+    /// The config folder: limits.toml is re-read from it.
     pub config_dir: PathBuf,
+    /// Where operators' changes are kept (usually `limits.overrides.toml` beside the config).
+    pub overrides_file: PathBuf,
 }
 
 fn describe(limit: &Limit) -> String {
@@ -70,7 +72,7 @@ impl Broker {
 
     /// Write the overrides beside the config; on failure the change is undone by the caller.
     fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
-        let path = crate::config::overrides_file(&admin.config_dir);
+        let path = admin.overrides_file.clone();
         let tmp = path.with_extension("toml.tmp");
         std::fs::write(&tmp, admin.limits.overrides_toml())
             .and_then(|()| std::fs::rename(&tmp, &path))

@@ -179,16 +179,18 @@ pub fn overrides_file(dir: &Path) -> PathBuf {
 }
 
 /// The limits of a config folder: `limits.toml` with the operators'
-/// overrides from `limits.overrides.toml` on top. `None` without limits.toml.
+/// overrides (from `overrides`, usually `limits.overrides.toml` beside it) on
+/// top. `None` without limits.toml.
 pub fn open_limits(
     dir: &Path,
+    overrides: &Path,
     partners: &[&str],
 ) -> Result<Option<std::sync::Arc<crossgate_limits::Limits>>, String> {
     let Some(config) = load_limits(dir, partners)? else {
         return Ok(None);
     };
     let limits = crossgate_limits::Limits::new(config);
-    let path = overrides_file(dir);
+    let path = overrides.to_path_buf();
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let overrides =

@@ -33,7 +33,12 @@ pub struct Options {
     /// Departments whose adapters to start (`None`: every partner).
     pub departments: Option<Vec<String>>,
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// A durable audit log (e.g. `sqlite:PATH`) instead of an in-memory one;
+    /// the `Audit` service then reads it.
+    pub audit_store: Option<String>,
     pub limiter: Option<Arc<dyn Limiter>>,
+    /// Where operators' limit changes are kept [default: beside the config].
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Options {
@@ -47,7 +52,9 @@ impl Options {
             ephemeral_ports: true,
             departments: None,
             audit: None,
+            audit_store: None,
             limiter: None,
+            state_dir: None,
         }
     }
 }
@@ -122,12 +129,19 @@ impl LocalSystem {
         let (limiter, admin): (Arc<dyn Limiter>, _) = match opts.limiter {
             Some(l) => (l, None),
             None => {
-                match crossgate_broker::config::open_limits(&opts.config, &ids).map_err(fail)? {
+                let overrides = match &opts.state_dir {
+                    Some(state) => state.join("limits.overrides.toml"),
+                    None => crossgate_broker::config::overrides_file(&opts.config),
+                };
+                match crossgate_broker::config::open_limits(&opts.config, &overrides, &ids)
+                    .map_err(fail)?
+                {
                     Some(limits) => (
                         limits.clone() as Arc<dyn Limiter>,
                         Some(LimitsAdmin {
                             limits,
                             config_dir: opts.config.clone(),
+                            overrides_file: overrides,
                         }),
                     ),
                     None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
@@ -205,9 +219,21 @@ impl LocalSystem {
         let adapters = Adapters::new(&partners, Some(broker_tls.client()), Duration::from_secs(2))
             .map_err(fail)?;
         let memory = Arc::new(MemorySink::default());
-        let (audit, memory_audit): (Arc<dyn AuditSink>, _) = match opts.audit {
-            Some(a) => (a, None),
-            None => (memory.clone(), Some(memory)),
+        let mut audit_reader = None;
+        let (audit, memory_audit): (Arc<dyn AuditSink>, _) = match (opts.audit, &opts.audit_store) {
+            (Some(a), _) => (a, None),
+            (None, Some(spec)) => {
+                let log = crossgate_broker::config::AuditConfig {
+                    store: spec.clone(),
+                    durability: "durable".into(),
+                    writer: "broker-1".into(),
+                };
+                audit_reader = Some(crossgate_broker::audit_service::AuditReader {
+                    store: spec.clone(),
+                });
+                (Arc::new(log.start().map_err(fail)?), None)
+            }
+            (None, None) => (memory.clone(), Some(memory)),
         };
         config.listen = broker_addr.parse().map_err(fail)?;
         let broker = Broker::new(Parts {
@@ -223,7 +249,7 @@ impl LocalSystem {
             audit,
             limiter,
             admin,
-            audit_reader: None,
+            audit_reader,
         });
         tokio::spawn(crossgate_broker::serve(
             broker,

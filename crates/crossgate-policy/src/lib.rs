@@ -85,11 +85,14 @@ impl Release<'_> {
 
     /// The released JSON Pointers, for replies and the audit log.
     pub fn field_paths(&self) -> Vec<String> {
-        self.grant
-            .fields
-            .iter()
-            .map(|f| f.pointer.clone())
-            .collect()
+        // A masked field is listed once, though it is released and then masked.
+        let mut paths: Vec<String> = Vec::with_capacity(self.grant.fields.len());
+        for f in &self.grant.fields {
+            if !paths.contains(&f.pointer) {
+                paths.push(f.pointer.clone());
+            }
+        }
+        paths
     }
 }
 

@@ -264,3 +264,28 @@ fn shipped_partners_load_and_bad_ones_are_refused() {
         "partners.toml:4: unknown role \"admin\"; use partner, auditor or operator"
     );
 }
+
+#[test]
+fn a_masked_field_is_listed_once_among_the_released_paths() {
+    let p = shipped();
+    let release = p
+        .decide_query(
+            "education",
+            "public-security",
+            "household.v1",
+            "school-enrolment",
+            Some("EDU-2025-0001"),
+            day(TODAY),
+        )
+        .unwrap();
+    assert_eq!(
+        release.field_paths(),
+        [
+            "/household_id",
+            "/registered_address",
+            "/members/-/name",
+            "/members/-/relation",
+            "/members/-/id_number"
+        ]
+    );
+}

@@ -44,6 +44,8 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Per-partner rate limits, live, through the broker (operator role).
     Limits(cmd::limits::LimitsArgs),
+    /// Start the whole system in this process and play the scenarios.
+    Demo(cmd::demo::DemoArgs),
     /// The audit log: search it, verify its chains.
     Audit(cmd::audit::AuditArgs),
     /// Certificates: make development ones.
@@ -62,6 +64,7 @@ fn main() -> std::process::ExitCode {
         Command::Certs(c) => cmd::certs::run(c),
         Command::Limits(args) => cmd::limits::run(args),
         Command::Audit(args) => cmd::audit::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     std::process::ExitCode::from(code as u8)
 }

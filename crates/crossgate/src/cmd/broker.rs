@@ -74,12 +74,17 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
     };
     let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
     let (limiter, admin): (Arc<dyn crossgate_broker::Limiter>, _) =
-        match crossgate_broker::config::open_limits(&args.config, &ids) {
+        match crossgate_broker::config::open_limits(
+            &args.config,
+            &crossgate_broker::config::overrides_file(&args.config),
+            &ids,
+        ) {
             Ok(Some(limits)) => (
                 limits.clone() as Arc<dyn crossgate_broker::Limiter>,
                 Some(LimitsAdmin {
                     limits,
                     config_dir: args.config.clone(),
+                    overrides_file: crossgate_broker::config::overrides_file(&args.config),
                 }),
             ),
             Ok(None) => (

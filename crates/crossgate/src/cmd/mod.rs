@@ -3,6 +3,7 @@ pub mod audit;
 pub mod broker;
 pub mod certs;
 pub mod connect;
+pub mod demo;
 pub mod limits;
 pub mod map;
 pub mod policy;
