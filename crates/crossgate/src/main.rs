@@ -44,6 +44,8 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Per-partner rate limits, live, through the broker (operator role).
     Limits(cmd::limits::LimitsArgs),
+    /// Run the broker and every department's adapter and system until Ctrl-C.
+    Up(cmd::up::UpArgs),
     /// Start the whole system in this process and play the scenarios.
     Demo(cmd::demo::DemoArgs),
     /// The audit log: search it, verify its chains.
@@ -65,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::Limits(args) => cmd::limits::run(args),
         Command::Audit(args) => cmd::audit::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Up(args) => cmd::up::run(args),
     };
     std::process::ExitCode::from(code as u8)
 }

@@ -8,3 +8,4 @@ pub mod limits;
 pub mod map;
 pub mod policy;
 pub mod schema;
+pub mod up;

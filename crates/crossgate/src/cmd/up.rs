@@ -1,0 +1,89 @@
+//! `crossgate up`: the broker, every department's adapter and its reference
+//! system, on the configured loopback addresses, until Ctrl-C.
+
+use crate::ExitCode;
+use clap::Args;
+use crossgate_local::{LocalSystem, Options};
+use crossgate_policy::Role;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Configuration folder (broker.toml, partners.toml, catalog.toml, limits.toml, departments/)
+    #[arg(long, value_name = "DIR", default_value = "deploy/local")]
+    pub config: PathBuf,
+}
+
+pub fn run(args: UpArgs) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run_async(args)),
+        Err(e) => {
+            eprintln!("crossgate: cannot start the async runtime: {e}");
+            ExitCode::Usage
+        }
+    }
+}
+
+async fn run_async(args: UpArgs) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("crossgate: {e}");
+        ExitCode::Usage
+    };
+    let config = match crossgate_broker::BrokerConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let partners = match crate::cmd::broker::load_partners(&args.config) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if !config.certs.join("ca.pem").exists() {
+        let mut ids = vec!["broker"];
+        ids.extend(partners.iter().map(|p| p.id.as_str()));
+        if let Err(e) = crossgate_tls::generate_dev(&config.certs, &ids) {
+            return fail(e.to_string());
+        }
+        println!(
+            "made development certificates in {}",
+            config.certs.display()
+        );
+    }
+    let mut opts = Options::project_defaults();
+    opts.config = args.config.clone();
+    if std::path::Path::new("schemas").is_dir() {
+        opts.schemas = PathBuf::from("schemas");
+    }
+    opts.certs = Some(config.certs.clone());
+    opts.ephemeral_ports = false;
+    opts.audit_store = Some(config.audit.store.clone());
+    let sys = match LocalSystem::start(opts).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    println!(
+        "crossgate is up (mutual TLS everywhere; certificates in {})",
+        config.certs.display()
+    );
+    println!("  broker             https://{}", sys.broker_addr);
+    let mut adapters: Vec<(&String, &String)> = sys.adapter_addrs.iter().collect();
+    adapters.sort();
+    for (id, addr) in adapters {
+        println!("  adapter {id:<18} https://{addr}   (department system: {id}.pem)");
+    }
+    println!("  audit log          {}", config.audit.store);
+    for p in partners.iter().filter(|p| p.role != Role::Partner) {
+        println!(
+            "  {:<18} {}/{}.pem",
+            p.role.as_str(),
+            config.certs.display(),
+            p.id
+        );
+    }
+    println!("Ctrl-C stops it.");
+    let _ = tokio::signal::ctrl_c().await;
+    println!("stopping: in-flight calls finish, the audit log is committed");
+    sys.shutdown();
+    // Give servers their graceful stop before the runtime goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ExitCode::Ok
+}
