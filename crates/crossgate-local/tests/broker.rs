@@ -539,3 +539,68 @@ async fn without_a_writable_audit_log_the_broker_refuses_work() {
         "the audit log cannot be written; try again later"
     );
 }
+
+#[tokio::test]
+async fn oversized_unknown_and_non_json_records_get_a_clear_answer() {
+    let sys = start(&["border-inspection", "commerce"]).await;
+    let mut customs = broker_as(&sys, "customs").await;
+    let publish = |record_type: &str, json: Vec<u8>| PublishRequest {
+        record: Some(Record {
+            record_type: record_type.into(),
+            record_id: "x".into(),
+            json,
+        }),
+    };
+    let big = format!(
+        "{{\"declaration_id\": \"{}\"}}",
+        "1".repeat(2 * 1024 * 1024)
+    )
+    .into_bytes();
+    let status = customs
+        .publish(publish("customs-declaration.v1", big))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("over the limit of 1048576 bytes"),
+        "{}",
+        status.message()
+    );
+
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let status = customs
+        .publish(publish("customs-declaration.v1", huge))
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+    assert!(
+        status.message().contains("message length too large")
+            || status.message().contains("too large"),
+        "{status:?}"
+    );
+
+    let status = customs
+        .publish(publish("invoice.v1", b"{}".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("unknown record type \"invoice.v1\""),
+        "{}",
+        status.message()
+    );
+
+    let status = customs
+        .publish(publish("customs-declaration.v1", b"not json".to_vec()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("not valid JSON at line 1"),
+        "{}",
+        status.message()
+    );
+    assert!(sys.systems["commerce"].received().is_empty());
+}

@@ -207,3 +207,14 @@ fn an_adapter_without_certificates_says_how_to_make_them() {
     );
     assert!(stderr.contains("crossgate certs dev --out DIR"), "{stderr}");
 }
+
+#[test]
+fn a_missing_config_folder_is_named() {
+    let out = crossgate(&["broker", "--config", "no/such/config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read no/such/config/partners.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}
