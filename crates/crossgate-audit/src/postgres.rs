@@ -213,6 +213,14 @@ impl Store for PostgresStore {
         add("record_id =", &filter.record_id);
         add("purpose =", &filter.purpose);
         add("decision =", &filter.decision);
+        if filter.from_sequence > 0 {
+            args.push(filter.from_sequence.to_string());
+            sql.push_str(&format!(" AND sequence >= ${}::text::bigint", args.len()));
+        }
+        if filter.to_sequence > 0 {
+            args.push(filter.to_sequence.to_string());
+            sql.push_str(&format!(" AND sequence <= ${}::text::bigint", args.len()));
+        }
         if let Some(p) = &filter.partner {
             args.push(p.clone());
             sql.push_str(&format!(

@@ -303,3 +303,19 @@ fn one_changed_byte_in_the_file_is_found_at_its_entry() {
     let (seq, _) = broken(&b).unwrap();
     assert_eq!(seq, 7);
 }
+
+#[test]
+fn a_range_verifies_on_its_own_and_names_a_bad_entry_inside_it() {
+    for b in Backend::all("range") {
+        log(&b, 10);
+        b.tamper("UPDATE audit_entries SET reason = 'x' WHERE sequence = 6");
+        let range = |from, to| {
+            verify_range(b.open().as_mut(), from, to).unwrap()[0]
+                .broken
+                .clone()
+        };
+        assert_eq!(range(1, 5), None, "{}", b.name());
+        assert_eq!(range(7, 0), None, "{}", b.name());
+        assert_eq!(range(4, 8).map(|f| f.0), Some(6), "{}", b.name());
+    }
+}

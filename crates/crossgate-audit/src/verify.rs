@@ -18,6 +18,8 @@ pub struct ChainReport {
 #[derive(Debug, Default)]
 pub struct Verifier {
     chains: BTreeMap<String, State>,
+    /// The first sequence expected (1 for a whole chain).
+    start: u64,
 }
 
 #[derive(Debug)]
@@ -29,17 +31,27 @@ struct State {
 
 impl Verifier {
     pub fn new() -> Self {
-        Self::default()
+        Self::starting_at(1)
+    }
+
+    /// Verify from sequence `start` on; the first entry's link is taken as given.
+    pub fn starting_at(start: u64) -> Self {
+        Verifier {
+            chains: BTreeMap::new(),
+            start: start.max(1),
+        }
     }
 
     /// Feed the next stored entry of its chain.
     pub fn feed(&mut self, s: &Stored) {
+        let start = self.start;
         let state = self
             .chains
             .entry(s.writer.clone())
             .or_insert_with(|| State {
-                expected: 1,
-                previous: [0; 32],
+                expected: start,
+                // A range after the first entry starts from its first entry's link.
+                previous: if start > 1 { s.previous_hash } else { [0; 32] },
                 report: ChainReport {
                     writer: s.writer.clone(),
                     checked: 0,

@@ -37,6 +37,8 @@ fn filter(r: &SearchRequest) -> Filter {
         purpose: some(&r.purpose),
         decision: some(&r.decision),
         chain_order: false,
+        from_sequence: 0,
+        to_sequence: 0,
     }
 }
 
@@ -160,11 +162,15 @@ impl Audit for Broker {
     ) -> Result<Response<VerifyResponse>, Status> {
         let auditor = self.authenticate(&request, Role::Auditor)?;
         let reader = self.reader()?;
-        self.audit_reading(&auditor, "verify".into()).await?;
+        let range = request.into_inner();
+        let (from, to) = (range.from_sequence, range.to_sequence);
+        self.audit_reading(&auditor, format!("verify {from}..{to}"))
+            .await?;
         let reports = tokio::task::spawn_blocking(move || {
             let mut store =
                 crate::config::open_store(&reader.store).map_err(Status::unavailable)?;
-            crossgate_audit::verify(store.as_mut()).map_err(|e| Status::unavailable(e.to_string()))
+            crossgate_audit::verify_range(store.as_mut(), from, to)
+                .map_err(|e| Status::unavailable(e.to_string()))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;

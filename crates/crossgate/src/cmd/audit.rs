@@ -40,7 +40,14 @@ pub enum AuditCommand {
     },
     /// Check every chain; exit 1 naming the first bad entry if anything was
     /// edited, deleted, inserted or reordered.
-    Verify,
+    Verify {
+        /// From this sequence number (0: the start)
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// To this sequence number (0: the end, including the chain's recorded head)
+        #[arg(long, default_value_t = 0)]
+        to: u64,
+    },
     /// Write matching entries to a JSON Lines file (progress shown on a terminal).
     Export {
         #[command(flatten)]
@@ -97,6 +104,8 @@ impl FilterArgs {
             purpose: self.purpose.clone(),
             decision: self.decision.clone(),
             chain_order: false,
+            from_sequence: 0,
+            to_sequence: 0,
         }
     }
 
@@ -145,31 +154,33 @@ pub fn run(args: AuditArgs) -> ExitCode {
         }
     };
     match args.command {
-        AuditCommand::Verify => match crossgate_audit::verify(store.as_mut()) {
-            Ok(reports) => {
-                let mut ok = true;
-                for r in &reports {
-                    match &r.broken {
-                        None => println!("chain {}: {} entries verified", r.writer, r.checked),
-                        Some((sequence, why)) => {
-                            ok = false;
-                            println!(
-                                "chain {}: entry {sequence} does not verify: {why}",
-                                r.writer
-                            );
+        AuditCommand::Verify { from, to } => {
+            match crossgate_audit::verify_range(store.as_mut(), from, to) {
+                Ok(reports) => {
+                    let mut ok = true;
+                    for r in &reports {
+                        match &r.broken {
+                            None => println!("chain {}: {} entries verified", r.writer, r.checked),
+                            Some((sequence, why)) => {
+                                ok = false;
+                                println!(
+                                    "chain {}: entry {sequence} does not verify: {why}",
+                                    r.writer
+                                );
+                            }
                         }
                     }
+                    if reports.is_empty() {
+                        println!("the log is empty");
+                    }
+                    if ok { ExitCode::Ok } else { ExitCode::Failed }
                 }
-                if reports.is_empty() {
-                    println!("the log is empty");
+                Err(e) => {
+                    eprintln!("crossgate: {e}");
+                    ExitCode::Usage
                 }
-                if ok { ExitCode::Ok } else { ExitCode::Failed }
             }
-            Err(e) => {
-                eprintln!("crossgate: {e}");
-                ExitCode::Usage
-            }
-        },
+        }
         AuditCommand::Export { filter, out } => {
             let mut file = match std::fs::File::create(&out) {
                 Ok(f) => std::io::BufWriter::new(f),
@@ -257,7 +268,13 @@ async fn through_broker(args: AuditArgs) -> ExitCode {
         ExitCode::Failed
     };
     match args.command {
-        AuditCommand::Verify => match client.verify(VerifyRequest::default()).await {
+        AuditCommand::Verify { from, to } => match client
+            .verify(VerifyRequest {
+                from_sequence: from,
+                to_sequence: to,
+            })
+            .await
+        {
             Ok(r) => {
                 let r = r.into_inner();
                 for c in &r.chains {
