@@ -41,9 +41,10 @@ impl Broker {
     }
 }
 
-#[tonic::async_trait]
-impl BrokerService for Broker {
-    async fn publish(
+impl Broker {
+    /// Publish: authenticate → limit → validate → authorise → forward, with
+    /// an audit entry for the decision and for each delivery.
+    async fn publish_steps(
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
@@ -152,7 +153,9 @@ impl BrokerService for Broker {
         }))
     }
 
-    async fn query(
+    /// Query: authenticate → limit → validate → authorise → forward → check
+    /// the answer → audit.
+    async fn query_steps(
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
@@ -268,6 +271,36 @@ impl BrokerService for Broker {
             records: answer,
             withheld_fields,
         }))
+    }
+}
+
+/// The request path runs in its own task: a client that hangs up mid-call
+/// cancels its wait, not the work, so every decision and delivery already
+/// under way still reaches its receivers and the audit log.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<Response<T>, Status>> + Send + 'static,
+) -> Result<Response<T>, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| Status::internal(format!("the request failed inside the broker: {e}")))?
+}
+
+#[tonic::async_trait]
+impl BrokerService for Broker {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let broker = self.clone();
+        detached(async move { broker.publish_steps(request).await }).await
+    }
+
+    async fn query(
+        &self,
+        request: Request<QueryRequest>,
+    ) -> Result<Response<QueryResponse>, Status> {
+        let broker = self.clone();
+        detached(async move { broker.query_steps(request).await }).await
     }
 
     async fn list_schemas(

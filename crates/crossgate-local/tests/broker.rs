@@ -604,3 +604,109 @@ async fn oversized_unknown_and_non_json_records_get_a_clear_answer() {
     );
     assert!(sys.systems["commerce"].received().is_empty());
 }
+
+/// Sends and receives raw bytes as gRPC messages: a client that is not protobuf.
+#[derive(Default, Clone, Copy)]
+struct Raw;
+
+impl tonic::codec::Codec for Raw {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = Raw;
+    type Decoder = Raw;
+    fn encoder(&mut self) -> Raw {
+        Raw
+    }
+    fn decoder(&mut self) -> Raw {
+        Raw
+    }
+}
+
+impl tonic::codec::Encoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Raw {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::chunk(src).to_vec();
+        bytes::Buf::advance(src, bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+#[tokio::test]
+async fn malformed_protobuf_gets_a_clear_status_and_the_broker_keeps_serving() {
+    let sys = start(&["border-inspection", "commerce"]).await;
+    let channel = sys.channel(&sys.broker_addr, "customs").await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/crossgate.v1.Broker/Publish");
+    let status = grpc
+        .unary(tonic::Request::new(vec![0xff, 0xff, 0xff, 0x0f]), path, Raw)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert!(status.message().contains("decode"), "{}", status.message());
+    // Still serving.
+    let mut ok = BrokerClient::new(channel);
+    assert_eq!(
+        ok.list_schemas(ListSchemasRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .schemas
+            .len(),
+        5
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_call_leaves_no_gap() {
+    let sys = start(&["border-inspection", "commerce"]).await;
+    let mut customs = broker_as(&sys, "customs").await;
+    let declaration = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "transport": {"mode": "road"}, "goods": [{"line": 1, "hs_code": "6746284797", "quantity": 1, "unit": "kg"}]}"#;
+    let mut request = tonic::Request::new(PublishRequest {
+        record: Some(Record {
+            record_type: "customs-declaration.v1".into(),
+            record_id: "1".into(),
+            json: declaration.as_bytes().to_vec(),
+        }),
+    });
+    request.set_timeout(Duration::from_micros(1));
+    // The client gives up at once (or the call completes first): either way,
+    // the work under way finishes and is audited.
+    let _ = tokio::time::timeout(Duration::from_millis(1), customs.publish(request)).await;
+    drop(customs);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let delivered = audit(&sys)
+            .iter()
+            .filter(|e| e.decision == Decision::Delivered)
+            .count();
+        if delivered == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "deliveries not audited: {:?}",
+            audit(&sys)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sys.systems["border-inspection"].received().len(), 1);
+    assert_eq!(sys.systems["commerce"].received().len(), 1);
+}
