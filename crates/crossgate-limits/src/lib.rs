@@ -261,11 +261,27 @@ impl<C: Clock + Clone> Limits<C> {
 
     /// The limit in force now for `partner` and `mode`, and its window's text.
     pub fn effective(&self, partner: &str, mode: Mode) -> (Limit, Option<String>) {
-        let (limits, _) = self.partner_limits(partner);
-        let offset = read(&self.config).offset;
-        let t = (self.wall)().with_timezone(&offset).time();
+        self.with_effective(partner, mode, |limit, window| {
+            (limit.clone(), window.map(|w| w.text.clone()))
+        })
+    }
+
+    /// Look at the limit in force now without copying it (the hot path).
+    fn with_effective<R>(
+        &self,
+        partner: &str,
+        mode: Mode,
+        f: impl FnOnce(&Limit, Option<&Window>) -> R,
+    ) -> R {
+        let overrides = read(&self.overrides);
+        let config = read(&self.config);
+        let limits = overrides
+            .get(partner)
+            .or_else(|| config.partners.get(partner))
+            .unwrap_or(&config.default);
+        let t = (self.wall)().with_timezone(&config.offset).time();
         let (limit, window) = limits.effective(mode, t);
-        (limit.clone(), window.map(|w| w.text.clone()))
+        f(limit, window)
     }
 
     /// Calls of `partner` allowed and throttled over the last minute.
@@ -292,15 +308,19 @@ impl<C: Clock + Clone> Limits<C> {
     }
 
     fn check_uncounted(&self, partner: &str, mode: Mode) -> Result<(), Throttled> {
-        let (limit, _) = self.effective(partner, mode);
         let index = mode as usize;
-        if let Some(slot) = read(&self.slots)
-            .get(partner)
-            .and_then(|s| s[index].as_ref())
-            && slot.limit == limit
-        {
-            return self.decide(&slot.gcra);
-        }
+        // The usual case: the limiter in place enforces the limit in force.
+        let current = self.with_effective(partner, mode, |limit, _| {
+            let slots = read(&self.slots);
+            match slots.get(partner).and_then(|s| s[index].as_ref()) {
+                Some(slot) if slot.limit == *limit => Ok(slot.gcra.clone()),
+                _ => Err(limit.clone()),
+            }
+        });
+        let limit = match current {
+            Ok(gcra) => return self.decide(&gcra),
+            Err(limit) => limit,
+        };
         // First call, or the limit changed (a window edge, an operator's
         // change): a fresh limiter with the new quota.
         let mut slots = write(&self.slots);
