@@ -55,6 +55,83 @@ pub struct Filter {
     pub to_sequence: u64,
 }
 
+/// The SQL dialects of the stores.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// Placeholder `n` for a text argument.
+    fn text(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// Placeholder `n` for an integer passed as text.
+    fn integer(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("CAST(?{n} AS INTEGER)"),
+            Dialect::Postgres => format!("${n}::text::bigint"),
+        }
+    }
+
+    /// The column that keeps insertion order.
+    fn row_order(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "rowid",
+            Dialect::Postgres => "id",
+        }
+    }
+}
+
+impl Filter {
+    /// The query selecting this filter's entries, and its text arguments.
+    pub(crate) fn select(&self, dialect: Dialect) -> (String, Vec<String>) {
+        let mut sql = String::from("SELECT * FROM audit_entries WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let equal = [
+            ("time >=", &self.since),
+            ("time <", &self.until),
+            ("consumer =", &self.consumer),
+            ("provider =", &self.provider),
+            ("record_type =", &self.record_type),
+            ("record_id =", &self.record_id),
+            ("purpose =", &self.purpose),
+            ("decision =", &self.decision),
+        ];
+        for (clause, value) in equal {
+            if let Some(v) = value {
+                args.push(v.clone());
+                sql.push_str(&format!(" AND {clause} {}", dialect.text(args.len())));
+            }
+        }
+        for (clause, bound) in [
+            ("sequence >=", self.from_sequence),
+            ("sequence <=", self.to_sequence),
+        ] {
+            if bound > 0 {
+                args.push(bound.to_string());
+                sql.push_str(&format!(" AND {clause} {}", dialect.integer(args.len())));
+            }
+        }
+        if let Some(p) = &self.partner {
+            args.push(p.clone());
+            let n = dialect.text(args.len());
+            sql.push_str(&format!(" AND (consumer = {n} OR provider = {n})"));
+        }
+        sql.push_str(&if self.chain_order {
+            format!(" ORDER BY writer, sequence, {}", dialect.row_order())
+        } else {
+            " ORDER BY time, writer, sequence".to_owned()
+        });
+        (sql, args)
+    }
+}
+
 /// Where entries are kept. Implementations are synchronous; the [`Writer`]
 /// runs them on their own thread.
 pub trait Store: Send + 'static {

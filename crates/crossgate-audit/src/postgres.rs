@@ -197,42 +197,7 @@ impl Store for PostgresStore {
         filter: &Filter,
         visit: &mut dyn FnMut(Stored) -> bool,
     ) -> Result<(), StoreError> {
-        let mut sql = String::from("SELECT * FROM audit_entries WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
-        let mut add = |clause: &str, value: &Option<String>| {
-            if let Some(v) = value {
-                args.push(v.clone());
-                sql.push_str(&format!(" AND {clause} ${}", args.len()));
-            }
-        };
-        add("time >=", &filter.since);
-        add("time <", &filter.until);
-        add("consumer =", &filter.consumer);
-        add("provider =", &filter.provider);
-        add("record_type =", &filter.record_type);
-        add("record_id =", &filter.record_id);
-        add("purpose =", &filter.purpose);
-        add("decision =", &filter.decision);
-        if filter.from_sequence > 0 {
-            args.push(filter.from_sequence.to_string());
-            sql.push_str(&format!(" AND sequence >= ${}::text::bigint", args.len()));
-        }
-        if filter.to_sequence > 0 {
-            args.push(filter.to_sequence.to_string());
-            sql.push_str(&format!(" AND sequence <= ${}::text::bigint", args.len()));
-        }
-        if let Some(p) = &filter.partner {
-            args.push(p.clone());
-            sql.push_str(&format!(
-                " AND (consumer = ${n} OR provider = ${n})",
-                n = args.len()
-            ));
-        }
-        sql.push_str(if filter.chain_order {
-            " ORDER BY writer, sequence, id"
-        } else {
-            " ORDER BY time, writer, sequence"
-        });
+        let (sql, args) = filter.select(crate::Dialect::Postgres);
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
             .iter()
             .map(|a| a as &(dyn postgres::types::ToSql + Sync))
