@@ -5,7 +5,8 @@
 use crate::audit::Decision;
 use crate::pipeline::{Call, entry};
 use crate::{Broker, Caller};
-use crossgate_audit::{Filter, Stored, entry::hex};
+use crossgate_audit::entry::{hex, unhex32};
+use crossgate_audit::{Entry, Filter, Stored};
 use crossgate_policy::Role;
 use crossgate_proto::audit_server::Audit;
 use crossgate_proto::{
@@ -259,5 +260,31 @@ impl Audit for Broker {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// An entry as the broker sends it, back in the log's own shape (the inverse of `to_message`).
+pub fn from_message(e: crossgate_proto::AuditEntry) -> Stored {
+    Stored {
+        writer: e.writer,
+        sequence: e.sequence,
+        previous_hash: unhex32(&e.previous_hash).unwrap_or_default(),
+        entry_hash: unhex32(&e.entry_hash).unwrap_or_default(),
+        entry: Entry {
+            time: e.time,
+            request_id: e.request_id,
+            kind: e.kind,
+            consumer: e.consumer,
+            provider: e.provider,
+            record_type: e.record_type,
+            record_id: e.record_id,
+            purpose: e.purpose,
+            approval_reference: e.approval_reference,
+            decision: Decision::parse(&e.decision).unwrap_or(Decision::Changed),
+            reason: e.reason,
+            released_fields: e.released_fields,
+            record_digest: e.record_digest,
+            latency_micros: e.latency_micros,
+        },
     }
 }

@@ -4,8 +4,7 @@
 
 use crate::ExitCode;
 use clap::{Args, Subcommand, ValueEnum};
-use crossgate_audit::entry::unhex32;
-use crossgate_audit::{Decision, Entry, Filter, Stored};
+use crossgate_audit::{Filter, Stored};
 use crossgate_proto::audit_client::AuditClient;
 use crossgate_proto::{SearchRequest, VerifyRequest};
 use std::io::Write;
@@ -304,7 +303,11 @@ async fn through_broker(args: AuditArgs) -> ExitCode {
             loop {
                 match stream.message().await {
                     Ok(Some(e)) => {
-                        let _ = writeln!(out, "{}", entry_line(format, &from_message(e)));
+                        let _ = writeln!(
+                            out,
+                            "{}",
+                            entry_line(format, &crossgate_broker::audit_service::from_message(e))
+                        );
                     }
                     Ok(None) => return ExitCode::Ok,
                     Err(s) => return refused(s),
@@ -391,31 +394,5 @@ fn entry_line(format: Format, s: &Stored) -> String {
         .map(|f| csv_field(f))
         .collect::<Vec<_>>()
         .join(","),
-    }
-}
-
-/// An entry as the broker sent it, in the log's own shape.
-fn from_message(e: crossgate_proto::AuditEntry) -> Stored {
-    Stored {
-        writer: e.writer,
-        sequence: e.sequence,
-        previous_hash: unhex32(&e.previous_hash).unwrap_or_default(),
-        entry_hash: unhex32(&e.entry_hash).unwrap_or_default(),
-        entry: Entry {
-            time: e.time,
-            request_id: e.request_id,
-            kind: e.kind,
-            consumer: e.consumer,
-            provider: e.provider,
-            record_type: e.record_type,
-            record_id: e.record_id,
-            purpose: e.purpose,
-            approval_reference: e.approval_reference,
-            decision: Decision::parse(&e.decision).unwrap_or(Decision::Changed),
-            reason: e.reason,
-            released_fields: e.released_fields,
-            record_digest: e.record_digest,
-            latency_micros: e.latency_micros,
-        },
     }
 }
