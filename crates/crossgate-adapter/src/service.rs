@@ -259,6 +259,7 @@ impl Ingress for Adapter {
             request_id: reply.request_id,
             records,
             withheld_fields: reply.withheld_fields,
+            withheld_records: reply.withheld_records,
         }))
     }
 }
@@ -369,23 +370,41 @@ impl Department for Adapter {
             .find(FindRequest {
                 native_type: mapping.native_type.clone(),
                 criteria,
+                limit: req.limit,
             })
             .await
             .map_err(|s| upstream("department system", s))?
             .into_inner();
-        let mut records = Vec::with_capacity(found.records.len());
-        for native in found.records {
-            let doc = parse_native(&native.json)?;
-            // Never answer with a record that does not validate: say so instead.
-            let mapped = mapping.inbound_owned(doc, &self.inner.registry).map_err(|faults| {
-                let paths: Vec<String> = faults.iter().map(|f| f.to_string()).collect();
-                tracing::warn!(department = %self.department(), faults = faults.len(), "department system returned a record that does not map");
-                Status::internal(format!(
-                    "the department system holds a {} record that does not map: {}",
-                    mapping.native_type,
-                    paths.join("; ")
-                ))
-            })?;
+        let limit = match req.limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let mut records = Vec::with_capacity(found.records.len().min(limit));
+        let mut withheld_records = 0u32;
+        for native in found.records.into_iter().take(limit) {
+            // A record that does not map is never answered with. Its faults
+            // may quote values, so only its paths are logged here and only
+            // the count crosses to the broker.
+            let mapped = parse_document(&native.json)
+                .map_err(|rejection| rejection.faults().into_iter().map(|f| f.path).collect())
+                .and_then(|doc| {
+                    mapping
+                        .inbound_owned(doc, &self.inner.registry)
+                        .map_err(|faults| faults.into_iter().map(|f| f.native).collect::<Vec<_>>())
+                });
+            let mapped = match mapped {
+                Ok(m) => m,
+                Err(paths) => {
+                    tracing::warn!(
+                        department = %self.department(),
+                        native_type = %mapping.native_type,
+                        fields = %paths.join(", "),
+                        "department system returned a record that does not map; left out of the answer"
+                    );
+                    withheld_records = withheld_records.saturating_add(1);
+                    continue;
+                }
+            };
             records.push(Record {
                 record_type: mapped.record_type,
                 record_id: mapped.record_id.unwrap_or_default(),
@@ -393,12 +412,15 @@ impl Department for Adapter {
                     .map_err(|e| Status::internal(e.to_string()))?,
             });
         }
-        if records.is_empty() {
+        if records.is_empty() && withheld_records == 0 {
             return Err(Status::not_found(format!(
                 "no {} record matches",
                 req.record_type
             )));
         }
-        Ok(Response::new(FetchResponse { records }))
+        Ok(Response::new(FetchResponse {
+            records,
+            withheld_records,
+        }))
     }
 }

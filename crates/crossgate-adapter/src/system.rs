@@ -18,6 +18,8 @@ pub struct Received {
     pub provider: String,
     pub record_type: String,
     pub native_type: String,
+    /// The id the broker gave the record: the grant's key field or an opaque reference.
+    pub record_id: String,
     pub document: Value,
 }
 
@@ -113,7 +115,8 @@ impl DepartmentSystem for ReferenceSystem {
         if let Some(path) = &self.inbox {
             let line = serde_json::json!({
                 "provider": req.provider, "record_type": req.record_type,
-                "native_type": record.native_type, "record": document,
+                "native_type": record.native_type, "record_id": record.record_id,
+                "record": document,
             });
             let written = std::fs::OpenOptions::new()
                 .create(true)
@@ -127,6 +130,7 @@ impl DepartmentSystem for ReferenceSystem {
             provider: req.provider,
             record_type: req.record_type,
             native_type: record.native_type,
+            record_id: record.record_id,
             document,
         });
         Ok(Response::new(ReceiveResponse {}))
@@ -146,6 +150,10 @@ impl DepartmentSystem for ReferenceSystem {
                             Some(Value::Number(n)) => n.to_string() == c.value,
                             _ => false,
                         })
+                    })
+                    .take(match req.limit {
+                        0 => usize::MAX,
+                        n => n as usize,
                     })
                     .map(|doc| NativeRecord {
                         native_type: req.native_type.clone(),

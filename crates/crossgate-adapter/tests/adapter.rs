@@ -56,6 +56,7 @@ impl Broker for FakeBroker {
                 json: serde_json::to_vec(&doc).unwrap(),
             }],
             withheld_fields: vec!["/id_number".into()],
+            withheld_records: 0,
         }))
     }
     async fn list_schemas(
@@ -275,6 +276,51 @@ async fn deliveries_reach_the_system_in_its_own_format() {
 }
 
 #[tokio::test]
+async fn fetch_leaves_out_records_that_do_not_map_and_never_quotes_them() {
+    let run = start("public-security", false).await;
+    // Two persons share a name: one is fine, one has an ethnicity code the
+    // schema does not allow.
+    run.system.insert(
+        "persons",
+        json!({"GMSFHM": "110105198405049582", "XM": "同名", "XB": "2", "CSRQ": "19840504",
+               "MZ": "SECRET-CODE", "HJDZ_XZQH": "110105", "HJDZ": "北京市朝阳区解放路172号"}),
+    );
+    run.system.insert(
+        "persons",
+        json!({"GMSFHM": "110105198405049582", "XM": "同名", "XB": "2", "CSRQ": "19840504",
+               "MZ": "01", "HJDZ_XZQH": "110105", "HJDZ": "北京市朝阳区解放路172号"}),
+    );
+    let fetch = |limit| FetchRequest {
+        record_type: "person.v1".into(),
+        criteria: vec![Criterion {
+            path: "/name".into(),
+            value: "同名".into(),
+        }],
+        limit,
+        ..Default::default()
+    };
+    let reply = run
+        .department
+        .clone()
+        .fetch(fetch(0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.records.len(), 1);
+    assert_eq!(reply.withheld_records, 1);
+    assert!(!format!("{reply:?}").contains("SECRET"));
+    // The limit caps what the system is asked for and what is answered.
+    let reply = run
+        .department
+        .clone()
+        .fetch(fetch(1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.records.len() + reply.withheld_records as usize, 1);
+}
+
+#[tokio::test]
 async fn fetch_answers_from_the_system_with_valid_canonical_records() {
     let mut run = start("public-security", false).await;
     let reply = run
@@ -288,6 +334,7 @@ async fn fetch_answers_from_the_system_with_valid_canonical_records() {
                 path: "/id_number".into(),
                 value: "14030219890903420X".into(),
             }],
+            limit: 0,
         })
         .await
         .unwrap()

@@ -203,3 +203,14 @@ pub fn open_limits(
     }
     Ok(Some(std::sync::Arc::new(limits)))
 }
+
+/// The broker's record-reference secret, `reference.key` in its certificate folder.
+pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey, String> {
+    let secret = crossgate_tls::read_reference_secret(certs).map_err(|e| e.to_string())?;
+    crossgate_policy::ReferenceKey::new(&secret).map_err(|e| {
+        format!(
+            "{}: {e}",
+            certs.join(crossgate_tls::REFERENCE_SECRET_FILE).display()
+        )
+    })
+}

@@ -4,14 +4,16 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod approvals;
 pub mod audit;
 pub mod audit_service;
 pub mod config;
 pub mod delivery;
 mod pipeline;
+pub mod release;
 mod service;
 
-use crossgate_policy::{Mode, Partner, Policy};
+use crossgate_policy::{Mode, Partner, Policy, ReferenceKey};
 use crossgate_proto::admin_server::AdminServer;
 use crossgate_proto::audit_server::AuditServer;
 use crossgate_proto::broker_server::BrokerServer;
@@ -88,6 +90,10 @@ pub struct Parts {
     pub admin: Option<admin::LimitsAdmin>,
     /// Where `Audit` reads the log; `None` when the log is not readable (in-memory sinks).
     pub audit_reader: Option<audit_service::AuditReader>,
+    /// The secret behind opaque record references (see `config::load_reference_key`).
+    pub references: ReferenceKey,
+    /// Uses already spent of counted approvals (see `approvals::spent_in_log`).
+    pub approval_uses: approvals::ApprovalUses,
 }
 
 #[derive(Clone)]
@@ -106,6 +112,8 @@ struct Inner {
     limiter: Arc<dyn Limiter>,
     admin: Option<admin::LimitsAdmin>,
     audit_reader: Option<audit_service::AuditReader>,
+    references: ReferenceKey,
+    approval_uses: Arc<approvals::ApprovalUses>,
     next_request: AtomicU64,
     epoch: u64,
 }
@@ -132,6 +140,8 @@ impl Broker {
                 limiter: parts.limiter,
                 admin: parts.admin,
                 audit_reader: parts.audit_reader,
+                references: parts.references,
+                approval_uses: Arc::new(parts.approval_uses),
                 next_request: AtomicU64::new(1),
                 epoch,
             }),
@@ -143,11 +153,6 @@ impl Broker {
         let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
         format!("{:x}-{n}", self.inner.epoch)
     }
-}
-
-/// Today (UTC), for grant and approval validity windows.
-fn today() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive()
 }
 
 pub use crossgate_proto::standard::ServeError;

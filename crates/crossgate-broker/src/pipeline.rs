@@ -2,10 +2,12 @@
 //! takes them: authenticate → limit → validate → authorise → audit → forward.
 //! The gRPC handlers in `service.rs` are these steps in sequence.
 
+use crate::approvals::Reservation;
 use crate::audit::{Decision, Entry};
 use crate::{Broker, Caller};
-use crossgate_policy::{Denial, Mode, Release, Role};
-use crossgate_proto::Record;
+use crossgate_policy::{Ask, Denial, Mode, Release, Role};
+use crossgate_proto::{QueryRequest, Record};
+use crossgate_schema::Rejection;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Status};
@@ -63,22 +65,10 @@ impl Broker {
     }
 
     /// Step 3 — validate: the record against its schema, every fault at once.
-    pub(crate) fn validate(&self, record: &Record) -> Result<Value, Status> {
+    pub(crate) fn validate(&self, record: &Record) -> Result<Value, Rejection> {
         self.inner
             .registry
             .parse_and_validate(&record.record_type, &record.json)
-            .map_err(|rejection| {
-                let faults = rejection.faults();
-                let violations: Vec<FieldViolation> = faults
-                    .iter()
-                    .map(|f| FieldViolation::new(f.path.clone(), f.message.clone()))
-                    .collect();
-                Status::with_error_details(
-                    Code::InvalidArgument,
-                    format!("{} record rejected: {rejection}", record.record_type),
-                    ErrorDetails::with_bad_request(violations),
-                )
-            })
     }
 
     /// Step 4 — authorise a publish: every receiver whose grant is in force.
@@ -89,27 +79,41 @@ impl Broker {
     ) -> Result<Vec<Release<'_>>, Denial> {
         self.inner
             .policy
-            .publish_routes(&caller.id, record_type, crate::today())
+            .publish_routes(&caller.id, record_type, self.today())
     }
 
-    /// Step 4 — authorise a query.
+    /// Step 4 — authorise a query: the grant, its lookups, the approval and
+    /// (for a counted approval) one of its uses, reserved until the answer
+    /// is released.
     pub(crate) fn authorise_query(
         &self,
         caller: &Caller,
-        provider: &str,
-        record_type: &str,
-        purpose: &str,
-        approval: &str,
-    ) -> Result<Release<'_>, Denial> {
-        let approval = (!approval.is_empty()).then_some(approval);
-        self.inner.policy.decide_query(
-            &caller.id,
-            provider,
-            record_type,
-            purpose,
-            approval,
-            crate::today(),
-        )
+        q: &QueryRequest,
+    ) -> Result<(Release<'_>, Option<Reservation>), Denial> {
+        let criteria: Vec<(&str, &str)> = q
+            .criteria
+            .iter()
+            .map(|c| (c.path.as_str(), c.value.as_str()))
+            .collect();
+        let ask = Ask {
+            consumer: &caller.id,
+            provider: &q.provider,
+            record_type: &q.record_type,
+            purpose: &q.purpose,
+            approval: (!q.approval_reference.is_empty()).then_some(q.approval_reference.as_str()),
+            criteria: &criteria,
+        };
+        let release = self.inner.policy.decide_query(&ask, self.today())?;
+        let reservation = match release.approval {
+            Some(approval) => self.inner.approval_uses.reserve(approval)?,
+            None => None,
+        };
+        Ok((release, reservation))
+    }
+
+    /// Today in the catalog's time zone, for grant and approval validity.
+    fn today(&self) -> chrono::NaiveDate {
+        self.inner.policy.today(chrono::Utc::now())
     }
 
     /// Step 5 — audit: returns only when the entry is kept; if the log cannot
@@ -145,6 +149,21 @@ pub(crate) fn entry(kind: &'static str, decision: Decision) -> Entry {
         record_digest: String::new(),
         latency_micros: 0,
     }
+}
+
+/// `INVALID_ARGUMENT` for the party that sent the record: every fault, with
+/// its values (they are the sender's own).
+pub(crate) fn invalid(record_type: &str, rejection: &Rejection) -> Status {
+    let violations: Vec<FieldViolation> = rejection
+        .faults()
+        .into_iter()
+        .map(|f| FieldViolation::new(f.path, f.message))
+        .collect();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("{record_type} record rejected: {rejection}"),
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
 /// `PERMISSION_DENIED` with the rule and reason.

@@ -1,14 +1,14 @@
 //! The `Broker` gRPC service: each handler is the pipeline's steps in order.
 
 use crate::audit::{Decision, digest};
-use crate::pipeline::{Call, deadline, denied, entry};
+use crate::pipeline::{Call, deadline, denied, entry, invalid};
+use crate::release::{released, screen};
 use crate::{Broker, Caller};
-use crossgate_policy::{Mode, Role, project, withheld};
+use crossgate_policy::{Denial, Mode, Role};
 use crossgate_proto::broker_server::Broker as BrokerService;
 use crossgate_proto::{
-    DeliverRequest, Delivery, DeliveryOutcome, FetchRequest, ListSchemasRequest,
-    ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Record,
-    SchemaInfo,
+    DeliverRequest, Delivery, DeliveryOutcome, FetchRequest, FetchResponse, ListSchemasRequest,
+    ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, SchemaInfo,
 };
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
@@ -67,20 +67,20 @@ impl Broker {
 
         let document = match self.validate(&record) {
             Ok(doc) => doc,
-            Err(status) => {
-                base.reason = status.message().to_owned();
+            Err(rejection) => {
+                // The log keeps the faults without their values.
+                base.reason = format!(
+                    "{} record rejected: {}",
+                    record.record_type,
+                    rejection.without_values()
+                );
                 self.audit(&call, base).await?;
-                return Err(status);
+                return Err(invalid(&record.record_type, &rejection));
             }
         };
         let routes = match self.authorise_publish(&caller, &record.record_type) {
             Ok(routes) => routes,
-            Err(denial) => {
-                base.decision = Decision::Denied;
-                base.reason = denial.to_string();
-                self.audit(&call, base).await?;
-                return Err(denied(&denial));
-            }
+            Err(denial) => return Err(self.deny(&call, base, &denial).await),
         };
         if routes.is_empty() {
             base.decision = Decision::Allowed;
@@ -92,18 +92,20 @@ impl Broker {
             }));
         }
 
-        // Forward: each receiver gets its own projection, all in parallel.
+        // Forward: each receiver gets its own projection, referred to by its
+        // grant's key field or its own opaque reference, all in parallel.
         let sends = routes.iter().map(|release| {
-            let projected = project(&document, release.fields());
             let receiver = release.grant.consumer.clone();
             let request = DeliverRequest {
                 request_id: call.id.clone(),
                 provider: caller.id.clone(),
-                record: Some(Record {
-                    record_type: record.record_type.clone(),
-                    record_id: record.record_id.clone(),
-                    json: serde_json::to_vec(&projected).unwrap_or_default(),
-                }),
+                record: Some(released(
+                    release,
+                    &self.inner.references,
+                    &record.record_type,
+                    &record.record_id,
+                    &document,
+                )),
             };
             let queue = self.inner.queue.clone();
             async move {
@@ -125,20 +127,18 @@ impl Broker {
                     format!("{:?}: {}", status.code(), status.message()),
                 ),
             };
-            e.decision = if result.is_ok() {
-                Decision::Delivered
-            } else {
-                Decision::Failed
+            // The log keeps the receiver's status code, not its text.
+            (e.decision, e.reason) = match &result {
+                Ok(()) => (Decision::Delivered, format!("grant {}", release.grant.id)),
+                Err(status) => (
+                    Decision::Failed,
+                    format!(
+                        "grant {}; receiver answered {:?}",
+                        release.grant.id,
+                        status.code()
+                    ),
+                ),
             };
-            e.reason = format!(
-                "grant {}{}",
-                release.grant.id,
-                if detail.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {detail}")
-                }
-            );
             self.audit(&call, e).await?;
             deliveries.push(Delivery {
                 receiver,
@@ -153,8 +153,8 @@ impl Broker {
         }))
     }
 
-    /// Query: authenticate → limit → validate → authorise → forward → check
-    /// the answer → audit.
+    /// Query: authenticate → limit → check the ask → authorise (grant,
+    /// lookups, approval) → forward → screen the answer → audit.
     async fn query_steps(
         &self,
         request: Request<QueryRequest>,
@@ -185,92 +185,70 @@ impl Broker {
             self.audit(&call, base).await?;
             return Err(status);
         }
-        let release = match self.authorise_query(
-            &caller,
-            &q.provider,
-            &q.record_type,
-            &q.purpose,
-            &q.approval_reference,
-        ) {
+        let (release, reservation) = match self.authorise_query(&caller, &q) {
             Ok(r) => r,
-            Err(denial) => {
-                base.decision = Decision::Denied;
-                base.reason = denial.to_string();
-                self.audit(&call, base).await?;
-                return Err(denied(&denial));
-            }
+            Err(denial) => return Err(self.deny(&call, base, &denial).await),
         };
 
-        // Forward to the provider's adapter under what is left of the deadline.
-        let fetched = self.fetch(&call, &caller, &q).await;
-        let records = match fetched {
-            Ok(records) => records,
+        // Forward to the provider's adapter under what is left of the
+        // deadline, asking for one record more than the grant releases.
+        let answer = match self
+            .fetch(&call, &caller, &q, release.grant.max_records)
+            .await
+        {
+            Ok(answer) => answer,
             Err(status) => {
                 base.decision = Decision::Failed;
                 base.reason = format!(
-                    "grant {}; provider answered {:?}: {}",
+                    "grant {}; provider answered {:?}",
                     release.grant.id,
-                    status.code(),
-                    status.message()
+                    status.code()
                 );
                 self.audit(&call, base).await?;
                 return Err(status);
             }
         };
-        // The provider's answer is checked like any other record.
-        let mut answer = Vec::with_capacity(records.len());
-        let mut withheld_fields: Vec<String> = Vec::new();
-        let mut digests = Vec::with_capacity(records.len());
-        for record in records {
-            if record.record_type != q.record_type {
-                return Err(self
-                    .provider_fault(
-                        &call,
-                        base,
-                        format!("provider answered with {} records", record.record_type),
-                    )
-                    .await);
-            }
-            let document = match self.validate(&record) {
-                Ok(d) => d,
-                Err(status) => {
-                    return Err(self
-                        .provider_fault(
-                            &call,
-                            base,
-                            format!("provider sent an invalid record: {}", status.message()),
-                        )
-                        .await);
-                }
-            };
-            for path in withheld(&document, release.fields()) {
-                if !withheld_fields.contains(&path) {
-                    withheld_fields.push(path);
-                }
-            }
-            digests.push(digest(&record.json));
-            let projected = project(&document, release.fields());
-            answer.push(Record {
-                record_type: record.record_type,
-                record_id: record.record_id,
-                json: serde_json::to_vec(&projected).unwrap_or_default(),
-            });
+        // An answer larger than the grant allows releases nothing.
+        let matched = answer.records.len() + answer.withheld_records as usize;
+        if let Err(denial) = release.grant.check_answer_size(matched) {
+            return Err(self.deny(&call, base, &denial).await);
         }
+        let mut screened = screen(
+            &self.inner.registry,
+            &release,
+            &self.inner.references,
+            &q.record_type,
+            answer.records,
+        );
+        screened.withheld_at_adapter = answer.withheld_records;
         base.decision = Decision::Allowed;
-        base.reason = format!("grant {}", release.grant.id);
+        base.reason = match screened.invalid_summary() {
+            Some(invalid) => format!("grant {}; {invalid}", release.grant.id),
+            None => format!("grant {}", release.grant.id),
+        };
         base.released_fields = release.field_paths();
-        base.record_id = answer
-            .iter()
-            .map(|r| r.record_id.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        base.record_digest = digests.join(",");
+        base.record_id = screened.provider_ids.join(",");
+        base.record_digest = screened.digests.join(",");
         self.audit(&call, base).await?;
+        if let Some(reservation) = reservation {
+            reservation.spend();
+        }
         Ok(Response::new(QueryResponse {
             request_id: call.id,
-            records: answer,
-            withheld_fields,
+            withheld_records: screened.withheld_count(),
+            records: screened.records,
+            withheld_fields: screened.withheld_fields,
         }))
+    }
+
+    /// Audit a denial, then answer `PERMISSION_DENIED` with its rule.
+    async fn deny(&self, call: &Call, mut e: crate::audit::Entry, denial: &Denial) -> Status {
+        e.decision = Decision::Denied;
+        e.reason = denial.to_string();
+        match self.audit(call, e).await {
+            Ok(()) => denied(denial),
+            Err(unavailable) => unavailable,
+        }
     }
 }
 
@@ -328,7 +306,8 @@ impl Broker {
         call: &Call,
         caller: &Caller,
         q: &QueryRequest,
-    ) -> Result<Vec<Record>, Status> {
+        max_records: usize,
+    ) -> Result<FetchResponse, Status> {
         let mut client = self.inner.adapters.get(&q.provider)?;
         let remaining = call.remaining();
         let mut req = Request::new(FetchRequest {
@@ -337,10 +316,11 @@ impl Broker {
             record_type: q.record_type.clone(),
             purpose: q.purpose.clone(),
             criteria: q.criteria.clone(),
+            limit: u32::try_from(max_records.saturating_add(1)).unwrap_or(u32::MAX),
         });
         req.set_timeout(remaining);
         match tokio::time::timeout(remaining, client.fetch(req)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner().records),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(match status.code() {
                 Code::NotFound => Status::not_found(format!(
                     "{} has no matching {} record",
@@ -349,15 +329,16 @@ impl Broker {
                 Code::DeadlineExceeded | Code::Cancelled => {
                     Status::deadline_exceeded(format!("{} did not answer in time", q.provider))
                 }
+                // The provider's own words stay at the broker: they may
+                // quote its records.
                 Code::Unavailable | Code::Unknown => Status::unavailable(format!(
-                    "{}'s adapter cannot be reached: {}",
+                    "{}'s adapter cannot be reached ({:?})",
                     q.provider,
-                    status.message()
+                    status.code()
                 )),
-                _ => Status::internal(format!(
-                    "{}'s adapter failed: {}",
-                    q.provider,
-                    status.message()
+                code => Status::internal(format!(
+                    "{}'s adapter failed to answer ({code:?})",
+                    q.provider
                 )),
             }),
             Err(_) => Err(Status::deadline_exceeded(format!(
@@ -365,20 +346,5 @@ impl Broker {
                 q.provider
             ))),
         }
-    }
-
-    /// A provider that answers with an invalid record: audited, never passed on.
-    async fn provider_fault(
-        &self,
-        call: &Call,
-        mut e: crate::audit::Entry,
-        reason: String,
-    ) -> Status {
-        e.decision = Decision::Failed;
-        e.reason = reason.clone();
-        if let Err(unavailable) = self.audit(call, e).await {
-            return unavailable;
-        }
-        Status::internal(reason)
     }
 }

@@ -7,10 +7,11 @@
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
 use crossgate_broker::admin::LimitsAdmin;
+use crossgate_broker::approvals::{ApprovalUses, spent_in_log};
 use crossgate_broker::audit::{AuditSink, MemorySink};
 use crossgate_broker::delivery::{Adapters, DirectDelivery};
 use crossgate_broker::{Broker, BrokerConfig, Limiter, Parts, Unlimited};
-use crossgate_policy::{Partner, Role};
+use crossgate_policy::{Partner, ReferenceKey, Role};
 use crossgate_schema::Registry;
 use crossgate_tls::{Bundle, DevCa};
 use std::collections::HashMap;
@@ -236,7 +237,23 @@ impl LocalSystem {
             (None, None) => (memory.clone(), Some(memory)),
         };
         config.listen = broker_addr.parse().map_err(fail)?;
+        // References outlive a run only when the certificates do.
+        let references = match &certs {
+            CertSource::Dir(dir) => {
+                crossgate_tls::ensure_reference_secret(dir).map_err(fail)?;
+                crossgate_broker::config::load_reference_key(dir).map_err(fail)?
+            }
+            CertSource::Memory(_) => {
+                ReferenceKey::random().map_err(|_| fail("cannot make a record-reference secret"))?
+            }
+        };
+        let approval_uses = match &opts.audit_store {
+            Some(spec) => ApprovalUses::with_spent(spent_in_log(&policy, spec).map_err(fail)?),
+            None => ApprovalUses::default(),
+        };
         let broker = Broker::new(Parts {
+            references,
+            approval_uses,
             queue: Arc::new(DirectDelivery {
                 adapters: adapters.clone(),
                 timeout: config.delivery_timeout(),

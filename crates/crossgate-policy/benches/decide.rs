@@ -2,6 +2,7 @@
 
 use chrono::NaiveDate;
 use criterion::{Criterion, criterion_group, criterion_main};
+use crossgate_policy::Ask;
 use crossgate_schema::Registry;
 use std::hint::black_box;
 
@@ -32,11 +33,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             policy
                 .decide_query(
-                    black_box("education"),
-                    "public-security",
-                    "household.v1",
-                    "school-enrolment",
-                    Some("EDU-2025-0001"),
+                    &Ask {
+                        consumer: black_box("education"),
+                        provider: "public-security",
+                        record_type: "household.v1",
+                        purpose: "school-enrolment",
+                        approval: Some("EDU-2025-0001"),
+                        criteria: &[("/household_id", "11010567397679")],
+                    },
                     today,
                 )
                 .is_ok()
@@ -46,11 +50,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             policy
                 .decide_query(
-                    black_box("education"),
-                    "public-security",
-                    "person.v1",
-                    "marketing",
-                    None,
+                    &Ask {
+                        consumer: black_box("education"),
+                        provider: "public-security",
+                        record_type: "person.v1",
+                        purpose: "marketing",
+                        approval: None,
+                        criteria: &[("/id_number", "540202198107103540")],
+                    },
                     today,
                 )
                 .is_err()

@@ -11,6 +11,8 @@ use toml::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// The zone grant and approval dates are judged in, e.g. `+08:00`.
+    time_zone: Option<Spanned<String>>,
     #[serde(default)]
     catalog: Vec<Entry>,
     #[serde(default)]
@@ -40,6 +42,9 @@ struct GrantConfig {
     purposes: Spanned<Vec<String>>,
     fields: Spanned<Vec<String>>,
     masks: Option<Spanned<BTreeMap<String, String>>>,
+    lookup: Option<Spanned<Vec<String>>>,
+    max_records: Option<Spanned<i64>>,
+    key: Option<Spanned<String>>,
     valid_from: Spanned<String>,
     valid_until: Spanned<String>,
 }
@@ -49,8 +54,12 @@ struct GrantConfig {
 struct ApprovalConfig {
     reference: Spanned<String>,
     consumer: Spanned<String>,
+    provider: Spanned<String>,
     record_type: Spanned<String>,
     purpose: String,
+    subject: Spanned<BTreeMap<String, String>>,
+    uses: Option<Spanned<i64>>,
+    authority: Option<String>,
     valid_from: Spanned<String>,
     valid_until: Spanned<String>,
 }
@@ -120,6 +129,17 @@ pub fn compile(
     };
 
     let mut policy = Policy::default();
+    if let Some(zone) = &parsed.time_zone {
+        policy.time_zone = parse_offset(zone.get_ref()).ok_or_else(|| {
+            err(
+                zone.span(),
+                format!(
+                    "{:?} is not a UTC offset; write it as +08:00 (the catalog's dates are judged in this zone)",
+                    zone.get_ref()
+                ),
+            )
+        })?;
+    }
     for e in &parsed.catalog {
         let provider = partner(&e.provider)?;
         let rt = record_type(&e.record_type)?;
@@ -228,6 +248,91 @@ pub fn compile(
                 format!("grant {id} ends before it starts"),
             ));
         }
+        let (lookup, max_records) = match mode {
+            Mode::Query => {
+                let Some(lookup) = &g.lookup else {
+                    return Err(err(
+                        g.mode.span(),
+                        format!(
+                            "query grant {id} needs `lookup = [\"/...\"]`: the fields {consumer} may look {rt} records up by"
+                        ),
+                    ));
+                };
+                if lookup.get_ref().is_empty() {
+                    return Err(err(
+                        lookup.span(),
+                        format!("grant {id} allows no lookup; name at least one field"),
+                    ));
+                }
+                for pointer in lookup.get_ref() {
+                    if !pointer.starts_with('/')
+                        || pointer.split('/').any(|s| s == "-")
+                        || registry.schema_at(&rt, pointer).is_none()
+                    {
+                        return Err(err(
+                            lookup.span(),
+                            format!(
+                                "lookup {pointer} is not a field of {rt} outside a list; see schemas/{rt}.json"
+                            ),
+                        ));
+                    }
+                }
+                let max = match &g.max_records {
+                    None => 1,
+                    Some(m) => usize::try_from(*m.get_ref())
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .ok_or_else(|| {
+                            err(
+                                m.span(),
+                                format!(
+                                    "max_records of grant {id} is a whole number of at least 1"
+                                ),
+                            )
+                        })?,
+                };
+                (lookup.get_ref().clone(), max)
+            }
+            Mode::Publish => {
+                if let Some(span) = g
+                    .lookup
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or(g.max_records.as_ref().map(Spanned::span))
+                {
+                    return Err(err(
+                        span,
+                        format!(
+                            "publish grant {id} takes no lookup or max_records; they belong to query grants"
+                        ),
+                    ));
+                }
+                (Vec::new(), 0)
+            }
+        };
+        let key = match &g.key {
+            None => None,
+            Some(k) => {
+                let released_whole = fields
+                    .iter()
+                    .any(|f| f.pointer == *k.get_ref() && f.mask.is_none())
+                    && !fields.iter().any(|f| {
+                        f.mask.is_some()
+                            && (f.pointer == *k.get_ref()
+                                || f.pointer.starts_with(&format!("{}/", k.get_ref())))
+                    });
+                if !released_whole || k.get_ref().split('/').any(|s| s == "-") {
+                    return Err(err(
+                        k.span(),
+                        format!(
+                            "key {} of grant {id} must be one of its released fields, unmasked and outside a list",
+                            k.get_ref()
+                        ),
+                    ));
+                }
+                Some(k.get_ref().clone())
+            }
+        };
         let grant = Grant {
             id,
             consumer,
@@ -236,6 +341,9 @@ pub fn compile(
             mode,
             purposes: g.purposes.get_ref().clone(),
             fields,
+            lookup,
+            max_records,
+            key,
             valid_from,
             valid_until,
         };
@@ -243,7 +351,7 @@ pub fn compile(
             return Err(err(
                 g.id.span(),
                 format!(
-                    "grants {} and {} overlap (same consumer, provider, record type, mode, a shared purpose and overlapping validity) but release different fields; merge them",
+                    "grants {} and {} overlap (same consumer, provider, record type, mode, a shared purpose and overlapping validity) but release different fields, lookups or keys; merge them",
                     other.id, grant.id
                 ),
             ));
@@ -272,10 +380,67 @@ pub fn compile(
 
     for a in &parsed.approval {
         let reference = a.reference.get_ref().clone();
+        let consumer = partner(&a.consumer)?;
+        let provider = partner(&a.provider)?;
+        let rt = record_type(&a.record_type)?;
+        // The subject must be something a query grant lets this consumer
+        // look up, or the approval could never be used.
+        let lookups: Vec<&String> = policy
+            .grants
+            .iter()
+            .filter(|g| {
+                g.mode == Mode::Query
+                    && g.consumer == consumer
+                    && g.provider == provider
+                    && g.record_type == rt
+            })
+            .flat_map(|g| &g.lookup)
+            .collect();
+        if a.subject.get_ref().is_empty() {
+            return Err(err(
+                a.subject.span(),
+                format!(
+                    "approval {reference} names no subject; write e.g. subject = {{ \"/household_id\" = \"...\" }}"
+                ),
+            ));
+        }
+        for path in a.subject.get_ref().keys() {
+            if !lookups.contains(&path) {
+                return Err(err(
+                    a.subject.span(),
+                    format!(
+                        "approval {reference} names {path}, which no query grant lets {consumer} look {rt} of {provider} up by"
+                    ),
+                ));
+            }
+        }
+        let uses = match &a.uses {
+            None => None,
+            Some(u) => Some(
+                u32::try_from(*u.get_ref())
+                    .ok()
+                    .filter(|&n| n >= 1)
+                    .ok_or_else(|| {
+                        err(
+                            u.span(),
+                            format!("uses of approval {reference} is a whole number of at least 1"),
+                        )
+                    })?,
+            ),
+        };
         let approval = Approval {
-            consumer: partner(&a.consumer)?,
-            record_type: record_type(&a.record_type)?,
+            consumer,
+            provider,
+            record_type: rt,
             purpose: a.purpose.clone(),
+            subject: a
+                .subject
+                .get_ref()
+                .iter()
+                .map(|(p, v)| (p.clone(), v.clone()))
+                .collect(),
+            uses,
+            authority: a.authority.clone(),
             valid_from: date(&a.valid_from)?,
             valid_until: date(&a.valid_until)?,
             reference: reference.clone(),
@@ -294,6 +459,27 @@ pub fn compile(
     Ok(policy)
 }
 
+/// `+08:00`, `-05:30`, `Z`.
+fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
+    if text == "Z" {
+        return chrono::FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 14 || m > 59 {
+        return None;
+    }
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
 fn disagree(a: &Grant, b: &Grant) -> bool {
     a.consumer == b.consumer
         && a.provider == b.provider
@@ -302,5 +488,8 @@ fn disagree(a: &Grant, b: &Grant) -> bool {
         && a.purposes.iter().any(|p| b.purposes.contains(p))
         && a.valid_from <= b.valid_until
         && b.valid_from <= a.valid_until
-        && a.fields != b.fields
+        && (a.fields != b.fields
+            || a.lookup != b.lookup
+            || a.max_records != b.max_records
+            || a.key != b.key)
 }

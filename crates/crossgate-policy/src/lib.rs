@@ -7,12 +7,15 @@
 mod catalog;
 mod partners;
 mod project;
+mod reference;
 
 pub use catalog::compile;
 pub use partners::{Partner, Role, compile_partners};
 pub use project::{Mask, ReleasedField, project, withheld};
+pub use reference::{REFERENCE_HEX_LEN, ReferenceKey, ReferenceKeyError};
 
-use chrono::NaiveDate;
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// Publish (a subscription: the broker pushes records) or query (on demand).
@@ -55,19 +58,75 @@ pub struct Grant {
     pub mode: Mode,
     pub purposes: Vec<String>,
     pub fields: Vec<ReleasedField>,
+    /// Query grants: the fields a consumer may look records up by. A query
+    /// must name at least one and no other. The consumer need not receive
+    /// them (it may look up by a value it already holds).
+    pub lookup: Vec<String>,
+    /// Query grants: the most records one answer may hold.
+    pub max_records: usize,
+    /// A released field the consumer receives as `record_id`; without it the
+    /// consumer gets an opaque reference (see [`ReferenceKey`]).
+    pub key: Option<String>,
     pub valid_from: NaiveDate,
     pub valid_until: NaiveDate,
 }
 
-/// An approval for conditionally shared data.
+/// An approval for conditionally shared data: it names whom it was given to,
+/// for which provider's record type and purpose, and the subject it covers
+/// (the lookup values a query under it must use, exactly).
 #[derive(Debug, Clone)]
 pub struct Approval {
     pub reference: String,
     pub consumer: String,
+    pub provider: String,
     pub record_type: String,
     pub purpose: String,
+    /// (canonical field, value) pairs, sorted by field.
+    pub subject: Vec<(String, String)>,
+    /// How many answers it may open; `None`: unlimited within its validity.
+    pub uses: Option<u32>,
+    /// Who approved it, e.g. a district education bureau.
+    pub authority: Option<String>,
     pub valid_from: NaiveDate,
     pub valid_until: NaiveDate,
+}
+
+impl Approval {
+    /// "household 11010567397679": the subject in words.
+    pub fn describe_subject(&self) -> String {
+        describe_lookup(
+            &self.record_type,
+            self.subject.iter().map(|(p, v)| (p.as_str(), v.as_str())),
+        )
+    }
+}
+
+fn describe_lookup<'a>(
+    record_type: &str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let noun = record_type.split('.').next().unwrap_or(record_type);
+    let pairs: Vec<(&str, &str)> = pairs.collect();
+    match pairs.as_slice() {
+        [] => format!("no {noun}"),
+        [(_, value)] => format!("{noun} {value}"),
+        many => {
+            let parts: Vec<String> = many.iter().map(|(p, v)| format!("{p} = {v}")).collect();
+            format!("{noun} with {}", parts.join(", "))
+        }
+    }
+}
+
+/// What a consumer asks of a provider.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub consumer: &'a str,
+    pub provider: &'a str,
+    pub record_type: &'a str,
+    pub purpose: &'a str,
+    pub approval: Option<&'a str>,
+    /// (canonical field, value): records must match all of them.
+    pub criteria: &'a [(&'a str, &'a str)],
 }
 
 /// What a consumer may see.
@@ -81,6 +140,30 @@ pub struct Release<'a> {
 impl Release<'_> {
     pub fn fields(&self) -> &[ReleasedField] {
         &self.grant.fields
+    }
+
+    /// What the consumer receives as a record's `record_id`: the grant's key
+    /// field from the projected record, else an opaque per-consumer
+    /// reference to the provider's own id. The provider's id itself never
+    /// leaves the broker.
+    pub fn record_id(&self, key: &ReferenceKey, provider_id: &str, projected: &Value) -> String {
+        let keyed = self
+            .grant
+            .key
+            .as_deref()
+            .and_then(|k| match projected.pointer(k) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            });
+        keyed.unwrap_or_else(|| {
+            key.reference(
+                &self.grant.consumer,
+                &self.grant.provider,
+                &self.grant.record_type,
+                provider_id,
+            )
+        })
     }
 
     /// The released JSON Pointers, for replies and the audit log.
@@ -122,8 +205,10 @@ pub struct ConfigError {
 type ByType = HashMap<String, Vec<usize>>;
 
 /// The compiled catalog.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Policy {
+    /// Grant and approval dates are judged in this zone (default `+08:00`).
+    time_zone: FixedOffset,
     classes: HashMap<String, HashMap<String, SharingClass>>,
     grants: Vec<Grant>,
     /// consumer → provider → record type → query grants
@@ -133,9 +218,47 @@ pub struct Policy {
     approvals: HashMap<String, Approval>,
 }
 
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            time_zone: DEFAULT_TIME_ZONE,
+            classes: HashMap::new(),
+            grants: Vec::new(),
+            query: HashMap::new(),
+            publish: HashMap::new(),
+            approvals: HashMap::new(),
+        }
+    }
+}
+
+/// China Standard Time, the catalog's default zone.
+pub const DEFAULT_TIME_ZONE: FixedOffset = match FixedOffset::east_opt(8 * 3600) {
+    Some(z) => z,
+    None => panic!("+08:00 is a valid offset"),
+};
+
 impl Policy {
     pub fn grants(&self) -> &[Grant] {
         &self.grants
+    }
+
+    pub fn approvals(&self) -> impl Iterator<Item = &Approval> {
+        self.approvals.values()
+    }
+
+    pub fn approval(&self, reference: &str) -> Option<&Approval> {
+        self.approvals.get(reference)
+    }
+
+    /// The catalog's time zone.
+    pub fn time_zone(&self) -> FixedOffset {
+        self.time_zone
+    }
+
+    /// The date `now` falls on in the catalog's time zone: the day grants and
+    /// approvals are judged by.
+    pub fn today(&self, now: DateTime<Utc>) -> NaiveDate {
+        now.with_timezone(&self.time_zone).date_naive()
     }
 
     /// The sharing class of a provider's record type, if the catalog lists it.
@@ -157,16 +280,18 @@ impl Policy {
         }
     }
 
-    /// May `consumer` query `provider` for `record_type` for `purpose` on `today`?
-    pub fn decide_query(
-        &self,
-        consumer: &str,
-        provider: &str,
-        record_type: &str,
-        purpose: &str,
-        approval: Option<&str>,
-        today: NaiveDate,
-    ) -> Result<Release<'_>, Denial> {
+    /// May the consumer ask this of the provider on `today`? Checks, in
+    /// order: the catalog lists the record type, a grant serves the purpose
+    /// and is in force, the criteria are lookups the grant allows, and for
+    /// conditional data an approval that names exactly this subject.
+    pub fn decide_query(&self, ask: &Ask<'_>, today: NaiveDate) -> Result<Release<'_>, Denial> {
+        let Ask {
+            consumer,
+            provider,
+            record_type,
+            purpose,
+            ..
+        } = *ask;
         let class = self.catalog_entry(provider, record_type)?;
         let candidates = self
             .query
@@ -175,12 +300,10 @@ impl Policy {
             .and_then(|t| t.get(record_type))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        if candidates.is_empty() {
-            return Err(Denial {
-                rule: "default-deny".into(),
-                reason: format!("no grant lets {consumer} query {provider} for {record_type}"),
-            });
-        }
+        let no_grant = || Denial {
+            rule: "default-deny".into(),
+            reason: format!("no grant lets {consumer} query {provider} for {record_type}"),
+        };
         let mut denial = None;
         for &i in candidates {
             let grant = &self.grants[i];
@@ -205,39 +328,33 @@ impl Policy {
                 });
                 continue;
             }
+            check_lookup(grant, ask.criteria)?;
             let approval = match class {
-                SharingClass::Conditional { condition } => Some(self.check_approval(
-                    consumer,
-                    provider,
-                    record_type,
-                    purpose,
-                    approval,
-                    today,
-                    condition,
-                )?),
+                SharingClass::Conditional { condition } => {
+                    Some(self.check_approval(ask, today, condition)?)
+                }
                 _ => None,
             };
             return Ok(Release { grant, approval });
         }
-        Err(denial.unwrap_or(Denial {
-            rule: "default-deny".into(),
-            reason: format!("no grant lets {consumer} query {provider} for {record_type}"),
-        }))
+        Err(denial.unwrap_or_else(no_grant))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn check_approval(
         &self,
-        consumer: &str,
-        provider: &str,
-        record_type: &str,
-        purpose: &str,
-        reference: Option<&str>,
+        ask: &Ask<'_>,
         today: NaiveDate,
         condition: &str,
     ) -> Result<&Approval, Denial> {
+        let Ask {
+            consumer,
+            provider,
+            record_type,
+            purpose,
+            ..
+        } = *ask;
         let rule = format!("catalog:{provider}/{record_type}");
-        let Some(reference) = reference.filter(|r| !r.is_empty()) else {
+        let Some(reference) = ask.approval.filter(|r| !r.is_empty()) else {
             return Err(Denial {
                 rule,
                 reason: format!(
@@ -252,10 +369,13 @@ impl Policy {
         let Some(approval) = self.approvals.get(reference) else {
             return Err(deny(format!("approval {reference} is not on record")));
         };
-        if approval.consumer != consumer || approval.record_type != record_type {
+        if approval.consumer != consumer
+            || approval.provider != provider
+            || approval.record_type != record_type
+        {
             return Err(deny(format!(
-                "approval {reference} was given to {} for {}, not to {consumer} for {record_type}",
-                approval.consumer, approval.record_type
+                "approval {reference} was given to {} for {} of {}, not to {consumer} for {record_type} of {provider}",
+                approval.consumer, approval.record_type, approval.provider
             )));
         }
         if approval.purpose != purpose {
@@ -268,6 +388,22 @@ impl Policy {
             return Err(deny(format!(
                 "approval {reference} is valid from {} to {}; today is {today}",
                 approval.valid_from, approval.valid_until
+            )));
+        }
+        // The query must look up exactly the approved subject: every pair
+        // once, nothing else.
+        let mut asked: Vec<(&str, &str)> = ask.criteria.to_vec();
+        asked.sort_unstable();
+        let covered = asked.len() == approval.subject.len()
+            && asked
+                .iter()
+                .zip(&approval.subject)
+                .all(|((p, v), (sp, sv))| p == sp && v == sv);
+        if !covered {
+            return Err(deny(format!(
+                "approval {reference} covers {}, not {}",
+                approval.describe_subject(),
+                describe_lookup(record_type, asked.iter().copied())
             )));
         }
         Ok(approval)
@@ -297,6 +433,50 @@ impl Policy {
                 approval: None,
             })
             .collect())
+    }
+}
+
+/// The criteria must be lookups the grant allows: at least one, no other.
+fn check_lookup(grant: &Grant, criteria: &[(&str, &str)]) -> Result<(), Denial> {
+    let rule = || format!("grant:{}", grant.id);
+    let allowed = grant.lookup.join(", ");
+    if criteria.is_empty() {
+        return Err(Denial {
+            rule: rule(),
+            reason: format!(
+                "grant {} answers lookups by {allowed} only; a query without criteria is refused",
+                grant.id
+            ),
+        });
+    }
+    if let Some((path, _)) = criteria
+        .iter()
+        .find(|(path, _)| !grant.lookup.iter().any(|l| l == path))
+    {
+        return Err(Denial {
+            rule: rule(),
+            reason: format!(
+                "grant {} allows lookups by {allowed}, not by {path}",
+                grant.id
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Grant {
+    /// An answer of `count` records is over this grant's `max_records`.
+    pub fn check_answer_size(&self, count: usize) -> Result<(), Denial> {
+        if count <= self.max_records {
+            return Ok(());
+        }
+        Err(Denial {
+            rule: format!("grant:{}", self.id),
+            reason: format!(
+                "grant {} releases at most {} record(s) per answer; this lookup matches more, so nothing is released — look up by a more specific value",
+                self.id, self.max_records
+            ),
+        })
     }
 }
 

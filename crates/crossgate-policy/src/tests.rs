@@ -1,4 +1,4 @@
-use crate::{Policy, compile, project, withheld};
+use crate::{Ask, Policy, compile, project, withheld};
 use chrono::NaiveDate;
 use crossgate_schema::Registry;
 use serde_json::json;
@@ -42,16 +42,41 @@ fn day(s: &str) -> NaiveDate {
 
 const TODAY: &str = "2026-11-22";
 
+/// The demo's household and a child's identity number.
+const HOUSEHOLD: &[(&str, &str)] = &[("/household_id", "11010567397679")];
+const PERSON: &[(&str, &str)] = &[("/id_number", "540202198107103540")];
+
+fn ask<'a>(
+    consumer: &'a str,
+    provider: &'a str,
+    record_type: &'a str,
+    purpose: &'a str,
+    approval: Option<&'a str>,
+    criteria: &'a [(&'a str, &'a str)],
+) -> Ask<'a> {
+    Ask {
+        consumer,
+        provider,
+        record_type,
+        purpose,
+        approval,
+        criteria,
+    }
+}
+
 #[test]
 fn education_queries_households_with_purpose_and_approval() {
     let p = shipped();
     let release = p
         .decide_query(
-            "education",
-            "public-security",
-            "household.v1",
-            "school-enrolment",
-            Some("EDU-2025-0001"),
+            &ask(
+                "education",
+                "public-security",
+                "household.v1",
+                "school-enrolment",
+                Some("EDU-2025-0001"),
+                HOUSEHOLD,
+            ),
             day(TODAY),
         )
         .unwrap();
@@ -78,11 +103,14 @@ fn every_denial_says_why_and_names_its_rule() {
     let today = day(TODAY);
     let wrong_purpose = p
         .decide_query(
-            "education",
-            "public-security",
-            "person.v1",
-            "marketing",
-            None,
+            &ask(
+                "education",
+                "public-security",
+                "person.v1",
+                "marketing",
+                None,
+                PERSON,
+            ),
             today,
         )
         .unwrap_err();
@@ -94,11 +122,14 @@ fn every_denial_says_why_and_names_its_rule() {
 
     let no_approval = p
         .decide_query(
-            "education",
-            "public-security",
-            "household.v1",
-            "school-enrolment",
-            None,
+            &ask(
+                "education",
+                "public-security",
+                "household.v1",
+                "school-enrolment",
+                None,
+                HOUSEHOLD,
+            ),
             today,
         )
         .unwrap_err();
@@ -111,11 +142,14 @@ fn every_denial_says_why_and_names_its_rule() {
 
     let bad_approval = p
         .decide_query(
-            "education",
-            "public-security",
-            "household.v1",
-            "school-enrolment",
-            Some("EDU-9"),
+            &ask(
+                "education",
+                "public-security",
+                "household.v1",
+                "school-enrolment",
+                Some("EDU-9"),
+                HOUSEHOLD,
+            ),
             today,
         )
         .unwrap_err();
@@ -123,11 +157,14 @@ fn every_denial_says_why_and_names_its_rule() {
 
     let no_grant = p
         .decide_query(
-            "tax",
-            "public-security",
-            "person.v1",
-            "school-enrolment",
-            None,
+            &ask(
+                "tax",
+                "public-security",
+                "person.v1",
+                "school-enrolment",
+                None,
+                PERSON,
+            ),
             today,
         )
         .unwrap_err();
@@ -139,11 +176,14 @@ fn every_denial_says_why_and_names_its_rule() {
 
     let expired = p
         .decide_query(
-            "education",
-            "public-security",
-            "person.v1",
-            "school-enrolment",
-            None,
+            &ask(
+                "education",
+                "public-security",
+                "person.v1",
+                "school-enrolment",
+                None,
+                PERSON,
+            ),
             day("2031-01-01"),
         )
         .unwrap_err();
@@ -153,7 +193,10 @@ fn every_denial_says_why_and_names_its_rule() {
     );
 
     let unlisted = p
-        .decide_query("education", "customs", "person.v1", "x", None, today)
+        .decide_query(
+            &ask("education", "customs", "person.v1", "x", None, PERSON),
+            today,
+        )
         .unwrap_err();
     assert_eq!(
         unlisted.reason,
@@ -208,7 +251,7 @@ const ENTRY: &str = "[[catalog]]\nprovider = \"public-security\"\nrecord_type = 
 fn grant(consumer: &str, fields: &str, purposes: &str) -> String {
     format!(
         "[[grant]]\nid = \"g-{consumer}-{}\"\nconsumer = \"{consumer}\"\nprovider = \"public-security\"\nrecord_type = \"person.v1\"\n\
-         mode = \"query\"\npurposes = {purposes}\nfields = {fields}\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\n",
+         mode = \"query\"\npurposes = {purposes}\nfields = {fields}\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\nlookup = [\"/id_number\"]\n",
         fields.len()
     )
 }
@@ -240,7 +283,7 @@ fn bad_catalogs_are_refused_with_file_line_and_reason() {
     );
     let e = error(&overlapping);
     assert!(
-        e.starts_with("catalog.toml:16: grants g-education-9 and g-education-24 overlap"),
+        e.starts_with("catalog.toml:17: grants g-education-9 and g-education-24 overlap"),
         "{e}"
     );
     assert!(error("[[catalog]]\nprovider = \"health\"\nrecord_type = \"birth.v1\"\nclass = \"conditional\"\n").contains("needs `condition"));
@@ -270,11 +313,14 @@ fn a_masked_field_is_listed_once_among_the_released_paths() {
     let p = shipped();
     let release = p
         .decide_query(
-            "education",
-            "public-security",
-            "household.v1",
-            "school-enrolment",
-            Some("EDU-2025-0001"),
+            &ask(
+                "education",
+                "public-security",
+                "household.v1",
+                "school-enrolment",
+                Some("EDU-2025-0001"),
+                HOUSEHOLD,
+            ),
             day(TODAY),
         )
         .unwrap();
@@ -288,4 +334,196 @@ fn a_masked_field_is_listed_once_among_the_released_paths() {
             "/members/-/id_number"
         ]
     );
+}
+
+#[test]
+fn a_query_names_lookups_the_grant_allows_and_nothing_else() {
+    let p = shipped();
+    let today = day(TODAY);
+    let person = |criteria| {
+        p.decide_query(
+            &ask(
+                "education",
+                "public-security",
+                "person.v1",
+                "school-enrolment",
+                None,
+                criteria,
+            ),
+            today,
+        )
+    };
+    assert_eq!(person(PERSON).unwrap().grant.max_records, 1);
+
+    let none = person(&[]).unwrap_err();
+    assert_eq!(none.rule, "grant:education-person");
+    assert_eq!(
+        none.reason,
+        "grant education-person answers lookups by /id_number only; a query without criteria is refused"
+    );
+    // A field education never receives cannot be used as an oracle.
+    let oracle = person(&[("/ethnicity", "05")]).unwrap_err();
+    assert_eq!(oracle.rule, "grant:education-person");
+    assert_eq!(
+        oracle.reason,
+        "grant education-person allows lookups by /id_number, not by /ethnicity"
+    );
+    // Nor alongside an allowed one.
+    let both = person(&[("/id_number", "540202198107103540"), ("/sex", "male")]).unwrap_err();
+    assert!(both.reason.ends_with("not by /sex"), "{}", both.reason);
+
+    let grant = &p.grants()[p
+        .grants()
+        .iter()
+        .position(|g| g.id == "education-person")
+        .unwrap()];
+    assert!(grant.check_answer_size(1).is_ok());
+    let over = grant.check_answer_size(2).unwrap_err();
+    assert_eq!(over.rule, "grant:education-person");
+    assert!(
+        over.reason.contains("at most 1 record(s)"),
+        "{}",
+        over.reason
+    );
+}
+
+#[test]
+fn an_approval_opens_its_own_subject_and_no_other() {
+    let p = shipped();
+    let today = day(TODAY);
+    let household = |approval, criteria| {
+        p.decide_query(
+            &ask(
+                "education",
+                "public-security",
+                "household.v1",
+                "school-enrolment",
+                approval,
+                criteria,
+            ),
+            today,
+        )
+    };
+    let release = household(Some("EDU-2025-0001"), HOUSEHOLD).unwrap();
+    let approval = release.approval.unwrap();
+    assert_eq!(approval.provider, "public-security");
+    assert_eq!(
+        approval.authority.as_deref(),
+        Some("Chaoyang District Education Commission")
+    );
+
+    let other = household(
+        Some("EDU-2025-0001"),
+        &[("/household_id", "11010500000001")],
+    )
+    .unwrap_err();
+    assert_eq!(other.rule, "approval:EDU-2025-0001");
+    assert_eq!(
+        other.reason,
+        "approval EDU-2025-0001 covers household 11010567397679, not household 11010500000001"
+    );
+    // The subject twice with another value beside it is not the subject.
+    let padded = household(
+        Some("EDU-2025-0001"),
+        &[
+            ("/household_id", "11010567397679"),
+            ("/household_id", "11010500000001"),
+        ],
+    )
+    .unwrap_err();
+    assert_eq!(padded.rule, "approval:EDU-2025-0001");
+    // Lookups are checked before the approval, so no criteria names the grant.
+    assert_eq!(
+        household(Some("EDU-2025-0001"), &[]).unwrap_err().rule,
+        "grant:education-household"
+    );
+}
+
+#[test]
+fn dates_are_judged_in_the_catalogs_time_zone() {
+    use chrono::TimeZone;
+    let p = shipped();
+    // 2030-12-31 16:30 UTC is already 2031-01-01 in Beijing: the grants have ended.
+    let now = chrono::Utc
+        .with_ymd_and_hms(2030, 12, 31, 16, 30, 0)
+        .unwrap();
+    assert_eq!(p.today(now), day("2031-01-01"));
+    let denial = p
+        .decide_query(
+            &ask(
+                "education",
+                "public-security",
+                "person.v1",
+                "school-enrolment",
+                None,
+                PERSON,
+            ),
+            p.today(now),
+        )
+        .unwrap_err();
+    assert!(
+        denial.reason.contains("today is 2031-01-01"),
+        "{}",
+        denial.reason
+    );
+
+    let utc = compile("catalog.toml", "time_zone = \"Z\"\n", PARTNERS, registry()).unwrap();
+    assert_eq!(utc.today(now), day("2030-12-31"));
+    assert_eq!(
+        error("time_zone = \"Asia/Shanghai\"\n"),
+        "catalog.toml:1: \"Asia/Shanghai\" is not a UTC offset; write it as +08:00 (the catalog's dates are judged in this zone)"
+    );
+}
+
+#[test]
+fn lookups_keys_and_approvals_are_checked_at_load() {
+    let no_lookup = format!(
+        "{ENTRY}[[grant]]\nid = \"g\"\nconsumer = \"education\"\nprovider = \"public-security\"\nrecord_type = \"person.v1\"\n\
+         mode = \"query\"\npurposes = [\"x\"]\nfields = [\"/name\"]\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\n"
+    );
+    assert_eq!(
+        error(&no_lookup),
+        "catalog.toml:10: query grant g needs `lookup = [\"/...\"]`: the fields education may look person.v1 records up by"
+    );
+    let bad_lookup = format!("{no_lookup}lookup = [\"/nickname\"]\n");
+    assert!(
+        error(&bad_lookup)
+            .starts_with("catalog.toml:15: lookup /nickname is not a field of person.v1"),
+        "{}",
+        error(&bad_lookup)
+    );
+    let zero = format!("{no_lookup}lookup = [\"/id_number\"]\nmax_records = 0\n");
+    assert_eq!(
+        error(&zero),
+        "catalog.toml:16: max_records of grant g is a whole number of at least 1"
+    );
+    let withheld_key = format!("{no_lookup}lookup = [\"/id_number\"]\nkey = \"/id_number\"\n");
+    assert_eq!(
+        error(&withheld_key),
+        "catalog.toml:16: key /id_number of grant g must be one of its released fields, unmasked and outside a list"
+    );
+    let publish_lookup =
+        no_lookup.replace("\"query\"", "\"publish\"") + "lookup = [\"/id_number\"]\n";
+    assert!(error(&publish_lookup).contains("publish grant g takes no lookup"));
+
+    let approval = |subject: &str| {
+        format!(
+            "{no_lookup}lookup = [\"/id_number\"]\n[[approval]]\nreference = \"A-1\"\nconsumer = \"education\"\nprovider = \"public-security\"\n\
+             record_type = \"person.v1\"\npurpose = \"x\"\nsubject = {subject}\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\n"
+        )
+    };
+    assert!(
+        compile(
+            "catalog.toml",
+            &approval("{ \"/id_number\" = \"1\" }"),
+            PARTNERS,
+            registry()
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        error(&approval("{ \"/name\" = \"张三\" }")),
+        "catalog.toml:23: approval A-1 names /name, which no query grant lets education look person.v1 of public-security up by"
+    );
+    assert!(error(&approval("{}")).contains("approval A-1 names no subject"));
 }

@@ -29,29 +29,55 @@ use std::path::PathBuf;
 
 /// One thing wrong with a document: where (a JSON Pointer into the canonical
 /// document; `""` is the whole document) and what.
+///
+/// `message` is for the party that sent the document and may quote its
+/// values ("wrong check character '1', expected 'X'"). `rule` says which rule
+/// was broken without any value, so it may cross to other parties and into
+/// the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fault {
     pub path: String,
     pub message: String,
+    pub rule: String,
 }
 
 impl Fault {
+    /// A fault whose message quotes no value: it is its own rule.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Fault {
+            path: path.into(),
+            rule: message.clone(),
+            message,
+        }
+    }
+
+    /// A fault whose message quotes a value, with the value-free rule it broke.
+    pub fn quoting(
+        path: impl Into<String>,
+        message: impl Into<String>,
+        rule: impl Into<String>,
+    ) -> Self {
         Fault {
             path: path.into(),
             message: message.into(),
+            rule: rule.into(),
         }
     }
+
+    /// `<path>: <rule>`: the fault without any value, for other parties and the log.
+    pub fn without_value(&self) -> String {
+        format!("{}: {}", display_path(&self.path), self.rule)
+    }
+}
+
+fn display_path(path: &str) -> &str {
+    if path.is_empty() { "(document)" } else { path }
 }
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() {
-            "(document)"
-        } else {
-            &self.path
-        };
-        write!(f, "{path}: {}", self.message)
+        write!(f, "{}: {}", display_path(&self.path), self.message)
     }
 }
 
@@ -116,7 +142,30 @@ impl Rejection {
     pub fn faults(&self) -> Vec<Fault> {
         match self {
             Rejection::Invalid(faults) => faults.clone(),
-            other => vec![Fault::new("", other.to_string())],
+            other => vec![Fault::quoting("", other.to_string(), other.rule())],
+        }
+    }
+
+    /// What was wrong, without any value of the document: for other parties
+    /// and the audit log.
+    pub fn without_values(&self) -> String {
+        match self {
+            Rejection::Invalid(faults) => faults
+                .iter()
+                .map(Fault::without_value)
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => other.rule().to_owned(),
+        }
+    }
+
+    fn rule(&self) -> &'static str {
+        match self {
+            Rejection::UnknownType { .. } => "unknown record type",
+            Rejection::TooLarge { .. } => "document over the size limit",
+            Rejection::TooDeep { .. } => "document nested over the depth limit",
+            Rejection::Malformed { .. } => "not valid JSON",
+            Rejection::Invalid(_) => "invalid",
         }
     }
 }

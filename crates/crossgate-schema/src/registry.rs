@@ -273,9 +273,35 @@ fn push_fault(error: &ValidationError<'_>, faults: &mut Vec<Fault>) {
                 .find(|(name, _, _)| name == format)
                 .and_then(|(_, _, explain)| error.instance().as_str().and_then(explain));
             let message = explained.unwrap_or_else(|| error.to_string());
-            faults.push(Fault::new(at, message));
+            faults.push(Fault::quoting(
+                at,
+                message,
+                format!("is not a valid {format:?}"),
+            ));
         }
-        _ => faults.push(Fault::new(at, error.to_string())),
+        kind => faults.push(Fault::quoting(at, error.to_string(), rule_of(kind))),
+    }
+}
+
+/// A schema rule broken, in words that quote no value of the document.
+fn rule_of(kind: &ValidationErrorKind) -> String {
+    match kind {
+        ValidationErrorKind::Type { .. } => "has the wrong type".into(),
+        ValidationErrorKind::Pattern { .. } => "does not match the field's pattern".into(),
+        ValidationErrorKind::Enum { .. } | ValidationErrorKind::Constant { .. } => {
+            "is not one of the allowed values".into()
+        }
+        ValidationErrorKind::MinLength { .. } => "is too short".into(),
+        ValidationErrorKind::MaxLength { .. } => "is too long".into(),
+        ValidationErrorKind::MinItems { .. } => "has too few items".into(),
+        ValidationErrorKind::MaxItems { .. } => "has too many items".into(),
+        ValidationErrorKind::Minimum { .. } | ValidationErrorKind::ExclusiveMinimum { .. } => {
+            "is below the minimum".into()
+        }
+        ValidationErrorKind::Maximum { .. } | ValidationErrorKind::ExclusiveMaximum { .. } => {
+            "is above the maximum".into()
+        }
+        other => format!("breaks the schema's {} rule", other.keyword()),
     }
 }
 

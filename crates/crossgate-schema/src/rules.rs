@@ -33,9 +33,10 @@ fn person_agrees_with_id_number(doc: &Value, faults: &mut Vec<Fault>) {
         && (sex == "male" || sex == "female")
         && sex != id_sex
     {
-        faults.push(Fault::new(
+        faults.push(Fault::quoting(
             "/sex",
             format!("sex is {sex} but digit 17 of id_number ({digit17}) says {id_sex}"),
+            "disagrees with digit 17 of id_number",
         ));
     }
     if let (Some(birth), Some((y, m, d))) = (
@@ -44,9 +45,10 @@ fn person_agrees_with_id_number(doc: &Value, faults: &mut Vec<Fault>) {
     ) {
         let expected = format!("{y:04}-{m:02}-{d:02}");
         if birth != expected && crate::formats::is_plain_date(birth) {
-            faults.push(Fault::new(
+            faults.push(Fault::quoting(
                 "/birth_date",
                 format!("birth_date {birth} does not match {expected} in id_number"),
+                "disagrees with the date in id_number",
             ));
         }
     }
@@ -65,9 +67,10 @@ fn household_has_one_head(doc: &Value, faults: &mut Vec<Fault>) {
         .filter(|m| m.get("relation").and_then(Value::as_str) == Some("head"))
         .count();
     if heads != 1 {
-        faults.push(Fault::new(
+        faults.push(Fault::quoting(
             "/members",
             format!("a household has exactly one member with relation head, this one has {heads}"),
+            "a household has exactly one member with relation head",
         ));
     }
 }

@@ -37,6 +37,72 @@ pub enum TlsError {
     },
     #[error("{0:?} is not a usable identity: lower-case letters, digits and '-' only")]
     BadId(String),
+    #[error("cannot make random bytes for a secret")]
+    Random,
+    #[error(
+        "{path}: the broker's record-reference secret is missing or unreadable ({why}); make one with `crossgate certs dev --out DIR` (development) or write 32 random bytes as 64 hex digits (`openssl rand -hex 32`), readable only by the broker; keep it: changing it changes every reference consumers hold"
+    )]
+    Secret { path: PathBuf, why: String },
+}
+
+/// The file, beside the broker's certificate, holding the secret behind
+/// opaque record references: 64 hex digits (32 bytes).
+pub const REFERENCE_SECRET_FILE: &str = "reference.key";
+
+/// Write `<dir>/reference.key` with 32 fresh random bytes unless it exists:
+/// an existing secret is kept, since every reference consumers hold depends
+/// on it. Returns the file.
+pub fn ensure_reference_secret(dir: &Path) -> Result<PathBuf, TlsError> {
+    let path = dir.join(REFERENCE_SECRET_FILE);
+    if path.exists() {
+        return Ok(path);
+    }
+    let bytes: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+        .map_err(|_| TlsError::Random)?
+        .expose();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &format!("{hex}\n"))?;
+    Ok(path)
+}
+
+/// Read `<dir>/reference.key`: the secret's bytes.
+pub fn read_reference_secret(dir: &Path) -> Result<Vec<u8>, TlsError> {
+    let path = dir.join(REFERENCE_SECRET_FILE);
+    let bad = |why: String| TlsError::Secret {
+        path: path.clone(),
+        why,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    let text = text.trim();
+    if text.len() < 64 || text.len() % 2 != 0 {
+        return Err(bad(format!(
+            "it holds {} characters, not 64 or more hex digits",
+            text.len()
+        )));
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("xx"), 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| bad("it holds something other than hex digits".into()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|source| TlsError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A CA able to issue party certificates.
@@ -144,6 +210,7 @@ pub fn generate_dev(out: &Path, ids: &[&str]) -> Result<Vec<PathBuf>, TlsError> 
         written.push(write(out.join(format!("{id}.pem")), &cert)?);
         written.push(write(out.join(format!("{id}.key")), &key)?);
     }
+    written.push(ensure_reference_secret(out)?);
     Ok(written)
 }
 

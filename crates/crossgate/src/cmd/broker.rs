@@ -115,6 +115,15 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         config.listen,
         config.certs.display()
     );
+    let references = match crossgate_broker::config::load_reference_key(&config.certs) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let approval_uses =
+        match crossgate_broker::approvals::spent_in_log(&policy, &config.audit.store) {
+            Ok(spent) => crossgate_broker::approvals::ApprovalUses::with_spent(spent),
+            Err(e) => return fail(format!("cannot count approval uses in the audit log: {e}")),
+        };
     let audit_reader = Some(crossgate_broker::audit_service::AuditReader {
         store: config.audit.store.clone(),
     });
@@ -127,6 +136,8 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         config.audit.store, config.audit.durability, config.audit.writer
     );
     let broker = Broker::new(Parts {
+        references,
+        approval_uses,
         queue: Arc::new(DirectDelivery {
             adapters: adapters.clone(),
             timeout: config.delivery_timeout(),

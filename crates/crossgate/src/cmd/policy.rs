@@ -3,7 +3,7 @@
 use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use clap::{Args, Subcommand};
-use crossgate_policy::{Policy, compile, compile_partners};
+use crossgate_policy::{Ask, Policy, compile, compile_partners};
 use crossgate_schema::Registry;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +27,11 @@ pub struct CheckArgs {
     /// Approval reference, for conditionally shared data
     #[arg(long)]
     pub approval: Option<String>,
-    /// Decide as of this day (YYYY-MM-DD) [default: today, UTC]
+    /// A lookup criterion, as the query would send it: a canonical field and
+    /// the value, e.g. /household_id=11010567397679 (repeatable)
+    #[arg(long = "lookup", value_name = "PATH=VALUE", value_parser = parse_lookup)]
+    pub lookups: Vec<(String, String)>,
+    /// Decide as of this day (YYYY-MM-DD) [default: today in the catalog's time zone]
     #[arg(long)]
     pub date: Option<chrono::NaiveDate>,
     /// Configuration folder (partners.toml, catalog.toml)
@@ -52,6 +56,15 @@ pub fn load_policy(config: &Path, registry: &Registry) -> Result<Policy, String>
     compile(&cfile, &ctext, &ids, registry).map_err(|e| e.to_string())
 }
 
+fn parse_lookup(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((path, value)) if path.starts_with('/') => Ok((path.to_owned(), value.to_owned())),
+        _ => Err(format!(
+            "{text:?}: write a lookup as PATH=VALUE, e.g. /id_number=110105198405049582"
+        )),
+    }
+}
+
 pub fn run(cmd: PolicyCommand) -> ExitCode {
     let PolicyCommand::Check(args) = cmd;
     let registry = match load(&args.dir) {
@@ -65,24 +78,50 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
             return ExitCode::Usage;
         }
     };
-    let today = args.date.unwrap_or_else(|| chrono::Utc::now().date_naive());
-    match policy.decide_query(
-        &args.consumer,
-        &args.provider,
-        &args.record_type,
-        &args.purpose,
-        args.approval.as_deref(),
-        today,
-    ) {
+    let today = args
+        .date
+        .unwrap_or_else(|| policy.today(chrono::Utc::now()));
+    let criteria: Vec<(&str, &str)> = args
+        .lookups
+        .iter()
+        .map(|(p, v)| (p.as_str(), v.as_str()))
+        .collect();
+    let ask = Ask {
+        consumer: &args.consumer,
+        provider: &args.provider,
+        record_type: &args.record_type,
+        purpose: &args.purpose,
+        approval: args.approval.as_deref(),
+        criteria: &criteria,
+    };
+    match policy.decide_query(&ask, today) {
         Ok(release) => {
+            let grant = release.grant;
             println!(
                 "allow: {} may query {} for {} for {:?} under grant {}",
-                args.consumer, args.provider, args.record_type, args.purpose, release.grant.id
+                args.consumer, args.provider, args.record_type, args.purpose, grant.id
             );
+            println!("  lookups allowed: {}", grant.lookup.join(", "));
+            println!("  at most {} record(s) per answer", grant.max_records);
+            match &grant.key {
+                Some(key) => println!("  record_id: the released field {key}"),
+                None => println!(
+                    "  record_id: an opaque reference, stable for {} and different for every other consumer",
+                    args.consumer
+                ),
+            }
             if let Some(a) = release.approval {
                 println!(
-                    "  approval: {} (valid {} to {})",
-                    a.reference, a.valid_from, a.valid_until
+                    "  approval: {} covers {} (valid {} to {}; {}{})",
+                    a.reference,
+                    a.describe_subject(),
+                    a.valid_from,
+                    a.valid_until,
+                    a.uses
+                        .map_or("uses not counted".to_owned(), |n| format!("{n} use(s)")),
+                    a.authority
+                        .as_ref()
+                        .map_or(String::new(), |by| format!("; approved by {by}")),
                 );
             }
             let fields = release.fields();

@@ -1,0 +1,170 @@
+//! Approvals with a use count: each answer released under one spends a use.
+//!
+//! A use is reserved when the query is authorised and spent only when the
+//! answer is released (its `allowed` entry is in the audit log); a query that
+//! fails or is refused later gives its reservation back. The audit log is the
+//! durable record of spent uses: at start the broker counts the `allowed`
+//! query entries that name each counted approval.
+
+use crossgate_policy::{Approval, Denial, Policy};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Uses spent or reserved, per approval reference (counted approvals only).
+#[derive(Debug, Default)]
+pub struct ApprovalUses {
+    spent: Mutex<HashMap<String, u32>>,
+}
+
+impl ApprovalUses {
+    /// Start from uses already spent (e.g. counted from the audit log).
+    pub fn with_spent(spent: HashMap<String, u32>) -> Self {
+        ApprovalUses {
+            spent: Mutex::new(spent),
+        }
+    }
+
+    /// Reserve one use of `approval`; `None` when it is not counted.
+    pub fn reserve(self: &Arc<Self>, approval: &Approval) -> Result<Option<Reservation>, Denial> {
+        let Some(limit) = approval.uses else {
+            return Ok(None);
+        };
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let used = spent.entry(approval.reference.clone()).or_default();
+        if *used >= limit {
+            return Err(Denial {
+                rule: format!("approval:{}", approval.reference),
+                reason: format!(
+                    "approval {} has been used {limit} time(s), all it allows",
+                    approval.reference
+                ),
+            });
+        }
+        *used += 1;
+        Ok(Some(Reservation {
+            uses: self.clone(),
+            reference: approval.reference.clone(),
+            spent: false,
+        }))
+    }
+
+    pub fn spent(&self, reference: &str) -> u32 {
+        self.spent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(reference)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// One reserved use: [`Reservation::spend`] keeps it, dropping gives it back.
+#[derive(Debug)]
+pub struct Reservation {
+    uses: Arc<ApprovalUses>,
+    reference: String,
+    spent: bool,
+}
+
+impl Reservation {
+    pub fn spend(mut self) {
+        self.spent = true;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.spent {
+            return;
+        }
+        let mut spent = self.uses.spent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = spent.get_mut(&self.reference) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Count the uses already spent of every counted approval from the audit log
+/// at `store` (a spec such as `sqlite:PATH`).
+pub fn spent_in_log(policy: &Policy, store: &str) -> Result<HashMap<String, u32>, String> {
+    let counted: Vec<&Approval> = policy.approvals().filter(|a| a.uses.is_some()).collect();
+    let mut spent = HashMap::new();
+    if counted.is_empty() {
+        return Ok(spent);
+    }
+    let mut store = crate::config::open_store(store)?;
+    for approval in counted {
+        let filter = crossgate_audit::Filter {
+            consumer: Some(approval.consumer.clone()),
+            provider: Some(approval.provider.clone()),
+            record_type: Some(approval.record_type.clone()),
+            decision: Some(crossgate_audit::Decision::Allowed.as_str().to_owned()),
+            ..Default::default()
+        };
+        let mut n = 0u32;
+        store
+            .scan(&filter, &mut |stored| {
+                if stored.entry.kind == "query"
+                    && stored.entry.approval_reference == approval.reference
+                {
+                    n = n.saturating_add(1);
+                }
+                true
+            })
+            .map_err(|e| e.to_string())?;
+        spent.insert(approval.reference.clone(), n);
+    }
+    Ok(spent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn approval(uses: Option<u32>) -> Approval {
+        let day = NaiveDate::from_ymd_opt(2025, 1, 1).unwrap();
+        Approval {
+            reference: "A-1".into(),
+            consumer: "education".into(),
+            provider: "public-security".into(),
+            record_type: "household.v1".into(),
+            purpose: "school-enrolment".into(),
+            subject: vec![("/household_id".into(), "1".into())],
+            uses,
+            authority: None,
+            valid_from: day,
+            valid_until: day,
+        }
+    }
+
+    #[test]
+    fn a_counted_approval_opens_as_many_answers_as_it_allows() {
+        let uses = Arc::new(ApprovalUses::default());
+        let a = approval(Some(2));
+        uses.reserve(&a).unwrap().unwrap().spend();
+        // A reservation that is not spent (the query failed) is given back.
+        drop(uses.reserve(&a).unwrap());
+        assert_eq!(uses.spent("A-1"), 1);
+        let second = uses.reserve(&a).unwrap().unwrap();
+        let denial = uses.reserve(&a).unwrap_err();
+        assert_eq!(denial.rule, "approval:A-1");
+        assert_eq!(
+            denial.reason,
+            "approval A-1 has been used 2 time(s), all it allows"
+        );
+        second.spend();
+        assert_eq!(uses.spent("A-1"), 2);
+        // Uncounted approvals are never refused for use.
+        assert!(uses.reserve(&approval(None)).unwrap().is_none());
+    }
+
+    #[test]
+    fn uses_spent_before_a_restart_still_count() {
+        let uses = Arc::new(ApprovalUses::with_spent(HashMap::from([(
+            "A-1".to_owned(),
+            2,
+        )])));
+        assert!(uses.reserve(&approval(Some(2))).is_err());
+    }
+}

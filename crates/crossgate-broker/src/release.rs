@@ -1,0 +1,116 @@
+//! What a consumer receives of a provider's records: each record checked
+//! like any other, reduced to the released fields (masks applied), and
+//! referred to by the grant's key field or an opaque per-consumer reference —
+//! never by the provider's own id. A provider record that does not validate
+//! is left out and counted; its faults are kept without values.
+
+use crate::audit::digest;
+use crossgate_policy::{ReferenceKey, Release, project, withheld};
+use crossgate_proto::Record;
+use crossgate_schema::Registry;
+use serde_json::Value;
+
+/// One record as the consumer receives it.
+pub fn released(
+    release: &Release<'_>,
+    key: &ReferenceKey,
+    record_type: &str,
+    provider_id: &str,
+    document: &Value,
+) -> Record {
+    let projected = project(document, release.fields());
+    Record {
+        record_type: record_type.to_owned(),
+        record_id: release.record_id(key, provider_id, &projected),
+        // Serialising a `Value` cannot fail: its keys are strings.
+        json: serde_json::to_vec(&projected).unwrap_or_default(),
+    }
+}
+
+/// A provider's answer after screening.
+#[derive(Debug, Default)]
+pub struct Screened {
+    /// What the consumer receives.
+    pub records: Vec<Record>,
+    /// The provider's own ids of the released records, for the audit log.
+    pub provider_ids: Vec<String>,
+    /// Digests of the released records as the provider sent them.
+    pub digests: Vec<String>,
+    /// Leaf paths present at the provider but not released.
+    pub withheld_fields: Vec<String>,
+    /// Per record left out: why, without any value.
+    pub invalid: Vec<String>,
+    /// Records the provider's adapter left out (they do not map).
+    pub withheld_at_adapter: u32,
+}
+
+impl Screened {
+    /// "1 provider record withheld: invalid (/ethnicity: does not match the field's pattern)".
+    pub fn invalid_summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.invalid.is_empty() {
+            parts.push(format!(
+                "{} provider record(s) withheld: invalid ({})",
+                self.invalid.len(),
+                self.invalid.join(" | ")
+            ));
+        }
+        if self.withheld_at_adapter > 0 {
+            parts.push(format!(
+                "{} provider record(s) withheld by the provider's adapter: they do not map",
+                self.withheld_at_adapter
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// Matching records not released because they are invalid.
+    pub fn withheld_count(&self) -> u32 {
+        u32::try_from(self.invalid.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(self.withheld_at_adapter)
+    }
+}
+
+/// Check and reduce every record of a provider's answer to `record_type`.
+pub fn screen(
+    registry: &Registry,
+    release: &Release<'_>,
+    key: &ReferenceKey,
+    record_type: &str,
+    records: Vec<Record>,
+) -> Screened {
+    let mut out = Screened::default();
+    for record in records {
+        if record.record_type != record_type {
+            out.invalid
+                .push(format!("a record of another type than {record_type}"));
+            continue;
+        }
+        let document = match registry.parse_and_validate(record_type, &record.json) {
+            Ok(d) => d,
+            Err(rejection) => {
+                out.invalid.push(rejection.without_values());
+                continue;
+            }
+        };
+        for path in withheld(&document, release.fields()) {
+            if !out.withheld_fields.contains(&path) {
+                out.withheld_fields.push(path);
+            }
+        }
+        out.digests.push(digest(&record.json));
+        out.records.push(released(
+            release,
+            key,
+            record_type,
+            &record.record_id,
+            &document,
+        ));
+        out.provider_ids.push(record.record_id);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
