@@ -274,6 +274,10 @@ async fn a_provider_that_is_down_gives_unavailable_quickly() {
             provider: "public-security".into(),
             record_type: "person.v1".into(),
             purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "540202198107103540".into(),
+            }],
             ..Default::default()
         })
         .await
