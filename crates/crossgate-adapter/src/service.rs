@@ -163,9 +163,15 @@ fn parse_native(bytes: &[u8]) -> Result<Value, Status> {
 }
 
 /// A failed outgoing call keeps its gRPC code (UNAVAILABLE stays UNAVAILABLE)
-/// and says which hop failed.
+/// and its details, and says which hop failed.
 fn upstream(hop: &str, status: Status) -> Status {
-    Status::new(status.code(), format!("{hop}: {}", status.message()))
+    // The details (the rule of a denial, how long to wait, every fault) pass
+    // through unchanged.
+    Status::with_details(
+        status.code(),
+        format!("{hop}: {}", status.message()),
+        status.details().to_vec().into(),
+    )
 }
 
 #[tonic::async_trait]

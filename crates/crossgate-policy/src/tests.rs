@@ -523,7 +523,7 @@ fn lookups_keys_and_approvals_are_checked_at_load() {
     );
     assert_eq!(
         error(&approval("{ \"/name\" = \"张三\" }")),
-        "catalog.toml:23: approval A-1 names /name, which no query grant lets education look person.v1 of public-security up by"
+        "catalog.toml:22: approval A-1 names /name, which no query grant lets education look person.v1 of public-security up by"
     );
     assert!(error(&approval("{}")).contains("approval A-1 names no subject"));
 }

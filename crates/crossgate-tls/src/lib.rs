@@ -295,4 +295,38 @@ mod tests {
         assert_eq!(peer_identity(&[]), None);
         assert!(matches!(ca.issue("Bad Id", 1, 1), Err(TlsError::BadId(_))));
     }
+
+    #[test]
+    fn the_reference_secret_is_made_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("crossgate-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = read_reference_secret(&dir).unwrap_err().to_string();
+        assert!(missing.contains("reference.key"), "{missing}");
+        assert!(missing.contains("openssl rand -hex 32"), "{missing}");
+
+        ensure_reference_secret(&dir).unwrap();
+        let first = read_reference_secret(&dir).unwrap();
+        assert_eq!(first.len(), 32);
+        // Made again: the existing secret is kept.
+        ensure_reference_secret(&dir).unwrap();
+        assert_eq!(read_reference_secret(&dir).unwrap(), first);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(REFERENCE_SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "readable by the broker only");
+        }
+
+        std::fs::write(dir.join(REFERENCE_SECRET_FILE), "not hex at all").unwrap();
+        let bad = read_reference_secret(&dir).unwrap_err().to_string();
+        assert!(bad.contains("not 64 or more hex digits"), "{bad}");
+        std::fs::write(dir.join(REFERENCE_SECRET_FILE), "zz".repeat(32)).unwrap();
+        let bad = read_reference_secret(&dir).unwrap_err().to_string();
+        assert!(bad.contains("other than hex digits"), "{bad}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -176,7 +176,7 @@ fn no_grant_releases_a_withheld_value_of_any_fixture_record() {
                 vec![record.clone()],
             );
             assert!(screened.invalid.is_empty(), "fixture records are valid");
-            assert_eq!(screened.provider_ids, [id.clone()]);
+            assert_eq!(screened.provider_ids, std::slice::from_ref(id));
             let out = &screened.records[0];
             let context = format!("grant {} on {} record {id}", grant.id, grant.record_type);
             assert_no_leak(&secrets(&document, release.fields()), out, &context);

@@ -229,28 +229,77 @@ async fn newborn(sys: &LocalSystem, config: &std::path::Path) -> Step {
 
 async fn school_enrolment(sys: &LocalSystem) -> Step {
     println!(
-        "(c) school enrolment: education asks public security for a household, with purpose and approval"
+        "(c) school enrolment: education looks up a child and a household at public security, with purpose and approval"
     );
     let mut education = ingress(sys, "education").await?;
-    let lookup = |purpose: &str| LookupRequest {
-        provider: "public-security".into(),
-        record_type: "household.v1".into(),
-        purpose: purpose.into(),
-        approval_reference: "EDU-2025-0001".into(),
-        criteria: vec![Criterion {
-            path: "/household_id".into(),
-            value: "11010567397679".into(),
-        }],
+    let lookup = |record_type: &str, purpose: &str, approval: &str, criteria: &[(&str, &str)]| {
+        LookupRequest {
+            provider: "public-security".into(),
+            record_type: record_type.into(),
+            purpose: purpose.into(),
+            approval_reference: approval.into(),
+            criteria: criteria
+                .iter()
+                .map(|(p, v)| Criterion {
+                    path: (*p).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+        }
     };
+    let child = "540202198107103540";
+    let person = education
+        .lookup(lookup(
+            "person.v1",
+            "school-enrolment",
+            "",
+            &[("/id_number", child)],
+        ))
+        .await
+        .map_err(|s| s.message().to_owned())?
+        .into_inner();
+    let record = person.records.first().ok_or("no person came back")?;
+    println!(
+        "    allowed: the child by identity number, with fields {}; withheld {}",
+        keys(&record.json),
+        person.withheld_fields.join(", ")
+    );
+    println!("    record_id is an opaque reference: {}", record.record_id);
+    let seen = format!(
+        "{} {}",
+        record.record_id,
+        String::from_utf8_lossy(&record.json)
+    );
+    if seen.contains(child) || record.record_id.len() != 32 {
+        return Err("the identity number reached education".into());
+    }
+    for (what, criteria) in [
+        ("without criteria", &[][..]),
+        ("by /ethnicity", &[("/ethnicity", "05")][..]),
+    ] {
+        refused(
+            &mut education,
+            lookup("person.v1", "school-enrolment", "", criteria),
+            &format!("a lookup {what}"),
+        )
+        .await?;
+    }
+
+    let household = [("/household_id", "11010567397679")];
     let reply = education
-        .lookup(lookup("school-enrolment"))
+        .lookup(lookup(
+            "household.v1",
+            "school-enrolment",
+            "EDU-2025-0001",
+            &household,
+        ))
         .await
         .map_err(|s| s.message().to_owned())?
         .into_inner();
     let record = reply.records.first().ok_or("no household came back")?;
     let doc: serde_json::Value = serde_json::from_slice(&record.json).map_err(|e| e.to_string())?;
     println!(
-        "    allowed: household {} with fields {}",
+        "    allowed under EDU-2025-0001: household {} with fields {}",
         doc["household_id"],
         keys(&record.json)
     );
@@ -265,15 +314,44 @@ async fn school_enrolment(sys: &LocalSystem) -> Step {
     {
         return Err("identity numbers were not masked".into());
     }
-    match education.lookup(lookup("marketing")).await {
+    refused(
+        &mut education,
+        lookup(
+            "household.v1",
+            "school-enrolment",
+            "EDU-2025-0001",
+            &[("/household_id", "54020239576099")],
+        ),
+        "another household under EDU-2025-0001",
+    )
+    .await?;
+    refused(
+        &mut education,
+        lookup("household.v1", "marketing", "EDU-2025-0001", &household),
+        "the wrong purpose",
+    )
+    .await
+}
+
+/// A lookup the broker must refuse with PERMISSION_DENIED; prints the reason.
+async fn refused(
+    education: &mut IngressClient<tonic::transport::Channel>,
+    request: LookupRequest,
+    what: &str,
+) -> Step {
+    match education.lookup(request).await {
         Err(s) if s.code() == Code::PermissionDenied => {
+            let rule = s
+                .get_details_error_info()
+                .map(|i| i.reason)
+                .ok_or_else(|| format!("{what}: the refusal names no rule"))?;
             println!(
-                "    denied with the wrong purpose: {}",
+                "    refused, {what}: {} (rule {rule})",
                 s.message().trim_start_matches("broker: ")
             );
             Ok(())
         }
-        other => Err(format!("a query for marketing was not denied: {other:?}")),
+        other => Err(format!("{what} was not refused: {other:?}")),
     }
 }
 
