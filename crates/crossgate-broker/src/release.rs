@@ -6,11 +6,23 @@
 
 use crate::audit::digest;
 use crossgate_policy::{ReferenceKey, Release, project, withheld};
-use crossgate_proto::Record;
+use crossgate_proto::{Criterion, QueryRequest, Record};
 use crossgate_schema::Registry;
 use serde_json::Value;
 
-/// One record as the consumer receives it.
+/// The record's field at the criterion's path equals its value exactly.
+fn matches(document: &Value, c: &Criterion) -> bool {
+    match document.pointer(&c.path) {
+        Some(Value::String(s)) => *s == c.value,
+        Some(Value::Number(n)) => n.to_string() == c.value,
+        Some(Value::Bool(b)) => b.to_string() == c.value,
+        _ => false,
+    }
+}
+
+/// One record as the consumer receives it. A record the provider gave no id
+/// is referred to by its content's digest, so that two such records never
+/// share a reference.
 pub fn released(
     release: &Release<'_>,
     key: &ReferenceKey,
@@ -19,6 +31,16 @@ pub fn released(
     document: &Value,
 ) -> Record {
     let projected = project(document, release.fields());
+    let digest_id;
+    let provider_id = if provider_id.is_empty() {
+        digest_id = format!(
+            "digest:{}",
+            digest(&serde_json::to_vec(document).unwrap_or_default())
+        );
+        digest_id.as_str()
+    } else {
+        provider_id
+    };
     Record {
         record_type: record_type.to_owned(),
         record_id: release.record_id(key, provider_id, &projected),
@@ -72,14 +94,18 @@ impl Screened {
     }
 }
 
-/// Check and reduce every record of a provider's answer to `record_type`.
+/// Check and reduce every record of a provider's answer to the query `q`:
+/// of its record type, valid, and matching every criterion exactly — the
+/// grant (and an approval's subject) covers what was asked for, not what a
+/// provider's looser search found.
 pub fn screen(
     registry: &Registry,
     release: &Release<'_>,
     key: &ReferenceKey,
-    record_type: &str,
+    q: &QueryRequest,
     records: Vec<Record>,
 ) -> Screened {
+    let record_type = q.record_type.as_str();
     let mut out = Screened::default();
     for record in records {
         if record.record_type != record_type {
@@ -94,6 +120,11 @@ pub fn screen(
                 continue;
             }
         };
+        if let Some(c) = q.criteria.iter().find(|c| !matches(&document, c)) {
+            out.invalid
+                .push(format!("{}: does not equal the lookup value", c.path));
+            continue;
+        }
         for path in withheld(&document, release.fields()) {
             if !out.withheld_fields.contains(&path) {
                 out.withheld_fields.push(path);

@@ -122,9 +122,11 @@ impl Broker {
             e.released_fields = release.field_paths();
             let (outcome, detail) = match &result {
                 Ok(()) => (DeliveryOutcome::Delivered, String::new()),
+                // The receiver's own words stay at the broker: they may quote
+                // its records.
                 Err(status) => (
                     DeliveryOutcome::Failed,
-                    format!("{:?}: {}", status.code(), status.message()),
+                    format!("{receiver}'s adapter answered {:?}", status.code()),
                 ),
             };
             // The log keeps the receiver's status code, not its text.
@@ -217,7 +219,7 @@ impl Broker {
             &self.inner.registry,
             &release,
             &self.inner.references,
-            &q.record_type,
+            &q,
             answer.records,
         );
         screened.withheld_at_adapter = answer.withheld_records;

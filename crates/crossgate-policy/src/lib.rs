@@ -366,16 +366,21 @@ impl Policy {
             rule: format!("approval:{reference}"),
             reason: why,
         };
-        let Some(approval) = self.approvals.get(reference) else {
-            return Err(deny(format!("approval {reference} is not on record")));
-        };
-        if approval.consumer != consumer
-            || approval.provider != provider
-            || approval.record_type != record_type
-        {
+        // One answer whether the reference does not exist or belongs to
+        // someone else: a consumer cannot probe who holds which approval.
+        let approval = self
+            .approvals
+            .get(reference)
+            .filter(|a| a.consumer == consumer)
+            .ok_or_else(|| {
+                deny(format!(
+                    "approval {reference} is not on record for {consumer}"
+                ))
+            })?;
+        if approval.provider != provider || approval.record_type != record_type {
             return Err(deny(format!(
-                "approval {reference} was given to {} for {} of {}, not to {consumer} for {record_type} of {provider}",
-                approval.consumer, approval.record_type, approval.provider
+                "approval {reference} is for {} of {}, not {record_type} of {provider}",
+                approval.record_type, approval.provider
             )));
         }
         if approval.purpose != purpose {
@@ -447,6 +452,12 @@ fn check_lookup(grant: &Grant, criteria: &[(&str, &str)]) -> Result<(), Denial> 
                 "grant {} answers lookups by {allowed} only; a query without criteria is refused",
                 grant.id
             ),
+        });
+    }
+    if let Some((path, _)) = criteria.iter().find(|(_, value)| value.is_empty()) {
+        return Err(Denial {
+            rule: rule(),
+            reason: format!("the lookup by {path} has no value; an empty value matches nothing"),
         });
     }
     if let Some((path, _)) = criteria

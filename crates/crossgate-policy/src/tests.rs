@@ -153,7 +153,10 @@ fn every_denial_says_why_and_names_its_rule() {
             today,
         )
         .unwrap_err();
-    assert_eq!(bad_approval.reason, "approval EDU-9 is not on record");
+    assert_eq!(
+        bad_approval.reason,
+        "approval EDU-9 is not on record for education"
+    );
 
     let no_grant = p
         .decide_query(
@@ -368,6 +371,9 @@ fn a_query_names_lookups_the_grant_allows_and_nothing_else() {
         oracle.reason,
         "grant education-person allows lookups by /id_number, not by /ethnicity"
     );
+    let empty = person(&[("/id_number", "")]).unwrap_err();
+    assert_eq!(empty.rule, "grant:education-person");
+    assert!(empty.reason.contains("has no value"), "{}", empty.reason);
     // Nor alongside an allowed one.
     let both = person(&[("/id_number", "540202198107103540"), ("/sex", "male")]).unwrap_err();
     assert!(both.reason.ends_with("not by /sex"), "{}", both.reason);

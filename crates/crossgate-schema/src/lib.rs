@@ -39,16 +39,31 @@ pub struct Fault {
     pub path: String,
     pub message: String,
     pub rule: String,
+    /// Where the rule was broken, for other parties: `path`, except for a
+    /// field the schema does not have, whose name is the sender's text and
+    /// is left out (the object holding it is named instead).
+    pub rule_path: String,
 }
 
 impl Fault {
     /// A fault whose message quotes no value: it is its own rule.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        let message = message.into();
+        let (path, message) = (path.into(), message.into());
         Fault {
-            path: path.into(),
+            rule_path: path.clone(),
+            path,
             rule: message.clone(),
             message,
+        }
+    }
+
+    /// A field `name` in the object at `parent` that the schema does not have.
+    pub fn unexpected_field(parent: &str, name: &str) -> Self {
+        Fault {
+            path: format!("{parent}/{}", escape_pointer_segment(name)),
+            message: "is not a field of this record type".into(),
+            rule: "holds a field that is not in the schema".into(),
+            rule_path: parent.to_owned(),
         }
     }
 
@@ -58,8 +73,10 @@ impl Fault {
         message: impl Into<String>,
         rule: impl Into<String>,
     ) -> Self {
+        let path = path.into();
         Fault {
-            path: path.into(),
+            rule_path: path.clone(),
+            path,
             message: message.into(),
             rule: rule.into(),
         }
@@ -67,7 +84,7 @@ impl Fault {
 
     /// `<path>: <rule>`: the fault without any value, for other parties and the log.
     pub fn without_value(&self) -> String {
-        format!("{}: {}", display_path(&self.path), self.rule)
+        format!("{}: {}", display_path(&self.rule_path), self.rule)
     }
 }
 

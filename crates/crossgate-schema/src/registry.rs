@@ -261,10 +261,7 @@ fn push_fault(error: &ValidationError<'_>, faults: &mut Vec<Fault>) {
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             for name in unexpected {
-                faults.push(Fault::new(
-                    format!("{at}/{}", escape_pointer_segment(name)),
-                    "is not a field of this record type",
-                ));
+                faults.push(Fault::unexpected_field(at, name));
             }
         }
         ValidationErrorKind::Format { format } => {

@@ -28,6 +28,20 @@ fn policy() -> &'static Policy {
     })
 }
 
+fn ask(record_type: &str, criteria: &[(&str, &str)]) -> QueryRequest {
+    QueryRequest {
+        record_type: record_type.into(),
+        criteria: criteria
+            .iter()
+            .map(|(p, v)| crossgate_proto::Criterion {
+                path: (*p).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 fn key() -> ReferenceKey {
     ReferenceKey::new(&[42; 32]).expect("key")
 }
@@ -172,7 +186,7 @@ fn no_grant_releases_a_withheld_value_of_any_fixture_record() {
                 registry(),
                 &release,
                 &key(),
-                &grant.record_type,
+                &ask(&grant.record_type, &[]),
                 vec![record.clone()],
             );
             assert!(screened.invalid.is_empty(), "fixture records are valid");
@@ -242,6 +256,34 @@ fn references_are_stable_for_a_consumer_and_differ_between_consumers() {
 }
 
 #[test]
+fn records_without_a_provider_id_never_share_a_reference() {
+    let grant = policy()
+        .grants()
+        .iter()
+        .find(|g| g.id == "education-person")
+        .expect("grant");
+    let release = crossgate_policy::Release {
+        grant,
+        approval: None,
+    };
+    let a = released(
+        &release,
+        &key(),
+        "person.v1",
+        "",
+        &serde_json::json!({"name": "甲"}),
+    );
+    let b = released(
+        &release,
+        &key(),
+        "person.v1",
+        "",
+        &serde_json::json!({"name": "乙"}),
+    );
+    assert_ne!(a.record_id, b.record_id);
+}
+
+#[test]
 fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
     let grant = policy()
         .grants()
@@ -264,22 +306,32 @@ fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
         record_id: id.into(),
         json: serde_json::to_vec(doc).expect("JSON"),
     };
+    let mut other = good.clone();
+    other["id_number"] = Value::String("540202198107103540".into());
+    other["birth_date"] = Value::String("1981-07-10".into());
     let screened = screen(
         registry(),
         &release,
         &key(),
-        "person.v1",
+        &ask("person.v1", &[("/id_number", "110105198405049582")]),
         vec![
             record(&bad, "110105198405049582", "person.v1"),
             record(&good, "110105198405049582", "person.v1"),
             record(&good, "110105198405049582", "household.v1"),
+            // A provider's looser search (a neighbour, a case-folded match)
+            // releases nothing the lookup did not ask for.
+            record(&other, "540202198107103540", "person.v1"),
         ],
     );
     assert_eq!(screened.records.len(), 1);
-    assert_eq!(screened.invalid.len(), 2);
+    assert_eq!(screened.invalid.len(), 3);
     let summary = screened.invalid_summary().expect("summary");
     assert!(
-        summary.starts_with("2 provider record(s) withheld: invalid (/ethnicity: "),
+        summary.starts_with("3 provider record(s) withheld: invalid (/ethnicity: "),
+        "{summary}"
+    );
+    assert!(
+        summary.ends_with("/id_number: does not equal the lookup value)"),
         "{summary}"
     );
     assert!(!summary.contains("SECRET"), "{summary}");

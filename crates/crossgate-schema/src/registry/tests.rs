@@ -230,3 +230,34 @@ fn a_broken_schema_folder_names_the_file() {
             .unwrap_err();
     assert!(err.to_string().contains("cn-nope"), "{err}");
 }
+
+#[test]
+fn faults_for_other_parties_carry_no_value_of_the_record() {
+    let secrets = [
+        "11010519491231002Y",
+        "SECRET-ETHNICITY",
+        "1999-02-30",
+        "周建华-as-a-key",
+    ];
+    let doc = json!({
+        "id_number": secrets[0], "name": "x", "sex": "female", "birth_date": secrets[2],
+        "ethnicity": secrets[1], "周建华-as-a-key": 1,
+        "registered_address": {"division_code": "110105", "text": "t"}
+    });
+    let rejection = registry().validate("person.v1", &doc).expect_err("invalid");
+    let shown = rejection.without_values();
+    for secret in secrets {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    // The sender's own messages still say exactly what is wrong.
+    let own: Vec<String> = rejection.faults().iter().map(|f| f.to_string()).collect();
+    assert!(own.iter().any(|f| f.contains("1999-02-30")), "{own:?}");
+    assert!(
+        shown.contains("/id_number: is not a valid \"cn-resident-id\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("(document): holds a field that is not in the schema"),
+        "{shown}"
+    );
+}
