@@ -5,7 +5,7 @@
 //! is left out and counted; its faults are kept without values.
 
 use crate::audit::digest;
-use crossgate_policy::{ReferenceKey, Release, project, withheld};
+use crossgate_policy::{ReferenceKey, Release, project};
 use crossgate_proto::{Criterion, QueryRequest, Record};
 use crossgate_schema::Registry;
 use serde_json::Value;
@@ -58,8 +58,6 @@ pub struct Screened {
     pub provider_ids: Vec<String>,
     /// Digests of the released records as the provider sent them.
     pub digests: Vec<String>,
-    /// Leaf paths present at the provider but not released.
-    pub withheld_fields: Vec<String>,
     /// Per record left out: why, without any value.
     pub invalid: Vec<String>,
     /// Records the provider's adapter left out (they do not map).
@@ -124,11 +122,6 @@ pub fn screen(
             out.invalid
                 .push(format!("{}: does not equal the lookup value", c.path));
             continue;
-        }
-        for path in withheld(&document, release.fields()) {
-            if !out.withheld_fields.contains(&path) {
-                out.withheld_fields.push(path);
-            }
         }
         out.digests.push(digest(&record.json));
         out.records.push(released(

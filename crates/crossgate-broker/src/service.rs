@@ -239,7 +239,7 @@ impl Broker {
             request_id: call.id,
             withheld_records: screened.withheld_count(),
             records: screened.records,
-            withheld_fields: screened.withheld_fields,
+            withheld_fields: release.grant.withheld.clone(),
         }))
     }
 

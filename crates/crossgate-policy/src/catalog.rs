@@ -333,7 +333,18 @@ pub fn compile(
                 Some(k.get_ref().clone())
             }
         };
+        let withheld = registry
+            .leaf_paths(&rt)
+            .into_iter()
+            .filter(|leaf| {
+                !fields.iter().any(|f| {
+                    f.mask.is_none()
+                        && (*leaf == f.pointer || leaf.starts_with(&format!("{}/", f.pointer)))
+                })
+            })
+            .collect();
         let grant = Grant {
+            withheld,
             id,
             consumer,
             provider,

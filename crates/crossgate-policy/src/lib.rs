@@ -67,6 +67,10 @@ pub struct Grant {
     /// A released field the consumer receives as `record_id`; without it the
     /// consumer gets an opaque reference (see [`ReferenceKey`]).
     pub key: Option<String>,
+    /// The schema's leaf fields this grant does not release: what a consumer
+    /// is told it did not get. From the schema, not from each record, so the
+    /// list says nothing about which fields a given record holds.
+    pub withheld: Vec<String>,
     pub valid_from: NaiveDate,
     pub valid_until: NaiveDate,
 }

@@ -170,6 +170,37 @@ impl Registry {
         Some(node)
     }
 
+    /// Every leaf field the schema of `record_type` defines, as JSON Pointers
+    /// with `-` for the elements of a list of objects (a list of scalars is
+    /// one leaf), in schema order. Empty for an unknown type.
+    pub fn leaf_paths(&self, record_type: &str) -> Vec<String> {
+        fn walk(node: &Value, path: &mut String, out: &mut Vec<String>) {
+            if let Some(props) = node.get("properties").and_then(Value::as_object) {
+                for (name, child) in props {
+                    let len = path.len();
+                    path.push('/');
+                    path.push_str(&escape_pointer_segment(name));
+                    walk(child, path, out);
+                    path.truncate(len);
+                }
+                return;
+            }
+            if let Some(items) = node.get("items").filter(|i| i.get("properties").is_some()) {
+                let len = path.len();
+                path.push_str("/-");
+                walk(items, path, out);
+                path.truncate(len);
+                return;
+            }
+            out.push(path.clone());
+        }
+        let mut out = Vec::new();
+        if let Some(schema) = self.schema(record_type) {
+            walk(schema, &mut String::new(), &mut out);
+        }
+        out
+    }
+
     fn entry(&self, record_type: &str) -> Result<&Entry, Rejection> {
         self.entries
             .get(record_type)
