@@ -249,7 +249,12 @@ async fn a_restart_keeps_the_changed_limit_and_a_bad_reload_keeps_the_old_one() 
     assert!(limits(&dir, &["get", "education"]).1.contains("5/s"));
 }
 
+/// Wall-clock load: not in the README's test command (which must be
+/// deterministic) but in its own `.ci/run` step. The upper bound is the
+/// property (a partner never gets more than its quota); the lower bound is
+/// loose because a loaded 2-core machine can starve the load generator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing: run by .ci/run's load step (cargo test -p crossgate --test limits_cli -- --ignored)"]
 async fn under_load_a_partner_gets_its_rate_and_others_are_unaffected() {
     let limits_file = "[default]\nrate = \"1000/s\"\nburst = 100\n[partner.education]\nrate = \"40/s\"\nburst = 1\n";
     let (dir, port, _broker) = start("limits-load", limits_file);
@@ -271,7 +276,7 @@ async fn under_load_a_partner_gets_its_rate_and_others_are_unaffected() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let accepted = edu_ok.load(Ordering::Relaxed) - start_count;
     assert!(
-        (180..=220).contains(&accepted),
+        (120..=220).contains(&accepted),
         "40/s over 5 s: {accepted} accepted"
     );
     assert_eq!(
@@ -295,8 +300,9 @@ async fn under_load_a_partner_gets_its_rate_and_others_are_unaffected() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let accepted = edu_ok.load(Ordering::Relaxed) - from;
     stop.store(true, Ordering::Relaxed);
+    // More than 40/s would allow (80) shows the change took effect.
     assert!(
-        (180..=220).contains(&accepted),
+        (120..=220).contains(&accepted),
         "100/s over 2 s: {accepted} accepted"
     );
 }
