@@ -136,15 +136,10 @@ impl BrokerConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        toml::from_str(&text).map_err(|e| {
-            let line = e.span().map_or(0, |s| {
-                1 + text.as_bytes()[..s.start.min(text.len())]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count()
-            });
-            format!("{}:{line}: {}", path.display(), e.message().trim())
-        })
+        let file = path.display().to_string();
+        crossgate_config::Source::new(&file, &text)
+            .parse()
+            .map_err(|e| e.to_string())
     }
 
     pub fn default_deadline(&self) -> Duration {

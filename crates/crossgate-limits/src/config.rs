@@ -57,25 +57,12 @@ pub fn parse_config(
     text: &str,
     partners: &[&str],
 ) -> Result<LimitsConfig, ConfigError> {
-    let line = |offset: usize| {
-        1 + text.as_bytes()[..offset.min(text.len())]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-    };
-    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
-        file: file.to_owned(),
-        line: line(span.start),
-        message,
-    };
-    let parsed: File = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: e.span().map_or(0, |s| line(s.start)),
-        message: e.message().trim().to_owned(),
-    })?;
+    let source = crossgate_config::Source::new(file, text);
+    let err = |span: std::ops::Range<usize>, message: String| source.error(span, message);
+    let parsed: File = source.parse()?;
     let offset = match &parsed.timezone {
         None => FixedOffset::east_opt(0).ok_or_else(|| err(0..0, "bad offset".into()))?,
-        Some(tz) => parse_offset(tz.get_ref()).ok_or_else(|| {
+        Some(tz) => crossgate_config::parse_utc_offset(tz.get_ref()).ok_or_else(|| {
             err(
                 tz.span(),
                 format!(
@@ -152,20 +139,6 @@ pub fn parse_config(
         default,
         partners: partners_out,
     })
-}
-
-fn parse_offset(s: &str) -> Option<FixedOffset> {
-    if s == "Z" || s == "UTC" {
-        return FixedOffset::east_opt(0);
-    }
-    let (sign, rest) = match s.as_bytes().first()? {
-        b'+' => (1, &s[1..]),
-        b'-' => (-1, &s[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    let secs = h.parse::<i32>().ok()? * 3600 + m.parse::<i32>().ok()? * 60;
-    FixedOffset::east_opt(sign * secs)
 }
 
 fn parse_window(s: &str) -> Option<(NaiveTime, NaiveTime)> {

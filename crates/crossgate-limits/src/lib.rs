@@ -125,14 +125,7 @@ pub struct Throttled {
     pub retry_after: Duration,
 }
 
-/// A config that cannot be used: `<file>:<line>: <message>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
-}
+pub use crossgate_config::ConfigError;
 
 type Gcra<C> = RateLimiter<
     governor::state::NotKeyed,

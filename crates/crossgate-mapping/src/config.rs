@@ -71,16 +71,9 @@ pub fn compile(
     text: &str,
     registry: &Registry,
 ) -> Result<DepartmentMapping, ConfigError> {
-    let at = |span: std::ops::Range<usize>, message: String| ConfigError {
-        file: file.to_owned(),
-        line: line_of(text, span.start),
-        message,
-    };
-    let parsed: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: e.span().map_or(0, |s| line_of(text, s.start)),
-        message: e.message().trim().to_owned(),
-    })?;
+    let source = crossgate_config::Source::new(file, text);
+    let at = |span: std::ops::Range<usize>, message: String| source.error(span, message);
+    let parsed: FileConfig = source.parse()?;
     let mut records = Vec::with_capacity(parsed.record.len());
     for rc in &parsed.record {
         let record_type = rc.record_type.get_ref();
@@ -354,11 +347,4 @@ fn to_json(v: &toml::Value) -> Value {
             Value::Object(t.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
         }
     }
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    1 + text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
 }

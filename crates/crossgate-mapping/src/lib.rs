@@ -181,13 +181,7 @@ impl std::fmt::Display for MapFault {
 }
 
 /// A department file that cannot be used: `<file>:<line>: <message>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
-}
+pub use crossgate_config::ConfigError;
 
 /// A native record turned into a valid canonical one.
 #[derive(Debug, Clone, PartialEq)]

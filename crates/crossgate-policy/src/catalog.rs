@@ -3,6 +3,7 @@
 
 use crate::{Approval, ConfigError, Grant, Mask, Mode, Policy, ReleasedField, SharingClass};
 use chrono::NaiveDate;
+use crossgate_config::{Source, parse_utc_offset};
 use crossgate_schema::Registry;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -72,24 +73,9 @@ pub fn compile(
     partners: &[&str],
     registry: &Registry,
 ) -> Result<Policy, ConfigError> {
-    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
-        file: file.to_owned(),
-        line: 1 + text.as_bytes()[..span.start.min(text.len())]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count(),
-        message,
-    };
-    let parsed: File = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: e.span().map_or(0, |s| {
-            1 + text.as_bytes()[..s.start.min(text.len())]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-        }),
-        message: e.message().trim().to_owned(),
-    })?;
+    let source = Source::new(file, text);
+    let err = |span: std::ops::Range<usize>, message: String| source.error(span, message);
+    let parsed: File = source.parse()?;
     let partner = |p: &Spanned<String>| -> Result<String, ConfigError> {
         if partners.contains(&p.get_ref().as_str()) {
             Ok(p.get_ref().clone())
@@ -130,7 +116,7 @@ pub fn compile(
 
     let mut policy = Policy::default();
     if let Some(zone) = &parsed.time_zone {
-        policy.time_zone = parse_offset(zone.get_ref()).ok_or_else(|| {
+        policy.time_zone = parse_utc_offset(zone.get_ref()).ok_or_else(|| {
             err(
                 zone.span(),
                 format!(
@@ -468,27 +454,6 @@ pub fn compile(
         }
     }
     Ok(policy)
-}
-
-/// `+08:00`, `-05:30`, `Z`.
-fn parse_offset(text: &str) -> Option<chrono::FixedOffset> {
-    if text == "Z" {
-        return chrono::FixedOffset::east_opt(0);
-    }
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1, &text[1..]),
-        b'-' => (-1, &text[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
-        return None;
-    }
-    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-    if h > 14 || m > 59 {
-        return None;
-    }
-    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
 }
 
 fn disagree(a: &Grant, b: &Grant) -> bool {

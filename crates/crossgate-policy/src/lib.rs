@@ -197,14 +197,7 @@ impl std::fmt::Display for Denial {
     }
 }
 
-/// A config that cannot be used: `<file>:<line>: <message>`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
-pub struct ConfigError {
-    pub file: String,
-    pub line: usize,
-    pub message: String,
-}
+pub use crossgate_config::ConfigError;
 
 type ByType = HashMap<String, Vec<usize>>;
 
@@ -350,13 +343,8 @@ impl Policy {
         today: NaiveDate,
         condition: &str,
     ) -> Result<&Approval, Denial> {
-        let Ask {
-            consumer,
-            provider,
-            record_type,
-            purpose,
-            ..
-        } = *ask;
+        let (consumer, provider, record_type, purpose) =
+            (ask.consumer, ask.provider, ask.record_type, ask.purpose);
         let rule = format!("catalog:{provider}/{record_type}");
         let Some(reference) = ask.approval.filter(|r| !r.is_empty()) else {
             return Err(Denial {

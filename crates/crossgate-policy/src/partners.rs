@@ -53,22 +53,9 @@ struct PartnerConfig {
 
 /// Compile `partners.toml`.
 pub fn compile_partners(file: &str, text: &str) -> Result<Vec<Partner>, ConfigError> {
-    let line = |offset: usize| {
-        1 + text.as_bytes()[..offset.min(text.len())]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-    };
-    let err = |span: std::ops::Range<usize>, message: String| ConfigError {
-        file: file.to_owned(),
-        line: line(span.start),
-        message,
-    };
-    let parsed: File = toml::from_str(text).map_err(|e| ConfigError {
-        file: file.to_owned(),
-        line: e.span().map_or(0, |s| line(s.start)),
-        message: e.message().trim().to_owned(),
-    })?;
+    let source = crossgate_config::Source::new(file, text);
+    let err = |span: std::ops::Range<usize>, message: String| source.error(span, message);
+    let parsed: File = source.parse()?;
     let mut out: Vec<Partner> = Vec::with_capacity(parsed.partner.len());
     for p in parsed.partner {
         let id = p.id.get_ref().clone();
