@@ -1,6 +1,7 @@
 //! The broker: every record between departments passes it. Each call takes
 //! the same named steps (see `pipeline.rs`): authenticate → limit → validate →
-//! authorise → audit → forward.
+//! authorise → forward → finish, the one exit that audits and answers
+//! (`outcome.rs`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -9,6 +10,7 @@ pub mod audit;
 pub mod audit_service;
 pub mod config;
 pub mod delivery;
+mod outcome;
 mod pipeline;
 pub mod release;
 mod service;

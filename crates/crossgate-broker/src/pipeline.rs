@@ -1,11 +1,15 @@
 //! The broker's request path, one named step each, in the order every call
-//! takes them: authenticate → limit → validate → authorise → audit → forward.
-//! The gRPC handlers in `service.rs` are these steps in sequence.
+//! takes them: authenticate → limit → validate → authorise → forward →
+//! finish (audit, then answer). Each step after authenticate returns
+//! `Result<_, Refusal>`; the handlers in `service.rs` are these steps in
+//! sequence and leave through `finish` (`outcome.rs`). Today deliveries are
+//! audited after they are forwarded (durable "record, then forward" is #9's).
 
 use crate::approvals::Reservation;
 use crate::audit::{Decision, Entry};
+use crate::outcome::Refusal;
 use crate::{Broker, Caller};
-use crossgate_policy::{Ask, Denial, Mode, Release, Role};
+use crossgate_policy::{Ask, Mode, Release, Role};
 use crossgate_proto::{QueryRequest, Record};
 use crossgate_schema::Rejection;
 use serde_json::Value;
@@ -60,15 +64,28 @@ impl Broker {
 
     /// Step 2 — limit: checked before the record is parsed, so a throttled
     /// call costs next to nothing.
-    pub(crate) async fn limit(&self, caller: &Caller, mode: Mode) -> Result<(), Status> {
-        self.inner.limiter.check(&caller.id, mode)
+    pub(crate) fn limit(&self, caller: &Caller, mode: Mode) -> Result<(), Refusal> {
+        self.inner
+            .limiter
+            .check(&caller.id, mode)
+            .map_err(Refusal::Throttled)
     }
 
     /// Step 3 — validate: the record against its schema, every fault at once.
-    pub(crate) fn validate(&self, record: &Record) -> Result<Value, Rejection> {
+    /// The sender hears every fault with its values; the log keeps them
+    /// without.
+    pub(crate) fn validate(&self, record: &Record) -> Result<Value, Refusal> {
         self.inner
             .registry
             .parse_and_validate(&record.record_type, &record.json)
+            .map_err(|rejection| Refusal::Invalid {
+                status: invalid(&record.record_type, &rejection),
+                logged: format!(
+                    "{} record rejected: {}",
+                    record.record_type,
+                    rejection.without_values()
+                ),
+            })
     }
 
     /// Step 4 — authorise a publish: every receiver whose grant is in force.
@@ -76,10 +93,11 @@ impl Broker {
         &self,
         caller: &Caller,
         record_type: &str,
-    ) -> Result<Vec<Release<'_>>, Denial> {
-        self.inner
+    ) -> Result<Vec<Release<'_>>, Refusal> {
+        Ok(self
+            .inner
             .policy
-            .publish_routes(&caller.id, record_type, self.today())
+            .publish_routes(&caller.id, record_type, self.today())?)
     }
 
     /// Step 4 — authorise a query: the grant, its lookups, the approval and
@@ -89,7 +107,7 @@ impl Broker {
         &self,
         caller: &Caller,
         q: &QueryRequest,
-    ) -> Result<(Release<'_>, Option<Reservation>), Denial> {
+    ) -> Result<(Release<'_>, Option<Reservation>), Refusal> {
         let criteria: Vec<(&str, &str)> = q
             .criteria
             .iter()
@@ -116,7 +134,7 @@ impl Broker {
         self.inner.policy.today(chrono::Utc::now())
     }
 
-    /// Step 5 — audit: returns only when the entry is kept; if the log cannot
+    /// Audit (used by `finish`): returns only when the entry is kept; if the log cannot
     /// be written the broker refuses the work rather than serve without it.
     pub(crate) async fn audit(&self, call: &Call, mut entry: Entry) -> Result<(), Status> {
         entry.request_id = call.id.clone();
@@ -163,19 +181,6 @@ pub(crate) fn invalid(record_type: &str, rejection: &Rejection) -> Status {
         Code::InvalidArgument,
         format!("{record_type} record rejected: {rejection}"),
         ErrorDetails::with_bad_request(violations),
-    )
-}
-
-/// `PERMISSION_DENIED` with the rule and reason.
-pub(crate) fn denied(denial: &Denial) -> Status {
-    Status::with_error_details(
-        Code::PermissionDenied,
-        denial.reason.clone(),
-        ErrorDetails::with_error_info(
-            denial.rule.clone(),
-            "crossgate",
-            std::collections::HashMap::new(),
-        ),
     )
 }
 

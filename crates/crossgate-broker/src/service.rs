@@ -1,15 +1,19 @@
-//! The `Broker` gRPC service: each handler is the pipeline's steps in order.
+//! The `Broker` gRPC service: each handler authenticates, runs its steps
+//! (each returns `Result<_, Refusal>`) and leaves through `finish`.
 
-use crate::audit::{Decision, digest};
-use crate::pipeline::{Call, deadline, denied, entry, invalid};
+use crate::audit::{Decision, Entry, digest};
+use crate::outcome::{Answer, Refusal};
+use crate::pipeline::{Call, deadline, entry};
 use crate::release::{released, screen};
 use crate::{Broker, Caller};
-use crossgate_policy::{Denial, Mode, Role};
+use crossgate_policy::{Mode, Release, Role};
 use crossgate_proto::broker_server::Broker as BrokerService;
 use crossgate_proto::{
     DeliverRequest, Delivery, DeliveryOutcome, FetchRequest, FetchResponse, ListSchemasRequest,
-    ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, SchemaInfo,
+    ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Record,
+    SchemaInfo,
 };
+use serde_json::Value;
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 
@@ -22,78 +26,80 @@ impl Broker {
         }
     }
 
-    /// Audit a throttled or refused call before answering it.
-    async fn refuse(
-        &self,
-        call: &Call,
-        caller: &Caller,
-        kind: &'static str,
-        status: Status,
-        decision: Decision,
-    ) -> Status {
-        let mut e = entry(kind, decision);
-        e.consumer = caller.id.clone();
-        e.reason = status.message().to_owned();
-        match self.audit(call, e).await {
-            Ok(()) => status,
-            Err(unavailable) => unavailable,
-        }
-    }
-}
-
-impl Broker {
-    /// Publish: authenticate → limit → validate → authorise → forward, with
-    /// an audit entry for the decision and for each delivery.
+    /// Publish: authenticate, then the steps, then the one exit.
     async fn publish_steps(
         &self,
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let call = self.start(&request);
         let caller = self.authenticate(&request, Role::Partner)?;
-        if let Err(status) = self.limit(&caller, Mode::Publish).await {
-            return Err(self
-                .refuse(&call, &caller, "publish", status, Decision::Throttled)
-                .await);
+        let mut entry = entry("publish", Decision::Invalid);
+        let outcome = self
+            .publish_record(&call, &caller, request.into_inner(), &mut entry)
+            .await;
+        self.finish(&call, entry, outcome).await
+    }
+
+    /// limit → validate → authorise → forward, one entry per delivery.
+    async fn publish_record(
+        &self,
+        call: &Call,
+        caller: &Caller,
+        request: PublishRequest,
+        entry: &mut Entry,
+    ) -> Result<Answer<PublishResponse>, Refusal> {
+        // A throttled entry names the caller held back in `consumer`, as
+        // for queries; past the limit the caller is this record's provider.
+        if let Err(throttled) = self.limit(caller, Mode::Publish) {
+            entry.consumer = caller.id.clone();
+            return Err(throttled);
         }
+        entry.provider = caller.id.clone();
         let record = request
-            .into_inner()
             .record
-            .ok_or_else(|| Status::invalid_argument("record is required"))?;
-        let mut base = entry("publish", Decision::Invalid);
-        base.provider = caller.id.clone();
-        base.record_type = record.record_type.clone();
-        base.record_id = record.record_id.clone();
-        base.record_digest = digest(&record.json);
-
-        let document = match self.validate(&record) {
-            Ok(doc) => doc,
-            Err(rejection) => {
-                // The log keeps the faults without their values.
-                base.reason = format!(
-                    "{} record rejected: {}",
-                    record.record_type,
-                    rejection.without_values()
-                );
-                self.audit(&call, base).await?;
-                return Err(invalid(&record.record_type, &rejection));
-            }
-        };
-        let routes = match self.authorise_publish(&caller, &record.record_type) {
-            Ok(routes) => routes,
-            Err(denial) => return Err(self.deny(&call, base, &denial).await),
-        };
+            .ok_or_else(|| Refusal::invalid("record is required"))?;
+        entry.record_type = record.record_type.clone();
+        entry.record_id = record.record_id.clone();
+        entry.record_digest = digest(&record.json);
+        let document = self.validate(&record)?;
+        let routes = self.authorise_publish(caller, &record.record_type)?;
         if routes.is_empty() {
-            base.decision = Decision::Allowed;
-            base.reason = "no grant routes this record to any receiver".into();
-            self.audit(&call, base).await?;
-            return Ok(Response::new(PublishResponse {
-                request_id: call.id,
-                deliveries: vec![],
-            }));
+            let mut allowed = entry.clone();
+            allowed.decision = Decision::Allowed;
+            allowed.reason = "no grant routes this record to any receiver".into();
+            return Ok(Answer {
+                reply: PublishResponse {
+                    request_id: call.id.clone(),
+                    deliveries: vec![],
+                },
+                entries: vec![allowed],
+                reservation: None,
+            });
         }
+        let (deliveries, entries) = self
+            .forward(call, caller, &record, &document, &routes, entry)
+            .await;
+        Ok(Answer {
+            reply: PublishResponse {
+                request_id: call.id.clone(),
+                deliveries,
+            },
+            entries,
+            reservation: None,
+        })
+    }
 
-        // Forward: each receiver gets its own projection, referred to by its
-        // grant's key field or its own opaque reference, all in parallel.
+    /// Forward: each receiver gets its own projection, referred to by its
+    /// grant's key field or its own opaque reference, all in parallel.
+    async fn forward(
+        &self,
+        call: &Call,
+        caller: &Caller,
+        record: &Record,
+        document: &Value,
+        routes: &[Release<'_>],
+        base: &Entry,
+    ) -> (Vec<Delivery>, Vec<Entry>) {
         let sends = routes.iter().map(|release| {
             let receiver = release.grant.consumer.clone();
             let request = DeliverRequest {
@@ -104,7 +110,7 @@ impl Broker {
                     &self.inner.references,
                     &record.record_type,
                     &record.record_id,
-                    &document,
+                    document,
                 )),
             };
             let queue = self.inner.queue.clone();
@@ -115,33 +121,36 @@ impl Broker {
         });
         let results = futures_util::future::join_all(sends).await;
         let mut deliveries = Vec::with_capacity(results.len());
-        for ((receiver, result), release) in results.into_iter().zip(&routes) {
+        let mut entries = Vec::with_capacity(results.len());
+        for ((receiver, result), release) in results.into_iter().zip(routes) {
             let mut e = base.clone();
             e.consumer = receiver.clone();
             e.purpose = release.grant.purposes.join(",");
             e.released_fields = release.field_paths();
+            // The receiver's own words stay at the broker (they may quote
+            // its records): the publisher and the log get its status code.
             let (outcome, detail) = match &result {
-                Ok(()) => (DeliveryOutcome::Delivered, String::new()),
-                // The receiver's own words stay at the broker: they may quote
-                // its records.
-                Err(status) => (
-                    DeliveryOutcome::Failed,
-                    format!("{receiver}'s adapter answered {:?}", status.code()),
-                ),
+                Ok(()) => {
+                    (e.decision, e.reason) =
+                        (Decision::Delivered, format!("grant {}", release.grant.id));
+                    (DeliveryOutcome::Delivered, String::new())
+                }
+                Err(status) => {
+                    (e.decision, e.reason) = (
+                        Decision::Failed,
+                        format!(
+                            "grant {}; receiver answered {:?}",
+                            release.grant.id,
+                            status.code()
+                        ),
+                    );
+                    (
+                        DeliveryOutcome::Failed,
+                        format!("{receiver}'s adapter answered {:?}", status.code()),
+                    )
+                }
             };
-            // The log keeps the receiver's status code, not its text.
-            (e.decision, e.reason) = match &result {
-                Ok(()) => (Decision::Delivered, format!("grant {}", release.grant.id)),
-                Err(status) => (
-                    Decision::Failed,
-                    format!(
-                        "grant {}; receiver answered {:?}",
-                        release.grant.id,
-                        status.code()
-                    ),
-                ),
-            };
-            self.audit(&call, e).await?;
+            entries.push(e);
             deliveries.push(Delivery {
                 receiver,
                 outcome: outcome as i32,
@@ -149,108 +158,90 @@ impl Broker {
                 detail,
             });
         }
-        Ok(Response::new(PublishResponse {
-            request_id: call.id,
-            deliveries,
-        }))
+        (deliveries, entries)
     }
 
-    /// Query: authenticate → limit → check the ask → authorise (grant,
-    /// lookups, approval) → forward → screen the answer → audit.
+    /// Query: authenticate, then the steps, then the one exit.
     async fn query_steps(
         &self,
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let call = self.start(&request);
         let caller = self.authenticate(&request, Role::Partner)?;
-        if let Err(status) = self.limit(&caller, Mode::Query).await {
-            return Err(self
-                .refuse(&call, &caller, "query", status, Decision::Throttled)
-                .await);
-        }
-        let q = request.into_inner();
-        let mut base = entry("query", Decision::Invalid);
-        base.consumer = caller.id.clone();
-        base.provider = q.provider.clone();
-        base.record_type = q.record_type.clone();
-        base.purpose = q.purpose.clone();
-        base.approval_reference = q.approval_reference.clone();
+        let mut entry = entry("query", Decision::Invalid);
+        entry.consumer = caller.id.clone();
+        let outcome = self
+            .query_records(&call, &caller, &request.into_inner(), &mut entry)
+            .await;
+        self.finish(&call, entry, outcome).await
+    }
+
+    /// limit → check the ask → authorise (grant, lookups, approval) →
+    /// forward → size → screen the answer.
+    async fn query_records(
+        &self,
+        call: &Call,
+        caller: &Caller,
+        q: &QueryRequest,
+        entry: &mut Entry,
+    ) -> Result<Answer<QueryResponse>, Refusal> {
+        self.limit(caller, Mode::Query)?;
+        entry.provider = q.provider.clone();
+        entry.record_type = q.record_type.clone();
+        entry.purpose = q.purpose.clone();
+        entry.approval_reference = q.approval_reference.clone();
         if q.provider.is_empty()
             || q.purpose.is_empty()
             || !self.inner.registry.contains(&q.record_type)
         {
-            let status = Status::invalid_argument(format!(
+            return Err(Refusal::invalid(format!(
                 "a query names a provider, a known record type and a purpose (got provider {:?}, type {:?}, purpose {:?})",
                 q.provider, q.record_type, q.purpose
-            ));
-            base.reason = status.message().to_owned();
-            self.audit(&call, base).await?;
-            return Err(status);
+            )));
         }
-        let (release, reservation) = match self.authorise_query(&caller, &q) {
-            Ok(r) => r,
-            Err(denial) => return Err(self.deny(&call, base, &denial).await),
-        };
-
-        // Forward to the provider's adapter under what is left of the
-        // deadline, asking for one record more than the grant releases.
-        let answer = match self
-            .fetch(&call, &caller, &q, release.grant.max_records)
+        let (release, reservation) = self.authorise_query(caller, q)?;
+        let answer = self
+            .fetch(call, caller, q, release.grant.max_records)
             .await
-        {
-            Ok(answer) => answer,
-            Err(status) => {
-                base.decision = Decision::Failed;
-                base.reason = format!(
+            .map_err(|status| Refusal::Failed {
+                logged: format!(
                     "grant {}; provider answered {:?}",
                     release.grant.id,
                     status.code()
-                );
-                self.audit(&call, base).await?;
-                return Err(status);
-            }
-        };
+                ),
+                status,
+            })?;
         // An answer larger than the grant allows releases nothing.
-        let matched = answer.records.len() + answer.withheld_records as usize;
-        if let Err(denial) = release.grant.check_answer_size(matched) {
-            return Err(self.deny(&call, base, &denial).await);
-        }
+        release
+            .grant
+            .check_answer_size(answer.records.len() + answer.withheld_records as usize)?;
         let mut screened = screen(
             &self.inner.registry,
             &release,
             &self.inner.references,
-            &q,
+            q,
             answer.records,
         );
         screened.withheld_at_adapter = answer.withheld_records;
-        base.decision = Decision::Allowed;
-        base.reason = match screened.invalid_summary() {
+        let mut allowed = entry.clone();
+        allowed.decision = Decision::Allowed;
+        allowed.reason = match screened.invalid_summary() {
             Some(invalid) => format!("grant {}; {invalid}", release.grant.id),
             None => format!("grant {}", release.grant.id),
         };
-        base.released_fields = release.field_paths();
-        base.record_id = screened.provider_ids.join(",");
-        base.record_digest = screened.digests.join(",");
-        self.audit(&call, base).await?;
-        if let Some(reservation) = reservation {
-            reservation.spend();
-        }
-        Ok(Response::new(QueryResponse {
-            request_id: call.id,
-            withheld_records: screened.withheld_count(),
-            records: screened.records,
-            withheld_fields: release.grant.withheld.clone(),
-        }))
-    }
-
-    /// Audit a denial, then answer `PERMISSION_DENIED` with its rule.
-    async fn deny(&self, call: &Call, mut e: crate::audit::Entry, denial: &Denial) -> Status {
-        e.decision = Decision::Denied;
-        e.reason = denial.to_string();
-        match self.audit(call, e).await {
-            Ok(()) => denied(denial),
-            Err(unavailable) => unavailable,
-        }
+        allowed.released_fields = release.field_paths();
+        allowed.record_id = screened.provider_ids.join(",");
+        allowed.record_digest = screened.digests.join(",");
+        Ok(Answer {
+            reply: QueryResponse {
+                request_id: call.id.clone(),
+                withheld_records: screened.withheld_count(),
+                records: screened.records,
+                withheld_fields: release.grant.withheld.clone(),
+            },
+            entries: vec![allowed],
+            reservation,
+        })
     }
 }
 

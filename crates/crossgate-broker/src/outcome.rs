@@ -1,0 +1,159 @@
+//! How a call ends. Every step of the request path returns
+//! `Result<_, Refusal>`; the handler's last step, [`Broker::finish`], is the
+//! one exit: it writes the call's audit entries and then answers — whatever
+//! happened, in the same way.
+
+use crate::Broker;
+use crate::approvals::Reservation;
+use crate::audit::{Decision, Entry};
+use crate::pipeline::Call;
+use crossgate_policy::Denial;
+use tonic::{Code, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// Why a call is refused; each kind is one audit decision and one gRPC status.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Over the partner's rate limit: `RESOURCE_EXHAUSTED` with `RetryInfo`.
+    Throttled(Status),
+    /// A malformed request or record: `status` is for the sender and may
+    /// quote its own values; `logged` says the same without values.
+    Invalid { status: Status, logged: String },
+    /// The catalog says no: `PERMISSION_DENIED` with the rule in `ErrorInfo`.
+    Denied(Denial),
+    /// The next hop failed: `status` says so without its words; `logged`
+    /// names the grant and the code.
+    Failed { status: Status, logged: String },
+}
+
+impl Refusal {
+    /// A request the caller can fix, in words that quote only its own values.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        let message = message.into();
+        Refusal::Invalid {
+            status: Status::invalid_argument(message.clone()),
+            logged: message,
+        }
+    }
+
+    pub fn decision(&self) -> Decision {
+        match self {
+            Refusal::Throttled(_) => Decision::Throttled,
+            Refusal::Invalid { .. } => Decision::Invalid,
+            Refusal::Denied(_) => Decision::Denied,
+            Refusal::Failed { .. } => Decision::Failed,
+        }
+    }
+
+    /// What the audit log keeps: never a value of anybody's record.
+    pub fn logged(&self) -> String {
+        match self {
+            Refusal::Throttled(status) => status.message().to_owned(),
+            Refusal::Invalid { logged, .. } | Refusal::Failed { logged, .. } => logged.clone(),
+            Refusal::Denied(denial) => denial.to_string(),
+        }
+    }
+
+    pub fn into_status(self) -> Status {
+        match self {
+            Refusal::Throttled(status)
+            | Refusal::Invalid { status, .. }
+            | Refusal::Failed { status, .. } => status,
+            Refusal::Denied(denial) => Status::with_error_details(
+                Code::PermissionDenied,
+                denial.reason.clone(),
+                ErrorDetails::with_error_info(
+                    denial.rule,
+                    "crossgate",
+                    std::collections::HashMap::new(),
+                ),
+            ),
+        }
+    }
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Self {
+        Refusal::Denied(denial)
+    }
+}
+
+/// What a call that was not refused answers, and the entries that record it.
+pub struct Answer<T> {
+    pub reply: T,
+    pub entries: Vec<Entry>,
+    /// An approval use, spent once the entries are kept.
+    pub reservation: Option<Reservation>,
+}
+
+impl Broker {
+    /// The one exit. A refusal is written as `entry` with its decision and
+    /// reason; an answer writes its own entries. Only then does the caller
+    /// hear back; if the log cannot be written, the answer is `UNAVAILABLE`.
+    pub(crate) async fn finish<T>(
+        &self,
+        call: &Call,
+        mut entry: Entry,
+        outcome: Result<Answer<T>, Refusal>,
+    ) -> Result<Response<T>, Status> {
+        match outcome {
+            Ok(answer) => {
+                for e in answer.entries {
+                    self.audit(call, e).await?;
+                }
+                if let Some(reservation) = answer.reservation {
+                    reservation.spend();
+                }
+                Ok(Response::new(answer.reply))
+            }
+            Err(refusal) => {
+                entry.decision = refusal.decision();
+                entry.reason = refusal.logged();
+                self.audit(call, entry).await?;
+                Err(refusal.into_status())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_is_one_decision_and_one_status() {
+        let denial = Denial {
+            rule: "grant:g".into(),
+            reason: "no".into(),
+        };
+        let r = Refusal::from(denial);
+        assert_eq!(r.decision(), Decision::Denied);
+        assert_eq!(r.logged(), "no (rule grant:g)");
+        let status = r.into_status();
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "no");
+        assert_eq!(
+            status.get_details_error_info().map(|i| i.reason).as_deref(),
+            Some("grant:g")
+        );
+
+        let r = Refusal::Invalid {
+            status: Status::invalid_argument("/name: \"x\" is too short"),
+            logged: "/name: is too short".into(),
+        };
+        assert_eq!(r.decision(), Decision::Invalid);
+        assert_eq!(r.logged(), "/name: is too short");
+        assert_eq!(r.into_status().message(), "/name: \"x\" is too short");
+
+        let r = Refusal::Failed {
+            status: Status::unavailable("p's adapter cannot be reached (Unavailable)"),
+            logged: "grant g; provider answered Unavailable".into(),
+        };
+        assert_eq!(r.decision(), Decision::Failed);
+        assert_eq!(r.into_status().code(), Code::Unavailable);
+        assert_eq!(
+            Refusal::Throttled(Status::resource_exhausted("slow")).decision(),
+            Decision::Throttled
+        );
+    }
+}
