@@ -14,6 +14,7 @@
 //! - [`verify`] checks every chain and names the first bad entry and why.
 #![forbid(unsafe_code)]
 
+mod dialect;
 pub mod entry;
 mod postgres;
 mod sqlite;
@@ -28,10 +29,20 @@ pub use writer::{Durability, Writer};
 
 use std::collections::BTreeMap;
 
-/// A store failed: the message says what and where.
+/// A store failed, or a row in it is damaged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("audit store: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// The store cannot be reached, read or written: the message says what and where.
+    #[error("audit store: {0}")]
+    Failed(String),
+    /// A row holds a value crossgate never writes: somebody changed it.
+    #[error("audit store: entry {sequence} of chain {writer} is damaged: {what}")]
+    Damaged {
+        writer: String,
+        sequence: u64,
+        what: String,
+    },
+}
 
 /// Which entries to read. Every given field must match.
 #[derive(Debug, Clone, Default)]
@@ -55,83 +66,6 @@ pub struct Filter {
     pub to_sequence: u64,
 }
 
-/// The SQL dialects of the stores.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    /// Placeholder `n` for a text argument.
-    fn text(self, n: usize) -> String {
-        match self {
-            Dialect::Sqlite => format!("?{n}"),
-            Dialect::Postgres => format!("${n}"),
-        }
-    }
-
-    /// Placeholder `n` for an integer passed as text.
-    fn integer(self, n: usize) -> String {
-        match self {
-            Dialect::Sqlite => format!("CAST(?{n} AS INTEGER)"),
-            Dialect::Postgres => format!("${n}::text::bigint"),
-        }
-    }
-
-    /// The column that keeps insertion order.
-    fn row_order(self) -> &'static str {
-        match self {
-            Dialect::Sqlite => "rowid",
-            Dialect::Postgres => "id",
-        }
-    }
-}
-
-impl Filter {
-    /// The query selecting this filter's entries, and its text arguments.
-    pub(crate) fn select(&self, dialect: Dialect) -> (String, Vec<String>) {
-        let mut sql = String::from("SELECT * FROM audit_entries WHERE 1 = 1");
-        let mut args: Vec<String> = Vec::new();
-        let equal = [
-            ("time >=", &self.since),
-            ("time <", &self.until),
-            ("consumer =", &self.consumer),
-            ("provider =", &self.provider),
-            ("record_type =", &self.record_type),
-            ("record_id =", &self.record_id),
-            ("purpose =", &self.purpose),
-            ("decision =", &self.decision),
-        ];
-        for (clause, value) in equal {
-            if let Some(v) = value {
-                args.push(v.clone());
-                sql.push_str(&format!(" AND {clause} {}", dialect.text(args.len())));
-            }
-        }
-        for (clause, bound) in [
-            ("sequence >=", self.from_sequence),
-            ("sequence <=", self.to_sequence),
-        ] {
-            if bound > 0 {
-                args.push(bound.to_string());
-                sql.push_str(&format!(" AND {clause} {}", dialect.integer(args.len())));
-            }
-        }
-        if let Some(p) = &self.partner {
-            args.push(p.clone());
-            let n = dialect.text(args.len());
-            sql.push_str(&format!(" AND (consumer = {n} OR provider = {n})"));
-        }
-        sql.push_str(&if self.chain_order {
-            format!(" ORDER BY writer, sequence, {}", dialect.row_order())
-        } else {
-            " ORDER BY time, writer, sequence".to_owned()
-        });
-        (sql, args)
-    }
-}
-
 /// Where entries are kept. Implementations are synchronous; the [`Writer`]
 /// runs them on their own thread.
 pub trait Store: Send + 'static {
@@ -147,6 +81,21 @@ pub trait Store: Send + 'static {
         filter: &Filter,
         visit: &mut dyn FnMut(Stored) -> bool,
     ) -> Result<(), StoreError>;
+}
+
+/// Open the store `spec` names: `sqlite:PATH` (created if missing) or
+/// `postgres://user@host/db`.
+pub fn open(spec: &str) -> Result<Box<dyn Store>, StoreError> {
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        return SqliteStore::open(std::path::Path::new(path))
+            .map(|s| Box::new(s) as Box<dyn Store>);
+    }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return PostgresStore::connect(spec, None).map(|s| Box::new(s) as Box<dyn Store>);
+    }
+    Err(StoreError::Failed(format!(
+        "{spec:?} names no store: write sqlite:PATH or postgres://user@host/db"
+    )))
 }
 
 /// Verify every chain of a store.
@@ -169,10 +118,22 @@ pub fn verify_range(
         to_sequence: to,
         ..Filter::default()
     };
-    store.scan(&filter, &mut |s| {
+    let scanned = store.scan(&filter, &mut |s| {
         verifier.feed(&s);
         true
-    })?;
+    });
+    match scanned {
+        // A damaged row is where its chain breaks.
+        Err(StoreError::Damaged {
+            writer,
+            sequence,
+            what,
+        }) => {
+            verifier.damaged(&writer, sequence, what);
+            return Ok(verifier.finish(&BTreeMap::new()));
+        }
+        other => other?,
+    }
     let heads = if to == 0 {
         store.heads()?
     } else {

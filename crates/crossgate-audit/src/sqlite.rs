@@ -1,6 +1,7 @@
 //! The embedded store: one SQLite file in WAL mode.
 
-use crate::entry::{Decision, Entry, Stored, hex, unhex32};
+use crate::dialect::{Columns, Dialect, Param, decode, encode};
+use crate::entry::{Stored, hex, unhex32};
 use crate::{Filter, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -10,38 +11,8 @@ pub struct SqliteStore {
     conn: Connection,
 }
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS audit_entries (
-    writer TEXT NOT NULL,
-    sequence INTEGER NOT NULL,
-    time TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    consumer TEXT NOT NULL,
-    provider TEXT NOT NULL,
-    record_type TEXT NOT NULL,
-    record_id TEXT NOT NULL,
-    purpose TEXT NOT NULL,
-    approval_reference TEXT NOT NULL,
-    decision TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    released_fields TEXT NOT NULL,
-    record_digest TEXT NOT NULL,
-    latency_micros INTEGER NOT NULL,
-    previous_hash TEXT NOT NULL,
-    entry_hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_entries_chain ON audit_entries (writer, sequence);
-CREATE INDEX IF NOT EXISTS audit_entries_time ON audit_entries (time);
-CREATE TABLE IF NOT EXISTS audit_heads (
-    writer TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL,
-    entry_hash TEXT NOT NULL
-);
-";
-
 fn err(e: rusqlite::Error) -> StoreError {
-    StoreError(e.to_string())
+    StoreError::Failed(e.to_string())
 }
 
 impl SqliteStore {
@@ -49,16 +20,16 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError(format!("cannot create {}: {e}", dir.display())))?;
+                .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
         }
         let conn = Connection::open(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         // FULL: a committed batch survives a power cut, which is what "durable" promises.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
         Ok(SqliteStore { conn })
     }
 
@@ -68,42 +39,20 @@ impl SqliteStore {
     }
 }
 
-fn row_to_stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
-    let released: String = row.get("released_fields")?;
-    let decision: String = row.get("decision")?;
-    let bad = |what: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("bad {what}").into(),
-        )
-    };
-    Ok(Stored {
-        writer: row.get("writer")?,
-        sequence: row.get::<_, i64>("sequence")? as u64,
-        entry: Entry {
-            time: row.get("time")?,
-            request_id: row.get("request_id")?,
-            kind: row.get("kind")?,
-            consumer: row.get("consumer")?,
-            provider: row.get("provider")?,
-            record_type: row.get("record_type")?,
-            record_id: row.get("record_id")?,
-            purpose: row.get("purpose")?,
-            approval_reference: row.get("approval_reference")?,
-            // An unknown decision word keeps the entry readable; verify then
-            // flags it, because its hash no longer matches.
-            decision: Decision::parse(&decision).unwrap_or(Decision::Changed),
-            reason: row.get("reason")?,
-            released_fields: serde_json::from_str(&released).unwrap_or_default(),
-            record_digest: row.get("record_digest")?,
-            latency_micros: row.get::<_, i64>("latency_micros")? as u64,
-        },
-        previous_hash: unhex32(&row.get::<_, String>("previous_hash")?)
-            .ok_or_else(|| bad("previous_hash"))?,
-        entry_hash: unhex32(&row.get::<_, String>("entry_hash")?)
-            .ok_or_else(|| bad("entry_hash"))?,
-    })
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, name: &str) -> Result<String, StoreError> {
+        self.get(name).map_err(err)
+    }
+    fn int(&self, name: &str) -> Result<i64, StoreError> {
+        self.get(name).map_err(err)
+    }
+}
+
+fn sql_param(p: Param) -> rusqlite::types::Value {
+    match p {
+        Param::Text(t) => rusqlite::types::Value::Text(t),
+        Param::Int(i) => rusqlite::types::Value::Integer(i),
+    }
 }
 
 impl Store for SqliteStore {
@@ -119,7 +68,7 @@ impl Store for SqliteStore {
             .map(|(s, h)| {
                 unhex32(&h)
                     .map(|h| (s, h))
-                    .ok_or_else(|| StoreError("a chain head is damaged".into()))
+                    .ok_or_else(|| StoreError::Failed("a chain head is damaged".into()))
             })
             .transpose()
     }
@@ -152,42 +101,16 @@ impl Store for SqliteStore {
         };
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO audit_entries (writer, sequence, time, request_id, kind, consumer, provider, record_type,
-                     record_id, purpose, approval_reference, decision, reason, released_fields, record_digest,
-                     latency_micros, previous_hash, entry_hash)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-                )
-                .map_err(err)?;
+            let mut insert = tx.prepare_cached(&Dialect::Sqlite.insert()).map_err(err)?;
             for s in batch {
-                let e = &s.entry;
                 insert
-                    .execute(params![
-                        s.writer,
-                        s.sequence as i64,
-                        e.time,
-                        e.request_id,
-                        e.kind,
-                        e.consumer,
-                        e.provider,
-                        e.record_type,
-                        e.record_id,
-                        e.purpose,
-                        e.approval_reference,
-                        e.decision.as_str(),
-                        e.reason,
-                        serde_json::to_string(&e.released_fields).unwrap_or_else(|_| "[]".into()),
-                        e.record_digest,
-                        e.latency_micros as i64,
-                        hex(&s.previous_hash),
-                        hex(&s.entry_hash),
-                    ])
+                    .execute(rusqlite::params_from_iter(
+                        encode(s).into_iter().map(sql_param),
+                    ))
                     .map_err(err)?;
             }
             tx.execute(
-                "INSERT INTO audit_heads (writer, sequence, entry_hash) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (writer) DO UPDATE SET sequence = excluded.sequence, entry_hash = excluded.entry_hash",
+                &Dialect::Sqlite.move_head(),
                 params![last.writer, last.sequence as i64, hex(&last.entry_hash)],
             )
             .map_err(err)?;
@@ -200,13 +123,13 @@ impl Store for SqliteStore {
         filter: &Filter,
         visit: &mut dyn FnMut(Stored) -> bool,
     ) -> Result<(), StoreError> {
-        let (sql, args) = filter.select(crate::Dialect::Sqlite);
+        let (sql, args) = Dialect::Sqlite.select(filter);
         let mut stmt = self.conn.prepare(&sql).map_err(err)?;
         let mut rows = stmt
             .query(rusqlite::params_from_iter(args.iter()))
             .map_err(err)?;
         while let Some(row) = rows.next().map_err(err)? {
-            if !visit(row_to_stored(row).map_err(err)?) {
+            if !visit(decode(row)?) {
                 break;
             }
         }

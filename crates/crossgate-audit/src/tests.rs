@@ -153,6 +153,46 @@ fn an_edited_field_is_found_at_its_entry() {
 }
 
 #[test]
+fn a_damaged_row_is_reported_where_it_stands_never_read_as_a_plausible_value() {
+    for (i, (sql, what)) in [
+        (
+            "UPDATE audit_entries SET decision = 'approved' WHERE sequence = 4",
+            "decision \"approved\" is not one crossgate writes",
+        ),
+        (
+            "UPDATE audit_entries SET released_fields = 'none' WHERE sequence = 4",
+            "released_fields is not a list of field paths",
+        ),
+        (
+            "UPDATE audit_entries SET entry_hash = 'zz' WHERE sequence = 4",
+            "entry_hash is not 64 hex digits",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for b in Backend::all(&format!("damage{i}")) {
+            log(&b, 10);
+            b.tamper(sql);
+            assert_eq!(
+                broken(&b),
+                Some((4, format!("the entry is damaged: {what}"))),
+                "{}",
+                b.name()
+            );
+            // Reading it otherwise says what is damaged, and where.
+            let read = b.open().scan(&Filter::default(), &mut |_| true);
+            assert_eq!(
+                read.unwrap_err().to_string(),
+                format!("audit store: entry 4 of chain broker-a is damaged: {what}"),
+                "{}",
+                b.name()
+            );
+        }
+    }
+}
+
+#[test]
 fn a_deleted_row_is_found() {
     for b in Backend::all("delete") {
         log(&b, 10);

@@ -98,6 +98,27 @@ impl Verifier {
         }
     }
 
+    /// A row of `writer`'s chain at `sequence` could not be read as written.
+    pub fn damaged(&mut self, writer: &str, sequence: u64, what: String) {
+        let start = self.start;
+        let state = self
+            .chains
+            .entry(writer.to_owned())
+            .or_insert_with(|| State {
+                expected: start,
+                previous: [0; 32],
+                report: ChainReport {
+                    writer: writer.to_owned(),
+                    checked: 0,
+                    broken: None,
+                },
+            });
+        if state.report.broken.is_none() {
+            state.report.checked += 1;
+            state.report.broken = Some((sequence, format!("the entry is damaged: {what}")));
+        }
+    }
+
     /// Finish: each chain must end at its recorded head (writer → (sequence, hash)).
     pub fn finish(mut self, heads: &BTreeMap<String, (u64, [u8; 32])>) -> Vec<ChainReport> {
         for (writer, (sequence, hash)) in heads {

@@ -75,7 +75,7 @@ impl Writer {
                     batch.clear();
                 }
             })
-            .map_err(|e| StoreError(format!("cannot start the audit writer: {e}")))?;
+            .map_err(|e| StoreError::Failed(format!("cannot start the audit writer: {e}")))?;
         Ok(Writer {
             tx,
             durability,
@@ -86,7 +86,7 @@ impl Writer {
     /// Append one entry: in durable mode, returns once it is committed.
     pub async fn append(&self, entry: Entry) -> Result<(), StoreError> {
         if self.failed.load(Ordering::SeqCst) && self.durability == Durability::Async {
-            return Err(StoreError(
+            return Err(StoreError::Failed(
                 "the audit log is failing; refusing new work".into(),
             ));
         }
@@ -95,15 +95,15 @@ impl Writer {
                 .tx
                 .send((entry, None))
                 .await
-                .map_err(|_| StoreError("the audit writer has stopped".into())),
+                .map_err(|_| StoreError::Failed("the audit writer has stopped".into())),
             Durability::Durable => {
                 let (reply, wait) = oneshot::channel();
                 self.tx
                     .send((entry, Some(reply)))
                     .await
-                    .map_err(|_| StoreError("the audit writer has stopped".into()))?;
+                    .map_err(|_| StoreError::Failed("the audit writer has stopped".into()))?;
                 wait.await
-                    .map_err(|_| StoreError("the audit writer has stopped".into()))?
+                    .map_err(|_| StoreError::Failed("the audit writer has stopped".into()))?
             }
         }
     }

@@ -6,7 +6,7 @@ use crate::audit::Decision;
 use crate::pipeline::{Call, entry};
 use crate::{Broker, Caller};
 use crossgate_audit::entry::{hex, unhex32};
-use crossgate_audit::{Entry, Filter, Stored};
+use crossgate_audit::{Entry, Filter, StoreError, Stored};
 use crossgate_policy::Role;
 use crossgate_proto::audit_server::Audit;
 use crossgate_proto::{
@@ -263,13 +263,31 @@ impl Audit for Broker {
     }
 }
 
-/// An entry as the broker sends it, back in the log's own shape (the inverse of `to_message`).
-pub fn from_message(e: crossgate_proto::AuditEntry) -> Stored {
-    Stored {
+/// An entry as the broker sends it, back in the log's own shape (the
+/// inverse of `to_message`). A value the broker never sends (an unknown
+/// decision, a hash that is not 64 hex digits) is damage, not a default.
+pub fn from_message(e: crossgate_proto::AuditEntry) -> Result<Stored, StoreError> {
+    let damaged = |what: String| StoreError::Damaged {
+        writer: e.writer.clone(),
+        sequence: e.sequence,
+        what,
+    };
+    let hash = |text: &str, name: &str| {
+        unhex32(text).ok_or_else(|| damaged(format!("{name} is not 64 hex digits")))
+    };
+    let previous_hash = hash(&e.previous_hash, "previous_hash")?;
+    let entry_hash = hash(&e.entry_hash, "entry_hash")?;
+    let decision = Decision::parse(&e.decision).ok_or_else(|| {
+        damaged(format!(
+            "decision {:?} is not one crossgate writes",
+            e.decision
+        ))
+    })?;
+    Ok(Stored {
         writer: e.writer,
         sequence: e.sequence,
-        previous_hash: unhex32(&e.previous_hash).unwrap_or_default(),
-        entry_hash: unhex32(&e.entry_hash).unwrap_or_default(),
+        previous_hash,
+        entry_hash,
         entry: Entry {
             time: e.time,
             request_id: e.request_id,
@@ -280,11 +298,11 @@ pub fn from_message(e: crossgate_proto::AuditEntry) -> Stored {
             record_id: e.record_id,
             purpose: e.purpose,
             approval_reference: e.approval_reference,
-            decision: Decision::parse(&e.decision).unwrap_or(Decision::Changed),
+            decision,
             reason: e.reason,
             released_fields: e.released_fields,
             record_digest: e.record_digest,
             latency_micros: e.latency_micros,
         },
-    }
+    })
 }

@@ -63,21 +63,9 @@ impl Default for AuditConfig {
     }
 }
 
-/// Open an audit store named like `sqlite:PATH`.
+/// Open an audit store named like `sqlite:PATH` or `postgres://...`.
 pub fn open_store(spec: &str) -> Result<Box<dyn crossgate_audit::Store>, String> {
-    if let Some(path) = spec.strip_prefix("sqlite:") {
-        return crossgate_audit::SqliteStore::open(Path::new(path))
-            .map(|s| Box::new(s) as Box<dyn crossgate_audit::Store>)
-            .map_err(|e| e.to_string());
-    }
-    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-        return crossgate_audit::PostgresStore::connect(spec, None)
-            .map(|s| Box::new(s) as Box<dyn crossgate_audit::Store>)
-            .map_err(|e| e.to_string());
-    }
-    Err(format!(
-        "audit store {spec:?}: write sqlite:PATH or postgres://user@host/db"
-    ))
+    crossgate_audit::open(spec).map_err(|e| e.to_string())
 }
 
 impl AuditConfig {

@@ -145,7 +145,7 @@ pub fn run(args: AuditArgs) -> ExitCode {
             }
         },
     };
-    let mut store = match crossgate_broker::config::open_store(&spec) {
+    let mut store = match crossgate_audit::open(&spec) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("crossgate: {e}");
@@ -302,13 +302,15 @@ async fn through_broker(args: AuditArgs) -> ExitCode {
             write_header(&mut out, format);
             loop {
                 match stream.message().await {
-                    Ok(Some(e)) => {
-                        let _ = writeln!(
-                            out,
-                            "{}",
-                            entry_line(format, &crossgate_broker::audit_service::from_message(e))
-                        );
-                    }
+                    Ok(Some(e)) => match crossgate_broker::audit_service::from_message(e) {
+                        Ok(entry) => {
+                            let _ = writeln!(out, "{}", entry_line(format, &entry));
+                        }
+                        Err(damage) => {
+                            eprintln!("crossgate: {damage}");
+                            return ExitCode::Usage;
+                        }
+                    },
                     Ok(None) => return ExitCode::Ok,
                     Err(s) => return refused(s),
                 }
