@@ -10,6 +10,7 @@ pub mod audit;
 pub mod audit_service;
 pub mod config;
 pub mod delivery;
+pub mod deployment;
 mod outcome;
 mod pipeline;
 pub mod release;

@@ -6,11 +6,10 @@
 
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
-use crossgate_broker::admin::LimitsAdmin;
-use crossgate_broker::approvals::{ApprovalUses, spent_in_log};
 use crossgate_broker::audit::{AuditSink, MemorySink};
-use crossgate_broker::delivery::{Adapters, DirectDelivery};
-use crossgate_broker::{Broker, BrokerConfig, Limiter, Parts, Unlimited};
+use crossgate_broker::config::AuditConfig;
+use crossgate_broker::deployment::{AuditChoice, Deployment, Wiring};
+use crossgate_broker::{Broker, Limiter};
 use crossgate_policy::{Partner, ReferenceKey, Role};
 use crossgate_schema::Registry;
 use crossgate_tls::{Bundle, DevCa};
@@ -114,40 +113,10 @@ async fn bind(addr: &str) -> Result<(TcpListener, String), StartError> {
 impl LocalSystem {
     pub async fn start(opts: Options) -> Result<Self, StartError> {
         let registry = Arc::new(Registry::load_dir(&opts.schemas).map_err(fail)?);
-        let mut config = BrokerConfig::load(&opts.config).map_err(fail)?;
-        let pfile = opts.config.join("partners.toml");
-        let ptext = std::fs::read_to_string(&pfile)
-            .map_err(|e| fail(format!("cannot read {}: {e}", pfile.display())))?;
-        let mut partners = crossgate_policy::compile_partners(&pfile.display().to_string(), &ptext)
-            .map_err(fail)?;
-        let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
-        let cfile = opts.config.join("catalog.toml");
-        let ctext = std::fs::read_to_string(&cfile)
-            .map_err(|e| fail(format!("cannot read {}: {e}", cfile.display())))?;
-        let policy =
-            crossgate_policy::compile(&cfile.display().to_string(), &ctext, &ids, &registry)
-                .map_err(fail)?;
-        let (limiter, admin): (Arc<dyn Limiter>, _) = match opts.limiter {
-            Some(l) => (l, None),
-            None => {
-                let overrides = match &opts.state_dir {
-                    Some(state) => state.join("limits.overrides.toml"),
-                    None => crossgate_broker::config::overrides_file(&opts.config),
-                };
-                match crossgate_broker::config::open_limits(&opts.config, &overrides, &ids)
-                    .map_err(fail)?
-                {
-                    Some(limits) => (
-                        limits.clone() as Arc<dyn Limiter>,
-                        Some(LimitsAdmin {
-                            limits,
-                            config_dir: opts.config.clone(),
-                            overrides_file: overrides,
-                        }),
-                    ),
-                    None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
-                }
-            }
+        let mut dep = Deployment::load(&opts.config, registry.clone()).map_err(fail)?;
+        let overrides_file = match &opts.state_dir {
+            Some(state) => state.join("limits.overrides.toml"),
+            None => crossgate_broker::config::overrides_file(&opts.config),
         };
         let certs = match &opts.certs {
             Some(dir) => CertSource::Dir(dir.clone()),
@@ -160,7 +129,7 @@ impl LocalSystem {
                 configured.to_owned()
             }
         };
-        let (broker_listener, broker_addr) = bind(&port(&config.listen.to_string())).await?;
+        let (broker_listener, broker_addr) = bind(&port(&dep.config.listen.to_string())).await?;
         let (stop, stopped) = watch::channel(false);
         let shutdown = move || {
             let mut rx = stopped.clone();
@@ -176,7 +145,7 @@ impl LocalSystem {
                 .as_ref()
                 .is_none_or(|d| d.iter().any(|x| x == id))
         };
-        for partner in partners.iter_mut().filter(|p| p.role == Role::Partner) {
+        for partner in dep.partners.iter_mut().filter(|p| p.role == Role::Partner) {
             let Some(configured) = partner.adapter.clone() else {
                 continue;
             };
@@ -217,26 +186,7 @@ impl LocalSystem {
         }
 
         let broker_tls = certs.bundle("broker")?;
-        let adapters = Adapters::new(&partners, Some(broker_tls.client()), Duration::from_secs(2))
-            .map_err(fail)?;
-        let memory = Arc::new(MemorySink::default());
-        let mut audit_reader = None;
-        let (audit, memory_audit): (Arc<dyn AuditSink>, _) = match (opts.audit, &opts.audit_store) {
-            (Some(a), _) => (a, None),
-            (None, Some(spec)) => {
-                let log = crossgate_broker::config::AuditConfig {
-                    store: spec.clone(),
-                    durability: "durable".into(),
-                    writer: "broker-1".into(),
-                };
-                audit_reader = Some(crossgate_broker::audit_service::AuditReader {
-                    store: spec.clone(),
-                });
-                (Arc::new(log.start().map_err(fail)?), None)
-            }
-            (None, None) => (memory.clone(), Some(memory)),
-        };
-        config.listen = broker_addr.parse().map_err(fail)?;
+        dep.config.listen = broker_addr.parse().map_err(fail)?;
         // References outlive a run only when the certificates do.
         let references = match &certs {
             CertSource::Dir(dir) => {
@@ -247,27 +197,31 @@ impl LocalSystem {
                 ReferenceKey::random().map_err(|_| fail("cannot make a record-reference secret"))?
             }
         };
-        let approval_uses = match &opts.audit_store {
-            Some(spec) => ApprovalUses::with_spent(spent_in_log(&policy, spec).map_err(fail)?),
-            None => ApprovalUses::default(),
+        let memory = Arc::new(MemorySink::default());
+        let (audit, memory_audit) = match (opts.audit, &opts.audit_store) {
+            (Some(sink), _) => (AuditChoice::Sink(sink), None),
+            (None, Some(spec)) => (
+                AuditChoice::Store(AuditConfig {
+                    store: spec.clone(),
+                    durability: "durable".into(),
+                    writer: "broker-1".into(),
+                }),
+                None,
+            ),
+            (None, None) => (AuditChoice::Sink(memory.clone()), Some(memory)),
         };
-        let broker = Broker::new(Parts {
-            references,
-            approval_uses,
-            queue: Arc::new(DirectDelivery {
-                adapters: adapters.clone(),
-                timeout: config.delivery_timeout(),
-            }),
-            config,
-            registry,
-            policy,
-            partners: partners.clone(),
-            adapters,
-            audit,
-            limiter,
-            admin,
-            audit_reader,
-        });
+        let partners = dep.partners.clone();
+        let broker = Broker::from_deployment(
+            dep,
+            Wiring {
+                tls: broker_tls.clone(),
+                references,
+                audit,
+                overrides_file,
+                limiter: opts.limiter,
+            },
+        )
+        .map_err(fail)?;
         tokio::spawn(crossgate_broker::serve(
             broker,
             broker_tls,

@@ -3,7 +3,8 @@
 use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use clap::{Args, Subcommand};
-use crossgate_policy::{Ask, Policy, compile, compile_partners};
+use crossgate_broker::deployment::Deployment;
+use crossgate_policy::{Ask, Policy};
 use crossgate_schema::Registry;
 use std::path::{Path, PathBuf};
 
@@ -41,19 +42,11 @@ pub struct CheckArgs {
     pub dir: SchemasDir,
 }
 
-/// Read and compile `partners.toml` and `catalog.toml` of a config folder.
-pub fn load_policy(config: &Path, registry: &Registry) -> Result<Policy, String> {
-    let read = |name: &str| {
-        let path = config.join(name);
-        std::fs::read_to_string(&path)
-            .map(|text| (path.display().to_string(), text))
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-    };
-    let (pfile, ptext) = read("partners.toml")?;
-    let partners = compile_partners(&pfile, &ptext).map_err(|e| e.to_string())?;
-    let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
-    let (cfile, ctext) = read("catalog.toml")?;
-    compile(&cfile, &ctext, &ids, registry).map_err(|e| e.to_string())
+/// The compiled catalog of a config folder (with its partners and broker.toml).
+pub fn load_policy(config: &Path, registry: Registry) -> Result<Policy, String> {
+    Deployment::load(config, std::sync::Arc::new(registry))
+        .map(|d| d.policy)
+        .map_err(|e| e.to_string())
 }
 
 fn parse_lookup(text: &str) -> Result<(String, String), String> {
@@ -71,7 +64,7 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let policy = match load_policy(&args.config, &registry) {
+    let policy = match load_policy(&args.config, registry) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("crossgate: {e}");

@@ -1,0 +1,161 @@
+//! A deployment's configuration folder read and compiled once, and the one
+//! place that wires a broker from it. `crossgate broker`, `up`, `demo` and
+//! the tests all build their broker here, so they run the same broker.
+
+use crate::admin::LimitsAdmin;
+use crate::approvals::{ApprovalUses, spent_in_log};
+use crate::audit::AuditSink;
+use crate::audit_service::AuditReader;
+use crate::config::{AuditConfig, BrokerConfig, open_limits};
+use crate::delivery::{Adapters, DirectDelivery};
+use crate::{Broker, Limiter, Parts, Unlimited};
+use crossgate_policy::{Partner, Policy, ReferenceKey};
+use crossgate_schema::Registry;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a deployment cannot be loaded or wired; each says which file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] crossgate_config::ConfigError),
+    /// broker.toml, limits, the audit log or the certificates.
+    #[error("{0}")]
+    Broker(String),
+}
+
+fn read(path: PathBuf) -> Result<String, DeploymentError> {
+    std::fs::read_to_string(&path).map_err(|source| DeploymentError::Read { path, source })
+}
+
+/// Every party of `<dir>/partners.toml`, with its role and adapter address.
+pub fn read_partners(dir: &Path) -> Result<Vec<Partner>, DeploymentError> {
+    let path = dir.join("partners.toml");
+    let text = read(path.clone())?;
+    Ok(crossgate_policy::compile_partners(
+        &path.display().to_string(),
+        &text,
+    )?)
+}
+
+/// A configuration folder, compiled: broker.toml (defaults when missing),
+/// partners.toml and catalog.toml (both required).
+pub struct Deployment {
+    pub dir: PathBuf,
+    pub config: BrokerConfig,
+    pub registry: Arc<Registry>,
+    pub partners: Vec<Partner>,
+    pub policy: Policy,
+}
+
+impl Deployment {
+    pub fn load(dir: &Path, registry: Arc<Registry>) -> Result<Self, DeploymentError> {
+        let config = BrokerConfig::load(dir).map_err(DeploymentError::Broker)?;
+        let partners = read_partners(dir)?;
+        let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
+        let catalog = dir.join("catalog.toml");
+        let text = read(catalog.clone())?;
+        let policy =
+            crossgate_policy::compile(&catalog.display().to_string(), &text, &ids, &registry)?;
+        Ok(Deployment {
+            dir: dir.to_path_buf(),
+            config,
+            registry,
+            partners,
+            policy,
+        })
+    }
+
+    pub fn partner_ids(&self) -> Vec<&str> {
+        self.partners.iter().map(|p| p.id.as_str()).collect()
+    }
+}
+
+/// Where the broker writes its audit log.
+pub enum AuditChoice {
+    /// A durable store (`sqlite:PATH`, `postgres://...`); the `Audit`
+    /// service reads it and approval uses are counted from it.
+    Store(AuditConfig),
+    /// Anything else that keeps entries (tests: in memory); not readable
+    /// through `Audit`.
+    Sink(Arc<dyn AuditSink>),
+}
+
+/// What a broker needs beyond its configuration folder.
+pub struct Wiring {
+    /// The broker's own certificate: it also calls the adapters with it.
+    pub tls: crossgate_tls::Bundle,
+    pub references: ReferenceKey,
+    pub audit: AuditChoice,
+    /// Where operators' live limit changes are kept.
+    pub overrides_file: PathBuf,
+    /// Test knob: this limiter instead of limits.toml.
+    pub limiter: Option<Arc<dyn Limiter>>,
+}
+
+impl Broker {
+    /// The broker of a deployment: adapters, delivery, limits, audit log,
+    /// record references and approval uses, wired the one way.
+    pub fn from_deployment(dep: Deployment, wiring: Wiring) -> Result<Broker, DeploymentError> {
+        let fail = |e: String| DeploymentError::Broker(e);
+        let adapters = Adapters::new(
+            &dep.partners,
+            Some(wiring.tls.client()),
+            Duration::from_secs(2),
+        )
+        .map_err(fail)?;
+        let ids = dep.partner_ids();
+        let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
+            Some(l) => (l, None),
+            None => match open_limits(&dep.dir, &wiring.overrides_file, &ids).map_err(fail)? {
+                Some(limits) => (
+                    limits.clone() as Arc<dyn Limiter>,
+                    Some(LimitsAdmin {
+                        limits,
+                        config_dir: dep.dir.clone(),
+                        overrides_file: wiring.overrides_file.clone(),
+                    }),
+                ),
+                None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
+            },
+        };
+        let (audit, audit_reader, approval_uses): (Arc<dyn AuditSink>, _, _) = match wiring.audit {
+            AuditChoice::Store(log) => {
+                let spent = spent_in_log(&dep.policy, &log.store).map_err(|e| {
+                    fail(format!("cannot count approval uses in the audit log: {e}"))
+                })?;
+                (
+                    Arc::new(log.start().map_err(fail)?),
+                    Some(AuditReader {
+                        store: log.store.clone(),
+                    }),
+                    ApprovalUses::with_spent(spent),
+                )
+            }
+            AuditChoice::Sink(sink) => (sink, None, ApprovalUses::default()),
+        };
+        Ok(Broker::new(Parts {
+            queue: Arc::new(DirectDelivery {
+                adapters: adapters.clone(),
+                timeout: dep.config.delivery_timeout(),
+            }),
+            config: dep.config,
+            registry: dep.registry,
+            policy: dep.policy,
+            partners: dep.partners,
+            adapters,
+            audit,
+            limiter,
+            admin,
+            audit_reader,
+            references: wiring.references,
+            approval_uses,
+        }))
+    }
+}
