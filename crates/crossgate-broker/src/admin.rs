@@ -149,13 +149,11 @@ impl Admin for Broker {
         self.known_partner(&req.partner)?;
         let mode = match req.mode.as_str() {
             "" => None,
-            "publish" => Some(Mode::Publish),
-            "query" => Some(Mode::Query),
-            other => {
-                return Err(Status::invalid_argument(format!(
+            other => Some(Mode::parse(other).ok_or_else(|| {
+                Status::invalid_argument(format!(
                     "mode {other:?}: use publish, query or leave it empty for both"
-                )));
-            }
+                ))
+            })?),
         };
         let wanted = req
             .limit

@@ -61,10 +61,6 @@ where
     C: governor_clock::Clock + Clone + Send + Sync + 'static,
 {
     fn check(&self, partner: &str, mode: Mode) -> Result<(), Status> {
-        let mode = match mode {
-            Mode::Publish => crossgate_limits::Mode::Publish,
-            Mode::Query => crossgate_limits::Mode::Query,
-        };
         crossgate_limits::Limits::check(self, partner, mode).map_err(|t| {
             use tonic_types::{ErrorDetails, StatusExt};
             Status::with_error_details(

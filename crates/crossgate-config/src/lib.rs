@@ -56,6 +56,32 @@ impl<'a> Source<'a> {
     }
 }
 
+/// Publish (a subscription: the broker pushes records) or query (on demand):
+/// grants are written for one, limits may differ between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    Publish,
+    Query,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Publish => "publish",
+            Mode::Query => "query",
+        }
+    }
+
+    /// `publish` or `query`, as configs and the CLI write them.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "publish" => Some(Mode::Publish),
+            "query" => Some(Mode::Query),
+            _ => None,
+        }
+    }
+}
+
 /// A UTC offset as configs write it: `+08:00`, `-05:30`, `Z` or `UTC`.
 pub fn parse_utc_offset(text: &str) -> Option<chrono::FixedOffset> {
     if text == "Z" || text == "UTC" {

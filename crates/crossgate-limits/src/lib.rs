@@ -19,11 +19,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// Publish or query: limited separately.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Publish,
-    Query,
-}
+pub use crossgate_config::Mode;
 
 /// `200/s`, `12000/min`, `3600/h`.
 #[derive(Debug, Clone, PartialEq, Eq)]

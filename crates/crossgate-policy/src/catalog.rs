@@ -173,16 +173,12 @@ pub fn compile(
                 ),
             ));
         }
-        let mode = match g.mode.get_ref().as_str() {
-            "publish" => Mode::Publish,
-            "query" => Mode::Query,
-            other => {
-                return Err(err(
-                    g.mode.span(),
-                    format!("unknown mode {other:?}; use publish or query"),
-                ));
-            }
-        };
+        let mode = Mode::parse(g.mode.get_ref()).ok_or_else(|| {
+            err(
+                g.mode.span(),
+                format!("unknown mode {:?}; use publish or query", g.mode.get_ref()),
+            )
+        })?;
         if g.purposes.get_ref().is_empty() {
             return Err(err(
                 g.purposes.span(),

@@ -18,21 +18,7 @@ use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// Publish (a subscription: the broker pushes records) or query (on demand).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Mode {
-    Publish,
-    Query,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Publish => "publish",
-            Mode::Query => "query",
-        }
-    }
-}
+pub use crossgate_config::Mode;
 
 /// The sharing class of a provider's record type.
 #[derive(Debug, Clone, PartialEq, Eq)]
