@@ -239,9 +239,9 @@ impl Admin for Broker {
                     message,
                 }))
             }
-            Err(message) => Ok(Response::new(ReloadResponse {
+            Err(refused) => Ok(Response::new(ReloadResponse {
                 applied: false,
-                message,
+                message: refused.to_string(),
             })),
         }
     }
@@ -280,21 +280,20 @@ impl Admin for Broker {
 impl Broker {
     /// Re-read limits.toml (operator call or SIGHUP). An invalid file is
     /// refused with file, line and reason, and the old limits stay.
-    pub fn reload_limits_file(&self) -> Result<String, String> {
-        let admin = self.admin().map_err(|s| s.message().to_owned())?;
+    pub fn reload_limits_file(&self) -> Result<String, crate::error::BrokerError> {
+        let admin = self
+            .inner
+            .admin
+            .as_ref()
+            .ok_or(crate::error::BrokerError::NoLimits)?;
         let ids: Vec<&str> = self.inner.partners.keys().map(String::as_str).collect();
+        let file = admin.config_dir.join("limits.toml");
         match crate::config::load_limits(&admin.config_dir, &ids)? {
             Some(config) => {
                 admin.limits.replace(config);
-                Ok(format!(
-                    "reloaded {}",
-                    admin.config_dir.join("limits.toml").display()
-                ))
+                Ok(format!("reloaded {}", file.display()))
             }
-            None => Err(format!(
-                "{} is gone; the old limits stay",
-                admin.config_dir.join("limits.toml").display()
-            )),
+            None => Err(crate::error::BrokerError::LimitsGone(file)),
         }
     }
 }

@@ -86,13 +86,16 @@ impl Drop for Reservation {
 
 /// Count the uses already spent of every counted approval from the audit log
 /// at `store` (a spec such as `sqlite:PATH`).
-pub fn spent_in_log(policy: &Policy, store: &str) -> Result<HashMap<String, u32>, String> {
+pub fn spent_in_log(
+    policy: &Policy,
+    store: &str,
+) -> Result<HashMap<String, u32>, crossgate_audit::StoreError> {
     let counted: Vec<&Approval> = policy.approvals().filter(|a| a.uses.is_some()).collect();
     let mut spent = HashMap::new();
     if counted.is_empty() {
         return Ok(spent);
     }
-    let mut store = crate::config::open_store(store)?;
+    let mut store = crossgate_audit::open(store)?;
     for approval in counted {
         let filter = crossgate_audit::Filter {
             consumer: Some(approval.consumer.clone()),
@@ -102,16 +105,13 @@ pub fn spent_in_log(policy: &Policy, store: &str) -> Result<HashMap<String, u32>
             ..Default::default()
         };
         let mut n = 0u32;
-        store
-            .scan(&filter, &mut |stored| {
-                if stored.entry.kind == "query"
-                    && stored.entry.approval_reference == approval.reference
-                {
-                    n = n.saturating_add(1);
-                }
-                true
-            })
-            .map_err(|e| e.to_string())?;
+        store.scan(&filter, &mut |stored| {
+            if stored.entry.kind == "query" && stored.entry.approval_reference == approval.reference
+            {
+                n = n.saturating_add(1);
+            }
+            true
+        })?;
         spent.insert(approval.reference.clone(), n);
     }
     Ok(spent)

@@ -4,13 +4,13 @@
 
 use std::sync::Mutex;
 
-pub use crossgate_audit::{Decision, Entry, digest};
+pub use crossgate_audit::{Decision, Entry, StoreError, digest};
 
 /// Where the broker writes entries. `append` returns only when the entry is
 /// kept; an error makes the broker refuse the request with `UNAVAILABLE`.
 #[tonic::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    async fn append(&self, entry: Entry) -> Result<(), String>;
+    async fn append(&self, entry: Entry) -> Result<(), StoreError>;
 }
 
 /// Keeps entries in memory (tests, and until the durable log lands).
@@ -30,7 +30,7 @@ impl MemorySink {
 
 #[tonic::async_trait]
 impl AuditSink for MemorySink {
-    async fn append(&self, entry: Entry) -> Result<(), String> {
+    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
         self.entries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -41,7 +41,7 @@ impl AuditSink for MemorySink {
 
 #[tonic::async_trait]
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
-    async fn append(&self, entry: Entry) -> Result<(), String> {
+    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
         (**self).append(entry).await
     }
 }
@@ -50,9 +50,7 @@ impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
 /// committed (or at once in async mode).
 #[tonic::async_trait]
 impl AuditSink for crossgate_audit::Writer {
-    async fn append(&self, entry: Entry) -> Result<(), String> {
-        crossgate_audit::Writer::append(self, entry)
-            .await
-            .map_err(|e| e.to_string())
+    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
+        crossgate_audit::Writer::append(self, entry).await
     }
 }

@@ -120,10 +120,10 @@ fn scan_into<T: Send + 'static>(
 ) -> mpsc::Receiver<Result<T, Status>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::task::spawn_blocking(move || {
-        let mut store = match crate::config::open_store(&reader.store) {
+        let mut store = match crossgate_audit::open(&reader.store) {
             Ok(s) => s,
             Err(e) => {
-                let _ = tx.blocking_send(Err(Status::unavailable(e)));
+                let _ = tx.blocking_send(Err(Status::unavailable(e.to_string())));
                 return;
             }
         };
@@ -168,8 +168,8 @@ impl Audit for Broker {
         self.audit_reading(&auditor, format!("verify {from}..{to}"))
             .await?;
         let reports = tokio::task::spawn_blocking(move || {
-            let mut store =
-                crate::config::open_store(&reader.store).map_err(Status::unavailable)?;
+            let mut store = crossgate_audit::open(&reader.store)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             crossgate_audit::verify_range(store.as_mut(), from, to)
                 .map_err(|e| Status::unavailable(e.to_string()))
         })
@@ -205,8 +205,8 @@ impl Audit for Broker {
         // Count first, so that the client can show progress.
         let (count_reader, count_filter) = (reader.clone(), f.clone());
         let total = tokio::task::spawn_blocking(move || {
-            let mut store =
-                crate::config::open_store(&count_reader.store).map_err(Status::unavailable)?;
+            let mut store = crossgate_audit::open(&count_reader.store)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             let mut n = 0u64;
             store
                 .scan(&count_filter, &mut |_| {

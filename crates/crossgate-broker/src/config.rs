@@ -1,5 +1,6 @@
 //! `broker.toml` and the files it points at.
 
+use crate::error::{BrokerError, read_optional};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,26 +64,20 @@ impl Default for AuditConfig {
     }
 }
 
-/// Open an audit store named like `sqlite:PATH` or `postgres://...`.
-pub fn open_store(spec: &str) -> Result<Box<dyn crossgate_audit::Store>, String> {
-    crossgate_audit::open(spec).map_err(|e| e.to_string())
-}
-
 impl AuditConfig {
     /// Start the log's writer for this broker.
-    pub fn start(&self) -> Result<crossgate_audit::Writer, String> {
+    pub fn start(&self) -> Result<crossgate_audit::Writer, BrokerError> {
         let durability = match self.durability.as_str() {
             "durable" => crossgate_audit::Durability::Durable,
             "async" => crossgate_audit::Durability::Async,
-            other => return Err(format!("audit durability {other:?}: use durable or async")),
+            other => return Err(BrokerError::Durability(other.to_owned())),
         };
-        crossgate_audit::Writer::start(
-            open_store(&self.store)?,
+        Ok(crossgate_audit::Writer::start(
+            crossgate_audit::open(&self.store)?,
             self.writer.clone(),
             durability,
             4096,
-        )
-        .map_err(|e| e.to_string())
+        )?)
     }
 }
 
@@ -117,17 +112,13 @@ impl Default for BrokerConfig {
 
 impl BrokerConfig {
     /// Read `<dir>/broker.toml`; a missing file means the defaults.
-    pub fn load(dir: &Path) -> Result<Self, String> {
+    pub fn load(dir: &Path) -> Result<Self, BrokerError> {
         let path = dir.join("broker.toml");
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        let Some(text) = read_optional(&path)? else {
+            return Ok(Self::default());
         };
         let file = path.display().to_string();
-        crossgate_config::Source::new(&file, &text)
-            .parse()
-            .map_err(|e| e.to_string())
+        Ok(crossgate_config::Source::new(&file, &text).parse()?)
     }
 
     pub fn default_deadline(&self) -> Duration {
@@ -144,16 +135,16 @@ impl BrokerConfig {
 pub fn load_limits(
     dir: &Path,
     partners: &[&str],
-) -> Result<Option<crossgate_limits::LimitsConfig>, String> {
+) -> Result<Option<crossgate_limits::LimitsConfig>, BrokerError> {
     let path = dir.join("limits.toml");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    let Some(text) = read_optional(&path)? else {
+        return Ok(None);
     };
-    crossgate_limits::parse_config(&path.display().to_string(), &text, partners)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    Ok(Some(crossgate_limits::parse_config(
+        &path.display().to_string(),
+        &text,
+        partners,
+    )?))
 }
 
 /// Where operators' live limit changes are kept, beside the config.
@@ -168,32 +159,24 @@ pub fn open_limits(
     dir: &Path,
     overrides: &Path,
     partners: &[&str],
-) -> Result<Option<std::sync::Arc<crossgate_limits::Limits>>, String> {
+) -> Result<Option<std::sync::Arc<crossgate_limits::Limits>>, BrokerError> {
     let Some(config) = load_limits(dir, partners)? else {
         return Ok(None);
     };
     let limits = crossgate_limits::Limits::new(config);
-    let path = overrides.to_path_buf();
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let overrides =
-                crossgate_limits::parse_config(&path.display().to_string(), &text, partners)
-                    .map_err(|e| e.to_string())?;
-            limits.set_overrides(overrides.partners);
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    if let Some(text) = read_optional(overrides)? {
+        let file = overrides.display().to_string();
+        let overrides = crossgate_limits::parse_config(&file, &text, partners)?;
+        limits.set_overrides(overrides.partners);
     }
     Ok(Some(std::sync::Arc::new(limits)))
 }
 
 /// The broker's record-reference secret, `reference.key` in its certificate folder.
-pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey, String> {
-    let secret = crossgate_tls::read_reference_secret(certs).map_err(|e| e.to_string())?;
-    crossgate_policy::ReferenceKey::new(&secret).map_err(|e| {
-        format!(
-            "{}: {e}",
-            certs.join(crossgate_tls::REFERENCE_SECRET_FILE).display()
-        )
+pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey, BrokerError> {
+    let secret = crossgate_tls::read_reference_secret(certs)?;
+    crossgate_policy::ReferenceKey::new(&secret).map_err(|source| BrokerError::ReferenceKey {
+        path: certs.join(crossgate_tls::REFERENCE_SECRET_FILE),
+        source,
     })
 }

@@ -1,6 +1,7 @@
 //! Reaching department adapters: one lazily connected mutual-TLS channel per
 //! adapter, and the delivery queue every published record goes through.
 
+use crate::error::BrokerError;
 use crossgate_policy::{Partner, Role};
 use crossgate_proto::DeliverRequest;
 use crossgate_proto::department_client::DepartmentClient;
@@ -22,18 +23,27 @@ impl Adapters {
         partners: &[Partner],
         tls: Option<ClientTlsConfig>,
         connect_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BrokerError> {
         let mut clients = HashMap::new();
         for p in partners.iter().filter(|p| p.role == Role::Partner) {
             let Some(addr) = &p.adapter else { continue };
             let scheme = if tls.is_some() { "https" } else { "http" };
             let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
-                .map_err(|e| format!("partner {}: bad adapter address {addr:?}: {e}", p.id))?
+                .map_err(|e| BrokerError::AdapterAddress {
+                    partner: p.id.clone(),
+                    address: addr.clone(),
+                    reason: e.to_string(),
+                })?
                 .connect_timeout(connect_timeout);
             if let Some(tls) = &tls {
-                endpoint = endpoint
-                    .tls_config(tls.clone())
-                    .map_err(|e| format!("partner {}: {e}", p.id))?;
+                endpoint =
+                    endpoint
+                        .tls_config(tls.clone())
+                        .map_err(|e| BrokerError::AdapterAddress {
+                            partner: p.id.clone(),
+                            address: addr.clone(),
+                            reason: e.to_string(),
+                        })?;
             }
             clients.insert(p.id.clone(), DepartmentClient::new(endpoint.connect_lazy()));
         }

@@ -15,20 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Why a deployment cannot be loaded or wired; each says which file and the fix.
-#[derive(Debug, thiserror::Error)]
-pub enum DeploymentError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Config(#[from] crossgate_config::ConfigError),
-    /// broker.toml, limits, the audit log or the certificates.
-    #[error("{0}")]
-    Broker(String),
-}
+pub use crate::error::BrokerError as DeploymentError;
 
 fn read(path: PathBuf) -> Result<String, DeploymentError> {
     std::fs::read_to_string(&path).map_err(|source| DeploymentError::Read { path, source })
@@ -56,7 +43,7 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn load(dir: &Path, registry: Arc<Registry>) -> Result<Self, DeploymentError> {
-        let config = BrokerConfig::load(dir).map_err(DeploymentError::Broker)?;
+        let config = BrokerConfig::load(dir)?;
         let partners = read_partners(dir)?;
         let ids: Vec<&str> = partners.iter().map(|p| p.id.as_str()).collect();
         let catalog = dir.join("catalog.toml");
@@ -103,17 +90,15 @@ impl Broker {
     /// The broker of a deployment: adapters, delivery, limits, audit log,
     /// record references and approval uses, wired the one way.
     pub fn from_deployment(dep: Deployment, wiring: Wiring) -> Result<Broker, DeploymentError> {
-        let fail = |e: String| DeploymentError::Broker(e);
         let adapters = Adapters::new(
             &dep.partners,
             Some(wiring.tls.client()),
             Duration::from_secs(2),
-        )
-        .map_err(fail)?;
+        )?;
         let ids = dep.partner_ids();
         let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
             Some(l) => (l, None),
-            None => match open_limits(&dep.dir, &wiring.overrides_file, &ids).map_err(fail)? {
+            None => match open_limits(&dep.dir, &wiring.overrides_file, &ids)? {
                 Some(limits) => (
                     limits.clone() as Arc<dyn Limiter>,
                     Some(LimitsAdmin {
@@ -127,11 +112,10 @@ impl Broker {
         };
         let (audit, audit_reader, approval_uses): (Arc<dyn AuditSink>, _, _) = match wiring.audit {
             AuditChoice::Store(log) => {
-                let spent = spent_in_log(&dep.policy, &log.store).map_err(|e| {
-                    fail(format!("cannot count approval uses in the audit log: {e}"))
-                })?;
+                let spent =
+                    spent_in_log(&dep.policy, &log.store).map_err(DeploymentError::ApprovalUses)?;
                 (
-                    Arc::new(log.start().map_err(fail)?),
+                    Arc::new(log.start()?),
                     Some(AuditReader {
                         store: log.store.clone(),
                     }),

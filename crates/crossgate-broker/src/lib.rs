@@ -11,6 +11,7 @@ pub mod audit_service;
 pub mod config;
 pub mod delivery;
 pub mod deployment;
+pub mod error;
 mod outcome;
 mod pipeline;
 pub mod release;

@@ -512,8 +512,13 @@ struct BrokenLog;
 
 #[tonic::async_trait]
 impl crossgate_broker::audit::AuditSink for BrokenLog {
-    async fn append(&self, _: crossgate_broker::audit::Entry) -> Result<(), String> {
-        Err("disk full".into())
+    async fn append(
+        &self,
+        _: crossgate_broker::audit::Entry,
+    ) -> Result<(), crossgate_broker::audit::StoreError> {
+        Err(crossgate_broker::audit::StoreError::Failed(
+            "disk full".into(),
+        ))
     }
 }
 

@@ -65,7 +65,7 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
     };
     let references = match crossgate_broker::config::load_reference_key(&config.certs) {
         Ok(k) => k,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,

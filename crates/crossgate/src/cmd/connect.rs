@@ -34,7 +34,8 @@ impl Connection {
     /// A mutual-TLS channel to the broker, as party `default_id` unless
     /// `--cert` names another certificate.
     pub async fn channel(&self, default_id: &str) -> Result<Channel, String> {
-        let config = crossgate_broker::BrokerConfig::load(&self.config)?;
+        let config =
+            crossgate_broker::BrokerConfig::load(&self.config).map_err(|e| e.to_string())?;
         let cert = self
             .cert
             .clone()

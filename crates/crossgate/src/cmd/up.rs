@@ -31,11 +31,11 @@ async fn run_async(args: UpArgs) -> ExitCode {
     };
     let config = match crossgate_broker::BrokerConfig::load(&args.config) {
         Ok(c) => c,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     let partners = match crate::cmd::broker::load_partners(&args.config) {
         Ok(p) => p,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     if !config.certs.join("ca.pem").exists() {
         let mut ids = vec!["broker"];

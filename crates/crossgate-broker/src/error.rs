@@ -1,0 +1,51 @@
+//! Why a broker cannot start or reload: each names the file or the party,
+//! and the fix.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A configuration file that cannot be used: file, line and fix.
+    #[error(transparent)]
+    Config(#[from] crossgate_config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crossgate_audit::StoreError),
+    #[error(transparent)]
+    Tls(#[from] crossgate_tls::TlsError),
+    #[error("{path}: {source}")]
+    ReferenceKey {
+        path: PathBuf,
+        source: crossgate_policy::ReferenceKeyError,
+    },
+    #[error("audit durability {0:?} in broker.toml: use durable or async")]
+    Durability(String),
+    #[error("partner {partner}: adapter address {address:?} cannot be used: {reason}")]
+    AdapterAddress {
+        partner: String,
+        address: String,
+        reason: String,
+    },
+    #[error("cannot count approval uses in the audit log: {0}")]
+    ApprovalUses(crossgate_audit::StoreError),
+    #[error("{0} is gone; the old limits stay")]
+    LimitsGone(PathBuf),
+    #[error("this broker runs without limits.toml: nothing to tune")]
+    NoLimits,
+}
+
+/// Read a file that may be missing: `None` when it is.
+pub(crate) fn read_optional(path: &std::path::Path) -> Result<Option<String>, BrokerError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(BrokerError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
