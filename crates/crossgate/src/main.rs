@@ -6,6 +6,36 @@ mod input;
 
 use clap::{Parser, Subcommand};
 
+/// Why a command stopped early, with the exit code scripts see. Any error
+/// converts into one (exit 2: nothing was judged), so commands use `?`.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: ExitCode,
+    pub message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            code: ExitCode::Usage,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl CliError {
+    /// Leave with `code`; what went wrong has been printed already.
+    pub fn exit(code: ExitCode) -> Self {
+        CliError {
+            code,
+            message: String::new(),
+        }
+    }
+}
+
+/// What a command ends with.
+pub type CliResult = Result<ExitCode, CliError>;
+
 /// Exit codes scripts can trust.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitCode {
@@ -57,17 +87,35 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let code = match cli.command {
-        Command::Schema(c) => cmd::schema::run(c),
-        Command::Map(args) => cmd::map::run(args),
-        Command::Adapter(args) => cmd::adapter::run(args),
+    let outcome = match cli.command {
+        Command::Schema(c) => Ok(cmd::schema::run(c)),
+        Command::Map(args) => Ok(cmd::map::run(args)),
         Command::Policy(c) => cmd::policy::run(c),
-        Command::Broker(args) => cmd::broker::run(args),
         Command::Certs(c) => cmd::certs::run(c),
-        Command::Limits(args) => cmd::limits::run(args),
-        Command::Audit(args) => cmd::audit::run(args),
-        Command::Demo(args) => cmd::demo::run(args),
-        Command::Up(args) => cmd::up::run(args),
+        Command::Adapter(args) => on_runtime(async { Ok(cmd::adapter::run(args).await) }),
+        Command::Broker(args) => on_runtime(cmd::broker::run(args)),
+        Command::Limits(args) => on_runtime(async { Ok(cmd::limits::run(args).await) }),
+        Command::Audit(args) if args.through_broker() => {
+            on_runtime(async { Ok(cmd::audit::through_broker(args).await) })
+        }
+        Command::Audit(args) => Ok(cmd::audit::on_store(args)),
+        Command::Demo(args) => on_runtime(async { Ok(cmd::demo::run(args).await) }),
+        Command::Up(args) => on_runtime(cmd::up::run(args)),
     };
+    let code = outcome.unwrap_or_else(|e| {
+        if !e.message.is_empty() {
+            eprintln!("crossgate: {}", e.message);
+        }
+        e.code
+    });
     std::process::ExitCode::from(code as u8)
+}
+
+/// The one async runtime, for the commands that serve or call over the
+/// network. (Reading an audit store stays off it: the PostgreSQL client runs
+/// its own.)
+fn on_runtime(command: impl std::future::Future<Output = CliResult>) -> CliResult {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?
+        .block_on(command)
 }

@@ -41,18 +41,7 @@ pub struct AdapterArgs {
     pub system: Option<String>,
 }
 
-pub fn run(args: AdapterArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("crossgate: cannot start the async runtime: {e}");
-            return ExitCode::Usage;
-        }
-    };
-    runtime.block_on(run_async(args))
-}
-
-async fn run_async(args: AdapterArgs) -> ExitCode {
+pub async fn run(args: AdapterArgs) -> ExitCode {
     let registry = match load(&args.dir) {
         Ok(r) => Arc::new(r),
         Err(code) => return code,
@@ -84,7 +73,7 @@ async fn run_async(args: AdapterArgs) -> ExitCode {
     let listen = match args.listen {
         Some(l) => l,
         None => {
-            let configured = crate::cmd::broker::load_partners(&args.config)
+            let configured = crossgate_broker::deployment::read_partners(&args.config)
                 .ok()
                 .and_then(|ps| ps.into_iter().find(|p| p.id == args.department))
                 .and_then(|p| p.adapter)

@@ -125,16 +125,15 @@ impl FilterArgs {
     }
 }
 
-pub fn run(args: AuditArgs) -> ExitCode {
-    if args.conn.broker.is_some() || args.conn.cert.is_some() {
-        return match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(through_broker(args)),
-            Err(e) => {
-                eprintln!("crossgate: cannot start the async runtime: {e}");
-                ExitCode::Usage
-            }
-        };
+impl AuditArgs {
+    /// Read through the broker's `Audit` service rather than a store.
+    pub fn through_broker(&self) -> bool {
+        self.conn.broker.is_some() || self.conn.cert.is_some()
     }
+}
+
+/// Read the store directly (no async runtime: its clients bring their own).
+pub fn on_store(args: AuditArgs) -> ExitCode {
     let spec = match &args.store {
         Some(s) => s.clone(),
         None => match crossgate_broker::BrokerConfig::load(&args.conn.config) {
@@ -249,7 +248,7 @@ fn finish_export(
     }
 }
 
-async fn through_broker(args: AuditArgs) -> ExitCode {
+pub async fn through_broker(args: AuditArgs) -> ExitCode {
     let channel = match args.conn.channel("audit-office").await {
         Ok(c) => c,
         Err(e) => {

@@ -1,12 +1,12 @@
 //! `crossgate broker`: run the broker from a config folder.
 
-use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
+use crate::{CliError, CliResult, ExitCode};
+
 use clap::Args;
 use crossgate_broker::Broker;
-use crossgate_broker::deployment::{AuditChoice, Deployment, Wiring, read_partners};
-use crossgate_policy::Partner;
-use std::path::{Path, PathBuf};
+use crossgate_broker::deployment::{AuditChoice, Deployment, Wiring};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -25,33 +25,9 @@ pub struct BrokerArgs {
     pub certs: Option<PathBuf>,
 }
 
-pub fn load_partners(config: &Path) -> Result<Vec<Partner>, String> {
-    read_partners(config).map_err(|e| e.to_string())
-}
-
-pub fn run(args: BrokerArgs) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run_async(args)),
-        Err(e) => {
-            eprintln!("crossgate: cannot start the async runtime: {e}");
-            ExitCode::Usage
-        }
-    }
-}
-
-async fn run_async(args: BrokerArgs) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("crossgate: {e}");
-        ExitCode::Usage
-    };
-    let registry = match load(&args.dir) {
-        Ok(r) => Arc::new(r),
-        Err(code) => return code,
-    };
-    let mut dep = match Deployment::load(&args.config, registry) {
-        Ok(d) => d,
-        Err(e) => return fail(e.to_string()),
-    };
+pub async fn run(args: BrokerArgs) -> CliResult {
+    let registry = Arc::new(load(&args.dir).map_err(CliError::exit)?);
+    let mut dep = Deployment::load(&args.config, registry)?;
     if let Some(l) = args.listen {
         dep.config.listen = l;
     }
@@ -59,29 +35,20 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
         dep.config.certs = c;
     }
     let config = dep.config.clone();
-    let tls = match crossgate_tls::Bundle::load(&config.certs, "broker") {
-        Ok(t) => t,
-        Err(e) => return fail(e.to_string()),
-    };
-    let references = match crossgate_broker::config::load_reference_key(&config.certs) {
-        Ok(k) => k,
-        Err(e) => return fail(e.to_string()),
-    };
-    let listener = match TcpListener::bind(config.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            return fail(format!(
-                "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
-                config.listen
-            ));
-        }
-    };
+    let tls = crossgate_tls::Bundle::load(&config.certs, "broker")?;
+    let references = crossgate_broker::config::load_reference_key(&config.certs)?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
+            config.listen
+        )
+    })?;
     println!(
         "broker listening on https://{} (mutual TLS; certificates in {})",
         config.listen,
         config.certs.display()
     );
-    let broker = match Broker::from_deployment(
+    let broker = Broker::from_deployment(
         dep,
         Wiring {
             tls: tls.clone(),
@@ -90,10 +57,7 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
             overrides_file: crossgate_broker::config::overrides_file(&args.config),
             limiter: None,
         },
-    ) {
-        Ok(b) => b,
-        Err(e) => return fail(e.to_string()),
-    };
+    )?;
     println!(
         "audit log: {} ({}, chain {})",
         config.audit.store, config.audit.durability, config.audit.writer
@@ -116,15 +80,13 @@ async fn run_async(args: BrokerArgs) -> ExitCode {
             }
         });
     }
-    match crossgate_broker::serve(broker, tls, listener, async {
+    crossgate_broker::serve(broker, tls, listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await
-    {
-        Ok(()) => ExitCode::Ok,
-        Err(e) => {
-            eprintln!("crossgate: broker stopped: {e}");
-            ExitCode::Failed
-        }
-    }
+    .map_err(|e| CliError {
+        code: ExitCode::Failed,
+        message: format!("broker stopped: {e}"),
+    })?;
+    Ok(ExitCode::Ok)
 }

@@ -1,7 +1,7 @@
 //! `crossgate certs dev`: a development CA and a certificate for the broker
 //! and every party in partners.toml.
 
-use crate::ExitCode;
+use crate::{CliResult, ExitCode};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -22,45 +22,38 @@ pub struct DevArgs {
     pub config: PathBuf,
 }
 
-pub fn run(cmd: CertsCommand) -> ExitCode {
+pub fn run(cmd: CertsCommand) -> CliResult {
     let CertsCommand::Dev(args) = cmd;
-    let partners = match crate::cmd::broker::load_partners(&args.config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let partners = crossgate_broker::deployment::read_partners(&args.config)?;
     let mut ids: Vec<&str> = vec!["broker"];
     ids.extend(partners.iter().map(|p| p.id.as_str()));
-    match crossgate_tls::generate_dev(&args.out, &ids) {
-        Ok(files) => {
-            println!(
-                "wrote a development CA and {} certificates to {}:",
-                ids.len(),
-                args.out.display()
-            );
-            for p in &partners {
-                println!(
-                    "  {:<20} {:<9} {}/{}.pem",
-                    p.id,
-                    p.role.as_str(),
-                    args.out.display(),
-                    p.id
-                );
-            }
-            println!(
-                "  {:<20} {:<9} {}/broker.pem",
-                "broker",
-                "server",
-                args.out.display()
-            );
-            let _ = files;
-            ExitCode::Ok
-        }
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            ExitCode::Usage
-        }
+    crossgate_tls::generate_dev(&args.out, &ids)?;
+    println!(
+        "wrote a development CA and {} certificates to {}:",
+        ids.len(),
+        args.out.display()
+    );
+    for p in &partners {
+        println!(
+            "  {:<20} {:<9} {}/{}.pem",
+            p.id,
+            p.role.as_str(),
+            args.out.display(),
+            p.id
+        );
     }
+    println!(
+        "  {:<20} {:<9} {}/broker.pem",
+        "broker",
+        "server",
+        args.out.display()
+    );
+    println!(
+        "  {:<20} {:<9} {}/{}",
+        "record references",
+        "secret",
+        args.out.display(),
+        crossgate_tls::REFERENCE_SECRET_FILE
+    );
+    Ok(ExitCode::Ok)
 }

@@ -28,16 +28,6 @@ pub struct DemoArgs {
 /// A failed expectation: what was expected and what happened.
 type Step = Result<(), String>;
 
-pub fn run(args: DemoArgs) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run_async(args)),
-        Err(e) => {
-            eprintln!("crossgate: cannot start the async runtime: {e}");
-            ExitCode::Usage
-        }
-    }
-}
-
 fn fixture(
     config: &std::path::Path,
     dept: &str,
@@ -63,7 +53,7 @@ fn keys(json: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-async fn run_async(args: DemoArgs) -> ExitCode {
+pub async fn run(args: DemoArgs) -> ExitCode {
     let _ = std::fs::remove_dir_all(&args.state);
     if let Err(e) = std::fs::create_dir_all(&args.state) {
         eprintln!("crossgate: cannot create {}: {e}", args.state.display());

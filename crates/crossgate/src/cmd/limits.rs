@@ -73,17 +73,7 @@ fn print_table(limits: &[PartnerLimit]) {
     }
 }
 
-pub fn run(args: LimitsArgs) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run_async(args)),
-        Err(e) => {
-            eprintln!("crossgate: cannot start the async runtime: {e}");
-            ExitCode::Usage
-        }
-    }
-}
-
-async fn run_async(args: LimitsArgs) -> ExitCode {
+pub async fn run(args: LimitsArgs) -> ExitCode {
     let mut admin = match args.conn.channel("operations").await {
         Ok(c) => AdminClient::new(c),
         Err(e) => {

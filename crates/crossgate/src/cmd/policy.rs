@@ -1,12 +1,11 @@
 //! `crossgate policy check`: what the catalog decides, and why.
 
-use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
+use crate::{CliResult, ExitCode};
 use clap::{Args, Subcommand};
 use crossgate_broker::deployment::Deployment;
-use crossgate_policy::{Ask, Policy};
-use crossgate_schema::Registry;
-use std::path::{Path, PathBuf};
+use crossgate_policy::Ask;
+use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
@@ -42,13 +41,6 @@ pub struct CheckArgs {
     pub dir: SchemasDir,
 }
 
-/// The compiled catalog of a config folder (with its partners and broker.toml).
-pub fn load_policy(config: &Path, registry: Registry) -> Result<Policy, String> {
-    Deployment::load(config, std::sync::Arc::new(registry))
-        .map(|d| d.policy)
-        .map_err(|e| e.to_string())
-}
-
 fn parse_lookup(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((path, value)) if path.starts_with('/') => Ok((path.to_owned(), value.to_owned())),
@@ -58,19 +50,10 @@ fn parse_lookup(text: &str) -> Result<(String, String), String> {
     }
 }
 
-pub fn run(cmd: PolicyCommand) -> ExitCode {
+pub fn run(cmd: PolicyCommand) -> CliResult {
     let PolicyCommand::Check(args) = cmd;
-    let registry = match load(&args.dir) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
-    let policy = match load_policy(&args.config, registry) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let registry = load(&args.dir).map_err(crate::CliError::exit)?;
+    let policy = Deployment::load(&args.config, std::sync::Arc::new(registry))?.policy;
     let today = args
         .date
         .unwrap_or_else(|| policy.today(chrono::Utc::now()));
@@ -128,12 +111,12 @@ pub fn run(cmd: PolicyCommand) -> ExitCode {
                     None => println!("  releases {}", f.pointer),
                 }
             }
-            ExitCode::Ok
+            Ok(ExitCode::Ok)
         }
         Err(denial) => {
             println!("deny: {}", denial.reason);
             println!("  rule: {}", denial.rule);
-            ExitCode::Failed
+            Ok(ExitCode::Failed)
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `crossgate up`: the broker, every department's adapter and its reference
 //! system, on the configured loopback addresses, until Ctrl-C.
 
-use crate::ExitCode;
+use crate::{CliResult, ExitCode};
 use clap::Args;
 use crossgate_local::{LocalSystem, Options};
 use crossgate_policy::Role;
@@ -14,35 +14,13 @@ pub struct UpArgs {
     pub config: PathBuf,
 }
 
-pub fn run(args: UpArgs) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(run_async(args)),
-        Err(e) => {
-            eprintln!("crossgate: cannot start the async runtime: {e}");
-            ExitCode::Usage
-        }
-    }
-}
-
-async fn run_async(args: UpArgs) -> ExitCode {
-    let fail = |e: String| {
-        eprintln!("crossgate: {e}");
-        ExitCode::Usage
-    };
-    let config = match crossgate_broker::BrokerConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
-    };
-    let partners = match crate::cmd::broker::load_partners(&args.config) {
-        Ok(p) => p,
-        Err(e) => return fail(e.to_string()),
-    };
+pub async fn run(args: UpArgs) -> CliResult {
+    let config = crossgate_broker::BrokerConfig::load(&args.config)?;
+    let partners = crossgate_broker::deployment::read_partners(&args.config)?;
     if !config.certs.join("ca.pem").exists() {
         let mut ids = vec!["broker"];
         ids.extend(partners.iter().map(|p| p.id.as_str()));
-        if let Err(e) = crossgate_tls::generate_dev(&config.certs, &ids) {
-            return fail(e.to_string());
-        }
+        crossgate_tls::generate_dev(&config.certs, &ids)?;
         println!(
             "made development certificates in {}",
             config.certs.display()
@@ -56,10 +34,7 @@ async fn run_async(args: UpArgs) -> ExitCode {
     opts.certs = Some(config.certs.clone());
     opts.ephemeral_ports = false;
     opts.audit_store = Some(config.audit.store.clone());
-    let sys = match LocalSystem::start(opts).await {
-        Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
-    };
+    let sys = LocalSystem::start(opts).await?;
     println!(
         "crossgate is up (mutual TLS everywhere; certificates in {})",
         config.certs.display()
@@ -85,5 +60,5 @@ async fn run_async(args: UpArgs) -> ExitCode {
     sys.shutdown();
     // Give servers their graceful stop before the runtime goes away.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    ExitCode::Ok
+    Ok(ExitCode::Ok)
 }
