@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
 /// Records what is published; answers queries with one person.
 #[derive(Clone, Default)]

@@ -14,8 +14,6 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-
 /// The local system with adapters for `departments` only; the other partners'
 /// adapters are down.
 async fn start(departments: &[&str]) -> LocalSystem {
@@ -32,11 +30,7 @@ fn audit(sys: &LocalSystem) -> Vec<crossgate_broker::audit::Entry> {
     sys.memory_audit.as_ref().unwrap().entries()
 }
 
-fn fixture(dept: &str, file: &str, n: usize) -> Vec<u8> {
-    let text =
-        std::fs::read_to_string(format!("{ROOT}/deploy/local/fixtures/{dept}/{file}")).unwrap();
-    text.lines().nth(n).unwrap().as_bytes().to_vec()
-}
+use crossgate_testing::fixture_line as fixture;
 
 #[tokio::test]
 async fn the_land_port_one_declaration_two_receivers_each_its_own_part() {

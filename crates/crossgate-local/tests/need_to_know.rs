@@ -10,13 +10,14 @@ use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::broker_client::BrokerClient;
 use crossgate_proto::ingress_client::IngressClient;
 use crossgate_proto::*;
+use crossgate_testing::TempDir;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 const CHILD: &str = "540202198107103540";
 const HOUSEHOLD: &str = "11010567397679";
 
@@ -285,76 +286,30 @@ async fn a_provider_record_with_a_bad_value_leaves_no_trace_of_it() {
 }
 
 /// The shipped config in a temporary folder, with `edit` applied to catalog.toml.
-fn config_with(edit: impl FnOnce(String) -> String) -> tempdir::Dir {
-    let dir = tempdir::Dir::new();
-    copy_dir(&Path::new(ROOT).join("deploy/local"), dir.path());
-    let catalog = dir.path().join("catalog.toml");
+fn config_with(edit: impl FnOnce(String) -> String) -> TempDir {
+    let dir = TempDir::new("need-to-know");
+    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
+    let catalog = dir.join("catalog.toml");
     let text = std::fs::read_to_string(&catalog).expect("catalog");
     std::fs::write(&catalog, edit(text)).expect("write catalog");
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read dir").flatten() {
-        let target = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &target);
-        } else if e.file_name() != "limits.overrides.toml" {
-            std::fs::copy(e.path(), &target).expect("copy");
-        }
-    }
-}
-
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    /// A folder removed when dropped.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new() -> Self {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static N: AtomicU32 = AtomicU32::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "crossgate-need-to-know-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            Dir(path)
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// Canonical fixture records of `dept` (mapped with its own mapping file).
 fn canonical_fixtures(dept: &str, native_type: &str) -> Vec<(Vec<u8>, Value)> {
-    let registry =
-        crossgate_schema::Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas");
+    let registry = crossgate_testing::registry();
     let mapping = crossgate_adapter::config::load_department(
-        &Path::new(ROOT).join("deploy/local"),
+        &crossgate_testing::deploy_local(),
         dept,
-        &registry,
+        registry,
     )
     .expect("mapping");
     let m = mapping.native(native_type).expect("native type");
-    let text = std::fs::read_to_string(format!(
-        "{ROOT}/deploy/local/fixtures/{dept}/{native_type}.valid.jsonl"
-    ))
-    .expect("fixture");
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
+    crossgate_testing::fixture_lines(dept, &format!("{native_type}.valid.jsonl"))
+        .iter()
         .map(|l| {
             let native: Value = serde_json::from_str(l).expect("JSON");
-            let doc = m.inbound(&native, &registry).expect("maps").document;
+            let doc = m.inbound(&native, registry).expect("maps").document;
             (l.as_bytes().to_vec(), doc)
         })
         .collect()
@@ -397,7 +352,7 @@ async fn every_published_fixture_reaches_each_receiver_without_withheld_values()
             1,
         )
     });
-    let sys = start_with(config.path().to_path_buf()).await;
+    let sys = start_with(config.to_path_buf()).await;
     let mut customs = IngressClient::new(
         sys.channel(&sys.adapter_addrs["customs"], "customs")
             .await

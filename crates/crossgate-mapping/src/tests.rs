@@ -5,7 +5,7 @@ use crossgate_schema::Registry;
 use serde_json::Value;
 use std::sync::OnceLock;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
 fn registry() -> &'static Registry {
     static R: OnceLock<Registry> = OnceLock::new();

@@ -6,7 +6,7 @@ use crossgate_policy::Ask;
 use crossgate_schema::Registry;
 use std::hint::black_box;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
 fn bench(c: &mut Criterion) {
     let registry = Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas");

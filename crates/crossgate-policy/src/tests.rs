@@ -1,10 +1,8 @@
 use crate::{Ask, Policy, compile, project, withheld};
 use chrono::NaiveDate;
-use crossgate_schema::Registry;
 use serde_json::json;
-use std::sync::OnceLock;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 const PARTNERS: &[&str] = &[
     "customs",
     "border-inspection",
@@ -20,10 +18,7 @@ const PARTNERS: &[&str] = &[
     "operations",
 ];
 
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| Registry::load_dir(format!("{ROOT}/schemas")).unwrap())
-}
+use crossgate_testing::registry;
 
 fn shipped() -> Policy {
     let file = format!("{ROOT}/deploy/local/catalog.toml");

@@ -298,9 +298,7 @@ mod tests {
 
     #[test]
     fn the_reference_secret_is_made_once_and_kept() {
-        let dir = std::env::temp_dir().join(format!("crossgate-secret-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crossgate_testing::TempDir::new("secret");
         let missing = read_reference_secret(&dir).unwrap_err().to_string();
         assert!(missing.contains("reference.key"), "{missing}");
         assert!(missing.contains("openssl rand -hex 32"), "{missing}");
@@ -327,6 +325,5 @@ mod tests {
         std::fs::write(dir.join(REFERENCE_SECRET_FILE), "zz".repeat(32)).unwrap();
         let bad = read_reference_secret(&dir).unwrap_err().to_string();
         assert!(bad.contains("other than hex digits"), "{bad}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

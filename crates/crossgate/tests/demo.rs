@@ -21,8 +21,7 @@ fn crossgate(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn the_demo_plays_every_scenario_and_the_auditor_can_check_it() {
-    let dir = std::env::temp_dir().join(format!("crossgate-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crossgate_testing::TempDir::new("demo");
     config_copy(&dir);
     std::fs::copy(
         format!("{ROOT}/deploy/local/limits.toml"),

@@ -6,16 +6,15 @@ mod common;
 use common::{Processes, ROOT, config_copy, crossgate, wait_for};
 use crossgate_proto::QueryRequest;
 use crossgate_proto::broker_client::BrokerClient;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::Code;
 
 /// A config copy with `limits`, certificates, and a running broker.
-fn start(name: &str, limits: &str) -> (PathBuf, u16, Processes) {
-    let dir = std::env::temp_dir().join(format!("crossgate-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+fn start(name: &str, limits: &str) -> (crossgate_testing::TempDir, u16, Processes) {
+    let dir = crossgate_testing::TempDir::new(name);
     let (port, _) = config_copy(&dir);
     std::fs::write(dir.join("limits.toml"), limits).unwrap();
     // These tests measure rates; the log's durability is tested elsewhere.

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
 fn crossgate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_crossgate"))
@@ -104,8 +104,7 @@ fn outbound_maps_canonical_records_back_to_native() {
         "deploy/local/fixtures/health/births.valid.jsonl",
     ]);
     assert_eq!(canonical.status.code(), Some(0));
-    let dir = std::env::temp_dir().join(format!("crossgate-map-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = crossgate_testing::TempDir::new("map");
     let file = dir.join("births.canonical.jsonl");
     std::fs::write(&file, &canonical.stdout).unwrap();
     let back = crossgate(&[
@@ -143,7 +142,7 @@ fn unknown_department_and_bad_config_exit_2_with_a_clear_message() {
         )
     );
 
-    let dir = std::env::temp_dir().join(format!("crossgate-badcfg-{}", std::process::id()));
+    let dir = crossgate_testing::TempDir::new("badcfg");
     std::fs::create_dir_all(dir.join("departments")).unwrap();
     std::fs::write(
         dir.join("departments/tax.toml"),
@@ -168,7 +167,7 @@ fn unknown_department_and_bad_config_exit_2_with_a_clear_message() {
 
 #[test]
 fn an_adapter_on_a_taken_port_says_so_and_exits_2() {
-    let certs = std::env::temp_dir().join(format!("crossgate-taken-{}", std::process::id()));
+    let certs = crossgate_testing::TempDir::new("taken");
     let made = crossgate(&["certs", "dev", "--out", certs.to_str().unwrap()]);
     assert_eq!(made.status.code(), Some(0), "{}", text(&made.stderr));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
 fn check(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_crossgate"))

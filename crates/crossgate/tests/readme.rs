@@ -68,8 +68,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_readme_command_runs() {
-    let project = std::env::temp_dir().join(format!("crossgate-readme-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&project);
+    let project = crossgate_testing::TempDir::new("readme");
     let config = project.join("deploy/local");
     let (broker_port, adapters) = config_copy(&config);
     std::fs::write(

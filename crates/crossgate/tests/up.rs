@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn up_serves_every_party_and_stops_cleanly_on_ctrl_c() {
-    let dir = std::env::temp_dir().join(format!("crossgate-up-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crossgate_testing::TempDir::new("up");
     let (broker_port, adapters) = config_copy(&dir);
     std::fs::copy(
         format!("{ROOT}/deploy/local/limits.toml"),

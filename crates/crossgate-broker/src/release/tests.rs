@@ -8,12 +8,9 @@ use crossgate_proto::Record;
 use proptest::prelude::*;
 use std::sync::OnceLock;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+use crossgate_testing::ROOT;
 
-fn registry() -> &'static Registry {
-    static R: OnceLock<Registry> = OnceLock::new();
-    R.get_or_init(|| Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas"))
-}
+use crossgate_testing::registry;
 
 fn policy() -> &'static Policy {
     static P: OnceLock<Policy> = OnceLock::new();
