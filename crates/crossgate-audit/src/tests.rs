@@ -1,5 +1,4 @@
 use crate::*;
-use std::path::PathBuf;
 
 fn entry(n: u64) -> Entry {
     Entry {
@@ -23,16 +22,19 @@ fn entry(n: u64) -> Entry {
 /// Where a test's log lives: SQLite always; PostgreSQL too when
 /// CROSSGATE_TEST_DATABASE_URL is set (each test in a schema of its own).
 enum Backend {
-    Sqlite(PathBuf),
-    Postgres { url: String, schema: String },
+    /// The log is `audit.db` in this folder (removed when the test ends).
+    Sqlite(crossgate_testing::TempDir),
+    Postgres {
+        url: String,
+        schema: String,
+    },
 }
 
 impl Backend {
     fn all(name: &str) -> Vec<Backend> {
-        let dir =
-            std::env::temp_dir().join(format!("crossgate-audit-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut out = vec![Backend::Sqlite(dir.join("audit.db"))];
+        let mut out = vec![Backend::Sqlite(crossgate_testing::TempDir::new(&format!(
+            "audit-{name}"
+        )))];
         if let Ok(url) = std::env::var("CROSSGATE_TEST_DATABASE_URL") {
             let schema = format!("audit_{name}_{}", std::process::id());
             let mut client =
@@ -47,7 +49,7 @@ impl Backend {
 
     fn open(&self) -> Box<dyn Store> {
         match self {
-            Backend::Sqlite(path) => Box::new(SqliteStore::open(path).unwrap()),
+            Backend::Sqlite(dir) => Box::new(SqliteStore::open(&dir.join("audit.db")).unwrap()),
             Backend::Postgres { url, schema } => {
                 Box::new(PostgresStore::connect(url, Some(schema)).unwrap())
             }
@@ -57,7 +59,7 @@ impl Backend {
     /// Change the table behind the log's back.
     fn tamper(&self, sql: &str) {
         match self {
-            Backend::Sqlite(path) => SqliteStore::open(path)
+            Backend::Sqlite(dir) => SqliteStore::open(&dir.join("audit.db"))
                 .unwrap()
                 .connection()
                 .execute_batch(sql)
@@ -320,9 +322,10 @@ fn two_writers_sharing_one_log_each_keep_a_chain_that_verifies() {
 fn one_changed_byte_in_the_file_is_found_at_its_entry() {
     let b = Backend::all("byte").remove(0);
     log(&b, 10);
-    let Backend::Sqlite(path) = &b else {
+    let Backend::Sqlite(dir) = &b else {
         unreachable!("the first backend is SQLite")
     };
+    let path = &dir.join("audit.db");
     // Change one byte of entry 7's stored reason, straight in the file.
     let wal_free = {
         let store = SqliteStore::open(path).unwrap();

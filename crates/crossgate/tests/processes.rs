@@ -7,13 +7,10 @@ use crossgate_proto::{NativeRecord, SubmitRequest};
 mod common;
 
 use common::{Processes, ROOT, config_copy, crossgate, wait_for};
-use std::path::PathBuf;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
-    let dir: PathBuf =
-        std::env::temp_dir().join(format!("crossgate-processes-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = crossgate_testing::TempDir::new("processes");
     let (broker_port, adapters) = config_copy(&dir);
     let config = dir.to_str().unwrap().to_owned();
     let certs = dir.join("certs");
