@@ -74,7 +74,11 @@ impl Broker {
     fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
         let path = admin.overrides_file.clone();
         let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, admin.limits.overrides_toml())
+        let text = admin
+            .limits
+            .overrides_toml()
+            .map_err(|e| Status::internal(format!("cannot write the overrides as TOML: {e}")))?;
+        std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {
                 Status::unavailable(format!("cannot keep the change in {}: {e}", path.display()))

@@ -387,22 +387,52 @@ impl<C: Clock + Clone> Limits<C> {
     }
 
     /// The overrides as a limits file, to store beside the config.
-    pub fn overrides_toml(&self) -> String {
-        let mut out = String::from(
-            "# Limits set live by operators (crossgate limits set), written by the broker.\n\
-             # `crossgate limits reset <partner>` removes an entry.\n",
-        );
-        for (partner, l) in read(&self.overrides).iter() {
-            out.push_str(&format!(
-                "\n[partner.{partner}]\nrate = \"{pr}\"\nburst = {pb}\n\
-                 publish = {{ rate = \"{pr}\", burst = {pb} }}\nquery = {{ rate = \"{qr}\", burst = {qb} }}\n",
-                pr = l.publish.rate.text,
-                pb = l.publish.burst,
-                qr = l.query.rate.text,
-                qb = l.query.burst,
-            ));
+    pub fn overrides_toml(&self) -> Result<String, toml::ser::Error> {
+        #[derive(serde::Serialize)]
+        struct Pair<'a> {
+            rate: &'a str,
+            burst: u32,
         }
-        out
+        #[derive(serde::Serialize)]
+        struct Entry<'a> {
+            rate: &'a str,
+            burst: u32,
+            publish: Pair<'a>,
+            query: Pair<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct File<'a> {
+            partner: std::collections::BTreeMap<&'a str, Entry<'a>>,
+        }
+        let overrides = read(&self.overrides);
+        let file = File {
+            partner: overrides
+                .iter()
+                .map(|(partner, l)| {
+                    (
+                        partner.as_str(),
+                        Entry {
+                            rate: &l.publish.rate.text,
+                            burst: l.publish.burst,
+                            publish: Pair {
+                                rate: &l.publish.rate.text,
+                                burst: l.publish.burst,
+                            },
+                            query: Pair {
+                                rate: &l.query.rate.text,
+                                burst: l.query.burst,
+                            },
+                        },
+                    )
+                })
+                .collect(),
+        };
+        // Written by serde: whatever a rate's text holds, the file stays TOML.
+        let body = toml::to_string(&file)?;
+        Ok(format!(
+            "# Limits set live by operators (crossgate limits set), written by the broker.\n\
+             # `crossgate limits reset <partner>` removes an entry.\n\n{body}"
+        ))
     }
 }
 

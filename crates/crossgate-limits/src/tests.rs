@@ -182,7 +182,12 @@ fn overrides_win_reset_goes_back_and_they_round_trip_through_their_file() {
         ),
         ("7/s", "10/s", Source::Override)
     );
-    let back = parse_config("limits.overrides.toml", &l.overrides_toml(), PARTNERS).unwrap();
+    let back = parse_config(
+        "limits.overrides.toml",
+        &l.overrides_toml().unwrap(),
+        PARTNERS,
+    )
+    .unwrap();
     assert_eq!(back.partners["education"], now);
     assert!(l.reset("education"));
     assert_eq!(l.partner_limits("education").1, Source::Config);
@@ -199,4 +204,24 @@ fn the_last_minute_counts_allowed_and_throttled_calls() {
     assert_eq!(l.last_minute("education"), (5, 4));
     wall.store(at(12, 0) + 61, Ordering::SeqCst);
     assert_eq!(l.last_minute("education"), (0, 1));
+}
+
+#[test]
+fn an_odd_rate_text_cannot_break_the_overrides_file() {
+    let (l, _) = limits(FILE, Arc::new(AtomicI64::new(at(12, 0))));
+    // A rate the parser accepts around its whitespace, with a newline and
+    // quote that a hand-written file would have carried into the TOML.
+    let odd = Rate::parse("5\n/s").unwrap();
+    l.set(
+        "tax",
+        None,
+        Limit {
+            rate: odd,
+            burst: 2,
+        },
+    );
+    let text = l.overrides_toml().unwrap();
+    let back = parse_config("limits.overrides.toml", &text, PARTNERS).unwrap();
+    assert_eq!(back.partners["tax"].query.rate.count, 5);
+    assert_eq!(back.partners["tax"].query.burst, 2);
 }
