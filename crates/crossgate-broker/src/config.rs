@@ -18,12 +18,12 @@ pub struct BrokerConfig {
     /// Largest gRPC message accepted, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
-    /// Deadline for a call whose caller set none, in milliseconds.
-    #[serde(default = "default_deadline")]
-    pub default_deadline_ms: u64,
-    /// How long a delivery to one adapter may take, in milliseconds.
-    #[serde(default = "default_delivery")]
-    pub delivery_timeout_ms: u64,
+    /// Deadline for a call whose caller set none, e.g. `"5s"`.
+    #[serde(default = "default_deadline", with = "crossgate_config::duration")]
+    pub default_deadline: Duration,
+    /// How long a delivery to one adapter may take, e.g. `"2s"`.
+    #[serde(default = "default_delivery", with = "crossgate_config::duration")]
+    pub delivery_timeout: Duration,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -90,11 +90,11 @@ fn default_certs() -> PathBuf {
 fn default_max_message() -> usize {
     4 * 1024 * 1024
 }
-fn default_deadline() -> u64 {
-    5_000
+fn default_deadline() -> Duration {
+    Duration::from_secs(5)
 }
-fn default_delivery() -> u64 {
-    2_000
+fn default_delivery() -> Duration {
+    Duration::from_secs(2)
 }
 
 impl Default for BrokerConfig {
@@ -103,8 +103,8 @@ impl Default for BrokerConfig {
             listen: default_listen(),
             certs: default_certs(),
             max_message_bytes: default_max_message(),
-            default_deadline_ms: default_deadline(),
-            delivery_timeout_ms: default_delivery(),
+            default_deadline: default_deadline(),
+            delivery_timeout: default_delivery(),
             audit: AuditConfig::default(),
         }
     }
@@ -122,11 +122,11 @@ impl BrokerConfig {
     }
 
     pub fn default_deadline(&self) -> Duration {
-        Duration::from_millis(self.default_deadline_ms)
+        self.default_deadline
     }
 
     pub fn delivery_timeout(&self) -> Duration {
-        Duration::from_millis(self.delivery_timeout_ms)
+        self.delivery_timeout
     }
 }
 

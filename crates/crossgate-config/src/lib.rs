@@ -82,6 +82,41 @@ impl Mode {
     }
 }
 
+/// A duration as configs write it: `500ms`, `2s`, `5min`, `1h`.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit.trim() {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "min" => std::time::Duration::from_secs(n.checked_mul(60)?),
+        "h" => std::time::Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// `#[serde(with = "crossgate_config::duration")]`: a duration field written
+/// as `"2s"` or `"500ms"`.
+pub mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_duration(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration; write e.g. \"500ms\", \"2s\", \"5min\""
+            ))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+}
+
 /// A UTC offset as configs write it: `+08:00`, `-05:30`, `Z` or `UTC`.
 pub fn parse_utc_offset(text: &str) -> Option<chrono::FixedOffset> {
     if text == "Z" || text == "UTC" {
@@ -133,6 +168,18 @@ mod tests {
                 .to_string(),
             "x.toml:1: no"
         );
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5min"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        for bad in ["", "2", "s", "2 days", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

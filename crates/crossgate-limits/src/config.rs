@@ -19,7 +19,7 @@ pub struct LimitsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    timezone: Option<Spanned<String>>,
+    time_zone: Option<Spanned<String>>,
     default: Option<PartnerConfig>,
     #[serde(default)]
     partner: BTreeMap<String, PartnerConfig>,
@@ -60,7 +60,7 @@ pub fn parse_config(
     let source = crossgate_config::Source::new(file, text);
     let err = |span: std::ops::Range<usize>, message: String| source.error(span, message);
     let parsed: File = source.parse()?;
-    let offset = match &parsed.timezone {
+    let offset = match &parsed.time_zone {
         None => FixedOffset::east_opt(0).ok_or_else(|| err(0..0, "bad offset".into()))?,
         Some(tz) => crossgate_config::parse_utc_offset(tz.get_ref()).ok_or_else(|| {
             err(

@@ -35,7 +35,7 @@ fn at(hh: u32, mm: u32) -> i64 {
 }
 
 const FILE: &str = r#"
-timezone = "+08:00"
+time_zone = "+08:00"
 
 [default]
 rate = "100/s"
@@ -156,7 +156,7 @@ fn rates_parse_and_bad_files_are_refused_with_line_and_reason() {
     );
     assert!(err("[default]\nrate = \"1/s\"\nburst = 1\n[[default.schedule]]\nwindow = \"8-10\"\nrate = \"1/s\"\nburst = 1\n")
         .starts_with("limits.toml:5: window \"8-10\" is not HH:MM-HH:MM"));
-    assert!(err("timezone = \"Asia/Shanghai\"\n").starts_with("limits.toml:1: time zone"));
+    assert!(err("time_zone = \"Asia/Shanghai\"\n").starts_with("limits.toml:1: time zone"));
 }
 
 #[test]

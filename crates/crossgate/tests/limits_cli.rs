@@ -119,7 +119,7 @@ fn traffic(
     (accepted, throttled)
 }
 
-const LIMITS: &str = "timezone = \"+08:00\"\n[default]\nrate = \"1000/s\"\nburst = 100\n[partner.education]\nrate = \"5/s\"\nburst = 5\n";
+const LIMITS: &str = "time_zone = \"+08:00\"\n[default]\nrate = \"1000/s\"\nburst = 100\n[partner.education]\nrate = \"5/s\"\nburst = 5\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_sees_education_throttled_raises_its_limit_and_the_throttling_stops() {
