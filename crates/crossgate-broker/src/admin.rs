@@ -254,10 +254,27 @@ impl Admin for Broker {
         &self,
         request: Request<ReloadRequest>,
     ) -> Result<Response<ReloadResponse>, Status> {
-        self.authenticate(&request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "reloading the catalog is not built yet; restart the broker to apply catalog.toml",
-        ))
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let call = self.admin_call();
+        match self.reload_catalog_file() {
+            Ok(message) => {
+                self.audit_change(
+                    &call,
+                    &operator,
+                    "",
+                    format!("{message} (by {})", operator.id),
+                )
+                .await?;
+                Ok(Response::new(ReloadResponse {
+                    applied: true,
+                    message,
+                }))
+            }
+            Err(refused) => Ok(Response::new(ReloadResponse {
+                applied: false,
+                message: refused.to_string(),
+            })),
+        }
     }
 
     async fn list_undelivered(
@@ -282,6 +299,33 @@ impl Admin for Broker {
 }
 
 impl Broker {
+    /// Re-read catalog.toml (operator call or SIGHUP): compiled against the
+    /// partners and schemas in force; an invalid file is refused with file,
+    /// line and reason, and the old catalog stays. Calls under way finish
+    /// under the catalog they started with.
+    pub fn reload_catalog_file(&self) -> Result<String, crate::error::BrokerError> {
+        let file = self
+            .inner
+            .catalog_file
+            .clone()
+            .ok_or(crate::error::BrokerError::NoCatalogFile)?;
+        let text =
+            std::fs::read_to_string(&file).map_err(|source| crate::error::BrokerError::Read {
+                path: file.clone(),
+                source,
+            })?;
+        let mut ids: Vec<&str> = self.inner.partners.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        let policy = crossgate_policy::compile(
+            &file.display().to_string(),
+            &text,
+            &ids,
+            &self.inner.registry,
+        )?;
+        *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        Ok(format!("reloaded {}", file.display()))
+    }
+
     /// Re-read limits.toml (operator call or SIGHUP). An invalid file is
     /// refused with file, line and reason, and the old limits stay.
     pub fn reload_limits_file(&self) -> Result<String, crate::error::BrokerError> {

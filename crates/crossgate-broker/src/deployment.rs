@@ -140,6 +140,7 @@ impl Broker {
             audit_reader,
             references: wiring.references,
             approval_uses,
+            catalog_file: Some(dep.dir.join("catalog.toml")),
         }))
     }
 }

@@ -36,6 +36,8 @@ pub enum BrokerError {
     LimitsGone(PathBuf),
     #[error("this broker runs without limits.toml: nothing to tune")]
     NoLimits,
+    #[error("this broker was not started from a catalog file: nothing to reload")]
+    NoCatalogFile,
 }
 
 /// Read a file that may be missing: `None` when it is.

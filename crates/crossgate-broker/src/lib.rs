@@ -94,6 +94,8 @@ pub struct Parts {
     pub references: ReferenceKey,
     /// Uses already spent of counted approvals (see `approvals::spent_in_log`).
     pub approval_uses: approvals::ApprovalUses,
+    /// `catalog.toml`, re-read by `Admin.ReloadCatalog`; `None`: not reloadable.
+    pub catalog_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -104,7 +106,9 @@ pub struct Broker {
 struct Inner {
     config: BrokerConfig,
     registry: Arc<Registry>,
-    policy: Policy,
+    /// The catalog in force: each call takes a snapshot, a reload swaps it.
+    policy: std::sync::RwLock<Arc<Policy>>,
+    catalog_file: Option<std::path::PathBuf>,
     partners: HashMap<String, Partner>,
     adapters: delivery::Adapters,
     queue: Arc<dyn delivery::DeliveryQueue>,
@@ -128,7 +132,8 @@ impl Broker {
             inner: Arc::new(Inner {
                 config: parts.config,
                 registry: parts.registry,
-                policy: parts.policy,
+                policy: std::sync::RwLock::new(Arc::new(parts.policy)),
+                catalog_file: parts.catalog_file,
                 partners: parts
                     .partners
                     .into_iter()
@@ -146,6 +151,15 @@ impl Broker {
                 epoch,
             }),
         }
+    }
+
+    /// The catalog in force now; a call keeps its snapshot to the end.
+    pub(crate) fn policy(&self) -> Arc<Policy> {
+        self.inner
+            .policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A request id unique to this broker process.

@@ -9,7 +9,7 @@ use crate::approvals::Reservation;
 use crate::audit::{Decision, Entry};
 use crate::outcome::Refusal;
 use crate::{Broker, Caller};
-use crossgate_policy::{Ask, Mode, Release, Role};
+use crossgate_policy::{Ask, Mode, Policy, Release, Role};
 use crossgate_proto::{QueryRequest, Record};
 use crossgate_schema::Rejection;
 use serde_json::Value;
@@ -89,25 +89,24 @@ impl Broker {
     }
 
     /// Step 4 — authorise a publish: every receiver whose grant is in force.
-    pub(crate) fn authorise_publish(
+    pub(crate) fn authorise_publish<'p>(
         &self,
+        policy: &'p Policy,
         caller: &Caller,
         record_type: &str,
-    ) -> Result<Vec<Release<'_>>, Refusal> {
-        Ok(self
-            .inner
-            .policy
-            .publish_routes(&caller.id, record_type, self.today())?)
+    ) -> Result<Vec<Release<'p>>, Refusal> {
+        Ok(policy.publish_routes(&caller.id, record_type, today(policy))?)
     }
 
     /// Step 4 — authorise a query: the grant, its lookups, the approval and
     /// (for a counted approval) one of its uses, reserved until the answer
     /// is released.
-    pub(crate) fn authorise_query(
+    pub(crate) fn authorise_query<'p>(
         &self,
+        policy: &'p Policy,
         caller: &Caller,
         q: &QueryRequest,
-    ) -> Result<(Release<'_>, Option<Reservation>), Refusal> {
+    ) -> Result<(Release<'p>, Option<Reservation>), Refusal> {
         let criteria: Vec<(&str, &str)> = q
             .criteria
             .iter()
@@ -121,17 +120,12 @@ impl Broker {
             approval: (!q.approval_reference.is_empty()).then_some(q.approval_reference.as_str()),
             criteria: &criteria,
         };
-        let release = self.inner.policy.decide_query(&ask, self.today())?;
+        let release = policy.decide_query(&ask, today(policy))?;
         let reservation = match release.approval {
             Some(approval) => self.inner.approval_uses.reserve(approval)?,
             None => None,
         };
         Ok((release, reservation))
-    }
-
-    /// Today in the catalog's time zone, for grant and approval validity.
-    fn today(&self) -> chrono::NaiveDate {
-        self.inner.policy.today(chrono::Utc::now())
     }
 
     /// Audit (used by `finish`): returns only when the entry is kept; if the log cannot
@@ -167,6 +161,11 @@ pub(crate) fn entry(kind: &'static str, decision: Decision) -> Entry {
         record_digest: String::new(),
         latency_micros: 0,
     }
+}
+
+/// Today in the catalog's time zone, for grant and approval validity.
+fn today(policy: &Policy) -> chrono::NaiveDate {
+    policy.today(chrono::Utc::now())
 }
 
 /// `INVALID_ARGUMENT` for the party that sent the record: every fault, with

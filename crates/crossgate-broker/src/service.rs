@@ -62,7 +62,8 @@ impl Broker {
         entry.record_id = record.record_id.clone();
         entry.record_digest = digest(&record.json);
         let document = self.validate(&record)?;
-        let routes = self.authorise_publish(caller, &record.record_type)?;
+        let policy = self.policy();
+        let routes = self.authorise_publish(&policy, caller, &record.record_type)?;
         if routes.is_empty() {
             let mut allowed = entry.clone();
             allowed.decision = Decision::Allowed;
@@ -199,7 +200,8 @@ impl Broker {
                 q.provider, q.record_type, q.purpose
             )));
         }
-        let (release, reservation) = self.authorise_query(caller, q)?;
+        let policy = self.policy();
+        let (release, reservation) = self.authorise_query(&policy, caller, q)?;
         let answer = self
             .fetch(call, caller, q, release.grant.max_records)
             .await

@@ -67,7 +67,7 @@ enum Command {
     Map(cmd::map::MapArgs),
     /// Run one department's adapter.
     Adapter(cmd::adapter::AdapterArgs),
-    /// The sharing catalog: check what it decides.
+    /// The sharing catalog: check what it decides; reload it in the running broker.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
     /// Run the broker.
@@ -90,7 +90,10 @@ fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Schema(c) => Ok(cmd::schema::run(c)),
         Command::Map(args) => Ok(cmd::map::run(args)),
-        Command::Policy(c) => cmd::policy::run(c),
+        Command::Policy(cmd::policy::PolicyCommand::Check(args)) => cmd::policy::run(args),
+        Command::Policy(cmd::policy::PolicyCommand::Reload(args)) => {
+            on_runtime(cmd::policy::reload(args))
+        }
         Command::Certs(c) => cmd::certs::run(c),
         Command::Adapter(args) => on_runtime(async { Ok(cmd::adapter::run(args).await) }),
         Command::Broker(args) => on_runtime(cmd::broker::run(args)),

@@ -62,7 +62,8 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         "audit log: {} ({}, chain {})",
         config.audit.store, config.audit.durability, config.audit.writer
     );
-    // SIGHUP re-reads limits.toml; an invalid file is refused and the old limits stay.
+    // SIGHUP re-reads limits.toml and catalog.toml; an invalid file is refused
+    // and the old one stays.
     #[cfg(unix)]
     {
         let reloader = broker.clone();
@@ -76,6 +77,10 @@ pub async fn run(args: BrokerArgs) -> CliResult {
                 match reloader.reload_limits_file() {
                     Ok(m) => eprintln!("crossgate: {m}"),
                     Err(e) => eprintln!("crossgate: limits not reloaded: {e}"),
+                }
+                match reloader.reload_catalog_file() {
+                    Ok(m) => eprintln!("crossgate: {m}"),
+                    Err(e) => eprintln!("crossgate: catalog not reloaded: {e}"),
                 }
             }
         });

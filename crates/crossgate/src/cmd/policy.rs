@@ -1,10 +1,13 @@
-//! `crossgate policy check`: what the catalog decides, and why.
+//! `crossgate policy check`: what the catalog decides, and why;
+//! `crossgate policy reload`: the running broker re-reads catalog.toml.
 
 use crate::cmd::schema::{SchemasDir, load};
-use crate::{CliResult, ExitCode};
+use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, Subcommand};
 use crossgate_broker::deployment::Deployment;
 use crossgate_policy::Ask;
+use crossgate_proto::ReloadRequest;
+use crossgate_proto::admin_client::AdminClient;
 use std::path::PathBuf;
 
 #[derive(Debug, Subcommand)]
@@ -12,6 +15,37 @@ pub enum PolicyCommand {
     /// Decide a query as the broker would: allow (with the released fields)
     /// or deny (with the rule and the reason). Exit 0 allow, 1 deny, 2 config error.
     Check(CheckArgs),
+    /// Make the running broker re-read catalog.toml (operator role); an
+    /// invalid file is refused with its line and the old catalog stays.
+    /// Exit 0 reloaded, 1 refused, 2 cannot connect.
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    #[command(flatten)]
+    pub conn: crate::cmd::connect::Connection,
+}
+
+/// `crossgate policy reload`, through the broker's `Admin` service.
+pub async fn reload(args: ReloadArgs) -> CliResult {
+    let mut admin = AdminClient::new(args.conn.channel("operations").await?);
+    let reply = admin
+        .reload_catalog(ReloadRequest {})
+        .await
+        .map_err(|s| CliError {
+            code: ExitCode::Failed,
+            message: format!("the broker refused: {:?}: {}", s.code(), s.message()),
+        })?
+        .into_inner();
+    if !reply.applied {
+        return Err(CliError {
+            code: ExitCode::Failed,
+            message: reply.message,
+        });
+    }
+    println!("{}", reply.message);
+    Ok(ExitCode::Ok)
 }
 
 #[derive(Debug, Args)]
@@ -50,8 +84,7 @@ fn parse_lookup(text: &str) -> Result<(String, String), String> {
     }
 }
 
-pub fn run(cmd: PolicyCommand) -> CliResult {
-    let PolicyCommand::Check(args) = cmd;
+pub fn run(args: CheckArgs) -> CliResult {
     let registry = load(&args.dir).map_err(crate::CliError::exit)?;
     let policy = Deployment::load(&args.config, std::sync::Arc::new(registry))?.policy;
     let today = args
