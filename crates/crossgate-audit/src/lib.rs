@@ -75,12 +75,32 @@ pub trait Store: Send + 'static {
     fn heads(&mut self) -> Result<BTreeMap<String, (u64, [u8; 32])>, StoreError>;
     /// Commit a batch of sealed entries of one chain and move its head, atomically.
     fn append(&mut self, batch: &[Stored]) -> Result<(), StoreError>;
-    /// Visit matching entries in order until `visit` returns false.
+    /// Visit every matching row in order until `visit` returns false: a
+    /// readable entry, or the damage that keeps a row from being one
+    /// (`StoreError::Damaged`). Other failures end the scan with an error.
+    fn scan_rows(
+        &mut self,
+        filter: &Filter,
+        visit: &mut dyn FnMut(Result<Stored, StoreError>) -> bool,
+    ) -> Result<(), StoreError>;
+
+    /// Visit matching entries in order until `visit` returns false; a
+    /// damaged row ends the scan with its damage.
     fn scan(
         &mut self,
         filter: &Filter,
         visit: &mut dyn FnMut(Stored) -> bool,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), StoreError> {
+        let mut damage = None;
+        self.scan_rows(filter, &mut |row| match row {
+            Ok(stored) => visit(stored),
+            Err(e) => {
+                damage = Some(e);
+                false
+            }
+        })?;
+        damage.map_or(Ok(()), Err)
+    }
 }
 
 /// Open the store `spec` names: `sqlite:PATH` (created if missing) or
@@ -118,22 +138,19 @@ pub fn verify_range(
         to_sequence: to,
         ..Filter::default()
     };
-    let scanned = store.scan(&filter, &mut |s| {
-        verifier.feed(&s);
-        true
-    });
-    match scanned {
-        // A damaged row is where its chain breaks.
-        Err(StoreError::Damaged {
-            writer,
-            sequence,
-            what,
-        }) => {
-            verifier.damaged(&writer, sequence, what);
-            return Ok(verifier.finish(&BTreeMap::new()));
+    store.scan_rows(&filter, &mut |row| {
+        match row {
+            Ok(s) => verifier.feed(&s),
+            // A damaged row is where its chain breaks; the others go on.
+            Err(StoreError::Damaged {
+                writer,
+                sequence,
+                what,
+            }) => verifier.damaged(&writer, sequence, what),
+            Err(_) => {}
         }
-        other => other?,
-    }
+        true
+    })?;
     let heads = if to == 0 {
         store.heads()?
     } else {

@@ -120,10 +120,10 @@ impl Store for PostgresStore {
         tx.commit().map_err(err)
     }
 
-    fn scan(
+    fn scan_rows(
         &mut self,
         filter: &Filter,
-        visit: &mut dyn FnMut(Stored) -> bool,
+        visit: &mut dyn FnMut(Result<Stored, StoreError>) -> bool,
     ) -> Result<(), StoreError> {
         let (sql, args) = Dialect::Postgres.select(filter);
         let params: Vec<&(dyn postgres::types::ToSql + Sync)> = args
@@ -134,7 +134,10 @@ impl Store for PostgresStore {
         while let Some(row) =
             postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(err)?
         {
-            if !visit(decode(&row)?) {
+            if !visit(match decode(&row) {
+                Err(StoreError::Failed(e)) => return Err(StoreError::Failed(e)),
+                row => row,
+            }) {
                 break;
             }
         }

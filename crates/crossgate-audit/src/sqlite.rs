@@ -118,10 +118,10 @@ impl Store for SqliteStore {
         tx.commit().map_err(err)
     }
 
-    fn scan(
+    fn scan_rows(
         &mut self,
         filter: &Filter,
-        visit: &mut dyn FnMut(Stored) -> bool,
+        visit: &mut dyn FnMut(Result<Stored, StoreError>) -> bool,
     ) -> Result<(), StoreError> {
         let (sql, args) = Dialect::Sqlite.select(filter);
         let mut stmt = self.conn.prepare(&sql).map_err(err)?;
@@ -129,7 +129,10 @@ impl Store for SqliteStore {
             .query(rusqlite::params_from_iter(args.iter()))
             .map_err(err)?;
         while let Some(row) = rows.next().map_err(err)? {
-            if !visit(decode(row)?) {
+            if !visit(match decode(row) {
+                Err(StoreError::Failed(e)) => return Err(StoreError::Failed(e)),
+                row => row,
+            }) {
                 break;
             }
         }

@@ -82,10 +82,14 @@ impl Backend {
 
 /// Append `n` entries as writer "broker-a" through the group-commit writer.
 fn log(b: &Backend, n: u64) {
+    log_as(b, "broker-a", n);
+}
+
+fn log_as(b: &Backend, writer: &str, n: u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
+    let writer = Writer::start(b.open(), writer.into(), Durability::Durable, 64).unwrap();
     runtime.block_on(async {
         for i in 1..=n {
             writer.append(entry(i)).await.unwrap();
@@ -191,6 +195,30 @@ fn a_damaged_row_is_reported_where_it_stands_never_read_as_a_plausible_value() {
                 b.name()
             );
         }
+    }
+}
+
+#[test]
+fn a_damaged_row_in_one_chain_leaves_the_other_chains_verified() {
+    for b in Backend::all("damage_two") {
+        log_as(&b, "broker-a", 5);
+        log_as(&b, "broker-b", 5);
+        b.tamper(
+            "UPDATE audit_entries SET decision = 'approved' WHERE writer = 'broker-a' AND sequence = 2;
+             UPDATE audit_heads SET sequence = 3 WHERE writer = 'broker-b';",
+        );
+        let reports = verify(b.open().as_mut()).unwrap();
+        let by_writer: Vec<(&str, Option<u64>)> = reports
+            .iter()
+            .map(|r| (r.writer.as_str(), r.broken.as_ref().map(|x| x.0)))
+            .collect();
+        // broker-b is still checked after broker-a's damage: its head was moved.
+        assert_eq!(
+            by_writer,
+            [("broker-a", Some(2)), ("broker-b", Some(4))],
+            "{}",
+            b.name()
+        );
     }
 }
 

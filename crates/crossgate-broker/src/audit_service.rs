@@ -133,7 +133,12 @@ fn scan_into<T: Send + 'static>(
             tx.blocking_send(Ok(map(s))).is_ok() && (limit == 0 || sent < limit)
         });
         if let Err(e) = result {
-            let _ = tx.blocking_send(Err(Status::unavailable(e.to_string())));
+            // Damage is not a passing outage: retrying will not mend it.
+            let status = match e {
+                crossgate_audit::StoreError::Damaged { .. } => Status::data_loss(e.to_string()),
+                crossgate_audit::StoreError::Failed(_) => Status::unavailable(e.to_string()),
+            };
+            let _ = tx.blocking_send(Err(status));
         }
     });
     rx

@@ -39,9 +39,8 @@ impl Adapters {
                 endpoint =
                     endpoint
                         .tls_config(tls.clone())
-                        .map_err(|e| BrokerError::AdapterAddress {
+                        .map_err(|e| BrokerError::AdapterTls {
                             partner: p.id.clone(),
-                            address: addr.clone(),
                             reason: e.to_string(),
                         })?;
             }

@@ -30,6 +30,8 @@ pub enum BrokerError {
         address: String,
         reason: String,
     },
+    #[error("partner {partner}: cannot set up TLS towards its adapter: {reason}")]
+    AdapterTls { partner: String, reason: String },
     #[error("cannot count approval uses in the audit log: {0}")]
     ApprovalUses(crossgate_audit::StoreError),
     #[error("{0} is gone; the old limits stay")]

@@ -128,7 +128,8 @@ pub fn parse_utc_offset(text: &str) -> Option<chrono::FixedOffset> {
         _ => return None,
     };
     let (h, m) = rest.split_once(':')?;
-    if h.len() != 2 || m.len() != 2 {
+    let two_digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !two_digits(h) || !two_digits(m) {
         return None;
     }
     let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
@@ -193,7 +194,16 @@ mod tests {
             -(5 * 3600 + 1800)
         );
         assert_eq!(parse_utc_offset("Z").unwrap().local_minus_utc(), 0);
-        for bad in ["8", "+8:00", "+08", "Asia/Shanghai", "+15:00", ""] {
+        for bad in [
+            "8",
+            "+8:00",
+            "+08",
+            "Asia/Shanghai",
+            "+15:00",
+            "",
+            "+-1:00",
+            "+08:-5",
+        ] {
             assert!(parse_utc_offset(bad).is_none(), "{bad}");
         }
     }

@@ -200,11 +200,11 @@ impl LocalSystem {
         let memory = Arc::new(MemorySink::default());
         let (audit, memory_audit) = match (opts.audit, &opts.audit_store) {
             (Some(sink), _) => (AuditChoice::Sink(sink), None),
+            // broker.toml's [audit], on the store asked for.
             (None, Some(spec)) => (
                 AuditChoice::Store(AuditConfig {
                     store: spec.clone(),
-                    durability: "durable".into(),
-                    writer: "broker-1".into(),
+                    ..dep.config.audit.clone()
                 }),
                 None,
             ),

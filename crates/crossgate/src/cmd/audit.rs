@@ -193,6 +193,10 @@ pub fn on_store(args: AuditArgs) -> ExitCode {
                 progress(n, 0);
                 writeln!(file, "{}", s.to_json_line()).is_ok()
             });
+            if let Err(e @ crossgate_audit::StoreError::Damaged { .. }) = &result {
+                eprintln!("crossgate: {e}; run `crossgate audit verify`");
+                return ExitCode::Failed;
+            }
             finish_export(result.map_err(|e| e.to_string()), file, n, &out)
         }
         AuditCommand::Search { filter, format } => {
@@ -205,6 +209,11 @@ pub fn on_store(args: AuditArgs) -> ExitCode {
             });
             match result {
                 Ok(()) => ExitCode::Ok,
+                // A damaged log is a finding (as verify's), not a failure to read.
+                Err(e @ crossgate_audit::StoreError::Damaged { .. }) => {
+                    eprintln!("crossgate: {e}; run `crossgate audit verify`");
+                    ExitCode::Failed
+                }
                 Err(e) => {
                     eprintln!("crossgate: {e}");
                     ExitCode::Usage
@@ -306,8 +315,8 @@ pub async fn through_broker(args: AuditArgs) -> ExitCode {
                             let _ = writeln!(out, "{}", entry_line(format, &entry));
                         }
                         Err(damage) => {
-                            eprintln!("crossgate: {damage}");
-                            return ExitCode::Usage;
+                            eprintln!("crossgate: {damage}; run `crossgate audit verify`");
+                            return ExitCode::Failed;
                         }
                     },
                     Ok(None) => return ExitCode::Ok,

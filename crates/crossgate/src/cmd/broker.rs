@@ -43,11 +43,6 @@ pub async fn run(args: BrokerArgs) -> CliResult {
             config.listen
         )
     })?;
-    println!(
-        "broker listening on https://{} (mutual TLS; certificates in {})",
-        config.listen,
-        config.certs.display()
-    );
     let broker = Broker::from_deployment(
         dep,
         Wiring {
@@ -58,6 +53,11 @@ pub async fn run(args: BrokerArgs) -> CliResult {
             limiter: None,
         },
     )?;
+    println!(
+        "broker listening on https://{} (mutual TLS; certificates in {})",
+        config.listen,
+        config.certs.display()
+    );
     println!(
         "audit log: {} ({}, chain {})",
         config.audit.store, config.audit.durability, config.audit.writer
