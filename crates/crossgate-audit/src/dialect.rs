@@ -200,6 +200,18 @@ pub(crate) trait Columns {
     fn int(&self, name: &str) -> Result<i64, StoreError>;
 }
 
+/// Hand one row to a scan's visitor: the entry, or its damage. A failure to
+/// read the row at all ends the scan. Returns whether to go on.
+pub(crate) fn offer(
+    row: &dyn Columns,
+    visit: &mut dyn FnMut(Result<Stored, StoreError>) -> bool,
+) -> Result<bool, StoreError> {
+    match decode(row) {
+        Err(failed @ StoreError::Failed(_)) => Err(failed),
+        row => Ok(visit(row)),
+    }
+}
+
 /// A row back into a sealed entry. A value that cannot be what was written
 /// (an unknown decision, released fields that are not a list, a hash that is
 /// not 64 hex digits) is reported as damage at its place in its chain, never

@@ -2,7 +2,7 @@
 //! appends to its own chain (its own head row), so replicas never wait for
 //! one another's entries.
 
-use crate::dialect::{Columns, Dialect, Param, decode, encode};
+use crate::dialect::{Columns, Dialect, Param, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
 use crate::{Filter, Store, StoreError};
 use postgres::{Client, NoTls};
@@ -134,10 +134,7 @@ impl Store for PostgresStore {
         while let Some(row) =
             postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(err)?
         {
-            if !visit(match decode(&row) {
-                Err(StoreError::Failed(e)) => return Err(StoreError::Failed(e)),
-                row => row,
-            }) {
+            if !offer(&row, visit)? {
                 break;
             }
         }

@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file in WAL mode.
 
-use crate::dialect::{Columns, Dialect, Param, decode, encode};
+use crate::dialect::{Columns, Dialect, Param, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
 use crate::{Filter, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -129,10 +129,7 @@ impl Store for SqliteStore {
             .query(rusqlite::params_from_iter(args.iter()))
             .map_err(err)?;
         while let Some(row) = rows.next().map_err(err)? {
-            if !visit(match decode(row) {
-                Err(StoreError::Failed(e)) => return Err(StoreError::Failed(e)),
-                row => row,
-            }) {
+            if !offer(row, visit)? {
                 break;
             }
         }

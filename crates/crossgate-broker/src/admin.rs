@@ -99,6 +99,26 @@ impl Broker {
         self.audit(call, e).await
     }
 
+    /// An operator's reload: applied and audited (who, what), or refused
+    /// with the file's line and the old configuration kept.
+    async fn reload(
+        &self,
+        request: &Request<ReloadRequest>,
+        apply: fn(&Broker) -> Result<String, crate::error::BrokerError>,
+    ) -> Result<Response<ReloadResponse>, Status> {
+        let operator = self.authenticate(request, Role::Operator)?;
+        let call = self.admin_call();
+        let (applied, message) = match apply(self) {
+            Ok(message) => {
+                let reason = format!("{message} (by {})", operator.id);
+                self.audit_change(&call, &operator, "", reason).await?;
+                (true, message)
+            }
+            Err(refused) => (false, refused.to_string()),
+        };
+        Ok(Response::new(ReloadResponse { applied, message }))
+    }
+
     fn admin_call(&self) -> Call {
         Call {
             id: self.request_id(),
@@ -227,54 +247,14 @@ impl Admin for Broker {
         &self,
         request: Request<ReloadRequest>,
     ) -> Result<Response<ReloadResponse>, Status> {
-        let operator = self.authenticate(&request, Role::Operator)?;
-        let call = self.admin_call();
-        match self.reload_limits_file() {
-            Ok(message) => {
-                self.audit_change(
-                    &call,
-                    &operator,
-                    "",
-                    format!("{message} (by {})", operator.id),
-                )
-                .await?;
-                Ok(Response::new(ReloadResponse {
-                    applied: true,
-                    message,
-                }))
-            }
-            Err(refused) => Ok(Response::new(ReloadResponse {
-                applied: false,
-                message: refused.to_string(),
-            })),
-        }
+        self.reload(&request, Broker::reload_limits_file).await
     }
 
     async fn reload_catalog(
         &self,
         request: Request<ReloadRequest>,
     ) -> Result<Response<ReloadResponse>, Status> {
-        let operator = self.authenticate(&request, Role::Operator)?;
-        let call = self.admin_call();
-        match self.reload_catalog_file() {
-            Ok(message) => {
-                self.audit_change(
-                    &call,
-                    &operator,
-                    "",
-                    format!("{message} (by {})", operator.id),
-                )
-                .await?;
-                Ok(Response::new(ReloadResponse {
-                    applied: true,
-                    message,
-                }))
-            }
-            Err(refused) => Ok(Response::new(ReloadResponse {
-                applied: false,
-                message: refused.to_string(),
-            })),
-        }
+        self.reload(&request, Broker::reload_catalog_file).await
     }
 
     async fn list_undelivered(
