@@ -355,8 +355,34 @@ impl Department for Adapter {
                     req.record_type
                 ))
             })?;
-        let mut criteria = Vec::with_capacity(req.criteria.len());
-        for c in &req.criteria {
+        let found = self
+            .inner
+            .system
+            .clone()
+            .find(FindRequest {
+                native_type: mapping.native_type.clone(),
+                criteria: native_criteria(mapping, &req)?,
+                limit: req.limit,
+            })
+            .await
+            .map_err(|s| upstream("department system", s))?
+            .into_inner();
+        let answer = self.canonical_answer(mapping, found.records, req.limit)?;
+        if answer.records.is_empty() && answer.withheld_records == 0 {
+            return Err(Status::not_found(format!(
+                "no {} record matches",
+                req.record_type
+            )));
+        }
+        Ok(Response::new(answer))
+    }
+}
+
+/// The broker's canonical criteria in the department's native terms.
+fn native_criteria(mapping: &RecordMapping, req: &FetchRequest) -> Result<Vec<Criterion>, Status> {
+    req.criteria
+        .iter()
+        .map(|c| {
             let (path, value) = mapping.native_criterion(&c.path, &c.value).ok_or_else(|| {
                 Status::invalid_argument(format!(
                     "{} cannot be searched by {}",
@@ -367,30 +393,29 @@ impl Department for Adapter {
                 Value::String(s) => s,
                 other => other.to_string(),
             };
-            criteria.push(Criterion { path, value });
-        }
-        let found = self
-            .inner
-            .system
-            .clone()
-            .find(FindRequest {
-                native_type: mapping.native_type.clone(),
-                criteria,
-                limit: req.limit,
-            })
-            .await
-            .map_err(|s| upstream("department system", s))?
-            .into_inner();
-        let limit = match req.limit {
-            0 => usize::MAX,
-            n => n as usize,
+            Ok(Criterion { path, value })
+        })
+        .collect()
+}
+
+impl Adapter {
+    /// The system's native records as valid canonical ones, at most `limit`
+    /// (0: all). A record that does not map is never answered with: its
+    /// faults may quote values, so only its field names are logged here and
+    /// only the count crosses to the broker.
+    fn canonical_answer(
+        &self,
+        mapping: &RecordMapping,
+        natives: Vec<NativeRecord>,
+        limit: u32,
+    ) -> Result<FetchResponse, Status> {
+        let limit = if limit == 0 {
+            usize::MAX
+        } else {
+            limit as usize
         };
-        let mut records = Vec::with_capacity(found.records.len().min(limit));
-        let mut withheld_records = 0u32;
-        for native in found.records.into_iter().take(limit) {
-            // A record that does not map is never answered with. Its faults
-            // may quote values, so only its paths are logged here and only
-            // the count crosses to the broker.
+        let mut answer = FetchResponse::default();
+        for native in natives.into_iter().take(limit) {
             let mapped = parse_document(&native.json)
                 .map_err(|rejection| rejection.faults().into_iter().map(|f| f.path).collect())
                 .and_then(|doc| {
@@ -398,35 +423,24 @@ impl Department for Adapter {
                         .inbound_owned(doc, &self.inner.registry)
                         .map_err(|faults| faults.into_iter().map(|f| f.native).collect::<Vec<_>>())
                 });
-            let mapped = match mapped {
-                Ok(m) => m,
-                Err(paths) => {
+            match mapped {
+                Ok(mapped) => answer.records.push(Record {
+                    record_type: mapped.record_type,
+                    record_id: mapped.record_id.unwrap_or_default(),
+                    json: serde_json::to_vec(&mapped.document)
+                        .map_err(|e| Status::internal(e.to_string()))?,
+                }),
+                Err(fields) => {
                     tracing::warn!(
                         department = %self.department(),
                         native_type = %mapping.native_type,
-                        fields = %paths.join(", "),
+                        fields = %fields.join(", "),
                         "department system returned a record that does not map; left out of the answer"
                     );
-                    withheld_records = withheld_records.saturating_add(1);
-                    continue;
+                    answer.withheld_records = answer.withheld_records.saturating_add(1);
                 }
-            };
-            records.push(Record {
-                record_type: mapped.record_type,
-                record_id: mapped.record_id.unwrap_or_default(),
-                json: serde_json::to_vec(&mapped.document)
-                    .map_err(|e| Status::internal(e.to_string()))?,
-            });
+            }
         }
-        if records.is_empty() && withheld_records == 0 {
-            return Err(Status::not_found(format!(
-                "no {} record matches",
-                req.record_type
-            )));
-        }
-        Ok(Response::new(FetchResponse {
-            records,
-            withheld_records,
-        }))
+        Ok(answer)
     }
 }

@@ -27,6 +27,33 @@ pub struct LimitsAdmin {
     pub overrides_file: PathBuf,
 }
 
+/// The mode (`None`: both) and the limit an operator asks for, checked.
+fn wanted_limit(req: &SetLimitRequest) -> Result<(Option<Mode>, Limit), Status> {
+    let mode = match req.mode.as_str() {
+        "" => None,
+        other => Some(Mode::parse(other).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "mode {other:?}: use publish, query or leave it empty for both"
+            ))
+        })?),
+    };
+    let wanted = req
+        .limit
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("limit is required"))?;
+    let rate = Rate::parse(&wanted.rate).map_err(Status::invalid_argument)?;
+    if wanted.burst == 0 {
+        return Err(Status::invalid_argument("burst must be at least 1"));
+    }
+    Ok((
+        mode,
+        Limit {
+            rate,
+            burst: wanted.burst,
+        },
+    ))
+}
+
 fn describe(limit: &Limit) -> String {
     format!("{} burst {}", limit.rate.text, limit.burst)
 }
@@ -171,25 +198,7 @@ impl Admin for Broker {
         let call = self.admin_call();
         let req = request.into_inner();
         self.known_partner(&req.partner)?;
-        let mode = match req.mode.as_str() {
-            "" => None,
-            other => Some(Mode::parse(other).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "mode {other:?}: use publish, query or leave it empty for both"
-                ))
-            })?),
-        };
-        let wanted = req
-            .limit
-            .ok_or_else(|| Status::invalid_argument("limit is required"))?;
-        let rate = Rate::parse(&wanted.rate).map_err(Status::invalid_argument)?;
-        if wanted.burst == 0 {
-            return Err(Status::invalid_argument("burst must be at least 1"));
-        }
-        let limit = Limit {
-            rate,
-            burst: wanted.burst,
-        };
+        let (mode, limit) = wanted_limit(&req)?;
         let previous = admin.limits.override_of(&req.partner);
         let before = admin.limits.set(&req.partner, mode, limit.clone());
         if let Err(status) = self.persist(admin) {

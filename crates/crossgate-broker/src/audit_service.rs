@@ -208,63 +208,66 @@ impl Audit for Broker {
             .await?;
         let f = filter(&r);
         // Count first, so that the client can show progress.
-        let (count_reader, count_filter) = (reader.clone(), f.clone());
-        let total = tokio::task::spawn_blocking(move || {
-            let mut store = crossgate_audit::open(&count_reader.store)
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            let mut n = 0u64;
-            store
-                .scan(&count_filter, &mut |_| {
-                    n += 1;
-                    true
-                })
-                .map_err(|e| Status::unavailable(e.to_string()))?;
-            Ok::<u64, Status>(n)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        let mut lines = scan_into(reader, f, r.limit, |s| s.to_json_line());
+        let total = count(reader.clone(), f.clone()).await?;
+        let lines = scan_into(reader, f, r.limit, |s| s.to_json_line());
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(async move {
-            let (mut chunk, mut sent) = (String::new(), 0u64);
-            while let Some(line) = lines.recv().await {
-                match line {
-                    Ok(l) => {
-                        chunk.push_str(&l);
-                        chunk.push('\n');
-                        sent += 1;
-                        if sent.is_multiple_of(500) {
-                            let jsonl = std::mem::take(&mut chunk).into_bytes();
-                            if tx
-                                .send(Ok(ExportChunk {
-                                    jsonl,
-                                    entries_sent: sent,
-                                    entries_total: total,
-                                }))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
-                    }
+        tokio::spawn(chunked(lines, tx, total));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How many entries `filter` selects.
+async fn count(reader: AuditReader, filter: Filter) -> Result<u64, Status> {
+    tokio::task::spawn_blocking(move || {
+        let mut store =
+            crossgate_audit::open(&reader.store).map_err(|e| Status::unavailable(e.to_string()))?;
+        let mut n = 0u64;
+        store
+            .scan(&filter, &mut |_| {
+                n += 1;
+                true
+            })
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok::<u64, Status>(n)
+    })
+    .await
+    .map_err(|e| Status::internal(e.to_string()))?
+}
+
+/// JSON lines gathered into chunks of 500 entries, each saying how far the
+/// export has come; an error ends the stream.
+async fn chunked(
+    mut lines: mpsc::Receiver<Result<String, Status>>,
+    tx: mpsc::Sender<Result<ExportChunk, Status>>,
+    total: u64,
+) {
+    let (mut chunk, mut sent) = (String::new(), 0u64);
+    let send = |chunk: &mut String, sent| {
+        let jsonl = std::mem::take(chunk).into_bytes();
+        tx.send(Ok(ExportChunk {
+            jsonl,
+            entries_sent: sent,
+            entries_total: total,
+        }))
+    };
+    while let Some(line) = lines.recv().await {
+        match line {
+            Ok(l) => {
+                chunk.push_str(&l);
+                chunk.push('\n');
+                sent += 1;
+                if sent.is_multiple_of(500) && send(&mut chunk, sent).await.is_err() {
+                    return;
                 }
             }
-            if !chunk.is_empty() || sent == 0 {
-                let _ = tx
-                    .send(Ok(ExportChunk {
-                        jsonl: chunk.into_bytes(),
-                        entries_sent: sent,
-                        entries_total: total,
-                    }))
-                    .await;
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+    }
+    if !chunk.is_empty() || sent == 0 {
+        let _ = send(&mut chunk, sent).await;
     }
 }
 
