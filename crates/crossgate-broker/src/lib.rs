@@ -17,7 +17,7 @@ mod pipeline;
 pub mod release;
 mod service;
 
-use crossgate_policy::{Mode, Partner, Policy, ReferenceKey};
+use crossgate_policy::{Mode, Partner, Policy, ReferenceKey, Role};
 use crossgate_proto::admin_server::AdminServer;
 use crossgate_proto::audit_server::AuditServer;
 use crossgate_proto::broker_server::BrokerServer;
@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tonic::Status;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
@@ -38,6 +39,8 @@ pub use config::BrokerConfig;
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub id: String,
+    /// The role it was authenticated for.
+    pub role: Role,
 }
 
 /// The limit step's interface: `Err` is the call's answer
@@ -185,17 +188,28 @@ pub async fn serve(
     reporter.set_serving::<AuditServer<Broker>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
     let max = broker.inner.config.max_message_bytes;
+    let auth = |role| pipeline::Authenticate {
+        broker: broker.clone(),
+        role,
+    };
     Server::builder()
         .tls_config(tls.server())?
         .add_service(health)
         .add_service(reflection)
-        .add_service(AdminServer::new(broker.clone()))
-        .add_service(AuditServer::new(broker.clone()))
-        .add_service(
-            BrokerServer::new(broker)
+        .add_service(InterceptedService::new(
+            AdminServer::new(broker.clone()),
+            auth(Role::Operator),
+        ))
+        .add_service(InterceptedService::new(
+            AuditServer::new(broker.clone()),
+            auth(Role::Auditor),
+        ))
+        .add_service(InterceptedService::new(
+            BrokerServer::new(broker.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
+            auth(Role::Partner),
+        ))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;
     Ok(())

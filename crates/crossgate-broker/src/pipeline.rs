@@ -35,14 +35,41 @@ impl Call {
     }
 }
 
+/// Step 1 — authenticate, as an interceptor on every service the broker
+/// serves: before any handler runs, the caller is whoever its verified
+/// client certificate names, must be a known party of the service's role,
+/// and is put into the request for the handler.
+#[derive(Clone)]
+pub struct Authenticate {
+    pub(crate) broker: Broker,
+    pub(crate) role: Role,
+}
+
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.broker.identify(&request, self.role)?;
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
 impl Broker {
-    /// Step 1 — authenticate: the caller is whoever its verified client
-    /// certificate names, and must be a known party of `role`.
+    /// The caller the interceptor authenticated for `role`. A service
+    /// mounted without it (or for another role) identifies the caller here
+    /// instead of trusting anything.
     pub(crate) fn authenticate<T>(
         &self,
         request: &Request<T>,
         role: Role,
     ) -> Result<Caller, Status> {
+        match request.extensions().get::<Caller>() {
+            Some(caller) if caller.role == role => Ok(caller.clone()),
+            _ => self.identify(request, role),
+        }
+    }
+
+    /// Who the verified client certificate names, if a known party of `role`.
+    fn identify<T>(&self, request: &Request<T>, role: Role) -> Result<Caller, Status> {
         let id = request
             .peer_certs()
             .and_then(|chain| crossgate_tls::peer_identity(&chain))
@@ -59,7 +86,7 @@ impl Broker {
                 role.as_str()
             )));
         }
-        Ok(Caller { id })
+        Ok(Caller { id, role })
     }
 
     /// Step 2 — limit: checked before the record is parsed, so a throttled
