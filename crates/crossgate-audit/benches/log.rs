@@ -8,7 +8,7 @@ fn entry(n: u64) -> Entry {
     Entry {
         time: "2026-11-22T08:00:00.000000Z".into(),
         request_id: format!("r-{n}"),
-        kind: "query".into(),
+        kind: crossgate_audit::Kind::Query,
         consumer: "education".into(),
         provider: "public-security".into(),
         record_type: "household.v1".into(),

@@ -2,7 +2,7 @@
 //! the filtered select and the decoding of a row. The stores only run what
 //! it writes, so SQLite and PostgreSQL cannot drift apart.
 
-use crate::entry::{Decision, Entry, Stored, hex, unhex32};
+use crate::entry::{Decision, Entry, Kind, Stored, hex, unhex32};
 use crate::{Filter, StoreError};
 
 /// The SQL dialects of the stores.
@@ -176,7 +176,7 @@ pub(crate) fn encode(s: &Stored) -> Vec<Param> {
         Param::Int(s.sequence as i64),
         text(&e.time),
         text(&e.request_id),
-        text(&e.kind),
+        text(e.kind.as_str()),
         text(&e.consumer),
         text(&e.provider),
         text(&e.record_type),
@@ -224,6 +224,9 @@ pub(crate) fn decode(row: &dyn Columns) -> Result<Stored, StoreError> {
         sequence,
         what,
     };
+    let kind = row.text("kind")?;
+    let kind = Kind::parse(&kind)
+        .ok_or_else(|| damaged(format!("kind {kind:?} is not one crossgate writes")))?;
     let decision = row.text("decision")?;
     let decision = Decision::parse(&decision)
         .ok_or_else(|| damaged(format!("decision {decision:?} is not one crossgate writes")))?;
@@ -238,7 +241,7 @@ pub(crate) fn decode(row: &dyn Columns) -> Result<Stored, StoreError> {
         entry: Entry {
             time: row.text("time")?,
             request_id: row.text("request_id")?,
-            kind: row.text("kind")?,
+            kind,
             consumer: row.text("consumer")?,
             provider: row.text("provider")?,
             record_type: row.text("record_type")?,

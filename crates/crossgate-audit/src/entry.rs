@@ -60,14 +60,53 @@ impl Decision {
     }
 }
 
+/// What an entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A record published, or one of its deliveries.
+    Publish,
+    /// A query and its answer.
+    Query,
+    /// An operator's change.
+    Admin,
+    /// An auditor's reading of the log.
+    Audit,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Publish => "publish",
+            Kind::Query => "query",
+            Kind::Admin => "admin",
+            Kind::Audit => "audit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "publish" => Kind::Publish,
+            "query" => Kind::Query,
+            "admin" => Kind::Admin,
+            "audit" => Kind::Audit,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One audit entry: who, what, why — and a digest, never the record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// RFC 3339, UTC.
     pub time: String,
     pub request_id: String,
-    /// publish, query, admin, audit
-    pub kind: String,
+    pub kind: Kind,
     pub consumer: String,
     pub provider: String,
     pub record_type: String,
@@ -107,7 +146,7 @@ pub fn entry_hash(writer: &str, sequence: u64, previous: &[u8; 32], e: &Entry) -
         writer,
         &e.time,
         &e.request_id,
-        &e.kind,
+        e.kind.as_str(),
         &e.consumer,
         &e.provider,
         &e.record_type,
@@ -148,7 +187,7 @@ impl Stored {
         let e = &self.entry;
         serde_json::json!({
             "writer": self.writer, "sequence": self.sequence, "time": e.time, "request_id": e.request_id,
-            "kind": e.kind, "consumer": e.consumer, "provider": e.provider, "record_type": e.record_type,
+            "kind": e.kind.as_str(), "consumer": e.consumer, "provider": e.provider, "record_type": e.record_type,
             "record_id": e.record_id, "purpose": e.purpose, "approval_reference": e.approval_reference,
             "decision": e.decision.as_str(), "reason": e.reason, "released_fields": e.released_fields,
             "record_digest": e.record_digest, "latency_micros": e.latency_micros,

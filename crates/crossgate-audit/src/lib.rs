@@ -21,7 +21,7 @@ mod sqlite;
 mod verify;
 mod writer;
 
-pub use entry::{Decision, Entry, Stored, digest};
+pub use entry::{Decision, Entry, Kind, Stored, digest};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};

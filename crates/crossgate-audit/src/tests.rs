@@ -4,7 +4,7 @@ fn entry(n: u64) -> Entry {
     Entry {
         time: format!("2026-11-22T08:00:{:02}.000000Z", n % 60),
         request_id: format!("r-{n}"),
-        kind: "query".into(),
+        kind: crate::Kind::Query,
         consumer: "education".into(),
         provider: "public-security".into(),
         record_type: "household.v1".into(),

@@ -2,7 +2,7 @@
 //! limits live. Every change is audited (who, old, new) and persisted beside
 //! the config so that a restart keeps it.
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Kind};
 use crate::pipeline::{Call, entry};
 use crate::{Broker, Caller};
 use crossgate_limits::{Limit, Limits, Mode, Rate};
@@ -119,7 +119,7 @@ impl Broker {
         partner: &str,
         reason: String,
     ) -> Result<(), Status> {
-        let mut e = entry("admin", Decision::Changed);
+        let mut e = entry(Kind::Admin, Decision::Changed);
         e.consumer = operator.id.clone();
         e.provider = partner.to_owned();
         e.reason = reason;

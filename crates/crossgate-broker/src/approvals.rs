@@ -106,7 +106,8 @@ pub fn spent_in_log(
         };
         let mut n = 0u32;
         store.scan(&filter, &mut |stored| {
-            if stored.entry.kind == "query" && stored.entry.approval_reference == approval.reference
+            if stored.entry.kind == crossgate_audit::Kind::Query
+                && stored.entry.approval_reference == approval.reference
             {
                 n = n.saturating_add(1);
             }

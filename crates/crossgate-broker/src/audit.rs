@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-pub use crossgate_audit::{Decision, Entry, StoreError, digest};
+pub use crossgate_audit::{Decision, Entry, Kind, StoreError, digest};
 
 /// Where the broker writes entries. `append` returns only when the entry is
 /// kept; an error makes the broker refuse the request with `UNAVAILABLE`.

@@ -2,7 +2,7 @@
 //! log. Reads open their own connection to the store; every reading is
 //! itself written to the log.
 
-use crate::audit::Decision;
+use crate::audit::{Decision, Kind};
 use crate::pipeline::{Call, entry};
 use crate::{Broker, Caller};
 use crossgate_audit::entry::{hex, unhex32};
@@ -70,7 +70,7 @@ fn to_message(s: Stored) -> AuditEntry {
         writer: s.writer,
         time: e.time,
         request_id: e.request_id,
-        kind: e.kind,
+        kind: e.kind.as_str().to_owned(),
         consumer: e.consumer,
         provider: e.provider,
         record_type: e.record_type,
@@ -104,7 +104,7 @@ impl Broker {
             started: Instant::now(),
             deadline: self.inner.config.default_deadline(),
         };
-        let mut e = entry("audit", Decision::Allowed);
+        let mut e = entry(Kind::Audit, Decision::Allowed);
         e.consumer = auditor.id.clone();
         e.reason = what;
         self.audit(&call, e).await
@@ -285,6 +285,8 @@ pub fn from_message(e: crossgate_proto::AuditEntry) -> Result<Stored, StoreError
     };
     let previous_hash = hash(&e.previous_hash, "previous_hash")?;
     let entry_hash = hash(&e.entry_hash, "entry_hash")?;
+    let kind = Kind::parse(&e.kind)
+        .ok_or_else(|| damaged(format!("kind {:?} is not one crossgate writes", e.kind)))?;
     let decision = Decision::parse(&e.decision).ok_or_else(|| {
         damaged(format!(
             "decision {:?} is not one crossgate writes",
@@ -299,7 +301,7 @@ pub fn from_message(e: crossgate_proto::AuditEntry) -> Result<Stored, StoreError
         entry: Entry {
             time: e.time,
             request_id: e.request_id,
-            kind: e.kind,
+            kind,
             consumer: e.consumer,
             provider: e.provider,
             record_type: e.record_type,

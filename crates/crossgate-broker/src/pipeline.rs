@@ -6,7 +6,7 @@
 //! audited after they are forwarded (durable "record, then forward" is #9's).
 
 use crate::approvals::Reservation;
-use crate::audit::{Decision, Entry};
+use crate::audit::{Decision, Entry, Kind};
 use crate::outcome::Refusal;
 use crate::{Broker, Caller};
 use crossgate_policy::{Ask, Mode, Policy, Release, Role};
@@ -171,11 +171,11 @@ impl Broker {
 }
 
 /// A blank entry of `kind` for `caller`, filled in by each step.
-pub(crate) fn entry(kind: &'static str, decision: Decision) -> Entry {
+pub(crate) fn entry(kind: Kind, decision: Decision) -> Entry {
     Entry {
         time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         request_id: String::new(),
-        kind: kind.to_owned(),
+        kind,
         consumer: String::new(),
         provider: String::new(),
         record_type: String::new(),

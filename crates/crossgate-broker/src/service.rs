@@ -1,7 +1,7 @@
 //! The `Broker` gRPC service: each handler authenticates, runs its steps
 //! (each returns `Result<_, Refusal>`) and leaves through `finish`.
 
-use crate::audit::{Decision, Entry, digest};
+use crate::audit::{Decision, Entry, Kind, digest};
 use crate::outcome::{Answer, Refusal};
 use crate::pipeline::{Call, deadline, entry};
 use crate::release::{released, screen};
@@ -33,7 +33,7 @@ impl Broker {
     ) -> Result<Response<PublishResponse>, Status> {
         let call = self.start(&request);
         let caller = self.authenticate(&request, Role::Partner)?;
-        let mut entry = entry("publish", Decision::Invalid);
+        let mut entry = entry(Kind::Publish, Decision::Invalid);
         let outcome = self
             .publish_record(&call, &caller, request.into_inner(), &mut entry)
             .await;
@@ -169,7 +169,7 @@ impl Broker {
     ) -> Result<Response<QueryResponse>, Status> {
         let call = self.start(&request);
         let caller = self.authenticate(&request, Role::Partner)?;
-        let mut entry = entry("query", Decision::Invalid);
+        let mut entry = entry(Kind::Query, Decision::Invalid);
         entry.consumer = caller.id.clone();
         let outcome = self
             .query_records(&call, &caller, &request.into_inner(), &mut entry)

@@ -105,7 +105,7 @@ async fn an_operator_reloads_the_catalog_and_a_bad_file_changes_nothing() {
         .expect("memory audit")
         .entries()
         .into_iter()
-        .filter(|e| e.kind == "admin")
+        .filter(|e| e.kind == crossgate_broker::audit::Kind::Admin)
         .collect();
     assert_eq!(reloads.len(), 1, "the applied reload, by whom");
     assert_eq!(reloads[0].decision, Decision::Changed);

@@ -388,7 +388,7 @@ fn entry_line(format: Format, s: &Stored) -> String {
             e.time.clone(),
             s.writer.clone(),
             s.sequence.to_string(),
-            e.kind.clone(),
+            e.kind.as_str().to_owned(),
             e.consumer.clone(),
             e.provider.clone(),
             e.record_type.clone(),
