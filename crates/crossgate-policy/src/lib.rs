@@ -374,14 +374,13 @@ impl Policy {
             )));
         }
         // The query must look up exactly the approved subject: every pair
-        // once, nothing else.
-        let mut asked: Vec<(&str, &str)> = ask.criteria.to_vec();
-        asked.sort_unstable();
+        // once, nothing else (no allocation: subjects are a pair or two).
+        let asked = ask.criteria;
         let covered = asked.len() == approval.subject.len()
-            && asked
+            && approval
+                .subject
                 .iter()
-                .zip(&approval.subject)
-                .all(|((p, v), (sp, sv))| p == sp && v == sv);
+                .all(|(sp, sv)| asked.iter().filter(|(p, v)| p == sp && v == sv).count() == 1);
         if !covered {
             return Err(deny(format!(
                 "approval {reference} covers {}, not {}",
