@@ -63,6 +63,17 @@ fn bench(c: &mut Criterion) {
                 .is_err()
         })
     });
+    let key = crossgate_policy::ReferenceKey::new(&[7; 32]).expect("key");
+    c.bench_function("opaque record reference (HMAC-SHA-256, 32 hex)", |b| {
+        b.iter(|| {
+            key.reference(
+                black_box("education"),
+                "public-security",
+                "person.v1",
+                "110105198405049582",
+            )
+        })
+    });
     c.bench_function("publish routes", |b| {
         b.iter(|| {
             policy
