@@ -59,12 +59,32 @@ impl Options {
     }
 }
 
+/// Why the local system could not start; each keeps its source.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StartError(String);
-
-fn fail(e: impl std::fmt::Display) -> StartError {
-    StartError(e.to_string())
+pub enum StartError {
+    #[error(transparent)]
+    Schemas(#[from] crossgate_schema::LoadError),
+    #[error(transparent)]
+    Broker(#[from] crossgate_broker::error::BrokerError),
+    #[error(transparent)]
+    Tls(#[from] crossgate_tls::TlsError),
+    #[error(transparent)]
+    Mapping(#[from] crossgate_adapter::config::LoadError),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen on {addr}: {source}; is another crossgate running?")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot seed {dept}'s reference system from {path}: {source}")]
+    Seed {
+        dept: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
 }
 
 /// A running local system. Dropping it (or [`LocalSystem::shutdown`]) stops
@@ -87,9 +107,9 @@ enum CertSource {
 impl CertSource {
     fn bundle(&self, id: &str) -> Result<Bundle, StartError> {
         match self {
-            CertSource::Dir(dir) => Bundle::load(dir, id).map_err(fail),
+            CertSource::Dir(dir) => Ok(Bundle::load(dir, id)?),
             CertSource::Memory(ca) => {
-                let (cert_pem, key_pem) = ca.issue(id, 1, 30).map_err(fail)?;
+                let (cert_pem, key_pem) = ca.issue(id, 1, 30)?;
                 Ok(Bundle {
                     cert_pem,
                     key_pem,
@@ -101,26 +121,26 @@ impl CertSource {
 }
 
 async fn bind(addr: &str) -> Result<(TcpListener, String), StartError> {
-    let l = TcpListener::bind(addr).await.map_err(|e| {
-        fail(format!(
-            "cannot listen on {addr}: {e}; is another crossgate running?"
-        ))
-    })?;
-    let a = l.local_addr().map_err(fail)?.to_string();
+    let bind_error = |source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let l = TcpListener::bind(addr).await.map_err(bind_error)?;
+    let a = l.local_addr().map_err(bind_error)?.to_string();
     Ok((l, a))
 }
 
 impl LocalSystem {
     pub async fn start(opts: Options) -> Result<Self, StartError> {
-        let registry = Arc::new(Registry::load_dir(&opts.schemas).map_err(fail)?);
-        let mut dep = Deployment::load(&opts.config, registry.clone()).map_err(fail)?;
+        let registry = Arc::new(Registry::load_dir(&opts.schemas)?);
+        let mut dep = Deployment::load(&opts.config, registry.clone())?;
         let overrides_file = match &opts.state_dir {
             Some(state) => state.join("limits.overrides.toml"),
             None => crossgate_broker::config::overrides_file(&opts.config),
         };
         let certs = match &opts.certs {
             Some(dir) => CertSource::Dir(dir.clone()),
-            None => CertSource::Memory(Arc::new(DevCa::new("crossgate local CA").map_err(fail)?)),
+            None => CertSource::Memory(Arc::new(DevCa::new("crossgate local CA")?)),
         };
         let port = |configured: &str| {
             if opts.ephemeral_ports {
@@ -160,20 +180,20 @@ impl LocalSystem {
             let system = ReferenceSystem::new();
             let seeds = opts.config.join("fixtures").join(&dept);
             if seeds.is_dir() {
-                system
-                    .seed_dir(&seeds)
-                    .map_err(|e| fail(format!("{}: {e}", seeds.display())))?;
+                system.seed_dir(&seeds).map_err(|source| StartError::Seed {
+                    dept: dept.clone(),
+                    path: seeds.clone(),
+                    source,
+                })?;
             }
             let (sl, saddr) = bind("127.0.0.1:0").await?;
             tokio::spawn(serve_system(system.clone(), sl, shutdown()));
             let mapping =
-                crossgate_adapter::config::load_department(&opts.config, &dept, &registry)
-                    .map_err(fail)?;
+                crossgate_adapter::config::load_department(&opts.config, &dept, &registry)?;
             let tls = certs.bundle(&dept)?;
             let broker_channel =
-                lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client()))
-                    .map_err(fail)?;
-            let system_channel = lazy_channel(&format!("http://{saddr}")).map_err(fail)?;
+                lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client()))?;
+            let system_channel = lazy_channel(&format!("http://{saddr}"))?;
             let adapter = Adapter::new(mapping, registry.clone(), broker_channel, system_channel)
                 .with_peers(Peers {
                     broker: "broker".into(),
@@ -186,16 +206,17 @@ impl LocalSystem {
         }
 
         let broker_tls = certs.bundle("broker")?;
-        dep.config.listen = broker_addr.parse().map_err(fail)?;
+        dep.config.listen = broker_addr
+            .parse()
+            .map_err(|e| StartError::Other(format!("bound address {broker_addr}: {e}")))?;
         // References outlive a run only when the certificates do.
         let references = match &certs {
             CertSource::Dir(dir) => {
-                crossgate_tls::ensure_reference_secret(dir).map_err(fail)?;
-                crossgate_broker::config::load_reference_key(dir).map_err(fail)?
+                crossgate_tls::ensure_reference_secret(dir)?;
+                crossgate_broker::config::load_reference_key(dir)?
             }
-            CertSource::Memory(_) => {
-                ReferenceKey::random().map_err(|_| fail("cannot make a record-reference secret"))?
-            }
+            CertSource::Memory(_) => ReferenceKey::random()
+                .map_err(|_| StartError::Other("cannot make a record-reference secret".into()))?,
         };
         let memory = Arc::new(MemorySink::default());
         let (audit, memory_audit) = match (opts.audit, &opts.audit_store) {
@@ -220,8 +241,7 @@ impl LocalSystem {
                 overrides_file,
                 limiter: opts.limiter,
             },
-        )
-        .map_err(fail)?;
+        )?;
         tokio::spawn(crossgate_broker::serve(
             broker,
             broker_tls,
@@ -259,14 +279,13 @@ impl LocalSystem {
         addr: &str,
         id: &str,
     ) -> Result<tonic::transport::Channel, StartError> {
-        tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-            .map_err(fail)?
-            .connect_timeout(Duration::from_secs(2))
-            .tls_config(self.bundle(id)?.client())
-            .map_err(fail)?
-            .connect()
-            .await
-            .map_err(fail)
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))?
+                .connect_timeout(Duration::from_secs(2))
+                .tls_config(self.bundle(id)?.client())?
+                .connect()
+                .await?,
+        )
     }
 
     /// Stop every server: in-flight calls finish, new ones are refused.
