@@ -24,6 +24,15 @@ impl<E: std::fmt::Display> From<E> for CliError {
 }
 
 impl CliError {
+    /// Print the message as `crossgate: …` and give the exit code, for a
+    /// command that reports and goes on.
+    pub fn report(self) -> ExitCode {
+        if !self.message.is_empty() {
+            eprintln!("crossgate: {}", self.message);
+        }
+        self.code
+    }
+
     /// Leave with `code`; what went wrong has been printed already.
     pub fn exit(code: ExitCode) -> Self {
         CliError {
@@ -89,28 +98,23 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Schema(c) => Ok(cmd::schema::run(c)),
-        Command::Map(args) => Ok(cmd::map::run(args)),
+        Command::Map(args) => cmd::map::run(args),
         Command::Policy(cmd::policy::PolicyCommand::Check(args)) => cmd::policy::run(args),
         Command::Policy(cmd::policy::PolicyCommand::Reload(args)) => {
             on_runtime(cmd::policy::reload(args))
         }
         Command::Certs(c) => cmd::certs::run(c),
-        Command::Adapter(args) => on_runtime(async { Ok(cmd::adapter::run(args).await) }),
+        Command::Adapter(args) => on_runtime(cmd::adapter::run(args)),
         Command::Broker(args) => on_runtime(cmd::broker::run(args)),
-        Command::Limits(args) => on_runtime(async { Ok(cmd::limits::run(args).await) }),
+        Command::Limits(args) => on_runtime(cmd::limits::run(args)),
         Command::Audit(args) if args.through_broker() => {
             on_runtime(async { Ok(cmd::audit::through_broker(args).await) })
         }
         Command::Audit(args) => Ok(cmd::audit::on_store(args)),
-        Command::Demo(args) => on_runtime(async { Ok(cmd::demo::run(args).await) }),
+        Command::Demo(args) => on_runtime(cmd::demo::run(args)),
         Command::Up(args) => on_runtime(cmd::up::run(args)),
     };
-    let code = outcome.unwrap_or_else(|e| {
-        if !e.message.is_empty() {
-            eprintln!("crossgate: {}", e.message);
-        }
-        e.code
-    });
+    let code = outcome.unwrap_or_else(CliError::report);
     std::process::ExitCode::from(code as u8)
 }
 

@@ -1,8 +1,8 @@
 //! `crossgate adapter`: run one department's adapter (and, unless told where
 //! the department's own system is, a reference system seeded from fixtures).
 
-use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
+use crate::{CliError, CliResult, ExitCode};
 use clap::Args;
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
@@ -41,55 +41,27 @@ pub struct AdapterArgs {
     pub system: Option<String>,
 }
 
-pub async fn run(args: AdapterArgs) -> ExitCode {
-    let registry = match load(&args.dir) {
-        Ok(r) => Arc::new(r),
-        Err(code) => return code,
-    };
+pub async fn run(args: AdapterArgs) -> CliResult {
+    let registry = Arc::new(load(&args.dir).map_err(CliError::exit)?);
     let mapping =
-        match crossgate_adapter::config::load_department(&args.config, &args.department, &registry)
-        {
-            Ok(m) => m,
-            Err(e) => {
-                eprintln!("crossgate: {e}");
-                return ExitCode::Usage;
-            }
-        };
-    let broker_config = match crossgate_broker::BrokerConfig::load(&args.config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+        crossgate_adapter::config::load_department(&args.config, &args.department, &registry)?;
+    let broker_config = crossgate_broker::BrokerConfig::load(&args.config)?;
     let certs = args.certs.clone().unwrap_or(broker_config.certs.clone());
-    let tls = match crossgate_tls::Bundle::load(&certs, &args.department) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let tls = crossgate_tls::Bundle::load(&certs, &args.department)?;
     let listen = match args.listen {
         Some(l) => l,
-        None => {
-            let configured = crossgate_broker::deployment::read_partners(&args.config)
-                .ok()
-                .and_then(|ps| ps.into_iter().find(|p| p.id == args.department))
-                .and_then(|p| p.adapter)
-                .and_then(|a| a.parse::<SocketAddr>().ok());
-            match configured {
-                Some(a) => a,
-                None => {
-                    eprintln!(
-                        "crossgate: {} has no adapter address in {}; give --listen",
-                        args.department,
-                        args.config.join("partners.toml").display()
-                    );
-                    return ExitCode::Usage;
-                }
-            }
-        }
+        None => crossgate_broker::deployment::read_partners(&args.config)
+            .ok()
+            .and_then(|ps| ps.into_iter().find(|p| p.id == args.department))
+            .and_then(|p| p.adapter)
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .ok_or_else(|| {
+                format!(
+                    "{} has no adapter address in {}; give --listen",
+                    args.department,
+                    args.config.join("partners.toml").display()
+                )
+            })?,
     };
     let broker_uri = args
         .broker
@@ -97,73 +69,18 @@ pub async fn run(args: AdapterArgs) -> ExitCode {
         .unwrap_or_else(|| format!("https://{}", broker_config.listen));
     let system_uri = match &args.system {
         Some(uri) => uri.clone(),
-        None => {
-            let mut system = ReferenceSystem::new();
-            if let Some(inbox) = &args.inbox {
-                system = system.with_inbox(inbox.clone());
-            }
-            let seeds = args.config.join("fixtures").join(&args.department);
-            let seeded = if seeds.is_dir() {
-                match system.seed_dir(&seeds) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        eprintln!(
-                            "crossgate: cannot seed the reference system from {}: {e}",
-                            seeds.display()
-                        );
-                        return ExitCode::Usage;
-                    }
-                }
-            } else {
-                0
-            };
-            let listener = match TcpListener::bind("127.0.0.1:0").await {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!(
-                        "crossgate: cannot open a loopback port for the reference system: {e}"
-                    );
-                    return ExitCode::Usage;
-                }
-            };
-            let uri = match listener.local_addr() {
-                Ok(a) => format!("http://{a}"),
-                Err(e) => {
-                    eprintln!("crossgate: {e}");
-                    return ExitCode::Usage;
-                }
-            };
-            println!(
-                "reference department system for {}: {uri} ({seeded} records)",
-                args.department
-            );
-            tokio::spawn(serve_system(system, listener, shutdown_signal()));
-            uri
-        }
+        None => reference_system(&args).await?,
     };
-    let (broker, system) = match (
-        lazy_tls_channel(&broker_uri, Some(tls.client())),
-        lazy_channel(&system_uri),
-    ) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("crossgate: bad address: {e}");
-            return ExitCode::Usage;
-        }
-    };
-    let listener = match TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!(
-                "crossgate: cannot listen on {listen}: {e}; is another crossgate running? choose another --listen"
-            );
-            return ExitCode::Usage;
-        }
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let broker = lazy_tls_channel(&broker_uri, Some(tls.client()))
+        .map_err(|e| format!("bad broker address {broker_uri}: {e}"))?;
+    let system =
+        lazy_channel(&system_uri).map_err(|e| format!("bad system address {system_uri}: {e}"))?;
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {listen}: {e}; is another crossgate running? choose another --listen"
+        )
+    })?;
+    let addr = listener.local_addr()?;
     println!(
         "adapter {} listening on https://{addr} (Ingress, Department; mutual TLS); broker {broker_uri}",
         args.department
@@ -171,13 +88,43 @@ pub async fn run(args: AdapterArgs) -> ExitCode {
     let adapter = Adapter::new(mapping, registry, broker, system).with_peers(Peers {
         broker: "broker".into(),
     });
-    match serve_tls(adapter, listener, Some(tls.server()), shutdown_signal()).await {
-        Ok(()) => ExitCode::Ok,
-        Err(e) => {
-            eprintln!("crossgate: adapter stopped: {e}");
-            ExitCode::Failed
-        }
+    serve_tls(adapter, listener, Some(tls.server()), shutdown_signal())
+        .await
+        .map_err(|e| CliError {
+            code: ExitCode::Failed,
+            message: format!("adapter stopped: {e}"),
+        })?;
+    Ok(ExitCode::Ok)
+}
+
+/// Without `--system`: a reference department system seeded from the
+/// department's fixtures, on a loopback port; its address.
+async fn reference_system(args: &AdapterArgs) -> Result<String, CliError> {
+    let mut system = ReferenceSystem::new();
+    if let Some(inbox) = &args.inbox {
+        system = system.with_inbox(inbox.clone());
     }
+    let seeds = args.config.join("fixtures").join(&args.department);
+    let seeded = if seeds.is_dir() {
+        system.seed_dir(&seeds).map_err(|e| {
+            format!(
+                "cannot seed the reference system from {}: {e}",
+                seeds.display()
+            )
+        })?
+    } else {
+        0
+    };
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot open a loopback port for the reference system: {e}"))?;
+    let uri = format!("http://{}", listener.local_addr()?);
+    println!(
+        "reference department system for {}: {uri} ({seeded} records)",
+        args.department
+    );
+    tokio::spawn(serve_system(system, listener, shutdown_signal()));
+    Ok(uri)
 }
 
 async fn shutdown_signal() {

@@ -2,7 +2,7 @@
 //! played by real gRPC clients, each step printed with who, what, the
 //! outcome and which fields crossed. Exit 0 only if every step behaved.
 
-use crate::ExitCode;
+use crate::{CliResult, ExitCode};
 use clap::Args;
 use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::admin_client::AdminClient;
@@ -53,12 +53,10 @@ fn keys(json: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-pub async fn run(args: DemoArgs) -> ExitCode {
+pub async fn run(args: DemoArgs) -> CliResult {
     let _ = std::fs::remove_dir_all(&args.state);
-    if let Err(e) = std::fs::create_dir_all(&args.state) {
-        eprintln!("crossgate: cannot create {}: {e}", args.state.display());
-        return ExitCode::Usage;
-    }
+    std::fs::create_dir_all(&args.state)
+        .map_err(|e| format!("cannot create {}: {e}", args.state.display()))?;
     let mut opts = Options::project_defaults();
     opts.config = args.config.clone();
     if let Ok(local) = std::path::Path::new("schemas").canonicalize() {
@@ -66,26 +64,16 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
     // The configured log (broker.toml's [audit] store), so that an auditor finds the demo's
     // entries with `crossgate audit search` afterwards.
-    let log = match crossgate_broker::BrokerConfig::load(&args.config) {
-        Ok(c) => c.audit.store,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let log = crossgate_broker::BrokerConfig::load(&args.config)?
+        .audit
+        .store;
     opts.audit_store = Some(log.clone());
     opts.state_dir = Some(args.state.clone());
     println!(
         "starting the broker, {} department adapters and their systems on loopback (mutual TLS)...",
         10
     );
-    let sys = match LocalSystem::start(opts).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let sys = LocalSystem::start(opts).await?;
     println!("broker at https://{}\n", sys.broker_addr);
     let steps: [(&str, Step); 6] = [
         ("(a) the land port", land_port(&sys, &args.config).await),
@@ -109,9 +97,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     }
     if ok {
         println!("\nall six scenarios behaved as expected; the audit log is {log}");
-        ExitCode::Ok
+        Ok(ExitCode::Ok)
     } else {
-        ExitCode::Failed
+        Ok(ExitCode::Failed)
     }
 }
 

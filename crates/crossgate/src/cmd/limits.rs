@@ -1,7 +1,7 @@
 //! `crossgate limits list|get|set|reset|reload`: an operator's view of, and
 //! hand on, per-partner rate limits, through the broker's `Admin` service.
 
-use crate::ExitCode;
+use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, Subcommand};
 use crossgate_proto::admin_client::AdminClient;
 use crossgate_proto::{
@@ -73,14 +73,8 @@ fn print_table(limits: &[PartnerLimit]) {
     }
 }
 
-pub async fn run(args: LimitsArgs) -> ExitCode {
-    let mut admin = match args.conn.channel("operations").await {
-        Ok(c) => AdminClient::new(c),
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+pub async fn run(args: LimitsArgs) -> CliResult {
+    let mut admin = AdminClient::new(args.conn.channel("operations").await?);
     let result = match args.command {
         LimitsCommand::List => admin
             .list_limits(ListLimitsRequest {})
@@ -112,23 +106,23 @@ pub async fn run(args: LimitsArgs) -> ExitCode {
                 let r = r.into_inner();
                 if r.applied {
                     println!("{}", r.message);
-                    return ExitCode::Ok;
+                    return Ok(ExitCode::Ok);
                 }
-                eprintln!("crossgate: {}", r.message);
-                return ExitCode::Failed;
+                return Err(CliError {
+                    code: ExitCode::Failed,
+                    message: r.message,
+                });
             }
             Err(s) => Err(s),
         },
     };
-    match result {
-        Ok(()) => ExitCode::Ok,
-        Err(status) => {
-            eprintln!(
-                "crossgate: the broker refused: {:?}: {}",
-                status.code(),
-                status.message()
-            );
-            ExitCode::Failed
-        }
-    }
+    result.map_err(|status| CliError {
+        code: ExitCode::Failed,
+        message: format!(
+            "the broker refused: {:?}: {}",
+            status.code(),
+            status.message()
+        ),
+    })?;
+    Ok(ExitCode::Ok)
 }

@@ -1,8 +1,8 @@
 //! `crossgate map`: a department's native records to canonical ones, or back.
 
-use crate::ExitCode;
 use crate::cmd::schema::{SchemasDir, load};
 use crate::input::{documents, read_sources};
+use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, ValueEnum};
 use crossgate_mapping::MapFault;
 use crossgate_schema::parse_document;
@@ -41,20 +41,10 @@ pub struct MapArgs {
 /// Map each record; one JSON document per line on stdout for each record that
 /// maps cleanly, `<file>:<line>: <native> -> <pointer>: <message>` on stderr
 /// for each fault. Exit 0 all mapped, 1 some failed, 2 usage or config error.
-pub fn run(args: MapArgs) -> ExitCode {
-    let registry = match load(&args.dir) {
-        Ok(r) => r,
-        Err(code) => return code,
-    };
+pub fn run(args: MapArgs) -> CliResult {
+    let registry = load(&args.dir).map_err(CliError::exit)?;
     let dept =
-        match crossgate_adapter::config::load_department(&args.config, &args.department, &registry)
-        {
-            Ok(d) => d,
-            Err(e) => {
-                eprintln!("crossgate: {e}");
-                return ExitCode::Usage;
-            }
-        };
+        crossgate_adapter::config::load_department(&args.config, &args.department, &registry)?;
     let forced = match &args.record_type {
         None => None,
         Some(t) => {
@@ -62,25 +52,15 @@ pub fn run(args: MapArgs) -> ExitCode {
                 Direction::Inbound => dept.native(t),
                 Direction::Outbound => dept.canonical(t).filter(|m| m.outbound),
             };
-            match found {
-                Some(m) => Some(m),
-                None => {
-                    eprintln!(
-                        "crossgate: department {} has no {:?} mapping for {t:?}",
-                        dept.department, args.direction
-                    );
-                    return ExitCode::Usage;
-                }
-            }
+            Some(found.ok_or_else(|| {
+                format!(
+                    "department {} has no {:?} mapping for {t:?}",
+                    dept.department, args.direction
+                )
+            })?)
         }
     };
-    let sources = match read_sources(&args.files) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
-    };
+    let sources = read_sources(&args.files)?;
     let (mut mapped, mut failed) = (0usize, 0usize);
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
@@ -134,9 +114,9 @@ pub fn run(args: MapArgs) -> ExitCode {
         }
     }
     let _ = writeln!(err, "{mapped} mapped, {failed} failed");
-    if failed == 0 {
+    Ok(if failed == 0 {
         ExitCode::Ok
     } else {
         ExitCode::Failed
-    }
+    })
 }

@@ -1,7 +1,7 @@
 //! `crossgate schema validate|list`.
 
-use crate::ExitCode;
 use crate::input::{documents, read_sources};
+use crate::{CliError, ExitCode};
 use clap::{Args, Subcommand};
 use crossgate_schema::{Registry, Rejection};
 use std::io::Write;
@@ -97,10 +97,7 @@ fn validate(args: ValidateArgs) -> ExitCode {
     }
     let sources = match read_sources(&args.files) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
-        }
+        Err(e) => return CliError::from(e).report(),
     };
     let (mut valid, mut invalid) = (0usize, 0usize);
     let mut out = std::io::stdout().lock();
