@@ -134,6 +134,37 @@ def main():
         except grpc.RpcError as e:
             check("a wrong purpose is denied", e.code() == grpc.StatusCode.PERMISSION_DENIED and "marketing" in e.details(), e.details())
 
+        # Need to know: a child looked up by the identity number education holds comes back with
+        # name, birth date and address only, under an opaque reference, never the number.
+        child = "540202198107103540"
+        person = lambda criteria: broker_pb2.QueryRequest(
+            provider="public-security", record_type="person.v1", purpose="school-enrolment",
+            criteria=[record_pb2.Criterion(path=p, value=v) for p, v in criteria])
+        found = education.Query(person([("/id_number", child)])).records[0]
+        check("a person comes back with name, birth date and address only",
+              sorted(json.loads(found.json)) == ["birth_date", "name", "registered_address"], found.json)
+        check("its record_id is an opaque reference, not the identity number",
+              len(found.record_id) == 32 and child not in found.record_id and child.encode() not in found.json,
+              found.record_id)
+        # Without criteria: refused, naming the rule.
+        try:
+            education.Query(person([]))
+            check("a query without criteria is refused", False, "allowed")
+        except grpc.RpcError as e:
+            check("a query without criteria is refused naming the rule",
+                  e.code() == grpc.StatusCode.PERMISSION_DENIED and "education-person" in e.details(), e.details())
+        # The approval opens its own household and no other.
+        try:
+            education.Query(broker_pb2.QueryRequest(
+                provider="public-security", record_type="household.v1", purpose="school-enrolment",
+                approval_reference="EDU-2025-0001",
+                criteria=[record_pb2.Criterion(path="/household_id", value="54020239576099")]))
+            check("EDU-2025-0001 opens no other household", False, "allowed")
+        except grpc.RpcError as e:
+            check("EDU-2025-0001 opens no other household",
+                  e.code() == grpc.StatusCode.PERMISSION_DENIED and "covers household 11010567397679" in e.details(),
+                  e.details())
+
         # Throttled: education's burst of 5 per minute is spent.
         codes, details = [], []
         for _ in range(6):
