@@ -110,7 +110,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) if args.through_broker() => {
             on_runtime(async { Ok(cmd::audit::through_broker(args).await) })
         }
-        Command::Audit(args) => Ok(cmd::audit::on_store(args)),
+        Command::Audit(args) => cmd::audit::on_store(args),
         Command::Demo(args) => on_runtime(cmd::demo::run(args)),
         Command::Up(args) => on_runtime(cmd::up::run(args)),
     };

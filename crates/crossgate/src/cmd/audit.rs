@@ -2,7 +2,7 @@
 //! directly on a log's store (`--store`) or through a broker (`--broker`,
 //! `--cert`, `--key`: the auditor's certificate).
 
-use crate::ExitCode;
+use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, Subcommand, ValueEnum};
 use crossgate_audit::{Filter, Stored};
 use crossgate_proto::audit_client::AuditClient;
@@ -133,25 +133,17 @@ impl AuditArgs {
 }
 
 /// Read the store directly (no async runtime: its clients bring their own).
-pub fn on_store(args: AuditArgs) -> ExitCode {
+pub fn on_store(args: AuditArgs) -> CliResult {
     let spec = match &args.store {
         Some(s) => s.clone(),
-        None => match crossgate_broker::BrokerConfig::load(&args.conn.config) {
-            Ok(c) => c.audit.store,
-            Err(e) => {
-                eprintln!("crossgate: {e}");
-                return ExitCode::Usage;
-            }
-        },
-    };
-    let mut store = match crossgate_audit::open(&spec) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("crossgate: {e}");
-            return ExitCode::Usage;
+        None => {
+            crossgate_broker::BrokerConfig::load(&args.conn.config)?
+                .audit
+                .store
         }
     };
-    match args.command {
+    let mut store = crossgate_audit::open(&spec)?;
+    Ok(match args.command {
         AuditCommand::Verify { from, to } => {
             match crossgate_audit::verify_range(store.as_mut(), from, to) {
                 Ok(reports) => {
@@ -173,20 +165,14 @@ pub fn on_store(args: AuditArgs) -> ExitCode {
                     }
                     if ok { ExitCode::Ok } else { ExitCode::Failed }
                 }
-                Err(e) => {
-                    eprintln!("crossgate: {e}");
-                    ExitCode::Usage
-                }
+                Err(e) => return Err(e.into()),
             }
         }
         AuditCommand::Export { filter, out } => {
-            let mut file = match std::fs::File::create(&out) {
-                Ok(f) => std::io::BufWriter::new(f),
-                Err(e) => {
-                    eprintln!("crossgate: cannot write {}: {e}", out.display());
-                    return ExitCode::Usage;
-                }
-            };
+            let mut file = std::io::BufWriter::new(
+                std::fs::File::create(&out)
+                    .map_err(|e| format!("cannot write {}: {e}", out.display()))?,
+            );
             let mut n = 0u64;
             let result = store.scan(&filter.to_filter(), &mut |s| {
                 n += 1;
@@ -194,8 +180,7 @@ pub fn on_store(args: AuditArgs) -> ExitCode {
                 writeln!(file, "{}", s.to_json_line()).is_ok()
             });
             if let Err(e @ crossgate_audit::StoreError::Damaged { .. }) = &result {
-                eprintln!("crossgate: {e}; run `crossgate audit verify`");
-                return ExitCode::Failed;
+                return Err(damaged(e));
             }
             finish_export(result.map_err(|e| e.to_string()), file, n, &out)
         }
@@ -209,17 +194,18 @@ pub fn on_store(args: AuditArgs) -> ExitCode {
             });
             match result {
                 Ok(()) => ExitCode::Ok,
-                // A damaged log is a finding (as verify's), not a failure to read.
-                Err(e @ crossgate_audit::StoreError::Damaged { .. }) => {
-                    eprintln!("crossgate: {e}; run `crossgate audit verify`");
-                    ExitCode::Failed
-                }
-                Err(e) => {
-                    eprintln!("crossgate: {e}");
-                    ExitCode::Usage
-                }
+                Err(e @ crossgate_audit::StoreError::Damaged { .. }) => return Err(damaged(&e)),
+                Err(e) => return Err(e.into()),
             }
         }
+    })
+}
+
+/// A damaged log is a finding (as verify's, exit 1), not a failure to read.
+fn damaged(e: &impl std::fmt::Display) -> CliError {
+    CliError {
+        code: ExitCode::Failed,
+        message: format!("{e}; run `crossgate audit verify`"),
     }
 }
 
