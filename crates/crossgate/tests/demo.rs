@@ -115,4 +115,32 @@ fn the_demo_plays_every_scenario_and_the_auditor_can_check_it() {
         verified.contains("does not verify: its hash does not match its contents"),
         "{verified}"
     );
+
+    // A decision crossgate never writes is damage: search stops there and
+    // says where (exit 1); verify names the entry.
+    let places: Vec<usize> = original
+        .windows(7)
+        .enumerate()
+        .filter(|(_, w)| *w == b"allowed")
+        .map(|(i, _)| i)
+        .collect();
+    let mut reported = None;
+    for at in places {
+        let mut bytes = original.clone();
+        bytes[at + 6] = b'X';
+        std::fs::write(&db, &bytes).unwrap();
+        let (code, _, err) = crossgate(&["audit", "search", "--config", config]);
+        if code == Some(1) {
+            reported = Some(err);
+            break;
+        }
+    }
+    let err = reported.expect("a damaged decision in a live entry is reported");
+    assert!(
+        err.contains("is damaged: decision \"alloweX\" is not one crossgate writes"),
+        "{err}"
+    );
+    let (code, verified, _) = crossgate(&["audit", "verify", "--config", config]);
+    assert_eq!(code, Some(1), "{verified}");
+    assert!(verified.contains("the entry is damaged"), "{verified}");
 }
