@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Processes, ROOT, config_copy, wait_for};
+use common::{Processes, ROOT, config_copy};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -53,19 +53,6 @@ fn examples() -> Vec<Example> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn every_readme_command_runs() {
     let project = crossgate_testing::TempDir::new("readme");
@@ -81,15 +68,15 @@ fn every_readme_command_runs() {
         config.join("limits.toml"),
     )
     .unwrap();
-    copy_dir(
+    crossgate_testing::copy_dir(
         Path::new(&format!("{ROOT}/deploy/local/fixtures")),
         &config.join("fixtures"),
     );
-    copy_dir(
+    crossgate_testing::copy_dir(
         Path::new(&format!("{ROOT}/schemas")),
         &project.join("schemas"),
     );
-    copy_dir(
+    crossgate_testing::copy_dir(
         Path::new(&format!("{ROOT}/examples")),
         &project.join("examples"),
     );
@@ -117,10 +104,13 @@ fn every_readme_command_runs() {
                     // `up` runs everything itself: stop the separate pieces first.
                     drop(std::mem::replace(&mut servers, Processes(Vec::new())));
                 }
+                // What a server says goes to a file, shown if it does not come up.
+                let log = project.join(format!("server-{}.log", servers.0.len()));
+                let stderr = std::fs::File::create(&log).unwrap();
                 servers.0.push(
                     crossgate()
                         .stdout(Stdio::null())
-                        .stderr(Stdio::null())
+                        .stderr(stderr)
                         .spawn()
                         .unwrap(),
                 );
@@ -128,7 +118,11 @@ fn every_readme_command_runs() {
                     Some("adapter") => port_of(args[2]).unwrap(),
                     _ => broker_port,
                 };
-                wait_for(port);
+                assert!(
+                    crossgate_testing::listening(port),
+                    "`crossgate {command}` did not listen on port {port}:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             _ => {
                 let out = crossgate().output().unwrap();
