@@ -131,19 +131,53 @@ impl Broker {
     async fn reload(
         &self,
         request: &Request<ReloadRequest>,
-        apply: fn(&Broker) -> Result<String, crate::error::BrokerError>,
+        apply: Reload,
     ) -> Result<Response<ReloadResponse>, Status> {
         let operator = self.authenticate(request, Role::Operator)?;
-        let call = self.admin_call();
-        let (applied, message) = match apply(self) {
-            Ok(message) => {
-                let reason = format!("{message} (by {})", operator.id);
-                self.audit_change(&call, &operator, "", reason).await?;
-                (true, message)
-            }
-            Err(refused) => (false, refused.to_string()),
-        };
+        let (applied, message) = self.reload_audited(&operator, apply).await?;
         Ok(Response::new(ReloadResponse { applied, message }))
+    }
+
+    /// Apply a reload and audit it either way: applied (`changed`, with the
+    /// digest of the file now in force) or refused (`invalid`, with the
+    /// file's line), by whom.
+    async fn reload_audited(&self, by: &Caller, apply: Reload) -> Result<(bool, String), Status> {
+        let call = self.admin_call();
+        let (applied, decision, message, digest) = match apply(self) {
+            Ok(r) => (true, Decision::Changed, r.message, r.digest),
+            Err(refused) => (
+                false,
+                Decision::Invalid,
+                format!("not reloaded: {refused}"),
+                String::new(),
+            ),
+        };
+        let mut e = entry(Kind::Admin, decision);
+        e.consumer = by.id.clone();
+        e.reason = format!("{message} (by {})", by.id);
+        e.record_digest = digest;
+        self.audit(&call, e).await?;
+        Ok((applied, message))
+    }
+
+    /// SIGHUP: reload limits.toml and catalog.toml, each audited as the
+    /// signal's doing. Returns what happened, for the broker's output.
+    pub async fn reload_on_signal(&self) -> Vec<String> {
+        let signal = Caller {
+            id: "signal:SIGHUP".into(),
+            role: Role::Operator,
+        };
+        let mut said = Vec::new();
+        for apply in [
+            Broker::reload_limits_file as Reload,
+            Broker::reload_catalog_file,
+        ] {
+            said.push(match self.reload_audited(&signal, apply).await {
+                Ok((_, message)) => message,
+                Err(status) => status.message().to_owned(),
+            });
+        }
+        said
     }
 
     fn admin_call(&self) -> Call {
@@ -292,7 +326,7 @@ impl Broker {
     /// partners and schemas in force; an invalid file is refused with file,
     /// line and reason, and the old catalog stays. Calls under way finish
     /// under the catalog they started with.
-    pub fn reload_catalog_file(&self) -> Result<String, crate::error::BrokerError> {
+    pub fn reload_catalog_file(&self) -> Result<Reloaded, crate::error::BrokerError> {
         let file = self
             .inner
             .catalog_file
@@ -311,13 +345,25 @@ impl Broker {
             &ids,
             &self.inner.registry,
         )?;
+        // An approval that is counted now may have been used before: count
+        // its uses from the log before it can open another answer.
+        if let Some(reader) = &self.inner.audit_reader {
+            let spent = crate::deployment::off_runtime(|| {
+                crate::approvals::spent_in_log(&policy, &reader.store)
+            })
+            .map_err(crate::error::BrokerError::ApprovalUses)?;
+            self.inner.approval_uses.at_least(spent);
+        }
         *self.inner.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
-        Ok(format!("reloaded {}", file.display()))
+        Ok(Reloaded {
+            message: format!("reloaded {}", file.display()),
+            digest: crate::audit::digest(text.as_bytes()),
+        })
     }
 
     /// Re-read limits.toml (operator call or SIGHUP). An invalid file is
     /// refused with file, line and reason, and the old limits stay.
-    pub fn reload_limits_file(&self) -> Result<String, crate::error::BrokerError> {
+    pub fn reload_limits_file(&self) -> Result<Reloaded, crate::error::BrokerError> {
         let admin = self
             .inner
             .admin
@@ -325,12 +371,24 @@ impl Broker {
             .ok_or(crate::error::BrokerError::NoLimits)?;
         let ids: Vec<&str> = self.inner.partners.keys().map(String::as_str).collect();
         let file = admin.config_dir.join("limits.toml");
-        match crate::config::load_limits(&admin.config_dir, &ids)? {
-            Some(config) => {
-                admin.limits.replace(config);
-                Ok(format!("reloaded {}", file.display()))
-            }
-            None => Err(crate::error::BrokerError::LimitsGone(file)),
-        }
+        let text = crate::error::read_optional(&file)?
+            .ok_or_else(|| crate::error::BrokerError::LimitsGone(file.clone()))?;
+        let config = crossgate_limits::parse_config(&file.display().to_string(), &text, &ids)?;
+        admin.limits.replace(config);
+        Ok(Reloaded {
+            message: format!("reloaded {}", file.display()),
+            digest: crate::audit::digest(text.as_bytes()),
+        })
     }
 }
+
+/// A configuration file applied live.
+pub struct Reloaded {
+    pub message: String,
+    /// SHA-256 of the text now in force, for the audit entry.
+    pub digest: String,
+}
+
+type Reload = fn(&Broker) -> Result<Reloaded, crate::error::BrokerError>;
+
+impl Broker {}

@@ -48,6 +48,15 @@ impl ApprovalUses {
         }))
     }
 
+    /// After a catalog reload: no count below what the log shows spent.
+    pub fn at_least(&self, spent: HashMap<String, u32>) {
+        let mut counts = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        for (reference, n) in spent {
+            let count = counts.entry(reference).or_default();
+            *count = (*count).max(n);
+        }
+    }
+
     pub fn spent(&self, reference: &str) -> u32 {
         self.spent
             .lock()

@@ -64,6 +64,15 @@ impl Deployment {
     }
 }
 
+/// Run blocking store work (the PostgreSQL client drives its own runtime)
+/// on a plain thread of its own, so that it may be called from async code.
+pub(crate) fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| match scope.spawn(work).join() {
+        Ok(result) => result,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 /// Where the broker writes its audit log.
 pub enum AuditChoice {
     /// A durable store (`sqlite:PATH`, `postgres://...`); the `Audit`
@@ -112,10 +121,13 @@ impl Broker {
         };
         let (audit, audit_reader, approval_uses): (Arc<dyn AuditSink>, _, _) = match wiring.audit {
             AuditChoice::Store(log) => {
-                let spent =
-                    spent_in_log(&dep.policy, &log.store).map_err(DeploymentError::ApprovalUses)?;
+                let (spent, writer) = off_runtime(|| {
+                    let spent = spent_in_log(&dep.policy, &log.store)
+                        .map_err(DeploymentError::ApprovalUses)?;
+                    Ok::<_, DeploymentError>((spent, log.start()?))
+                })?;
                 (
-                    Arc::new(log.start()?),
+                    Arc::new(writer),
                     Some(AuditReader {
                         store: log.store.clone(),
                     }),

@@ -62,6 +62,9 @@ pub struct Screened {
     pub invalid: Vec<String>,
     /// Records the provider's adapter left out (they do not map).
     pub withheld_at_adapter: u32,
+    /// Records that do not equal the lookup (a provider's looser search):
+    /// dropped without a trace towards the consumer, not even a count.
+    pub unrelated: usize,
 }
 
 impl Screened {
@@ -73,6 +76,12 @@ impl Screened {
                 "{} provider record(s) withheld: invalid ({})",
                 self.invalid.len(),
                 self.invalid.join(" | ")
+            ));
+        }
+        if self.unrelated > 0 {
+            parts.push(format!(
+                "{} provider record(s) did not equal the lookup and were dropped",
+                self.unrelated
             ));
         }
         if self.withheld_at_adapter > 0 {
@@ -118,9 +127,8 @@ pub fn screen(
                 continue;
             }
         };
-        if let Some(c) = q.criteria.iter().find(|c| !matches(&document, c)) {
-            out.invalid
-                .push(format!("{}: does not equal the lookup value", c.path));
+        if q.criteria.iter().any(|c| !matches(&document, c)) {
+            out.unrelated += 1;
             continue;
         }
         out.digests.push(digest(&record.json));

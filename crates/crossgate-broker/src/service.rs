@@ -213,10 +213,6 @@ impl Broker {
                 ),
                 status,
             })?;
-        // An answer larger than the grant allows releases nothing.
-        release
-            .grant
-            .check_answer_size(answer.records.len() + answer.withheld_records as usize)?;
         let mut screened = screen(
             &self.inner.registry,
             &release,
@@ -225,6 +221,11 @@ impl Broker {
             answer.records,
         );
         screened.withheld_at_adapter = answer.withheld_records;
+        // An answer with more matches than the grant allows releases
+        // nothing. Records that do not equal the lookup are not matches.
+        release
+            .grant
+            .check_answer_size(screened.records.len() + screened.withheld_count() as usize)?;
         let mut allowed = entry.clone();
         allowed.decision = Decision::Allowed;
         allowed.reason = match screened.invalid_summary() {

@@ -107,12 +107,28 @@ async fn an_operator_reloads_the_catalog_and_a_bad_file_changes_nothing() {
         .into_iter()
         .filter(|e| e.kind == crossgate_broker::audit::Kind::Admin)
         .collect();
-    assert_eq!(reloads.len(), 1, "the applied reload, by whom");
-    assert_eq!(reloads[0].decision, Decision::Changed);
-    assert_eq!(reloads[0].consumer, "operations");
+    // Both reloads are in the log, by whom: the refused one with its line,
+    // the applied one with the digest of the catalog now in force.
+    assert_eq!(reloads.len(), 2);
+    assert_eq!(reloads[0].decision, Decision::Invalid);
     assert!(
-        reloads[0].reason.starts_with("reloaded "),
+        reloads[0].reason.starts_with("not reloaded: ")
+            && reloads[0]
+                .reason
+                .contains(&format!("catalog.toml:{line}: ")),
         "{}",
         reloads[0].reason
+    );
+    assert_eq!(reloads[1].decision, Decision::Changed);
+    assert_eq!(reloads[1].consumer, "operations");
+    assert!(
+        reloads[1].reason.starts_with("reloaded "),
+        "{}",
+        reloads[1].reason
+    );
+    let now_in_force = std::fs::read(&catalog).expect("catalog");
+    assert_eq!(
+        reloads[1].record_digest,
+        crossgate_broker::audit::digest(&now_in_force)
     );
 }

@@ -189,7 +189,7 @@ pub fn compile(
         }
         let mut fields = Vec::new();
         for pointer in g.fields.get_ref() {
-            if !pointer.starts_with('/') || registry.schema_at(&rt, pointer).is_none() {
+            if !is_field(registry, &rt, pointer) {
                 return Err(err(
                     g.fields.span(),
                     format!(
@@ -209,7 +209,15 @@ pub fn compile(
             let released = fields
                 .iter()
                 .any(|f| pointer == &f.pointer || pointer.starts_with(&format!("{}/", f.pointer)));
-            if !released || registry.schema_at(&rt, pointer).is_none() {
+            if !is_field(registry, &rt, pointer) {
+                return Err(err(
+                    masks_span.clone(),
+                    format!(
+                        "mask on {pointer}, which is not a field of {rt}; write lists as /members/-/id_number"
+                    ),
+                ));
+            }
+            if !released {
                 return Err(err(
                     masks_span.clone(),
                     format!("mask on {pointer}, which grant {id} does not release"),
@@ -247,10 +255,7 @@ pub fn compile(
                     ));
                 }
                 for pointer in lookup.get_ref() {
-                    if !pointer.starts_with('/')
-                        || pointer.split('/').any(|s| s == "-")
-                        || registry.schema_at(&rt, pointer).is_none()
-                    {
+                    if pointer.split('/').any(|s| s == "-") || !is_field(registry, &rt, pointer) {
                         return Err(err(
                             lookup.span(),
                             format!(
@@ -450,6 +455,19 @@ pub fn compile(
         }
     }
     Ok(policy)
+}
+
+/// A field path of `record_type`'s schema as grants write them: a JSON
+/// Pointer whose list elements are `-` (every element). A numeric index
+/// (`/members/0/id_number`) is refused: it would name one element the
+/// projection cannot single out, so a mask on it would hide nothing.
+fn is_field(registry: &Registry, record_type: &str, pointer: &str) -> bool {
+    pointer.starts_with('/')
+        && !pointer
+            .split('/')
+            .skip(1)
+            .any(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        && registry.schema_at(record_type, pointer).is_some()
 }
 
 fn disagree(a: &Grant, b: &Grant) -> bool {

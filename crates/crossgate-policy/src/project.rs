@@ -35,7 +35,13 @@ impl Mask {
             Mask::KeepLast(n) => s
                 .chars()
                 .enumerate()
-                .map(|(i, c)| if i + n >= count { c } else { '*' })
+                .map(|(i, c)| {
+                    if i >= count.saturating_sub(*n) {
+                        c
+                    } else {
+                        '*'
+                    }
+                })
                 .collect(),
             Mask::KeepFirst(n) => s
                 .chars()

@@ -530,4 +530,27 @@ fn lookups_keys_and_approvals_are_checked_at_load() {
         "catalog.toml:22: approval A-1 names /name, which no query grant lets education look person.v1 of public-security up by"
     );
     assert!(error(&approval("{}")).contains("approval A-1 names no subject"));
+
+    // A list element by index cannot be masked or released on its own: the
+    // projection works on every element (`-`), so the mask would hide nothing.
+    let indexed = "[[catalog]]\nprovider = \"public-security\"\nrecord_type = \"household.v1\"\nclass = \"unconditional\"\n\
+         [[grant]]\nid = \"h\"\nconsumer = \"education\"\nprovider = \"public-security\"\nrecord_type = \"household.v1\"\n\
+         mode = \"query\"\npurposes = [\"x\"]\nfields = [\"/members\"]\nmasks = { \"/members/0/id_number\" = \"keep-last-4\" }\n\
+         lookup = [\"/household_id\"]\nvalid_from = \"2025-01-01\"\nvalid_until = \"2030-12-31\"\n"
+    .to_owned();
+    assert!(
+        error(&indexed).contains("mask on /members/0/id_number, which is not a field of household.v1; write lists as /members/-/id_number"),
+        "{}",
+        error(&indexed)
+    );
+    let indexed_field = indexed.replace(
+        "fields = [\"/members\"]\nmasks = { \"/members/0/id_number\" = \"keep-last-4\" }",
+        "fields = [\"/members/0/name\"]",
+    );
+    assert!(error(&indexed_field).contains("/members/0/name is not a field of household.v1"));
+    // A huge keep-last is the whole value, not an overflow.
+    assert_eq!(
+        crate::Mask::KeepLast(usize::MAX).apply(&serde_json::json!("abc")),
+        serde_json::json!("abc")
+    );
 }

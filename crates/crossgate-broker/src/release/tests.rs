@@ -321,14 +321,17 @@ fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
         ],
     );
     assert_eq!(screened.records.len(), 1);
-    assert_eq!(screened.invalid.len(), 3);
+    assert_eq!(screened.invalid.len(), 2);
+    // The neighbour is dropped and not counted towards the consumer.
+    assert_eq!(screened.unrelated, 1);
+    assert_eq!(screened.withheld_count(), 2);
     let summary = screened.invalid_summary().expect("summary");
     assert!(
-        summary.starts_with("3 provider record(s) withheld: invalid (/ethnicity: "),
+        summary.starts_with("2 provider record(s) withheld: invalid (/ethnicity: "),
         "{summary}"
     );
     assert!(
-        summary.ends_with("/id_number: does not equal the lookup value)"),
+        summary.ends_with("1 provider record(s) did not equal the lookup and were dropped"),
         "{summary}"
     );
     assert!(!summary.contains("SECRET"), "{summary}");

@@ -74,13 +74,8 @@ pub async fn run(args: BrokerArgs) -> CliResult {
                 return;
             };
             while hangups.recv().await.is_some() {
-                match reloader.reload_limits_file() {
-                    Ok(m) => eprintln!("crossgate: {m}"),
-                    Err(e) => eprintln!("crossgate: limits not reloaded: {e}"),
-                }
-                match reloader.reload_catalog_file() {
-                    Ok(m) => eprintln!("crossgate: {m}"),
-                    Err(e) => eprintln!("crossgate: catalog not reloaded: {e}"),
+                for said in reloader.reload_on_signal().await {
+                    eprintln!("crossgate: {said}");
                 }
             }
         });
