@@ -254,9 +254,11 @@ impl Broker {
 async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<Response<T>, Status>> + Send + 'static,
 ) -> Result<Response<T>, Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|e| Status::internal(format!("the request failed inside the broker: {e}")))?
+    tokio::spawn(work).await.map_err(|e| {
+        // The panic's words stay in the broker's log: they may quote a record.
+        tracing::error!(error = %e, "a request failed inside the broker");
+        Status::internal("the request failed inside the broker")
+    })?
 }
 
 #[tonic::async_trait]
