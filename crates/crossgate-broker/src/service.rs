@@ -255,8 +255,12 @@ async fn detached<T: Send + 'static>(
     work: impl std::future::Future<Output = Result<Response<T>, Status>> + Send + 'static,
 ) -> Result<Response<T>, Status> {
     tokio::spawn(work).await.map_err(|e| {
-        // The panic's words stay in the broker's log: they may quote a record.
-        tracing::error!(error = %e, "a request failed inside the broker");
+        // Neither the caller nor the log gets the panic's words: they may
+        // quote a record.
+        tracing::error!(
+            panicked = e.is_panic(),
+            "a request failed inside the broker"
+        );
         Status::internal("the request failed inside the broker")
     })?
 }
