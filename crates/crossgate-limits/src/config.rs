@@ -19,6 +19,8 @@ pub struct LimitsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    /// `timezone`, its name before the keys were made one, is still read.
+    #[serde(alias = "timezone")]
     time_zone: Option<Spanned<String>>,
     default: Option<PartnerConfig>,
     #[serde(default)]

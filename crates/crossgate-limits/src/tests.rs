@@ -225,3 +225,20 @@ fn an_odd_rate_text_cannot_break_the_overrides_file() {
     assert_eq!(back.partners["tax"].query.rate.count, 5);
     assert_eq!(back.partners["tax"].query.burst, 2);
 }
+
+#[test]
+fn the_former_timezone_key_is_still_read() {
+    let config = parse_config(
+        "limits.toml",
+        "timezone = \"+08:00\"\n[default]\nrate = \"1/s\"\nburst = 1\n",
+        PARTNERS,
+    )
+    .unwrap();
+    let again = parse_config(
+        "limits.toml",
+        "time_zone = \"+08:00\"\n[default]\nrate = \"1/s\"\nburst = 1\n",
+        PARTNERS,
+    )
+    .unwrap();
+    assert_eq!(format!("{config:?}"), format!("{again:?}"));
+}
