@@ -252,17 +252,22 @@ fn references_are_stable_for_a_consumer_and_differ_between_consumers() {
     assert!(!a.record_id.contains("9582"));
 }
 
-#[test]
-fn records_without_a_provider_id_never_share_a_reference() {
+/// Education's person grant, released without an approval.
+fn education_person() -> crossgate_policy::Release<'static> {
     let grant = policy()
         .grants()
         .iter()
         .find(|g| g.id == "education-person")
         .expect("grant");
-    let release = crossgate_policy::Release {
+    crossgate_policy::Release {
         grant,
         approval: None,
-    };
+    }
+}
+
+#[test]
+fn records_without_a_provider_id_never_share_a_reference() {
+    let release = education_person();
     let a = released(
         &release,
         &key(),
@@ -282,15 +287,7 @@ fn records_without_a_provider_id_never_share_a_reference() {
 
 #[test]
 fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
-    let grant = policy()
-        .grants()
-        .iter()
-        .find(|g| g.id == "education-person")
-        .expect("grant");
-    let release = crossgate_policy::Release {
-        grant,
-        approval: None,
-    };
+    let release = education_person();
     let good = serde_json::json!({
         "id_number": "110105198405049582", "name": "周建华", "sex": "female",
         "birth_date": "1984-05-04", "ethnicity": "01",
