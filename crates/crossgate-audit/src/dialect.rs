@@ -3,6 +3,7 @@
 //! it writes, so SQLite and PostgreSQL cannot drift apart.
 
 use crate::entry::{Decision, Entry, Kind, Stored, hex, unhex32};
+use crate::outbox::{Claim, Item, Op, OutboxFilter, State};
 use crate::{Filter, StoreError};
 
 /// The SQL dialects of the stores.
@@ -96,6 +97,183 @@ CREATE TABLE IF NOT EXISTS audit_heads (
         )
     }
 
+    fn bytes_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BLOB",
+            Dialect::Postgres => "BYTEA",
+        }
+    }
+
+    /// The outbox and the idempotency keys, created if missing.
+    pub(crate) fn outbox_schema(self) -> String {
+        let int = self.integer_type();
+        let mut columns: Vec<String> = OUTBOX_COLUMNS
+            .iter()
+            .map(|(name, kind)| {
+                let ty = match kind {
+                    Col::Text => "TEXT",
+                    Col::Int => int,
+                    Col::Bytes => self.bytes_type(),
+                };
+                format!("    {name} {ty} NOT NULL")
+            })
+            .collect();
+        columns[0].push_str(" UNIQUE");
+        if let Dialect::Postgres = self {
+            columns.insert(0, "    id BIGSERIAL PRIMARY KEY".into());
+        }
+        format!(
+            "CREATE TABLE IF NOT EXISTS outbox (\n{}\n);
+CREATE INDEX IF NOT EXISTS outbox_receiver ON outbox (receiver, state);
+CREATE INDEX IF NOT EXISTS outbox_request ON outbox (request_id);
+CREATE TABLE IF NOT EXISTS publish_keys (
+    provider TEXT NOT NULL,
+    key TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    record_digest TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (provider, key)
+);",
+            columns.join(",\n")
+        )
+    }
+
+    /// An outbox change as statements and their arguments.
+    pub(crate) fn outbox_op(self, op: &Op) -> Vec<(String, Vec<Param>)> {
+        let p = |n| self.placeholder(n);
+        if let Op::Prune { before } = op {
+            return ["outbox WHERE state = 'delivered' AND", "publish_keys WHERE"]
+                .into_iter()
+                .map(|table| {
+                    (
+                        format!("DELETE FROM {table} created < {}", p(1)),
+                        vec![Param::Text(before.clone())],
+                    )
+                })
+                .collect();
+        }
+        vec![self.outbox_change(op)]
+    }
+
+    fn outbox_change(self, op: &Op) -> (String, Vec<Param>) {
+        let p = |n| self.placeholder(n);
+        match op {
+            Op::Enqueue(item) => {
+                let names: Vec<&str> = OUTBOX_COLUMNS.iter().map(|(n, _)| *n).collect();
+                let places: Vec<String> = (1..=names.len()).map(p).collect();
+                (
+                    format!(
+                        "INSERT INTO outbox ({}) VALUES ({}) ON CONFLICT (delivery_id) DO NOTHING",
+                        names.join(", "),
+                        places.join(", ")
+                    ),
+                    encode_item(item),
+                )
+            }
+            Op::Update {
+                delivery_id,
+                state,
+                attempts,
+                next_attempt,
+                last_error,
+            } => {
+                let empty = match self {
+                    Dialect::Sqlite => "x''",
+                    Dialect::Postgres => "''::bytea",
+                };
+                (
+                    format!(
+                        "UPDATE outbox SET state = {s}, attempts = {a}, next_attempt = {n}, last_error = {e},
+                         payload = CASE WHEN {s} = 'delivered' THEN {empty} ELSE payload END
+                         WHERE delivery_id = {id} AND state <> 'delivered'",
+                        s = p(1),
+                        a = p(2),
+                        n = p(3),
+                        e = p(4),
+                        id = p(5)
+                    ),
+                    vec![
+                        Param::Text(state.as_str().into()),
+                        Param::Int(i64::from(*attempts)),
+                        Param::Text(next_attempt.clone()),
+                        Param::Text(last_error.clone()),
+                        Param::Text(delivery_id.clone()),
+                    ],
+                )
+            }
+            Op::Purge { delivery_id } => (
+                format!(
+                    "DELETE FROM outbox WHERE delivery_id = {} AND state <> 'delivered'",
+                    p(1)
+                ),
+                vec![Param::Text(delivery_id.clone())],
+            ),
+            Op::Prune { .. } => (String::new(), Vec::new()),
+        }
+    }
+
+    /// Claim an idempotency key; a key claimed before keeps its first request.
+    pub(crate) fn claim(self, claim: &Claim) -> (String, Vec<Param>) {
+        (
+            format!(
+                "INSERT INTO publish_keys (provider, key, request_id, record_digest, created)
+                 VALUES ({}, {}, {}, {}, {}) ON CONFLICT (provider, key) DO NOTHING",
+                self.placeholder(1),
+                self.placeholder(2),
+                self.placeholder(3),
+                self.placeholder(4),
+                self.placeholder(5)
+            ),
+            [
+                &claim.provider,
+                &claim.key,
+                &claim.request_id,
+                &claim.record_digest,
+                &claim.created,
+            ]
+            .into_iter()
+            .map(|s| Param::Text(s.clone()))
+            .collect(),
+        )
+    }
+
+    /// Who claimed a key first; arguments: provider, key.
+    pub(crate) fn find_claim(self) -> String {
+        format!(
+            "SELECT request_id, record_digest FROM publish_keys WHERE provider = {} AND key = {}",
+            self.placeholder(1),
+            self.placeholder(2)
+        )
+    }
+
+    /// The query selecting `filter`'s outbox items, oldest first.
+    pub(crate) fn select_outbox(self, filter: &OutboxFilter) -> (String, Vec<String>) {
+        let mut sql = String::from("SELECT * FROM outbox WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        let state = filter.state.map(|s| s.as_str().to_owned());
+        for (clause, value) in [
+            ("receiver =", &filter.receiver),
+            ("state =", &state),
+            ("request_id =", &filter.request_id),
+            ("delivery_id =", &filter.delivery_id),
+            ("created >=", &filter.since),
+            ("created <", &filter.before),
+        ] {
+            if let Some(v) = value {
+                args.push(v.clone());
+                sql.push_str(&format!(" AND {clause} {}", self.placeholder(args.len())));
+            }
+        }
+        if filter.undelivered {
+            sql.push_str(" AND state <> 'delivered'");
+        }
+        sql.push_str(&format!(" ORDER BY {}", self.row_order()));
+        if filter.limit > 0 {
+            sql.push_str(&format!(" LIMIT {}", filter.limit));
+        }
+        (sql, args)
+    }
+
     /// Insert one entry; its arguments are [`encode`]'s, in order.
     pub(crate) fn insert(self) -> String {
         let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
@@ -165,6 +343,90 @@ CREATE TABLE IF NOT EXISTS audit_heads (
 pub(crate) enum Param {
     Text(String),
     Int(i64),
+    Bytes(Vec<u8>),
+}
+
+/// A column's SQL type.
+enum Col {
+    Text,
+    Int,
+    Bytes,
+}
+
+/// The columns of `outbox`, in insert order.
+const OUTBOX_COLUMNS: [(&str, Col); 16] = [
+    ("delivery_id", Col::Text),
+    ("request_id", Col::Text),
+    ("receiver", Col::Text),
+    ("provider", Col::Text),
+    ("record_type", Col::Text),
+    ("record_id", Col::Text),
+    ("grant_id", Col::Text),
+    ("purpose", Col::Text),
+    ("released_fields", Col::Text),
+    ("record_digest", Col::Text),
+    ("payload", Col::Bytes),
+    ("state", Col::Text),
+    ("attempts", Col::Int),
+    ("created", Col::Text),
+    ("next_attempt", Col::Text),
+    ("last_error", Col::Text),
+];
+
+/// The insert arguments of an outbox item, in [`OUTBOX_COLUMNS`] order.
+fn encode_item(i: &Item) -> Vec<Param> {
+    let text = |v: &str| Param::Text(v.to_owned());
+    vec![
+        text(&i.delivery_id),
+        text(&i.request_id),
+        text(&i.receiver),
+        text(&i.provider),
+        text(&i.record_type),
+        text(&i.record_id),
+        text(&i.grant),
+        text(&i.purpose),
+        Param::Text(serde_json::to_string(&i.released_fields).unwrap_or_else(|_| "[]".into())),
+        text(&i.record_digest),
+        Param::Bytes(i.payload.clone()),
+        text(i.state.as_str()),
+        Param::Int(i64::from(i.attempts)),
+        text(&i.created),
+        text(&i.next_attempt),
+        text(&i.last_error),
+    ]
+}
+
+/// An outbox row back into an item; a value crossgate never writes is an error.
+pub(crate) fn decode_item(row: &dyn Columns) -> Result<Item, StoreError> {
+    let delivery_id = row.text("delivery_id")?;
+    let damaged = |what: String| {
+        StoreError::Failed(format!("outbox item {delivery_id} is damaged: {what}"))
+    };
+    let state = row.text("state")?;
+    let state =
+        State::parse(&state).ok_or_else(|| damaged(format!("state {state:?} is unknown")))?;
+    let released_fields = serde_json::from_str(&row.text("released_fields")?)
+        .map_err(|_| damaged("released_fields is not a list of field paths".into()))?;
+    let attempts = u32::try_from(row.int("attempts")?)
+        .map_err(|_| damaged("attempts is out of range".into()))?;
+    Ok(Item {
+        request_id: row.text("request_id")?,
+        receiver: row.text("receiver")?,
+        provider: row.text("provider")?,
+        record_type: row.text("record_type")?,
+        record_id: row.text("record_id")?,
+        grant: row.text("grant_id")?,
+        purpose: row.text("purpose")?,
+        released_fields,
+        record_digest: row.text("record_digest")?,
+        payload: row.bytes("payload")?,
+        state,
+        attempts,
+        created: row.text("created")?,
+        next_attempt: row.text("next_attempt")?,
+        last_error: row.text("last_error")?,
+        delivery_id,
+    })
 }
 
 /// The insert arguments of a sealed entry, in [`COLUMNS`] order.
@@ -198,6 +460,7 @@ pub(crate) fn encode(s: &Stored) -> Vec<Param> {
 pub(crate) trait Columns {
     fn text(&self, name: &str) -> Result<String, StoreError>;
     fn int(&self, name: &str) -> Result<i64, StoreError>;
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError>;
 }
 
 /// Hand one row to a scan's visitor: the entry, or its damage. A failure to

@@ -16,6 +16,7 @@
 
 mod dialect;
 pub mod entry;
+pub mod outbox;
 mod postgres;
 mod sqlite;
 mod verify;
@@ -25,6 +26,7 @@ pub use entry::{Decision, Entry, Kind, Stored, digest};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};
+pub use outbox::{Claim, Commit, Committed, Item, Op, OutboxFilter, Prior, State};
 pub use writer::{Durability, Writer};
 
 use std::collections::BTreeMap;
@@ -73,8 +75,33 @@ pub trait Store: Send + 'static {
     fn head(&mut self, writer: &str) -> Result<Option<(u64, [u8; 32])>, StoreError>;
     /// Every chain's head.
     fn heads(&mut self) -> Result<BTreeMap<String, (u64, [u8; 32])>, StoreError>;
+    /// Commit a batch of sealed entries of one chain and move its head,
+    /// together with outbox changes and idempotency claims, atomically.
+    fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim])
+    -> Result<(), StoreError>;
+    /// The request that claimed `key` for `provider`, if any.
+    fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError>;
+    /// Visit matching outbox items, oldest first, until `visit` returns false.
+    fn scan_outbox(
+        &mut self,
+        filter: &OutboxFilter,
+        visit: &mut dyn FnMut(Item) -> bool,
+    ) -> Result<(), StoreError>;
+
     /// Commit a batch of sealed entries of one chain and move its head, atomically.
-    fn append(&mut self, batch: &[Stored]) -> Result<(), StoreError>;
+    fn append(&mut self, batch: &[Stored]) -> Result<(), StoreError> {
+        self.commit(batch, &[], &[])
+    }
+
+    /// Matching outbox items, oldest first.
+    fn outbox(&mut self, filter: &OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        self.scan_outbox(filter, &mut |item| {
+            items.push(item);
+            true
+        })?;
+        Ok(items)
+    }
     /// Visit every matching row in order until `visit` returns false: a
     /// readable entry, or the damage that keeps a row from being one
     /// (`StoreError::Damaged`). Other failures end the scan with an error.

@@ -2,8 +2,9 @@
 //! appends to its own chain (its own head row), so replicas never wait for
 //! one another's entries.
 
-use crate::dialect::{Columns, Dialect, Param, encode, offer};
+use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
+use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior};
 use crate::{Filter, Store, StoreError};
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
@@ -38,7 +39,11 @@ impl PostgresStore {
                 .map_err(err)?;
         }
         // Two replicas starting at once may both create the tables.
-        let schema = Dialect::Postgres.schema();
+        let schema = format!(
+            "{}\n{}",
+            Dialect::Postgres.schema(),
+            Dialect::Postgres.outbox_schema()
+        );
         if let Err(e) = client.batch_execute(&schema) {
             client.batch_execute(&schema).map_err(|_| err(e))?;
         }
@@ -58,6 +63,26 @@ impl Columns for postgres::Row {
     fn int(&self, name: &str) -> Result<i64, StoreError> {
         self.try_get(name).map_err(err)
     }
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.try_get(name).map_err(err)
+    }
+}
+
+type Arg<'a> = &'a (dyn postgres::types::ToSql + Sync);
+
+fn args(params: &[Param]) -> Vec<Arg<'_>> {
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(t) => t as Arg<'_>,
+            Param::Int(i) => i as Arg<'_>,
+            Param::Bytes(b) => b as Arg<'_>,
+        })
+        .collect()
+}
+
+fn run(tx: &mut postgres::Transaction<'_>, (sql, params): (String, Vec<Param>)) -> Result<(), StoreError> {
+    tx.execute(sql.as_str(), &args(&params)).map(|_| ()).map_err(err)
 }
 
 impl Store for PostgresStore {
@@ -91,33 +116,68 @@ impl Store for PostgresStore {
             .collect())
     }
 
-    fn append(&mut self, batch: &[Stored]) -> Result<(), StoreError> {
-        let Some(last) = batch.last() else {
+    fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError> {
+        if batch.is_empty() && ops.is_empty() && claims.is_empty() {
             return Ok(());
-        };
+        }
         let mut tx = self.client.transaction().map_err(err)?;
+        for claim in claims {
+            run(&mut tx, Dialect::Postgres.claim(claim))?;
+        }
+        for op in ops {
+            for statement in Dialect::Postgres.outbox_op(op) {
+                run(&mut tx, statement)?;
+            }
+        }
         let insert = tx.prepare(&Dialect::Postgres.insert()).map_err(err)?;
         for s in batch {
             let params = encode(s);
-            let args: Vec<&(dyn postgres::types::ToSql + Sync)> = params
-                .iter()
-                .map(|p| match p {
-                    Param::Text(t) => t as &(dyn postgres::types::ToSql + Sync),
-                    Param::Int(i) => i as &(dyn postgres::types::ToSql + Sync),
-                })
-                .collect();
-            tx.execute(&insert, &args).map_err(err)?;
+            tx.execute(&insert, &args(&params)).map_err(err)?;
         }
-        tx.execute(
-            &Dialect::Postgres.move_head(),
-            &[
-                &last.writer,
-                &(last.sequence as i64),
-                &hex(&last.entry_hash),
-            ],
-        )
-        .map_err(err)?;
+        if let Some(last) = batch.last() {
+            tx.execute(
+                &Dialect::Postgres.move_head(),
+                &[
+                    &last.writer,
+                    &(last.sequence as i64),
+                    &hex(&last.entry_hash),
+                ],
+            )
+            .map_err(err)?;
+        }
         tx.commit().map_err(err)
+    }
+
+    fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {
+        let row = self
+            .client
+            .query_opt(Dialect::Postgres.find_claim().as_str(), &[&provider, &key])
+            .map_err(err)?;
+        row.map(|r| {
+            Ok(Prior {
+                request_id: r.try_get(0).map_err(err)?,
+                record_digest: r.try_get(1).map_err(err)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn scan_outbox(
+        &mut self,
+        filter: &OutboxFilter,
+        visit: &mut dyn FnMut(Item) -> bool,
+    ) -> Result<(), StoreError> {
+        let (sql, args) = Dialect::Postgres.select_outbox(filter);
+        let params: Vec<Arg<'_>> = args.iter().map(|a| a as Arg<'_>).collect();
+        let mut rows = self.client.query_raw(sql.as_str(), params).map_err(err)?;
+        while let Some(row) =
+            postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(err)?
+        {
+            if !visit(decode_item(&row)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn scan_rows(

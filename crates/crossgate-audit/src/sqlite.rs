@@ -1,7 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode.
 
-use crate::dialect::{Columns, Dialect, Param, encode, offer};
+use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
+use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior};
 use crate::{Filter, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -30,6 +31,12 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
+        conn.execute_batch(&Dialect::Sqlite.outbox_schema())
+            .map_err(err)?;
+        // A second connection (a reader, another broker) waits for the
+        // writer's lock instead of failing at once.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         Ok(SqliteStore { conn })
     }
 
@@ -46,13 +53,24 @@ impl Columns for rusqlite::Row<'_> {
     fn int(&self, name: &str) -> Result<i64, StoreError> {
         self.get(name).map_err(err)
     }
+    fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.get(name).map_err(err)
+    }
 }
 
 fn sql_param(p: Param) -> rusqlite::types::Value {
     match p {
         Param::Text(t) => rusqlite::types::Value::Text(t),
         Param::Int(i) => rusqlite::types::Value::Integer(i),
+        Param::Bytes(b) => rusqlite::types::Value::Blob(b),
     }
+}
+
+fn run(tx: &rusqlite::Transaction<'_>, (sql, args): (String, Vec<Param>)) -> Result<(), StoreError> {
+    tx.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(args.into_iter().map(sql_param))))
+        .map(|_| ())
+        .map_err(err)
 }
 
 impl Store for SqliteStore {
@@ -95,11 +113,19 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn append(&mut self, batch: &[Stored]) -> Result<(), StoreError> {
-        let Some(last) = batch.last() else {
+    fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError> {
+        if batch.is_empty() && ops.is_empty() && claims.is_empty() {
             return Ok(());
-        };
+        }
         let tx = self.conn.transaction().map_err(err)?;
+        for claim in claims {
+            run(&tx, Dialect::Sqlite.claim(claim))?;
+        }
+        for op in ops {
+            for statement in Dialect::Sqlite.outbox_op(op) {
+                run(&tx, statement)?;
+            }
+        }
         {
             let mut insert = tx.prepare_cached(&Dialect::Sqlite.insert()).map_err(err)?;
             for s in batch {
@@ -109,13 +135,48 @@ impl Store for SqliteStore {
                     ))
                     .map_err(err)?;
             }
-            tx.execute(
-                &Dialect::Sqlite.move_head(),
-                params![last.writer, last.sequence as i64, hex(&last.entry_hash)],
-            )
-            .map_err(err)?;
+            if let Some(last) = batch.last() {
+                tx.execute(
+                    &Dialect::Sqlite.move_head(),
+                    params![last.writer, last.sequence as i64, hex(&last.entry_hash)],
+                )
+                .map_err(err)?;
+            }
         }
         tx.commit().map_err(err)
+    }
+
+    fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {
+        self.conn
+            .prepare_cached(&Dialect::Sqlite.find_claim())
+            .and_then(|mut stmt| {
+                stmt.query_row([provider, key], |r| {
+                    Ok(Prior {
+                        request_id: r.get(0)?,
+                        record_digest: r.get(1)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(err)
+    }
+
+    fn scan_outbox(
+        &mut self,
+        filter: &OutboxFilter,
+        visit: &mut dyn FnMut(Item) -> bool,
+    ) -> Result<(), StoreError> {
+        let (sql, args) = Dialect::Sqlite.select_outbox(filter);
+        let mut stmt = self.conn.prepare(&sql).map_err(err)?;
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(args.iter()))
+            .map_err(err)?;
+        while let Some(row) = rows.next().map_err(err)? {
+            if !visit(decode_item(row)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn scan_rows(

@@ -390,3 +390,182 @@ fn a_range_verifies_on_its_own_and_names_a_bad_entry_inside_it() {
         assert_eq!(range(4, 8).map(|f| f.0), Some(6), "{}", b.name());
     }
 }
+
+fn item(id: &str, receiver: &str) -> Item {
+    Item {
+        delivery_id: id.into(),
+        request_id: format!("req-{id}"),
+        receiver: receiver.into(),
+        provider: "customs".into(),
+        record_type: "declaration.v1".into(),
+        record_id: "D-1".into(),
+        grant: "g".into(),
+        purpose: "inspection".into(),
+        released_fields: vec!["/declaration_id".into()],
+        record_digest: digest(b"record"),
+        payload: b"payload".to_vec(),
+        state: State::Queued,
+        attempts: 0,
+        created: format!("2026-11-22T08:00:0{}.000000Z", id.len() % 10),
+        next_attempt: "2026-11-22T08:00:00.000000Z".into(),
+        last_error: String::new(),
+    }
+}
+
+fn claim(key: &str, request: &str) -> Claim {
+    Claim {
+        provider: "customs".into(),
+        key: key.into(),
+        request_id: request.into(),
+        record_digest: digest(b"record"),
+        created: "2026-11-22T08:00:00.000000Z".into(),
+    }
+}
+
+fn repeat_entry() -> outbox::OnRepeat {
+    Box::new(|prior: &Prior| {
+        let mut e = entry(99);
+        e.reason = format!("repeat of {}", prior.request_id);
+        vec![e]
+    })
+}
+
+#[test]
+fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes_nothing() {
+    for b in Backend::all("outbox") {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Async, 64).unwrap();
+        runtime.block_on(async {
+            let first = writer
+                .commit(Commit {
+                    entries: vec![entry(1), entry(2)],
+                    ops: vec![
+                        Op::Enqueue(item("d1", "border")),
+                        Op::Enqueue(item("d2", "tax")),
+                    ],
+                    claim: Some((claim("k", "req-1"), repeat_entry())),
+                })
+                .await
+                .unwrap();
+            assert_eq!(first, Committed::Applied, "{}", b.name());
+            // The same key again, in the same batch or later: a repeat.
+            let again = writer
+                .commit(Commit {
+                    entries: vec![entry(3)],
+                    ops: vec![Op::Enqueue(item("d3", "border"))],
+                    claim: Some((claim("k", "req-2"), repeat_entry())),
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                again,
+                Committed::Repeat(Prior {
+                    request_id: "req-1".into(),
+                    record_digest: digest(b"record"),
+                }),
+                "{}",
+                b.name()
+            );
+            // The same delivery id again is kept once.
+            writer
+                .commit(Commit {
+                    entries: vec![entry(4)],
+                    ops: vec![Op::Enqueue(item("d1", "border"))],
+                    claim: None,
+                })
+                .await
+                .unwrap();
+            writer
+                .commit(Commit {
+                    entries: vec![entry(5)],
+                    ops: vec![Op::Update {
+                        delivery_id: "d1".into(),
+                        state: State::Delivered,
+                        attempts: 1,
+                        next_attempt: String::new(),
+                        last_error: String::new(),
+                    }],
+                    claim: None,
+                })
+                .await
+                .unwrap();
+        });
+        let mut store = b.open();
+        let all = store.outbox(&OutboxFilter::default()).unwrap();
+        let ids: Vec<&str> = all.iter().map(|i| i.delivery_id.as_str()).collect();
+        assert_eq!(ids, ["d1", "d2"], "{}", b.name());
+        assert_eq!(all[0].state, State::Delivered);
+        assert!(all[0].payload.is_empty(), "a delivered payload is erased");
+        assert_eq!(all[1], item("d2", "tax"), "{}", b.name());
+        let undelivered = store
+            .outbox(&OutboxFilter {
+                undelivered: true,
+                receiver: Some("tax".into()),
+                ..OutboxFilter::default()
+            })
+            .unwrap();
+        assert_eq!(undelivered.len(), 1);
+        // The repeat's entry replaced the commit's own.
+        let mut reasons = Vec::new();
+        store
+            .scan(&Filter::default(), &mut |s| {
+                reasons.push(s.entry.reason.clone());
+                true
+            })
+            .unwrap();
+        assert!(reasons.contains(&"repeat of req-1".to_owned()), "{reasons:?}");
+        assert_eq!(reasons.len(), 5, "{}", b.name());
+        drop(store);
+        assert_eq!(broken(&b), None, "{}", b.name());
+
+        // A delivered item is never revived or purged; an undelivered one is purged.
+        runtime.block_on(async {
+            writer
+                .commit(Commit {
+                    entries: vec![entry(6)],
+                    ops: vec![
+                        Op::Update {
+                            delivery_id: "d1".into(),
+                            state: State::Queued,
+                            attempts: 0,
+                            next_attempt: String::new(),
+                            last_error: String::new(),
+                        },
+                        Op::Purge {
+                            delivery_id: "d1".into(),
+                        },
+                        Op::Purge {
+                            delivery_id: "d2".into(),
+                        },
+                    ],
+                    claim: None,
+                })
+                .await
+                .unwrap();
+            let left = writer
+                .read(|store| store.outbox(&OutboxFilter::default()))
+                .await
+                .unwrap();
+            assert_eq!(left.len(), 1);
+            assert_eq!(left[0].state, State::Delivered);
+            // Pruning forgets delivered items and keys older than the bound.
+            writer
+                .commit(Commit {
+                    entries: vec![entry(7)],
+                    ops: vec![Op::Prune {
+                        before: "2026-11-23T00:00:00Z".into(),
+                    }],
+                    claim: None,
+                })
+                .await
+                .unwrap();
+            let key = writer
+                .read(|store| store.find_claim("customs", "k"))
+                .await
+                .unwrap();
+            assert_eq!(key, None);
+        });
+    }
+}

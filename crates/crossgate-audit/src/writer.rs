@@ -1,9 +1,13 @@
-//! Group commit: entries reach one writer thread through a bounded channel;
-//! it seals each onto the chain and commits whatever has queued up in one
-//! transaction, then answers every waiting caller.
+//! Group commit: entries and outbox changes reach one writer thread through
+//! a bounded channel; it seals each entry onto the chain and commits
+//! whatever has queued up in one transaction, then answers every waiting
+//! caller. Reads of the outbox run on the same thread, after the commits
+//! queued before them, so a caller reads what it wrote.
 
-use crate::entry::{Entry, Stored};
-use crate::{Store, StoreError};
+use crate::entry::Stored;
+use crate::outbox::{Claim, Commit, Committed, Op, Prior};
+use crate::{Entry, Store, StoreError};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{mpsc, oneshot};
@@ -13,22 +17,127 @@ use tokio::sync::{mpsc, oneshot};
 pub enum Durability {
     /// The reply is sent only after the entry is committed (the default).
     Durable,
-    /// The entry is queued and the reply sent at once.
+    /// The entry is queued and the reply sent at once. Commits carrying
+    /// outbox changes or a claim always wait.
     Async,
 }
 
-type Reply = oneshot::Sender<Result<(), StoreError>>;
+type Reply = oneshot::Sender<Result<Committed, StoreError>>;
+type Read = Box<dyn FnOnce(&mut dyn Store) + Send>;
+
+enum Job {
+    Commit(Commit, Option<Reply>),
+    Read(Read),
+}
 
 /// Appends entries to a store through the group-commit thread.
 #[derive(Clone)]
 pub struct Writer {
-    tx: mpsc::Sender<(Entry, Option<Reply>)>,
+    tx: mpsc::Sender<Job>,
     durability: Durability,
     failed: Arc<AtomicBool>,
 }
 
 /// Largest batch committed in one transaction.
 const MAX_BATCH: usize = 4096;
+
+/// The writer thread's state: the chain's head and the batch being built.
+struct Chain {
+    store: Box<dyn Store>,
+    writer: String,
+    sequence: u64,
+    previous: [u8; 32],
+    batch: Vec<Stored>,
+    ops: Vec<Op>,
+    claims: Vec<Claim>,
+    /// Keys claimed in this batch, not yet in the store.
+    claimed: HashMap<(String, String), Prior>,
+    replies: Vec<(Reply, Committed)>,
+}
+
+impl Chain {
+    /// Add one commit to the batch; a repeated claim writes its repeat
+    /// entries and none of its changes.
+    fn add(&mut self, commit: Commit, reply: Option<Reply>) {
+        let mut outcome = Committed::Applied;
+        let entries = match commit.claim {
+            None => {
+                self.ops.extend(commit.ops);
+                commit.entries
+            }
+            Some((claim, on_repeat)) => {
+                let key = (claim.provider.clone(), claim.key.clone());
+                let prior = match self.claimed.get(&key) {
+                    Some(prior) => Ok(Some(prior.clone())),
+                    None => self.store.find_claim(&claim.provider, &claim.key),
+                };
+                match prior {
+                    Err(e) => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(e));
+                        }
+                        return;
+                    }
+                    Ok(Some(prior)) => {
+                        let entries = on_repeat(&prior);
+                        outcome = Committed::Repeat(prior);
+                        entries
+                    }
+                    Ok(None) => {
+                        self.claimed.insert(
+                            key,
+                            Prior {
+                                request_id: claim.request_id.clone(),
+                                record_digest: claim.record_digest.clone(),
+                            },
+                        );
+                        self.claims.push(claim);
+                        self.ops.extend(commit.ops);
+                        commit.entries
+                    }
+                }
+            }
+        };
+        for entry in entries {
+            self.seal(entry);
+        }
+        if let Some(reply) = reply {
+            self.replies.push((reply, outcome));
+        }
+    }
+
+    fn seal(&mut self, entry: Entry) {
+        self.sequence += 1;
+        let sealed = Stored::seal(&self.writer, self.sequence, self.previous, entry);
+        self.previous = sealed.entry_hash;
+        self.batch.push(sealed);
+    }
+
+    /// Commit the batch and answer its callers.
+    fn flush(&mut self, failed: &AtomicBool) {
+        let result = self.store.commit(&self.batch, &self.ops, &self.claims);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "audit log write failed");
+            // The chain in memory ran ahead of the store: re-read its head.
+            match self.store.head(&self.writer) {
+                Ok(head) => (self.sequence, self.previous) = head.unwrap_or((0, [0; 32])),
+                Err(_) => failed.store(true, Ordering::SeqCst),
+            }
+        }
+        failed.store(result.is_err(), Ordering::SeqCst);
+        for (reply, outcome) in self.replies.drain(..) {
+            let _ = reply.send(result.clone().map(|()| outcome));
+        }
+        self.batch.clear();
+        self.ops.clear();
+        self.claims.clear();
+        self.claimed.clear();
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Failed("the audit writer has stopped".into())
+}
 
 impl Writer {
     /// Start the writer thread for chain `writer` (this broker's id) on `store`.
@@ -38,41 +147,47 @@ impl Writer {
         durability: Durability,
         queue: usize,
     ) -> Result<Self, StoreError> {
-        let (mut sequence, mut previous) = store.head(&writer)?.unwrap_or((0, [0; 32]));
-        let (tx, mut rx) = mpsc::channel::<(Entry, Option<Reply>)>(queue.max(1));
+        let (sequence, previous) = store.head(&writer)?.unwrap_or((0, [0; 32]));
+        let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
+        let mut chain = Chain {
+            store,
+            writer: writer.clone(),
+            sequence,
+            previous,
+            batch: Vec::with_capacity(MAX_BATCH),
+            ops: Vec::new(),
+            claims: Vec::new(),
+            claimed: HashMap::new(),
+            replies: Vec::with_capacity(MAX_BATCH),
+        };
         std::thread::Builder::new()
             .name(format!("audit-{writer}"))
             .spawn(move || {
-                let mut batch: Vec<Stored> = Vec::with_capacity(MAX_BATCH);
-                let mut replies: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
                 while let Some(first) = rx.blocking_recv() {
                     let mut next = Some(first);
-                    while let Some((entry, reply)) = next.take() {
-                        sequence += 1;
-                        let sealed = Stored::seal(&writer, sequence, previous, entry);
-                        previous = sealed.entry_hash;
-                        batch.push(sealed);
-                        replies.extend(reply);
-                        if batch.len() < MAX_BATCH {
+                    let mut read = None;
+                    while let Some(job) = next.take() {
+                        match job {
+                            Job::Commit(commit, reply) => chain.add(commit, reply),
+                            // A read runs after the commits queued before it.
+                            Job::Read(r) => {
+                                read = Some(r);
+                                break;
+                            }
+                        }
+                        if chain.batch.len() < MAX_BATCH {
                             next = rx.try_recv().ok();
                         }
                     }
-                    let result = store.append(&batch);
-                    if let Err(e) = &result {
-                        tracing::error!(error = %e, "audit log write failed");
-                        // The chain in memory ran ahead of the store: re-read its head.
-                        match store.head(&writer) {
-                            Ok(head) => (sequence, previous) = head.unwrap_or((0, [0; 32])),
-                            Err(_) => flag.store(true, Ordering::SeqCst),
-                        }
+                    if !chain.batch.is_empty() || !chain.ops.is_empty() || !chain.replies.is_empty()
+                    {
+                        chain.flush(&flag);
                     }
-                    flag.store(result.is_err(), Ordering::SeqCst);
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(result.clone());
+                    if let Some(read) = read {
+                        read(chain.store.as_mut());
                     }
-                    batch.clear();
                 }
             })
             .map_err(|e| StoreError::Failed(format!("cannot start the audit writer: {e}")))?;
@@ -93,18 +208,37 @@ impl Writer {
         match self.durability {
             Durability::Async => self
                 .tx
-                .send((entry, None))
+                .send(Job::Commit(Commit::entries(vec![entry]), None))
                 .await
-                .map_err(|_| StoreError::Failed("the audit writer has stopped".into())),
-            Durability::Durable => {
-                let (reply, wait) = oneshot::channel();
-                self.tx
-                    .send((entry, Some(reply)))
-                    .await
-                    .map_err(|_| StoreError::Failed("the audit writer has stopped".into()))?;
-                wait.await
-                    .map_err(|_| StoreError::Failed("the audit writer has stopped".into()))?
-            }
+                .map_err(|_| stopped()),
+            Durability::Durable => self
+                .commit(Commit::entries(vec![entry]))
+                .await
+                .map(|_| ()),
         }
+    }
+
+    /// Commit entries and outbox changes together; returns once they are
+    /// committed (whatever the durability), or why not.
+    pub async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        self.tx
+            .send(Job::Commit(commit, Some(reply)))
+            .await
+            .map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
+    }
+
+    /// Run `read` on the writer's store after every commit queued before it.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&mut dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, wait) = oneshot::channel();
+        let job: Read = Box::new(move |store| {
+            let _ = reply.send(read(store));
+        });
+        self.tx.send(Job::Read(job)).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 }
