@@ -2,6 +2,7 @@
 //! towards the broker. Each call is map → validate → forward, in both
 //! directions.
 
+use crate::seen::Seen;
 use crossgate_mapping::{DepartmentMapping, MapFault, RecordMapping};
 use crossgate_proto::broker_client::BrokerClient;
 use crossgate_proto::department_server::Department;
@@ -32,6 +33,8 @@ struct Inner {
     system: DepartmentSystemClient<Channel>,
     /// Under mutual TLS: who may call which service.
     peers: Option<Peers>,
+    /// Delivery ids already passed on to the system.
+    seen: Option<Arc<Seen>>,
 }
 
 /// Under mutual TLS, `Department` may be called only by the broker and
@@ -59,8 +62,26 @@ impl Adapter {
                 broker: BrokerClient::new(broker),
                 system: DepartmentSystemClient::new(system),
                 peers: None,
+                seen: match Seen::memory(crate::seen::DEFAULT_CAPACITY) {
+                    Ok(seen) => Some(Arc::new(seen)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "repeated deliveries will not be recognised");
+                        None
+                    }
+                },
             }),
         }
+    }
+
+    /// Remember passed-on delivery ids in this store (a file, so that they
+    /// survive a restart) instead of in memory. Call before the adapter is
+    /// cloned or served.
+    pub fn with_seen(mut self, seen: Seen) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.seen = Some(Arc::new(seen)),
+            None => tracing::error!("with_seen called on a shared adapter; store not set"),
+        }
+        self
     }
 
     /// Check callers' certificates: the broker for `Department`, the
@@ -181,10 +202,11 @@ impl Ingress for Adapter {
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
         self.check_peer(&request, self.department())?;
-        let native = request
-            .into_inner()
-            .record
-            .ok_or_else(|| Status::invalid_argument("record is required"))?;
+        let SubmitRequest {
+            record,
+            idempotency_key,
+        } = request.into_inner();
+        let native = record.ok_or_else(|| Status::invalid_argument("record is required"))?;
         let doc = parse_native(&native.json)?;
         let mapping = self.native_mapping(&native, &doc)?;
         let mapped = mapping
@@ -207,6 +229,7 @@ impl Ingress for Adapter {
                     record_id,
                     json,
                 }),
+                idempotency_key,
             })
             .await
             .map_err(|s| upstream("broker", s))?
@@ -227,8 +250,11 @@ impl Ingress for Adapter {
                     outcome: outcome_name(d.outcome()).to_owned(),
                     receiver: d.receiver,
                     released_fields: d.released_fields,
+                    delivery_id: d.delivery_id,
+                    detail: d.detail,
                 })
                 .collect(),
+            repeat: reply.repeat,
         }))
     }
 
@@ -314,6 +340,61 @@ impl Department for Adapter {
     ) -> Result<Response<DeliverResponse>, Status> {
         self.check_peer(&request, self.broker_id())?;
         let req = request.into_inner();
+        let Some(seen) = self
+            .inner
+            .seen
+            .clone()
+            .filter(|_| !req.delivery_id.is_empty())
+        else {
+            return self.hand_over(req).await;
+        };
+        let id = req.delivery_id.clone();
+        // One hand-over per delivery id at a time: a repeat that arrives
+        // while the first is with the system is told to come back.
+        if !seen.begin(&id) {
+            return Err(Status::aborted(format!(
+                "delivery {id} is being handed over; try again"
+            )));
+        }
+        let result = self.deliver_once(&seen, req).await;
+        seen.end(&id);
+        result
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        self.fetch_records(request).await
+    }
+}
+
+impl Adapter {
+    /// A delivery id passed on before is acknowledged without passing it on
+    /// again; a new one is remembered once the system has taken it.
+    async fn deliver_once(
+        &self,
+        seen: &Seen,
+        req: DeliverRequest,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let id = req.delivery_id.clone();
+        let unreadable = |e: rusqlite::Error| {
+            tracing::error!(error = %e, "delivery-id store failed");
+            Status::unavailable("the adapter cannot check for repeated deliveries; try again")
+        };
+        if seen.contains(&id).map_err(unreadable)? {
+            tracing::info!(department = %self.department(), delivery = %id, "repeated delivery acknowledged");
+            return Ok(Response::new(DeliverResponse {}));
+        }
+        let reply = self.hand_over(req).await?;
+        // If this fails the system has the record but the id is not kept:
+        // the broker retries and the system sees the same delivery id.
+        seen.remember(&id).map_err(unreadable)?;
+        Ok(reply)
+    }
+
+    /// Map the delivered record to the department's format and hand it to its system.
+    async fn hand_over(&self, req: DeliverRequest) -> Result<Response<DeliverResponse>, Status> {
         let record = req
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
@@ -331,6 +412,7 @@ impl Department for Adapter {
                 provider: req.provider,
                 record_type: record_type.clone(),
                 record: Some(native),
+                delivery_id: req.delivery_id,
             })
             .await
             .map_err(|s| upstream("department system", s))?;
@@ -338,7 +420,8 @@ impl Department for Adapter {
         Ok(Response::new(DeliverResponse {}))
     }
 
-    async fn fetch(
+    /// Answer a query from the department's own data.
+    async fn fetch_records(
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {

@@ -39,7 +39,9 @@ impl Broker for FakeBroker {
                 outcome: DeliveryOutcome::Delivered as i32,
                 released_fields: vec!["/transport".into()],
                 detail: String::new(),
+                delivery_id: "d-1".into(),
             }],
+            repeat: false,
         }))
     }
     async fn query(&self, r: Request<QueryRequest>) -> Result<Response<QueryResponse>, Status> {
@@ -147,6 +149,7 @@ fn native(native_type: &str, json: Vec<u8>) -> SubmitRequest {
             record_id: String::new(),
             json,
         }),
+        ..Default::default()
     }
 }
 
@@ -247,6 +250,7 @@ async fn deliveries_reach_the_system_in_its_own_format() {
                 record_id: "1".into(),
                 json: serde_json::to_vec(&part).unwrap(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -261,6 +265,7 @@ async fn deliveries_reach_the_system_in_its_own_format() {
                 record_id: "2".into(),
                 json: serde_json::to_vec(&person).unwrap(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

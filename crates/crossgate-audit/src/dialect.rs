@@ -201,6 +201,24 @@ CREATE TABLE IF NOT EXISTS publish_keys (
                     ],
                 )
             }
+            Op::Requeue {
+                delivery_id,
+                at,
+                note,
+            } => (
+                format!(
+                    "UPDATE outbox SET state = 'queued', attempts = 0, created = {at}, next_attempt = {at}, last_error = {n}
+                     WHERE delivery_id = {id} AND state <> 'delivered'",
+                    at = p(1),
+                    n = p(2),
+                    id = p(3)
+                ),
+                vec![
+                    Param::Text(at.clone()),
+                    Param::Text(note.clone()),
+                    Param::Text(delivery_id.clone()),
+                ],
+            ),
             Op::Purge { delivery_id } => (
                 format!(
                     "DELETE FROM outbox WHERE delivery_id = {} AND state <> 'delivered'",
@@ -399,9 +417,8 @@ fn encode_item(i: &Item) -> Vec<Param> {
 /// An outbox row back into an item; a value crossgate never writes is an error.
 pub(crate) fn decode_item(row: &dyn Columns) -> Result<Item, StoreError> {
     let delivery_id = row.text("delivery_id")?;
-    let damaged = |what: String| {
-        StoreError::Failed(format!("outbox item {delivery_id} is damaged: {what}"))
-    };
+    let damaged =
+        |what: String| StoreError::Failed(format!("outbox item {delivery_id} is damaged: {what}"));
     let state = row.text("state")?;
     let state =
         State::parse(&state).ok_or_else(|| damaged(format!("state {state:?} is unknown")))?;

@@ -28,7 +28,10 @@ pub enum Decision {
     Throttled,
     Invalid,
     Delivered,
+    /// A delivery attempt failed (retried later), or a call failed.
     Failed,
+    /// A delivery given up after the retry schedule: kept for an operator.
+    Dead,
     /// An operator's change (limits, reloads) or an auditor's reading.
     Changed,
 }
@@ -42,6 +45,7 @@ impl Decision {
             Decision::Invalid => "invalid",
             Decision::Delivered => "delivered",
             Decision::Failed => "failed",
+            Decision::Dead => "dead",
             Decision::Changed => "changed",
         }
     }
@@ -54,6 +58,7 @@ impl Decision {
             "invalid" => Decision::Invalid,
             "delivered" => Decision::Delivered,
             "failed" => Decision::Failed,
+            "dead" => Decision::Dead,
             "changed" => Decision::Changed,
             _ => return None,
         })

@@ -23,10 +23,10 @@ mod verify;
 mod writer;
 
 pub use entry::{Decision, Entry, Kind, Stored, digest};
+pub use outbox::{Claim, Commit, Committed, Item, Op, OutboxFilter, Prior, State};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};
-pub use outbox::{Claim, Commit, Committed, Item, Op, OutboxFilter, Prior, State};
 pub use writer::{Durability, Writer};
 
 use std::collections::BTreeMap;
@@ -77,8 +77,7 @@ pub trait Store: Send + 'static {
     fn heads(&mut self) -> Result<BTreeMap<String, (u64, [u8; 32])>, StoreError>;
     /// Commit a batch of sealed entries of one chain and move its head,
     /// together with outbox changes and idempotency claims, atomically.
-    fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim])
-    -> Result<(), StoreError>;
+    fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError>;
     /// The request that claimed `key` for `provider`, if any.
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError>;
     /// Visit matching outbox items, oldest first, until `visit` returns false.

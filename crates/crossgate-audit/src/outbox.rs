@@ -72,7 +72,7 @@ pub struct Item {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// A new item; an item with the same delivery id is kept, not doubled.
-    Enqueue(Item),
+    Enqueue(Box<Item>),
     /// An attempt's result or an operator's replay. Never changes a
     /// delivered item; `Delivered` erases the payload.
     Update {
@@ -81,6 +81,13 @@ pub enum Op {
         attempts: u32,
         next_attempt: String,
         last_error: String,
+    },
+    /// An operator's replay of an undelivered item: queued again from `at`
+    /// as if just accepted (its retry schedule starts over).
+    Requeue {
+        delivery_id: String,
+        at: String,
+        note: String,
     },
     /// An operator's purge of an undelivered item (a delivered one stays).
     Purge { delivery_id: String },

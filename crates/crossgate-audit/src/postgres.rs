@@ -81,8 +81,13 @@ fn args(params: &[Param]) -> Vec<Arg<'_>> {
         .collect()
 }
 
-fn run(tx: &mut postgres::Transaction<'_>, (sql, params): (String, Vec<Param>)) -> Result<(), StoreError> {
-    tx.execute(sql.as_str(), &args(&params)).map(|_| ()).map_err(err)
+fn run(
+    tx: &mut postgres::Transaction<'_>,
+    (sql, params): (String, Vec<Param>),
+) -> Result<(), StoreError> {
+    tx.execute(sql.as_str(), &args(&params))
+        .map(|_| ())
+        .map_err(err)
 }
 
 impl Store for PostgresStore {

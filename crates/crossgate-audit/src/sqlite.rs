@@ -66,9 +66,14 @@ fn sql_param(p: Param) -> rusqlite::types::Value {
     }
 }
 
-fn run(tx: &rusqlite::Transaction<'_>, (sql, args): (String, Vec<Param>)) -> Result<(), StoreError> {
+fn run(
+    tx: &rusqlite::Transaction<'_>,
+    (sql, args): (String, Vec<Param>),
+) -> Result<(), StoreError> {
     tx.prepare_cached(&sql)
-        .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(args.into_iter().map(sql_param))))
+        .and_then(|mut stmt| {
+            stmt.execute(rusqlite::params_from_iter(args.into_iter().map(sql_param)))
+        })
         .map(|_| ())
         .map_err(err)
 }

@@ -442,8 +442,8 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
                 .commit(Commit {
                     entries: vec![entry(1), entry(2)],
                     ops: vec![
-                        Op::Enqueue(item("d1", "border")),
-                        Op::Enqueue(item("d2", "tax")),
+                        Op::Enqueue(Box::new(item("d1", "border"))),
+                        Op::Enqueue(Box::new(item("d2", "tax"))),
                     ],
                     claim: Some((claim("k", "req-1"), repeat_entry())),
                 })
@@ -454,7 +454,7 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
             let again = writer
                 .commit(Commit {
                     entries: vec![entry(3)],
-                    ops: vec![Op::Enqueue(item("d3", "border"))],
+                    ops: vec![Op::Enqueue(Box::new(item("d3", "border")))],
                     claim: Some((claim("k", "req-2"), repeat_entry())),
                 })
                 .await
@@ -472,7 +472,7 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
             writer
                 .commit(Commit {
                     entries: vec![entry(4)],
-                    ops: vec![Op::Enqueue(item("d1", "border"))],
+                    ops: vec![Op::Enqueue(Box::new(item("d1", "border")))],
                     claim: None,
                 })
                 .await
@@ -515,7 +515,10 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
                 true
             })
             .unwrap();
-        assert!(reasons.contains(&"repeat of req-1".to_owned()), "{reasons:?}");
+        assert!(
+            reasons.contains(&"repeat of req-1".to_owned()),
+            "{reasons:?}"
+        );
         assert_eq!(reasons.len(), 5, "{}", b.name());
         drop(store);
         assert_eq!(broken(&b), None, "{}", b.name());

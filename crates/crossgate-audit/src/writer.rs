@@ -211,10 +211,7 @@ impl Writer {
                 .send(Job::Commit(Commit::entries(vec![entry]), None))
                 .await
                 .map_err(|_| stopped()),
-            Durability::Durable => self
-                .commit(Commit::entries(vec![entry]))
-                .await
-                .map(|_| ()),
+            Durability::Durable => self.commit(Commit::entries(vec![entry])).await.map(|_| ()),
         }
     }
 

@@ -10,8 +10,8 @@ use crossgate_policy::Role;
 use crossgate_proto::admin_server::Admin;
 use crossgate_proto::{
     GetLimitRequest, ListLimitsRequest, ListLimitsResponse, ListUndeliveredRequest,
-    ListUndeliveredResponse, PartnerLimit, Rate as RateMsg, ReloadRequest, ReloadResponse,
-    ReplayRequest, ReplayResponse, SetLimitRequest,
+    ListUndeliveredResponse, PartnerLimit, PurgeRequest, PurgeResponse, Rate as RateMsg,
+    ReloadRequest, ReloadResponse, ReplayRequest, ReplayResponse, SetLimitRequest,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -180,7 +180,7 @@ impl Broker {
         said
     }
 
-    fn admin_call(&self) -> Call {
+    pub(crate) fn admin_call(&self) -> Call {
         Call {
             id: self.request_id(),
             started: Instant::now(),
@@ -304,20 +304,29 @@ impl Admin for Broker {
         &self,
         request: Request<ListUndeliveredRequest>,
     ) -> Result<Response<ListUndeliveredResponse>, Status> {
-        self.authenticate(&request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "deliveries are not queued durably yet, so there is nothing to list",
-        ))
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let reply = self
+            .list_undelivered_items(&operator, request.into_inner())
+            .await?;
+        Ok(Response::new(reply))
     }
 
     async fn replay(
         &self,
         request: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
-        self.authenticate(&request, Role::Operator)?;
-        Err(Status::unimplemented(
-            "deliveries are not queued durably yet, so there is nothing to replay",
-        ))
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let reply = self.replay_items(&operator, request.into_inner()).await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn purge(
+        &self,
+        request: Request<PurgeRequest>,
+    ) -> Result<Response<PurgeResponse>, Status> {
+        let operator = self.authenticate(&request, Role::Operator)?;
+        let reply = self.purge_items(&operator, request.into_inner()).await?;
+        Ok(Response::new(reply))
     }
 }
 
@@ -390,5 +399,3 @@ pub struct Reloaded {
 }
 
 type Reload = fn(&Broker) -> Result<Reloaded, crate::error::BrokerError>;
-
-impl Broker {}

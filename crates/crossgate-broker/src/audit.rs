@@ -1,56 +1,181 @@
 //! The audit step's interface: the durable log (`crossgate-audit`'s
-//! `Writer`) or, in tests, an in-memory sink. The broker writes one entry per
-//! decision, per delivery and per operator change.
+//! `Writer`, which also keeps the outbox) or, in tests, an in-memory sink.
+//! The broker writes one entry per decision, per delivery attempt and per
+//! operator change; a Publish's entries and its outbox items are one commit.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
-pub use crossgate_audit::{Decision, Entry, Kind, StoreError, digest};
+pub use crossgate_audit::{
+    Claim, Commit, Committed, Decision, Entry, Item, Kind, Op, OutboxFilter, Prior, State,
+    StoreError, digest,
+};
 
-/// Where the broker writes entries. `append` returns only when the entry is
-/// kept; an error makes the broker refuse the request with `UNAVAILABLE`.
+/// Where the broker writes entries and keeps the outbox. Each call returns
+/// only when what it wrote is kept; an error makes the broker refuse the
+/// request with `UNAVAILABLE`.
 #[tonic::async_trait]
 pub trait AuditSink: Send + Sync + 'static {
-    async fn append(&self, entry: Entry) -> Result<(), StoreError>;
+    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
+        self.commit(Commit::entries(vec![entry])).await.map(|_| ())
+    }
+    /// Entries and outbox changes, kept together or not at all.
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError>;
+    /// Outbox items, oldest first, reading what was committed before.
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError>;
 }
 
-/// Keeps entries in memory (tests, and until the durable log lands).
+/// Keeps entries and the outbox in memory (tests).
 #[derive(Debug, Default)]
 pub struct MemorySink {
-    entries: Mutex<Vec<Entry>>,
+    state: Mutex<Memory>,
+}
+
+#[derive(Debug, Default)]
+struct Memory {
+    entries: Vec<Entry>,
+    items: Vec<Item>,
+    claims: HashMap<(String, String), Prior>,
 }
 
 impl MemorySink {
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.lock().entries.clone()
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Memory {
+    /// The same changes the stores make (see `crossgate-audit`'s dialect).
+    fn apply(&mut self, op: Op) {
+        match op {
+            Op::Enqueue(item) => {
+                if !self.items.iter().any(|i| i.delivery_id == item.delivery_id) {
+                    self.items.push(*item);
+                }
+            }
+            Op::Update {
+                delivery_id,
+                state,
+                attempts,
+                next_attempt,
+                last_error,
+            } => {
+                for i in self
+                    .items
+                    .iter_mut()
+                    .filter(|i| i.delivery_id == delivery_id && i.state != State::Delivered)
+                {
+                    (i.state, i.attempts, i.next_attempt, i.last_error) =
+                        (state, attempts, next_attempt.clone(), last_error.clone());
+                    if state == State::Delivered {
+                        i.payload.clear();
+                    }
+                }
+            }
+            Op::Requeue {
+                delivery_id,
+                at,
+                note,
+            } => {
+                for i in self
+                    .items
+                    .iter_mut()
+                    .filter(|i| i.delivery_id == delivery_id && i.state != State::Delivered)
+                {
+                    (i.state, i.attempts, i.created, i.next_attempt, i.last_error) =
+                        (State::Queued, 0, at.clone(), at.clone(), note.clone());
+                }
+            }
+            Op::Purge { delivery_id } => self
+                .items
+                .retain(|i| i.delivery_id != delivery_id || i.state == State::Delivered),
+            Op::Prune { before } => self
+                .items
+                .retain(|i| i.state != State::Delivered || i.created >= before),
+        }
+    }
+}
+
+fn matches(f: &OutboxFilter, i: &Item) -> bool {
+    let is = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+    is(&f.receiver, &i.receiver)
+        && f.state.is_none_or(|s| s == i.state)
+        && is(&f.request_id, &i.request_id)
+        && is(&f.delivery_id, &i.delivery_id)
+        && f.since.as_deref().is_none_or(|s| i.created.as_str() >= s)
+        && f.before.as_deref().is_none_or(|b| i.created.as_str() < b)
+        && !(f.undelivered && i.state == State::Delivered)
 }
 
 #[tonic::async_trait]
 impl AuditSink for MemorySink {
-    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(entry);
-        Ok(())
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let mut memory = self.lock();
+        let mut outcome = Committed::Applied;
+        let entries = match commit.claim {
+            Some((claim, on_repeat)) => {
+                let key = (claim.provider.clone(), claim.key.clone());
+                match memory.claims.get(&key).cloned() {
+                    Some(prior) => {
+                        outcome = Committed::Repeat(prior.clone());
+                        on_repeat(&prior)
+                    }
+                    None => {
+                        memory.claims.insert(
+                            key,
+                            Prior {
+                                request_id: claim.request_id,
+                                record_digest: claim.record_digest,
+                            },
+                        );
+                        commit.ops.into_iter().for_each(|op| memory.apply(op));
+                        commit.entries
+                    }
+                }
+            }
+            None => {
+                commit.ops.into_iter().for_each(|op| memory.apply(op));
+                commit.entries
+            }
+        };
+        memory.entries.extend(entries);
+        Ok(outcome)
+    }
+
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        let memory = self.lock();
+        let found = memory.items.iter().filter(|i| matches(&filter, i)).cloned();
+        Ok(match filter.limit {
+            0 => found.collect(),
+            n => found.take(n).collect(),
+        })
     }
 }
 
 #[tonic::async_trait]
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
-    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
-        (**self).append(entry).await
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        (**self).commit(commit).await
+    }
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        (**self).outbox(filter).await
     }
 }
 
-/// The durable, hash-chained log: `append` returns once the entry is
-/// committed (or at once in async mode).
+/// The durable, hash-chained log and its outbox.
 #[tonic::async_trait]
 impl AuditSink for crossgate_audit::Writer {
     async fn append(&self, entry: Entry) -> Result<(), StoreError> {
         crossgate_audit::Writer::append(self, entry).await
+    }
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        crossgate_audit::Writer::commit(self, commit).await
+    }
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        self.read(move |store| store.outbox(&filter)).await
     }
 }

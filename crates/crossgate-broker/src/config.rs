@@ -27,6 +27,65 @@ pub struct BrokerConfig {
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Retries of deliveries a receiver did not take.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+}
+
+/// `[delivery]` of broker.toml: how the outbox retries a receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Waits between failed attempts, one per failure in a row; the last
+    /// one repeats. Each is spread by ±20 % (jitter).
+    #[serde(default = "default_retry", with = "crossgate_config::durations")]
+    pub retry: Vec<Duration>,
+    /// A delivery still failing this long after it was accepted is
+    /// dead-lettered: kept for an operator to replay or purge.
+    #[serde(default = "default_give_up", with = "crossgate_config::duration")]
+    pub give_up_after: Duration,
+    /// Deliveries in flight at once per receiver (versions of one record
+    /// always go one after another).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: std::num::NonZeroUsize,
+    /// Undelivered items held in memory per receiver; more wait in the store.
+    #[serde(default = "default_memory_items")]
+    pub memory_items: std::num::NonZeroUsize,
+    /// How long delivered items and idempotency keys are kept: a repeat
+    /// within this window is recognised.
+    #[serde(default = "default_keep", with = "crossgate_config::duration")]
+    pub keep_delivered: Duration,
+}
+
+fn default_retry() -> Vec<Duration> {
+    [1, 5, 30, 120, 600, 3600]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
+}
+fn default_give_up() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_concurrency() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(16).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+fn default_memory_items() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(10_000).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+fn default_keep() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            retry: default_retry(),
+            give_up_after: default_give_up(),
+            concurrency: default_concurrency(),
+            memory_items: default_memory_items(),
+            keep_delivered: default_keep(),
+        }
+    }
 }
 
 /// `[audit]` of broker.toml.
@@ -106,6 +165,7 @@ impl Default for BrokerConfig {
             default_deadline: default_deadline(),
             delivery_timeout: default_delivery(),
             audit: AuditConfig::default(),
+            delivery: DeliveryConfig::default(),
         }
     }
 }

@@ -1,9 +1,8 @@
 //! Reaching department adapters: one lazily connected mutual-TLS channel per
-//! adapter, and the delivery queue every published record goes through.
+//! adapter (deliveries go through the outbox's lanes, `outbox.rs`).
 
 use crate::error::BrokerError;
 use crossgate_policy::{Partner, Role};
-use crossgate_proto::DeliverRequest;
 use crossgate_proto::department_client::DepartmentClient;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -53,35 +52,5 @@ impl Adapters {
         self.clients.get(partner).cloned().ok_or_else(|| {
             Status::unavailable(format!("{partner} has no adapter address in partners.toml"))
         })
-    }
-}
-
-/// Where published records go on their way to receivers. Today records are
-/// delivered directly; a durable outbox can take this place without changing
-/// the request path.
-#[tonic::async_trait]
-pub trait DeliveryQueue: Send + Sync + 'static {
-    async fn deliver(&self, receiver: &str, request: DeliverRequest) -> Result<(), Status>;
-}
-
-/// Deliver at once, each delivery bounded by a timeout.
-pub struct DirectDelivery {
-    pub adapters: Adapters,
-    pub timeout: Duration,
-}
-
-#[tonic::async_trait]
-impl DeliveryQueue for DirectDelivery {
-    async fn deliver(&self, receiver: &str, request: DeliverRequest) -> Result<(), Status> {
-        let mut client = self.adapters.get(receiver)?;
-        let mut req = tonic::Request::new(request);
-        req.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, client.deliver(req)).await {
-            Ok(result) => result.map(|_| ()),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "{receiver} did not answer within {:?}",
-                self.timeout
-            ))),
-        }
     }
 }

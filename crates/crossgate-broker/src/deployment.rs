@@ -7,7 +7,8 @@ use crate::approvals::{ApprovalUses, spent_in_log};
 use crate::audit::AuditSink;
 use crate::audit_service::AuditReader;
 use crate::config::{AuditConfig, BrokerConfig, open_limits};
-use crate::delivery::{Adapters, DirectDelivery};
+use crate::delivery::Adapters;
+use crate::outbox::Outbox;
 use crate::{Broker, Limiter, Parts, Unlimited};
 use crossgate_policy::{Partner, Policy, ReferenceKey};
 use crossgate_schema::Registry;
@@ -136,11 +137,21 @@ impl Broker {
             }
             AuditChoice::Sink(sink) => (sink, None, ApprovalUses::default()),
         };
+        // Every partner with an adapter may receive.
+        let receivers = dep
+            .partners
+            .iter()
+            .filter(|p| p.adapter.is_some())
+            .map(|p| p.id.clone());
+        let outbox = Outbox::start(
+            receivers,
+            adapters.clone(),
+            audit.clone(),
+            dep.config.delivery.clone(),
+            dep.config.delivery_timeout(),
+        );
         Ok(Broker::new(Parts {
-            queue: Arc::new(DirectDelivery {
-                adapters: adapters.clone(),
-                timeout: dep.config.delivery_timeout(),
-            }),
+            outbox,
             config: dep.config,
             registry: dep.registry,
             policy: dep.policy,

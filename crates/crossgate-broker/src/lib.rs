@@ -12,6 +12,8 @@ pub mod config;
 pub mod delivery;
 pub mod deployment;
 pub mod error;
+pub mod outbox;
+mod outbox_admin;
 mod outcome;
 mod pipeline;
 pub mod release;
@@ -86,7 +88,8 @@ pub struct Parts {
     pub policy: Policy,
     pub partners: Vec<Partner>,
     pub adapters: delivery::Adapters,
-    pub queue: Arc<dyn delivery::DeliveryQueue>,
+    /// The delivery lanes over the outbox kept by `audit`.
+    pub outbox: outbox::Outbox,
     pub audit: Arc<dyn audit::AuditSink>,
     pub limiter: Arc<dyn Limiter>,
     /// Live limit tuning through `Admin`; `None` when there is no limits.toml.
@@ -114,7 +117,7 @@ struct Inner {
     catalog_file: Option<std::path::PathBuf>,
     partners: HashMap<String, Partner>,
     adapters: delivery::Adapters,
-    queue: Arc<dyn delivery::DeliveryQueue>,
+    outbox: outbox::Outbox,
     audit: Arc<dyn audit::AuditSink>,
     limiter: Arc<dyn Limiter>,
     admin: Option<admin::LimitsAdmin>,
@@ -143,7 +146,7 @@ impl Broker {
                     .map(|p| (p.id.clone(), p))
                     .collect(),
                 adapters: parts.adapters,
-                queue: parts.queue,
+                outbox: parts.outbox,
                 audit: parts.audit,
                 limiter: parts.limiter,
                 admin: parts.admin,

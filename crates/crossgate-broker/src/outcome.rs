@@ -24,6 +24,9 @@ pub enum Refusal {
     /// The next hop failed: `status` says so without its words; `logged`
     /// names the grant and the code.
     Failed { status: Status, logged: String },
+    /// Answered as is: the call's entries are already committed (or the log
+    /// cannot take any), so `finish` writes nothing more.
+    Recorded(Status),
 }
 
 impl Refusal {
@@ -41,14 +44,14 @@ impl Refusal {
             Refusal::Throttled(_) => Decision::Throttled,
             Refusal::Invalid { .. } => Decision::Invalid,
             Refusal::Denied(_) => Decision::Denied,
-            Refusal::Failed { .. } => Decision::Failed,
+            Refusal::Failed { .. } | Refusal::Recorded(_) => Decision::Failed,
         }
     }
 
     /// What the audit log keeps: never a value of anybody's record.
     pub fn logged(&self) -> String {
         match self {
-            Refusal::Throttled(status) => status.message().to_owned(),
+            Refusal::Throttled(status) | Refusal::Recorded(status) => status.message().to_owned(),
             Refusal::Invalid { logged, .. } | Refusal::Failed { logged, .. } => logged.clone(),
             Refusal::Denied(denial) => denial.to_string(),
         }
@@ -57,6 +60,7 @@ impl Refusal {
     pub fn into_status(self) -> Status {
         match self {
             Refusal::Throttled(status)
+            | Refusal::Recorded(status)
             | Refusal::Invalid { status, .. }
             | Refusal::Failed { status, .. } => status,
             Refusal::Denied(denial) => Status::with_error_details(
@@ -106,6 +110,7 @@ impl Broker {
                 }
                 Ok(Response::new(answer.reply))
             }
+            Err(Refusal::Recorded(status)) => Err(status),
             Err(refusal) => {
                 entry.decision = refusal.decision();
                 entry.reason = refusal.logged();

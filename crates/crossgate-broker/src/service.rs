@@ -1,11 +1,15 @@
 //! The `Broker` gRPC service: each handler authenticates, runs its steps
 //! (each returns `Result<_, Refusal>`) and leaves through `finish`.
 
-use crate::audit::{Decision, Entry, Kind, digest};
+use crate::audit::{
+    Claim, Commit, Committed, Decision, Entry, Item, Kind, Op, OutboxFilter, Prior, State, digest,
+};
+use crate::outbox::{Attempt, rfc3339};
 use crate::outcome::{Answer, Refusal};
 use crate::pipeline::{Call, deadline, entry};
 use crate::release::{released, screen};
 use crate::{Broker, Caller};
+use crossgate_audit::outbox::OnRepeat;
 use crossgate_policy::{Mode, Release, Role};
 use crossgate_proto::broker_server::Broker as BrokerService;
 use crossgate_proto::{
@@ -13,7 +17,9 @@ use crossgate_proto::{
     ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Record,
     SchemaInfo,
 };
+use prost::Message;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 
@@ -40,7 +46,9 @@ impl Broker {
         self.finish(&call, entry, outcome).await
     }
 
-    /// limit → validate → authorise → forward, one entry per delivery.
+    /// limit → validate → authorise → record → forward. The call is
+    /// accepted once its entries and its outbox items are one commit; only
+    /// then is anything forwarded.
     async fn publish_record(
         &self,
         call: &Call,
@@ -61,38 +69,37 @@ impl Broker {
         entry.record_type = record.record_type.clone();
         entry.record_id = record.record_id.clone();
         entry.record_digest = digest(&record.json);
+        let key = idempotency_key(&request.idempotency_key, &record, &entry.record_digest)?;
         let document = self.validate(&record)?;
         let policy = self.policy();
         let routes = self.authorise_publish(&policy, caller, &record.record_type)?;
-        if routes.is_empty() {
-            let mut allowed = entry.clone();
-            allowed.decision = Decision::Allowed;
-            allowed.reason = "no grant routes this record to any receiver".into();
-            return Ok(Answer {
+        let (commit, items) = self.record(call, caller, &record, &document, &routes, entry, key);
+        match self.inner.audit.commit(commit).await {
+            Err(e) => {
+                tracing::error!(request_id = %call.id, error = %e, "audit log unavailable");
+                Err(Refusal::Recorded(Status::unavailable(
+                    "the audit log cannot be written; nothing was accepted; try again later",
+                )))
+            }
+            Ok(Committed::Repeat(prior)) => self.repeated(prior, &entry.record_digest).await,
+            Ok(Committed::Applied) => Ok(Answer {
                 reply: PublishResponse {
                     request_id: call.id.clone(),
-                    deliveries: vec![],
+                    deliveries: self.forward(call, items).await,
+                    repeat: false,
                 },
-                entries: vec![allowed],
+                entries: vec![],
                 reservation: None,
-            });
+            }),
         }
-        let (deliveries, entries) = self
-            .forward(call, caller, &record, &document, &routes, entry)
-            .await;
-        Ok(Answer {
-            reply: PublishResponse {
-                request_id: call.id.clone(),
-                deliveries,
-            },
-            entries,
-            reservation: None,
-        })
     }
 
-    /// Forward: each receiver gets its own projection, referred to by its
-    /// grant's key field or its own opaque reference, all in parallel.
-    async fn forward(
+    /// Record: one entry per receiver (or one saying nobody receives it)
+    /// and one outbox item per receiver, each with its own projection under
+    /// its grant's key field or its own opaque reference, and a delivery id
+    /// that is the same whenever this publish is repeated.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
         &self,
         call: &Call,
         caller: &Caller,
@@ -100,10 +107,18 @@ impl Broker {
         document: &Value,
         routes: &[Release<'_>],
         base: &Entry,
-    ) -> (Vec<Delivery>, Vec<Entry>) {
-        let sends = routes.iter().map(|release| {
+        key: String,
+    ) -> (Commit, Vec<Item>) {
+        let now = rfc3339(chrono::Utc::now());
+        let mut base = base.clone();
+        base.request_id = call.id.clone();
+        base.latency_micros = call.elapsed_micros();
+        let mut entries = Vec::with_capacity(routes.len().max(1));
+        let mut items = Vec::with_capacity(routes.len());
+        for release in routes {
             let receiver = release.grant.consumer.clone();
-            let request = DeliverRequest {
+            let delivery_id = delivery_id(&caller.id, &key, &receiver);
+            let deliver = DeliverRequest {
                 request_id: call.id.clone(),
                 provider: caller.id.clone(),
                 record: Some(released(
@@ -113,53 +128,164 @@ impl Broker {
                     &record.record_id,
                     document,
                 )),
+                delivery_id: delivery_id.clone(),
             };
-            let queue = self.inner.queue.clone();
-            async move {
-                let result = queue.deliver(&receiver, request).await;
-                (receiver, result)
-            }
-        });
-        let results = futures_util::future::join_all(sends).await;
-        let mut deliveries = Vec::with_capacity(results.len());
-        let mut entries = Vec::with_capacity(results.len());
-        for ((receiver, result), release) in results.into_iter().zip(routes) {
             let mut e = base.clone();
             e.consumer = receiver.clone();
             e.purpose = release.grant.purposes.join(",");
             e.released_fields = release.field_paths();
-            // The receiver's own words stay at the broker (they may quote
-            // its records): the publisher and the log get its status code.
-            let (outcome, detail) = match &result {
-                Ok(()) => {
-                    (e.decision, e.reason) =
-                        (Decision::Delivered, format!("grant {}", release.grant.id));
-                    (DeliveryOutcome::Delivered, String::new())
-                }
-                Err(status) => {
-                    (e.decision, e.reason) = (
-                        Decision::Failed,
-                        format!(
-                            "grant {}; receiver answered {:?}",
-                            release.grant.id,
-                            status.code()
-                        ),
-                    );
-                    (
-                        DeliveryOutcome::Failed,
-                        format!("{receiver}'s adapter answered {:?}", status.code()),
-                    )
-                }
-            };
-            entries.push(e);
-            deliveries.push(Delivery {
+            e.decision = Decision::Allowed;
+            e.reason = format!("grant {}; delivery {delivery_id} queued", release.grant.id);
+            items.push(Item {
+                delivery_id,
+                request_id: call.id.clone(),
                 receiver,
-                outcome: outcome as i32,
-                released_fields: release.field_paths(),
-                detail,
+                provider: caller.id.clone(),
+                record_type: record.record_type.clone(),
+                record_id: record.record_id.clone(),
+                grant: release.grant.id.clone(),
+                purpose: e.purpose.clone(),
+                released_fields: e.released_fields.clone(),
+                record_digest: base.record_digest.clone(),
+                payload: deliver.encode_to_vec(),
+                state: State::Queued,
+                attempts: 0,
+                created: now.clone(),
+                next_attempt: now.clone(),
+                last_error: String::new(),
             });
+            entries.push(e);
         }
-        (deliveries, entries)
+        if routes.is_empty() {
+            let mut e = base.clone();
+            e.decision = Decision::Allowed;
+            e.reason = "no grant routes this record to any receiver".into();
+            entries.push(e);
+        }
+        let claim = Claim {
+            provider: caller.id.clone(),
+            key,
+            request_id: call.id.clone(),
+            record_digest: base.record_digest.clone(),
+            created: now,
+        };
+        let on_repeat: OnRepeat = Box::new(move |prior: &Prior| {
+            let mut e = base;
+            if prior.record_digest == e.record_digest {
+                e.decision = Decision::Allowed;
+                e.reason = format!(
+                    "repeat of request {} (same idempotency key); nothing delivered again",
+                    prior.request_id
+                );
+            } else {
+                e.decision = Decision::Invalid;
+                e.reason = format!(
+                    "idempotency key of request {} reused for a different record; refused",
+                    prior.request_id
+                );
+            }
+            vec![e]
+        });
+        let commit = Commit {
+            entries,
+            ops: items
+                .iter()
+                .cloned()
+                .map(|i| Op::Enqueue(Box::new(i)))
+                .collect(),
+            claim: Some((claim, on_repeat)),
+        };
+        (commit, items)
+    }
+
+    /// Forward: hand the recorded items to their receivers' lanes and wait,
+    /// within the call's deadline, for each first attempt.
+    async fn forward(&self, call: &Call, items: Vec<Item>) -> Vec<Delivery> {
+        let remaining = call.remaining();
+        let waits = self.inner.outbox.submit(items.clone());
+        let attempts = futures_util::future::join_all(
+            waits
+                .into_iter()
+                .map(|wait| tokio::time::timeout(remaining, wait)),
+        )
+        .await;
+        items
+            .into_iter()
+            .zip(attempts)
+            .map(|(item, attempt)| {
+                let (outcome, detail) = match attempt {
+                    Ok(Ok(Attempt::Delivered)) => (DeliveryOutcome::Delivered, String::new()),
+                    Ok(Ok(Attempt::Queued(why))) => (DeliveryOutcome::Queued, why),
+                    Ok(Ok(Attempt::Dead(why))) => (DeliveryOutcome::Failed, why),
+                    Ok(Err(_)) | Err(_) => (
+                        DeliveryOutcome::Queued,
+                        "not taken within the call's deadline; retried".into(),
+                    ),
+                };
+                Delivery {
+                    receiver: item.receiver,
+                    outcome: outcome as i32,
+                    released_fields: item.released_fields,
+                    detail,
+                    delivery_id: item.delivery_id,
+                }
+            })
+            .collect()
+    }
+
+    /// A repeated publish: the first call's outcome as it stands now, or a
+    /// refusal when the key was used for a different record.
+    async fn repeated(
+        &self,
+        prior: Prior,
+        digest: &str,
+    ) -> Result<Answer<PublishResponse>, Refusal> {
+        if prior.record_digest != digest {
+            return Err(Refusal::Recorded(Status::already_exists(format!(
+                "this idempotency key was used for a different record (request {}); use a new key for a new record",
+                prior.request_id
+            ))));
+        }
+        let items = self
+            .inner
+            .audit
+            .outbox(OutboxFilter {
+                request_id: Some(prior.request_id.clone()),
+                ..OutboxFilter::default()
+            })
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read the outbox");
+                Refusal::Recorded(Status::unavailable(
+                    "the outbox cannot be read; try again later",
+                ))
+            })?;
+        let deliveries = items
+            .into_iter()
+            .map(|item| {
+                let outcome = match item.state {
+                    State::Delivered => DeliveryOutcome::Delivered,
+                    State::Queued => DeliveryOutcome::Queued,
+                    State::Dead => DeliveryOutcome::Failed,
+                };
+                Delivery {
+                    receiver: item.receiver,
+                    outcome: outcome as i32,
+                    released_fields: item.released_fields,
+                    detail: item.last_error,
+                    delivery_id: item.delivery_id,
+                }
+            })
+            .collect();
+        Ok(Answer {
+            reply: PublishResponse {
+                request_id: prior.request_id,
+                deliveries,
+                repeat: true,
+            },
+            entries: vec![],
+            reservation: None,
+        })
     }
 
     /// Query: authenticate, then the steps, then the one exit.
@@ -246,6 +372,43 @@ impl Broker {
             reservation,
         })
     }
+}
+
+/// The longest idempotency key a publisher may give.
+const MAX_KEY: usize = 200;
+
+/// The publisher's idempotency key, or the default: a digest of the record
+/// type, the record id and the record's digest (a changed record under the
+/// same id is a new version).
+fn idempotency_key(given: &str, record: &Record, record_digest: &str) -> Result<String, Refusal> {
+    if given.is_empty() {
+        let mut h = Sha256::new();
+        for part in [&record.record_type, &record.record_id, record_digest] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        return Ok(format!(
+            "auto:{}",
+            crossgate_audit::entry::hex(&h.finalize())
+        ));
+    }
+    if given.len() > MAX_KEY || given.chars().any(char::is_control) {
+        return Err(Refusal::invalid(format!(
+            "idempotency_key: at most {MAX_KEY} bytes without control characters"
+        )));
+    }
+    Ok(format!("key:{given}"))
+}
+
+/// The same for every attempt and every repeat of one delivery: derived
+/// from the publisher, its key and the receiver.
+fn delivery_id(provider: &str, key: &str, receiver: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [provider, key, receiver] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    crossgate_audit::entry::hex(&h.finalize()[..16])
 }
 
 /// The request path runs in its own task: a client that hangs up mid-call

@@ -93,6 +93,7 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
         "s" => std::time::Duration::from_secs(n),
         "min" => std::time::Duration::from_secs(n.checked_mul(60)?),
         "h" => std::time::Duration::from_secs(n.checked_mul(3600)?),
+        "d" => std::time::Duration::from_secs(n.checked_mul(86_400)?),
         _ => return None,
     })
 }
@@ -114,6 +115,37 @@ pub mod duration {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}ms", d.as_millis()))
+    }
+}
+
+/// `#[serde(with = "crossgate_config::durations")]`: a list of durations,
+/// e.g. `["1s", "5s", "30s"]`.
+pub mod durations {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// At least one duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        if texts.is_empty() {
+            return Err(serde::de::Error::custom(
+                "write at least one duration, e.g. [\"1s\", \"5s\"]",
+            ));
+        }
+        texts
+            .iter()
+            .map(|text| {
+                super::parse_duration(text).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not a duration; write e.g. \"500ms\", \"2s\", \"5min\", \"1h\""
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    pub fn serialize<S: Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(ds.iter().map(|d| format!("{}ms", d.as_millis())))
     }
 }
 

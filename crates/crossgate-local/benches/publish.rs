@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
             record_id: "440663864056324842".into(),
             json: DECLARATION.as_bytes().to_vec(),
         }),
+        ..Default::default()
     };
     c.bench_function("publish a declaration to two receivers", |b| {
         b.to_async(&runtime).iter(|| {

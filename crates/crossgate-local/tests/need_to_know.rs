@@ -367,6 +367,7 @@ async fn every_published_fixture_reaches_each_receiver_without_withheld_values()
                     record_id: String::new(),
                     json: native.clone(),
                 }),
+                ..Default::default()
             })
             .await
             .expect("published");

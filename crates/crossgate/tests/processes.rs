@@ -79,6 +79,7 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
                 record_id: String::new(),
                 json: declaration.lines().next().unwrap().as_bytes().to_vec(),
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -146,8 +147,12 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         table.lines().count(),
-        2,
-        "a header and the delivery to commerce: {table}"
+        3,
+        "a header, the release to commerce (recorded before it was sent) and its delivery: {table}"
+    );
+    assert!(
+        table.contains("allowed") && table.contains("delivered"),
+        "{table}"
     );
     assert!(
         table.contains("trade-statistics") && table.contains("/trader_uscc"),
@@ -160,7 +165,10 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     );
     assert_eq!(code, Some(0), "{err}");
     let lines = std::fs::read_to_string(&exported).unwrap().lines().count();
-    assert_eq!(lines, 4, "two deliveries, the search and the export itself");
+    assert_eq!(
+        lines, 6,
+        "two releases, two deliveries, the search and the export itself"
+    );
     let (code, _, err) = via_broker("customs.pem", &["verify"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("PermissionDenied"), "{err}");
@@ -189,13 +197,32 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let receivers: Vec<&str> = entries
+    let mut receivers: Vec<String> = entries
         .iter()
-        .map(|e| e["consumer"].as_str().unwrap())
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["consumer"].as_str().unwrap(),
+                e["decision"].as_str().unwrap()
+            )
+        })
         .collect();
-    assert_eq!(receivers, ["border-inspection", "commerce"]);
-    assert_eq!(entries[0]["decision"], "delivered");
-    assert_eq!(entries[1]["purpose"], "trade-statistics");
+    receivers.sort();
+    assert_eq!(
+        receivers,
+        [
+            "border-inspection allowed",
+            "border-inspection delivered",
+            "commerce allowed",
+            "commerce delivered"
+        ]
+    );
+    assert!(
+        entries
+            .iter()
+            .filter(|e| e["consumer"] == "commerce")
+            .all(|e| e["purpose"] == "trade-statistics")
+    );
     assert!(
         !found.contains("藏D"),
         "the log holds digests, never records"
@@ -203,22 +230,23 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
         (code, verified.as_str()),
-        (Some(0), "chain broker-1: 5 entries verified\n"),
-        "2 deliveries and 3 readings"
+        (Some(0), "chain broker-1: 7 entries verified\n"),
+        "2 releases, 2 deliveries and 3 readings"
     );
 
     let db = dir.join("audit.db");
     let mut bytes = std::fs::read(&db).unwrap();
+    // Only entries' reasons hold "; delivery " (the outbox does not).
     let at = bytes
-        .windows(16)
-        .position(|w| w == b"trade-statistics")
-        .expect("entry 2 is in the file");
+        .windows(11)
+        .position(|w| w == b"; delivery ")
+        .expect("a delivery's entry is in the file");
     bytes[at] ^= 0x01;
     std::fs::write(&db, bytes).unwrap();
     let (code, verified) = audit(&["verify"]);
     assert_eq!(code, Some(1), "{verified}");
     assert!(
-        verified.starts_with("chain broker-1: entry 2 does not verify"),
+        verified.starts_with("chain broker-1: entry ") && verified.contains("does not verify"),
         "{verified}"
     );
 }

@@ -77,7 +77,7 @@ pub struct FilterArgs {
     record_id: Option<String>,
     #[arg(long)]
     purpose: Option<String>,
-    /// allowed, denied, throttled, invalid, delivered, failed, changed
+    /// allowed, denied, throttled, invalid, delivered, failed, dead, changed
     #[arg(long)]
     decision: Option<String>,
 }

@@ -132,6 +132,7 @@ async fn submit(
                 record_id: String::new(),
                 json,
             }),
+            ..Default::default()
         })
         .await
         .map(|r| r.into_inner())
