@@ -1,6 +1,7 @@
 //! The reference department system: a small `DepartmentSystem` service over
 //! native JSON records held in memory, seeded from JSON Lines files and
-//! appending what it receives to an inbox file. Tests and the demo use it in
+//! appending what it receives to an inbox file. It keeps everything it is
+//! handed, repeats included, so tests can count what reached a department. Tests and the demo use it in
 //! place of a real department's database.
 
 use crossgate_proto::department_system_server::DepartmentSystem;
@@ -20,6 +21,8 @@ pub struct Received {
     pub native_type: String,
     /// The id the broker gave the record: the grant's key field or an opaque reference.
     pub record_id: String,
+    /// The broker's delivery id (the same if the record is ever handed over again).
+    pub delivery_id: String,
     pub document: Value,
 }
 
@@ -116,7 +119,7 @@ impl DepartmentSystem for ReferenceSystem {
             let line = serde_json::json!({
                 "provider": req.provider, "record_type": req.record_type,
                 "native_type": record.native_type, "record_id": record.record_id,
-                "record": document,
+                "delivery_id": req.delivery_id, "record": document,
             });
             let written = std::fs::OpenOptions::new()
                 .create(true)
@@ -131,6 +134,7 @@ impl DepartmentSystem for ReferenceSystem {
             record_type: req.record_type,
             native_type: record.native_type,
             record_id: record.record_id,
+            delivery_id: req.delivery_id,
             document,
         });
         Ok(Response::new(ReceiveResponse {}))

@@ -24,6 +24,10 @@ pub struct BrokerConfig {
     /// How long a delivery to one adapter may take, e.g. `"2s"`.
     #[serde(default = "default_delivery", with = "crossgate_config::duration")]
     pub delivery_timeout: Duration,
+    /// How long a stop (SIGTERM, Ctrl-C) may take: calls in flight finish
+    /// and delivery attempts are recorded within it, e.g. `"10s"`.
+    #[serde(default = "default_grace", with = "crossgate_config::duration")]
+    pub shutdown_grace: Duration,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -155,6 +159,9 @@ fn default_deadline() -> Duration {
 fn default_delivery() -> Duration {
     Duration::from_secs(2)
 }
+fn default_grace() -> Duration {
+    Duration::from_secs(10)
+}
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -164,6 +171,7 @@ impl Default for BrokerConfig {
             max_message_bytes: default_max_message(),
             default_deadline: default_deadline(),
             delivery_timeout: default_delivery(),
+            shutdown_grace: default_grace(),
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
         }

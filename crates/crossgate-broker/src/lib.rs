@@ -178,7 +178,10 @@ impl Broker {
 pub use crossgate_proto::standard::ServeError;
 
 /// Serve `Broker` over mutual TLS on `listener` until `shutdown`, with health
-/// checking and server reflection.
+/// checking and server reflection. Then drain: health reports NOT_SERVING,
+/// no new connections are taken, calls in flight finish and delivery
+/// attempts under way are recorded — within broker.toml's `shutdown_grace`;
+/// what is left then stays in the outbox for the next start.
 pub async fn serve(
     broker: Broker,
     tls: crossgate_tls::Bundle,
@@ -191,11 +194,27 @@ pub async fn serve(
     reporter.set_serving::<AuditServer<Broker>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
     let max = broker.inner.config.max_message_bytes;
+    let grace = broker.inner.config.shutdown_grace;
     let auth = |role| pipeline::Authenticate {
         broker: broker.clone(),
         role,
     };
-    Server::builder()
+    let (fired, stopping) = tokio::sync::oneshot::channel();
+    let draining = {
+        let reporter = reporter.clone();
+        async move {
+            shutdown.await;
+            let _ = fired.send(tokio::time::Instant::now());
+            tracing::info!("draining: new calls are refused, calls in flight finish");
+            reporter.set_not_serving::<BrokerServer<Broker>>().await;
+            reporter.set_not_serving::<AdminServer<Broker>>().await;
+            reporter.set_not_serving::<AuditServer<Broker>>().await;
+            reporter
+                .set_service_status("", crossgate_proto::standard::ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let server = Server::builder()
         .tls_config(tls.server())?
         .add_service(health)
         .add_service(reflection)
@@ -213,7 +232,29 @@ pub async fn serve(
                 .max_encoding_message_size(max),
             auth(Role::Partner),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), draining);
+    let (since_tx, since) = tokio::sync::watch::channel(None);
+    let overdue = async move {
+        if let Ok(at) = stopping.await {
+            let _ = since_tx.send(Some(at));
+            tokio::time::sleep_until(at + grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = server => served?,
+        () = overdue => {
+            tracing::warn!("grace period over: calls still in flight are cut off (their callers got no OK and may retry)");
+        }
+    }
+    let left = (*since.borrow())
+        .map_or(grace, |at: tokio::time::Instant| (at + grace).saturating_duration_since(tokio::time::Instant::now()));
+    if tokio::time::timeout(left, broker.inner.outbox.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: undelivered items stay in the outbox for the next start");
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! benchmarks and the one-command local setup.
 #![forbid(unsafe_code)]
 
+use crossgate_adapter::seen::Seen;
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
 use crossgate_broker::audit::{AuditSink, MemorySink};
@@ -39,6 +40,9 @@ pub struct Options {
     pub limiter: Option<Arc<dyn Limiter>>,
     /// Where operators' limit changes are kept [default: beside the config].
     pub state_dir: Option<PathBuf>,
+    /// Where each adapter keeps the delivery ids it passed on
+    /// (`<dept>.delivered.db`) [default: in memory].
+    pub adapter_state: Option<PathBuf>,
 }
 
 impl Options {
@@ -55,6 +59,7 @@ impl Options {
             audit_store: None,
             limiter: None,
             state_dir: None,
+            adapter_state: None,
         }
     }
 }
@@ -97,7 +102,10 @@ pub struct LocalSystem {
     pub memory_audit: Option<Arc<MemorySink>>,
     certs: CertSource,
     stop: watch::Sender<bool>,
+    broker_task: std::sync::Mutex<Option<BrokerTask>>,
 }
+
+type BrokerTask = tokio::task::JoinHandle<Result<(), crossgate_broker::ServeError>>;
 
 enum CertSource {
     Dir(PathBuf),
@@ -194,10 +202,20 @@ impl LocalSystem {
             let broker_channel =
                 lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client()))?;
             let system_channel = lazy_channel(&format!("http://{saddr}"))?;
-            let adapter = Adapter::new(mapping, registry.clone(), broker_channel, system_channel)
-                .with_peers(Peers {
-                    broker: "broker".into(),
-                });
+            let mut adapter =
+                Adapter::new(mapping, registry.clone(), broker_channel, system_channel).with_peers(
+                    Peers {
+                        broker: "broker".into(),
+                    },
+                );
+            if let Some(state) = &opts.adapter_state {
+                let seen = Seen::open(
+                    &state.join(format!("{dept}.delivered.db")),
+                    crossgate_adapter::seen::DEFAULT_CAPACITY,
+                )
+                .map_err(|e| StartError::Other(e.to_string()))?;
+                adapter = adapter.with_seen(seen);
+            }
             let (al, aaddr) = bind(&port(&configured)).await?;
             tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
             partner.adapter = Some(aaddr.clone());
@@ -242,7 +260,7 @@ impl LocalSystem {
                 limiter: opts.limiter,
             },
         )?;
-        tokio::spawn(crossgate_broker::serve(
+        let broker_task = tokio::spawn(crossgate_broker::serve(
             broker,
             broker_tls,
             broker_listener,
@@ -256,6 +274,7 @@ impl LocalSystem {
             memory_audit,
             certs,
             stop,
+            broker_task: std::sync::Mutex::new(Some(broker_task)),
         })
     }
 
@@ -291,6 +310,19 @@ impl LocalSystem {
     /// Stop every server: in-flight calls finish, new ones are refused.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Stop, and wait until the broker has drained (within its grace period).
+    pub async fn stop(&self) {
+        self.shutdown();
+        let task = self
+            .broker_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// The in-memory CA of this run, for tests that need to issue odd certificates.

@@ -83,6 +83,8 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Per-partner rate limits, live, through the broker (operator role).
     Limits(cmd::limits::LimitsArgs),
+    /// Deliveries the broker still owes receivers: list, replay, purge (operator role).
+    Deliveries(cmd::deliveries::DeliveriesArgs),
     /// Run the broker and every department's adapter and system until Ctrl-C.
     Up(cmd::up::UpArgs),
     /// Start the whole system in this process and play the scenarios.
@@ -107,6 +109,7 @@ fn main() -> std::process::ExitCode {
         Command::Adapter(args) => on_runtime(cmd::adapter::run(args)),
         Command::Broker(args) => on_runtime(cmd::broker::run(args)),
         Command::Limits(args) => on_runtime(cmd::limits::run(args)),
+        Command::Deliveries(args) => on_runtime(cmd::deliveries::run(args)),
         Command::Audit(args) if args.through_broker() => {
             on_runtime(async { Ok(cmd::audit::through_broker(args).await) })
         }

@@ -4,6 +4,7 @@
 use crate::cmd::schema::{SchemasDir, load};
 use crate::{CliError, CliResult, ExitCode};
 use clap::Args;
+use crossgate_adapter::seen::Seen;
 use crossgate_adapter::system::ReferenceSystem;
 use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
 use std::net::SocketAddr;
@@ -39,6 +40,10 @@ pub struct AdapterArgs {
     /// from <config>/fixtures/<department>, run in this process]
     #[arg(long)]
     pub system: Option<String>,
+    /// Folder for the adapter's own state: the delivery ids it has passed
+    /// on (<department>.delivered.db), so a repeated delivery is passed on once
+    #[arg(long, value_name = "DIR", default_value = ".crossgate/adapters")]
+    pub state: PathBuf,
 }
 
 pub async fn run(args: AdapterArgs) -> CliResult {
@@ -85,9 +90,16 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         "adapter {} listening on https://{addr} (Ingress, Department; mutual TLS); broker {broker_uri}",
         args.department
     );
-    let adapter = Adapter::new(mapping, registry, broker, system).with_peers(Peers {
-        broker: "broker".into(),
-    });
+    let seen = Seen::open(
+        &args.state.join(format!("{}.delivered.db", args.department)),
+        crossgate_adapter::seen::DEFAULT_CAPACITY,
+    )
+    .map_err(|e| format!("{e}; choose another --state folder"))?;
+    let adapter = Adapter::new(mapping, registry, broker, system)
+        .with_peers(Peers {
+            broker: "broker".into(),
+        })
+        .with_seen(seen);
     serve_tls(adapter, listener, Some(tls.server()), shutdown_signal())
         .await
         .map_err(|e| CliError {
@@ -128,5 +140,5 @@ async fn reference_system(args: &AdapterArgs) -> Result<String, CliError> {
 }
 
 async fn shutdown_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+    crate::cmd::stop_signal().await;
 }

@@ -80,8 +80,13 @@ pub async fn run(args: BrokerArgs) -> CliResult {
             }
         });
     }
+    // SIGTERM or Ctrl-C: drain within broker.toml's shutdown_grace, exit 0.
     crossgate_broker::serve(broker, tls, listener, async {
-        let _ = tokio::signal::ctrl_c().await;
+        crate::cmd::stop_signal().await;
+        eprintln!(
+            "crossgate: stopping (up to {:?}): calls in flight finish, deliveries under way are recorded",
+            config.shutdown_grace
+        );
     })
     .await
     .map_err(|e| CliError {

@@ -34,6 +34,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     opts.certs = Some(config.certs.clone());
     opts.ephemeral_ports = false;
     opts.audit_store = Some(config.audit.store.clone());
+    opts.adapter_state = Some(PathBuf::from(".crossgate/adapters"));
     let sys = LocalSystem::start(opts).await?;
     println!(
         "crossgate is up (mutual TLS everywhere; certificates in {})",
@@ -55,10 +56,11 @@ pub async fn run(args: UpArgs) -> CliResult {
         );
     }
     println!("Ctrl-C stops it.");
-    let _ = tokio::signal::ctrl_c().await;
-    println!("stopping: in-flight calls finish, the audit log is committed");
-    sys.shutdown();
-    // Give servers their graceful stop before the runtime goes away.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    crate::cmd::stop_signal().await;
+    println!(
+        "stopping (up to {:?}): in-flight calls finish, deliveries under way are recorded",
+        config.shutdown_grace
+    );
+    sys.stop().await;
     Ok(ExitCode::Ok)
 }
