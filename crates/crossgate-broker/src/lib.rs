@@ -248,13 +248,16 @@ pub async fn serve(
             tracing::warn!("grace period over: calls still in flight are cut off (their callers got no OK and may retry)");
         }
     }
-    let left = (*since.borrow())
-        .map_or(grace, |at: tokio::time::Instant| (at + grace).saturating_duration_since(tokio::time::Instant::now()));
+    let left = (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
+        (at + grace).saturating_duration_since(tokio::time::Instant::now())
+    });
     if tokio::time::timeout(left, broker.inner.outbox.drain())
         .await
         .is_err()
     {
-        tracing::warn!("grace period over: undelivered items stay in the outbox for the next start");
+        tracing::warn!(
+            "grace period over: undelivered items stay in the outbox for the next start"
+        );
     }
     Ok(())
 }

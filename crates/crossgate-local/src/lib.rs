@@ -102,11 +102,77 @@ pub struct LocalSystem {
     pub memory_audit: Option<Arc<MemorySink>>,
     certs: CertSource,
     stop: watch::Sender<bool>,
+    departments: Departments,
     broker_task: std::sync::Mutex<Option<BrokerTask>>,
 }
 
 type BrokerTask = tokio::task::JoinHandle<Result<(), crossgate_broker::ServeError>>;
 
+/// What it takes to start a department (its reference system and adapter).
+struct Departments {
+    config: PathBuf,
+    registry: Arc<Registry>,
+    certs: CertSource,
+    broker_addr: String,
+    adapter_state: Option<PathBuf>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Departments {
+    /// The department's reference system (seeded from its fixtures) and its
+    /// adapter on `listen`; returns the system and the adapter's address.
+    async fn start(
+        &self,
+        dept: &str,
+        listen: &str,
+    ) -> Result<(ReferenceSystem, String), StartError> {
+        let shutdown = || {
+            let mut rx = self.stopped.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let system = ReferenceSystem::new();
+        let seeds = self.config.join("fixtures").join(dept);
+        if seeds.is_dir() {
+            system.seed_dir(&seeds).map_err(|source| StartError::Seed {
+                dept: dept.to_owned(),
+                path: seeds.clone(),
+                source,
+            })?;
+        }
+        let (sl, saddr) = bind("127.0.0.1:0").await?;
+        tokio::spawn(serve_system(system.clone(), sl, shutdown()));
+        let mapping =
+            crossgate_adapter::config::load_department(&self.config, dept, &self.registry)?;
+        let tls = self.certs.bundle(dept)?;
+        let broker_channel =
+            lazy_tls_channel(&format!("https://{}", self.broker_addr), Some(tls.client()))?;
+        let system_channel = lazy_channel(&format!("http://{saddr}"))?;
+        let mut adapter = Adapter::new(
+            mapping,
+            self.registry.clone(),
+            broker_channel,
+            system_channel,
+        )
+        .with_peers(Peers {
+            broker: "broker".into(),
+        });
+        if let Some(state) = &self.adapter_state {
+            let seen = Seen::open(
+                &state.join(format!("{dept}.delivered.db")),
+                crossgate_adapter::seen::DEFAULT_CAPACITY,
+            )
+            .map_err(|e| StartError::Other(e.to_string()))?;
+            adapter = adapter.with_seen(seen);
+        }
+        let (al, aaddr) = bind(listen).await?;
+        tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
+        Ok((system, aaddr))
+    }
+}
+
+#[derive(Clone)]
 enum CertSource {
     Dir(PathBuf),
     Memory(Arc<DevCa>),
@@ -173,6 +239,14 @@ impl LocalSystem {
                 .as_ref()
                 .is_none_or(|d| d.iter().any(|x| x == id))
         };
+        let departments = Departments {
+            config: opts.config.clone(),
+            registry: registry.clone(),
+            certs: certs.clone(),
+            broker_addr: broker_addr.clone(),
+            adapter_state: opts.adapter_state.clone(),
+            stopped: stop.subscribe(),
+        };
         for partner in dep.partners.iter_mut().filter(|p| p.role == Role::Partner) {
             let Some(configured) = partner.adapter.clone() else {
                 continue;
@@ -185,39 +259,7 @@ impl LocalSystem {
                 continue;
             }
             let dept = partner.id.clone();
-            let system = ReferenceSystem::new();
-            let seeds = opts.config.join("fixtures").join(&dept);
-            if seeds.is_dir() {
-                system.seed_dir(&seeds).map_err(|source| StartError::Seed {
-                    dept: dept.clone(),
-                    path: seeds.clone(),
-                    source,
-                })?;
-            }
-            let (sl, saddr) = bind("127.0.0.1:0").await?;
-            tokio::spawn(serve_system(system.clone(), sl, shutdown()));
-            let mapping =
-                crossgate_adapter::config::load_department(&opts.config, &dept, &registry)?;
-            let tls = certs.bundle(&dept)?;
-            let broker_channel =
-                lazy_tls_channel(&format!("https://{broker_addr}"), Some(tls.client()))?;
-            let system_channel = lazy_channel(&format!("http://{saddr}"))?;
-            let mut adapter =
-                Adapter::new(mapping, registry.clone(), broker_channel, system_channel).with_peers(
-                    Peers {
-                        broker: "broker".into(),
-                    },
-                );
-            if let Some(state) = &opts.adapter_state {
-                let seen = Seen::open(
-                    &state.join(format!("{dept}.delivered.db")),
-                    crossgate_adapter::seen::DEFAULT_CAPACITY,
-                )
-                .map_err(|e| StartError::Other(e.to_string()))?;
-                adapter = adapter.with_seen(seen);
-            }
-            let (al, aaddr) = bind(&port(&configured)).await?;
-            tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
+            let (system, aaddr) = departments.start(&dept, &port(&configured)).await?;
             partner.adapter = Some(aaddr.clone());
             systems.insert(dept.clone(), system);
             adapter_addrs.insert(dept, aaddr);
@@ -274,6 +316,7 @@ impl LocalSystem {
             memory_audit,
             certs,
             stop,
+            departments,
             broker_task: std::sync::Mutex::new(Some(broker_task)),
         })
     }
@@ -310,6 +353,21 @@ impl LocalSystem {
     /// Stop every server: in-flight calls finish, new ones are refused.
     pub fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Start a department that was left down, on the address the broker
+    /// already knows for it (a receiver coming back).
+    pub async fn start_department(&mut self, dept: &str) -> Result<ReferenceSystem, StartError> {
+        let addr = self
+            .partners
+            .iter()
+            .find(|p| p.id == dept)
+            .and_then(|p| p.adapter.clone())
+            .ok_or_else(|| StartError::Other(format!("{dept} has no adapter address")))?;
+        let (system, addr) = self.departments.start(dept, &addr).await?;
+        self.systems.insert(dept.to_owned(), system.clone());
+        self.adapter_addrs.insert(dept.to_owned(), addr);
+        Ok(system)
     }
 
     /// Stop, and wait until the broker has drained (within its grace period).
