@@ -115,20 +115,23 @@ impl DepartmentSystem for ReferenceSystem {
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
         let document: Value = serde_json::from_slice(&record.json)
             .map_err(|e| Status::invalid_argument(format!("record is not JSON: {e}")))?;
+        // One receive at a time: lines of concurrent deliveries never interleave.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(path) = &self.inbox {
-            let line = serde_json::json!({
+            let mut line = serde_json::json!({
                 "provider": req.provider, "record_type": req.record_type,
                 "native_type": record.native_type, "record_id": record.record_id,
                 "delivery_id": req.delivery_id, "record": document,
-            });
+            })
+            .to_string();
+            line.push('\n');
             let written = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .and_then(|mut f| writeln!(f, "{line}"));
+                .and_then(|mut f| f.write_all(line.as_bytes()));
             written.map_err(|e| Status::unavailable(format!("cannot write the inbox: {e}")))?;
         }
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.received.push(Received {
             provider: req.provider,
             record_type: req.record_type,

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 
 pub struct PostgresStore {
     client: Client,
+    url: String,
+    schema: Option<String>,
 }
 
 fn err(e: postgres::Error) -> StoreError {
@@ -21,6 +23,16 @@ impl PostgresStore {
     /// Connect to `url` (postgres://...) and create the tables if needed,
     /// in `schema` if given (tests use one schema each).
     pub fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let client = Self::open(url, schema)?;
+        Ok(PostgresStore {
+            client,
+            url: url.to_owned(),
+            schema: schema.map(str::to_owned),
+        })
+    }
+
+    /// A connection whose session is set up: schema chosen, tables made.
+    fn open(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
         let mut client = Client::connect(url, NoTls)
             .map_err(|e| StoreError::Failed(format!("cannot connect to PostgreSQL: {e}")))?;
         if let Some(schema) = schema {
@@ -47,7 +59,18 @@ impl PostgresStore {
         if let Err(e) = client.batch_execute(&schema) {
             client.batch_execute(&schema).map_err(|_| err(e))?;
         }
-        Ok(PostgresStore { client })
+        Ok(client)
+    }
+
+    /// The connection, made again if the server closed it (a restart, a
+    /// failover, an administrator's `pg_terminate_backend`): the call that
+    /// saw it die failed; the next one works on a new session.
+    fn live(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.is_closed() {
+            tracing::warn!("the PostgreSQL connection was closed; connecting again");
+            self.client = Self::open(&self.url, self.schema.as_deref())?;
+        }
+        Ok(&mut self.client)
     }
 
     /// Direct access, for tests that tamper with the table.
@@ -93,7 +116,7 @@ fn run(
 impl Store for PostgresStore {
     fn head(&mut self, writer: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let row = self
-            .client
+            .live()?
             .query_opt(
                 "SELECT sequence, entry_hash FROM audit_heads WHERE writer = $1",
                 &[&writer],
@@ -109,7 +132,7 @@ impl Store for PostgresStore {
 
     fn heads(&mut self) -> Result<BTreeMap<String, (u64, [u8; 32])>, StoreError> {
         let rows = self
-            .client
+            .live()?
             .query("SELECT writer, sequence, entry_hash FROM audit_heads", &[])
             .map_err(err)?;
         Ok(rows
@@ -125,7 +148,7 @@ impl Store for PostgresStore {
         if batch.is_empty() && ops.is_empty() && claims.is_empty() {
             return Ok(());
         }
-        let mut tx = self.client.transaction().map_err(err)?;
+        let mut tx = self.live()?.transaction().map_err(err)?;
         for claim in claims {
             run(&mut tx, Dialect::Postgres.claim(claim))?;
         }
@@ -155,7 +178,7 @@ impl Store for PostgresStore {
 
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {
         let row = self
-            .client
+            .live()?
             .query_opt(Dialect::Postgres.find_claim().as_str(), &[&provider, &key])
             .map_err(err)?;
         row.map(|r| {
@@ -174,7 +197,7 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let (sql, args) = Dialect::Postgres.select_outbox(filter);
         let params: Vec<Arg<'_>> = args.iter().map(|a| a as Arg<'_>).collect();
-        let mut rows = self.client.query_raw(sql.as_str(), params).map_err(err)?;
+        let mut rows = self.live()?.query_raw(sql.as_str(), params).map_err(err)?;
         while let Some(row) =
             postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(err)?
         {
@@ -195,7 +218,7 @@ impl Store for PostgresStore {
             .iter()
             .map(|a| a as &(dyn postgres::types::ToSql + Sync))
             .collect();
-        let mut rows = self.client.query_raw(sql.as_str(), params).map_err(err)?;
+        let mut rows = self.live()?.query_raw(sql.as_str(), params).map_err(err)?;
         while let Some(row) =
             postgres::fallible_iterator::FallibleIterator::next(&mut rows).map_err(err)?
         {

@@ -260,6 +260,15 @@ impl Broker {
                     "the outbox cannot be read; try again later",
                 ))
             })?;
+        // A first call whose commit went through while its caller (or the
+        // broker) saw it fail left items its lanes were never handed: hand
+        // them over now (a lane skips items it already has).
+        let owed: Vec<Item> = items
+            .iter()
+            .filter(|i| i.state == State::Queued)
+            .cloned()
+            .collect();
+        drop(self.inner.outbox.submit(owed));
         let deliveries = items
             .into_iter()
             .map(|item| {

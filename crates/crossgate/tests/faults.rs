@@ -1,0 +1,373 @@
+//! The fault suite: the broker and two receiving adapters as separate
+//! processes over mutual TLS, 1,000 declarations published at 100/s by a
+//! publisher that repeats every call that got no OK — and, during the load,
+//! (a) a receiver's adapter down for 30 s, (b) the broker killed (SIGKILL)
+//! at a random moment and started again, (c) with
+//! CROSSGATE_TEST_DATABASE_URL set, the broker's PostgreSQL connections
+//! terminated by the server. Each counts, at the department systems (their
+//! inbox files), records lost and records seen twice — both must be 0 —
+//! and the audit log must verify.
+
+mod common;
+
+use common::{TempDir, config_copy, wait_for};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::{PublishRequest, Record};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RECORDS: u32 = 1000;
+const RECEIVERS: [&str; 2] = ["border-inspection", "commerce"];
+
+/// A deployment on free loopback ports, its processes and their files.
+struct Rig {
+    dir: TempDir,
+    broker_port: u16,
+    ports: HashMap<String, u16>,
+    store: String,
+    running: HashMap<String, Child>,
+}
+
+impl Rig {
+    fn new(name: &str, store: Option<String>) -> Rig {
+        let dir = TempDir::new(name);
+        let (broker_port, ports) = config_copy(&dir);
+        let store = store.unwrap_or_else(|| format!("sqlite:{}", dir.join("audit.db").display()));
+        std::fs::write(
+            dir.join("broker.toml"),
+            format!(
+                "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\n\
+                 [audit]\nstore = \"{store}\"\nwriter = \"{name}\"\n\
+                 [delivery]\nretry = [\"100ms\", \"300ms\", \"1s\"]\n",
+                dir.join("certs").display()
+            ),
+        )
+        .unwrap();
+        let made = crossgate(&dir, &["certs", "dev", "--config", ".", "--out", "certs"])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        Rig {
+            dir,
+            broker_port,
+            ports: ports.into_iter().collect(),
+            store,
+            running: HashMap::new(),
+        }
+    }
+
+    fn log(&self, who: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("{who}.log")))
+            .unwrap()
+    }
+
+    fn start_broker(&mut self) {
+        let child = crossgate(&self.dir, &["broker", "--config", "."])
+            .stderr(self.log("broker"))
+            .spawn()
+            .unwrap();
+        self.running.insert("broker".into(), child);
+        wait_for(self.broker_port);
+    }
+
+    fn start_adapter(&mut self, dept: &str) {
+        let inbox = format!("{dept}.inbox.jsonl");
+        let child = crossgate(
+            &self.dir,
+            &[
+                "adapter",
+                "--config",
+                ".",
+                "--department",
+                dept,
+                "--inbox",
+                &inbox,
+                "--state",
+                "state",
+            ],
+        )
+        .stderr(self.log(dept))
+        .spawn()
+        .unwrap();
+        self.running.insert(dept.into(), child);
+        wait_for(self.ports[dept]);
+    }
+
+    /// SIGTERM: the process drains and exits 0.
+    fn stop(&mut self, who: &str) {
+        let mut child = self.running.remove(who).unwrap();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "{who} stopped with {status}");
+    }
+
+    /// (distinct declarations, lines) each receiver's system got.
+    fn received(&self, dept: &str) -> (HashSet<String>, usize) {
+        let text = std::fs::read_to_string(self.dir.join(format!("{dept}.inbox.jsonl")))
+            .unwrap_or_default();
+        let mut ids = HashSet::new();
+        let mut lines = 0;
+        // Whole lines only: one may be half written right now.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        for line in whole.lines().filter(|l| !l.trim().is_empty()) {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            ids.insert(v["record"]["declaration_id"].as_str().unwrap().to_owned());
+            lines += 1;
+        }
+        (ids, lines)
+    }
+
+    /// Wait (at most 90 s) until every receiver has every record; then
+    /// neither lost nor doubled, and the log verifies.
+    fn check(&mut self) {
+        let until = Instant::now() + Duration::from_secs(90);
+        while RECEIVERS
+            .iter()
+            .any(|d| self.received(d).0.len() < RECORDS as usize)
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Anything still under way would show up as a repeat now.
+        std::thread::sleep(Duration::from_secs(1));
+        for dept in RECEIVERS {
+            let (ids, lines) = self.received(dept);
+            let lost = RECORDS as usize - ids.len();
+            let twice = lines - ids.len();
+            assert_eq!((lost, twice), (0, 0), "{dept}: lost, seen twice");
+        }
+        let verified = crossgate(&self.dir, &["audit", "verify", "--store", &self.store])
+            .stdout(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&verified.stdout);
+        assert_eq!(verified.status.code(), Some(0), "{said}");
+        assert!(said.contains("verified"), "{said}");
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        for child in self.running.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The crossgate binary, run in `dir`.
+fn crossgate(dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crossgate"));
+    c.args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+/// Customs' declarations as canonical records, each under its own entry number.
+fn declarations() -> Vec<Record> {
+    let mapping = crossgate_adapter::config::load_department(
+        &PathBuf::from(common::ROOT).join("deploy/local"),
+        "customs",
+        crossgate_testing::registry(),
+    )
+    .unwrap();
+    let native: serde_json::Value = serde_json::from_slice(&crossgate_testing::fixture_line(
+        "customs",
+        "declarations.valid.jsonl",
+        0,
+    ))
+    .unwrap();
+    (0..RECORDS)
+        .map(|n| {
+            let mut doc = native.clone();
+            doc["entryId"] = format!("5106{n:014}").into();
+            let mapped = mapping
+                .native("declarations")
+                .unwrap()
+                .inbound_owned(doc, crossgate_testing::registry())
+                .unwrap();
+            Record {
+                record_type: mapped.record_type,
+                record_id: format!("E{n}"),
+                json: serde_json::to_vec(&mapped.document).unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Publish every record at 100/s as customs; a call that gets no OK is
+/// made again (after 200 ms) until it does. Returns how many calls were repeats.
+async fn publish_all(rig: &Rig) -> u32 {
+    let tls = crossgate_tls::Bundle::load(&rig.dir.join("certs"), "customs").unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", rig.broker_port))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(1))
+            .tls_config(tls.client())
+            .unwrap()
+            .connect_lazy();
+    let retries = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut calls = Vec::new();
+    for record in declarations() {
+        tick.tick().await;
+        let mut client = BrokerClient::new(channel.clone());
+        let retries = retries.clone();
+        calls.push(tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(90);
+            loop {
+                let mut request = tonic::Request::new(PublishRequest {
+                    record: Some(record.clone()),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                match client.publish(request).await {
+                    Ok(_) => return,
+                    Err(status) => {
+                        assert!(Instant::now() < until, "no OK for 90 s: {status:?}");
+                        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    retries.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn start_all(rig: &mut Rig) {
+    rig.start_broker();
+    for dept in RECEIVERS {
+        rig.start_adapter(dept);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_30_seconds_under_load_gets_everything_once() {
+    let mut rig = Rig::new("faults_receiver_down", None);
+    start_all(&mut rig);
+    rig.stop("border-inspection");
+    let down = Instant::now();
+    publish_all(&rig).await;
+    // Commerce had every record at once; border inspection is owed them.
+    let listed = crossgate(
+        &rig.dir,
+        &[
+            "deliveries",
+            "--config",
+            ".",
+            "list",
+            "--receiver",
+            "border-inspection",
+            "--format",
+            "jsonl",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    assert_eq!(
+        listed.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let queued = String::from_utf8_lossy(&listed.stdout).lines().count();
+    assert!(queued >= 900, "{queued} queued for border inspection");
+    tokio::time::sleep(Duration::from_secs(30).saturating_sub(down.elapsed())).await;
+    rig.start_adapter("border-inspection");
+    rig.check();
+    // SIGTERM: the broker drains and exits 0.
+    rig.stop("broker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_killed_at_a_random_moment_loses_nothing_and_doubles_nothing() {
+    let mut rig = Rig::new("faults_broker_killed", None);
+    start_all(&mut rig);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let at = Duration::from_millis(1000 + u64::from(nanos % 7000));
+    eprintln!("killing the broker after {at:?}");
+    let mut broker = rig.running.remove("broker").unwrap();
+    let (dir, log) = (rig.dir.to_path_buf(), rig.log("broker"));
+    let killer = async move {
+        tokio::time::sleep(at).await;
+        broker.kill().unwrap();
+        broker.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        crossgate(&dir, &["broker", "--config", "."])
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    };
+    let (retries, restarted) = tokio::join!(publish_all(&rig), killer);
+    rig.running.insert("broker".into(), restarted);
+    assert!(
+        retries > 0,
+        "some calls got no OK while the broker was down"
+    );
+    rig.check();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_connections_terminated_under_load_lose_nothing() {
+    let Ok(url) = std::env::var("CROSSGATE_TEST_DATABASE_URL") else {
+        eprintln!("CROSSGATE_TEST_DATABASE_URL is not set: skipped");
+        return;
+    };
+    let schema = format!("faults_{}", std::process::id());
+    let app = format!("crossgate_faults_{}", std::process::id());
+    let sql = |statements: String| {
+        let url = url.clone();
+        tokio::task::block_in_place(move || {
+            let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            admin.batch_execute(&statements).unwrap();
+        })
+    };
+    sql(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+    ));
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let store = format!("{url}{sep}application_name={app}&options=-c%20search_path%3D{schema}");
+    let mut rig = Rig::new("faults_postgres", Some(store));
+    start_all(&mut rig);
+    let terminate = async {
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let app = app.clone();
+            let url = url.clone();
+            let killed = tokio::task::spawn_blocking(move || {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                c.query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                    &[&app],
+                )
+                .unwrap()
+                .len()
+            })
+            .await
+            .unwrap();
+            assert!(killed >= 1, "the broker's connection was there to kill");
+        }
+    };
+    tokio::join!(publish_all(&rig), terminate);
+    rig.check();
+    sql(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+}
