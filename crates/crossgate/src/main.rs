@@ -76,6 +76,8 @@ enum Command {
     Map(cmd::map::MapArgs),
     /// Run one department's adapter.
     Adapter(cmd::adapter::AdapterArgs),
+    /// Submit native records to a department's adapter, as its system would.
+    Submit(cmd::submit::SubmitArgs),
     /// The sharing catalog: check what it decides; reload it in the running broker.
     #[command(subcommand)]
     Policy(cmd::policy::PolicyCommand),
@@ -107,6 +109,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Certs(c) => cmd::certs::run(c),
         Command::Adapter(args) => on_runtime(cmd::adapter::run(args)),
+        Command::Submit(args) => on_runtime(cmd::submit::run(args)),
         Command::Broker(args) => on_runtime(cmd::broker::run(args)),
         Command::Limits(args) => on_runtime(cmd::limits::run(args)),
         Command::Deliveries(args) => on_runtime(cmd::deliveries::run(args)),

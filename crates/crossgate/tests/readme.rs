@@ -145,7 +145,35 @@ fn every_readme_command_runs() {
                         "`crossgate {command}` did not print {shown:?}:\n{printed}"
                     );
                 }
+                if args.starts_with(&["deliveries", "replay"]) {
+                    each_arrived_once(&project.join("border-inspection.jsonl"), 3);
+                }
             }
         }
     }
+}
+
+/// The receiver that was down has `count` records, each delivery once.
+fn each_arrived_once(inbox: &Path, count: usize) {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let read = || std::fs::read_to_string(inbox).unwrap_or_default();
+    while read().lines().count() < count && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let text = read();
+    let ids: std::collections::HashSet<String> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["delivery_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        (text.lines().count(), ids.len()),
+        (count, count),
+        "each declaration arrives once:\n{text}"
+    );
 }

@@ -83,9 +83,22 @@ fn print_table(items: &[Undelivered]) {
             i.state,
             i.attempts,
             i.created,
-            i.last_error.escape_debug()
+            printable(&i.last_error)
         );
     }
+}
+
+/// Control characters shown escaped, so one item is one line.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 fn json_line(i: &Undelivered) -> String {

@@ -9,6 +9,7 @@ pub mod limits;
 pub mod map;
 pub mod policy;
 pub mod schema;
+pub mod submit;
 pub mod up;
 
 /// Until Ctrl-C or SIGTERM: how a running server is asked to stop.
