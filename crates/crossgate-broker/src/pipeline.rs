@@ -1,9 +1,10 @@
 //! The broker's request path, one named step each, in the order every call
-//! takes them: authenticate → limit → validate → authorise → forward →
-//! finish (audit, then answer). Each step after authenticate returns
-//! `Result<_, Refusal>`; the handlers in `service.rs` are these steps in
-//! sequence and leave through `finish` (`outcome.rs`). Today deliveries are
-//! audited after they are forwarded (durable "record, then forward" is #9's).
+//! takes them: authenticate → limit → validate → authorise → (Publish:
+//! record) → forward → finish (audit, then answer). Each step after
+//! authenticate returns `Result<_, Refusal>`; the handlers in `service.rs`
+//! are these steps in sequence and leave through `finish` (`outcome.rs`). A
+//! Publish records its decision and its outbox items in one commit before
+//! anything is forwarded (`service.rs`, `outbox.rs`).
 
 use crate::approvals::Reservation;
 use crate::audit::{Decision, Entry, Kind};
