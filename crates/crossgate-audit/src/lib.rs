@@ -1,4 +1,5 @@
-//! The tamper-evident audit log.
+//! The broker's store: the tamper-evident audit log, and the outbox of
+//! deliveries the broker owes (see [`outbox`]), committed together.
 //!
 //! - Entries ([`Entry`]) say who asked for or received what, for which
 //!   purpose, under which grant, what was released, when — with a SHA-256

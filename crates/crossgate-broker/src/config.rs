@@ -28,6 +28,11 @@ pub struct BrokerConfig {
     /// and delivery attempts are recorded within it, e.g. `"10s"`.
     #[serde(default = "default_grace", with = "crossgate_config::duration")]
     pub shutdown_grace: Duration,
+    /// The first part of a stop: health says NOT_SERVING and new calls are
+    /// refused (UNAVAILABLE) while connections stay open, so probes and
+    /// load balancers notice, e.g. `"1s"`.
+    #[serde(default = "default_notice", with = "crossgate_config::duration")]
+    pub shutdown_notice: Duration,
     /// The audit log.
     #[serde(default)]
     pub audit: AuditConfig,
@@ -162,6 +167,9 @@ fn default_delivery() -> Duration {
 fn default_grace() -> Duration {
     Duration::from_secs(10)
 }
+fn default_notice() -> Duration {
+    Duration::from_secs(1)
+}
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -172,6 +180,7 @@ impl Default for BrokerConfig {
             default_deadline: default_deadline(),
             delivery_timeout: default_delivery(),
             shutdown_grace: default_grace(),
+            shutdown_notice: default_notice(),
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
         }

@@ -126,6 +126,8 @@ struct Inner {
     approval_uses: Arc<approvals::ApprovalUses>,
     next_request: AtomicU64,
     epoch: u64,
+    /// Set when a stop begins: new calls are refused while calls in flight finish.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl Broker {
@@ -155,6 +157,7 @@ impl Broker {
                 approval_uses: Arc::new(parts.approval_uses),
                 next_request: AtomicU64::new(1),
                 epoch,
+                draining: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -178,10 +181,12 @@ impl Broker {
 pub use crossgate_proto::standard::ServeError;
 
 /// Serve `Broker` over mutual TLS on `listener` until `shutdown`, with health
-/// checking and server reflection. Then drain: health reports NOT_SERVING,
-/// no new connections are taken, calls in flight finish and delivery
-/// attempts under way are recorded — within broker.toml's `shutdown_grace`;
-/// what is left then stays in the outbox for the next start.
+/// checking and server reflection. Then drain: health reports NOT_SERVING and
+/// new calls are refused with UNAVAILABLE for `shutdown_notice` (probes and
+/// load balancers see it; callers go elsewhere), then no new connections are
+/// taken, calls in flight finish and delivery attempts under way are
+/// recorded — all within `shutdown_grace`; what is left then stays in the
+/// outbox for the next start.
 pub async fn serve(
     broker: Broker,
     tls: crossgate_tls::Bundle,
@@ -195,6 +200,7 @@ pub async fn serve(
     let reflection = crossgate_proto::standard::reflection()?;
     let max = broker.inner.config.max_message_bytes;
     let grace = broker.inner.config.shutdown_grace;
+    let notice = broker.inner.config.shutdown_notice.min(grace);
     let auth = |role| pipeline::Authenticate {
         broker: broker.clone(),
         role,
@@ -202,9 +208,11 @@ pub async fn serve(
     let (fired, stopping) = tokio::sync::oneshot::channel();
     let draining = {
         let reporter = reporter.clone();
+        let broker = broker.clone();
         async move {
             shutdown.await;
             let _ = fired.send(tokio::time::Instant::now());
+            broker.inner.draining.store(true, Ordering::SeqCst);
             tracing::info!("draining: new calls are refused, calls in flight finish");
             reporter.set_not_serving::<BrokerServer<Broker>>().await;
             reporter.set_not_serving::<AdminServer<Broker>>().await;
@@ -212,6 +220,7 @@ pub async fn serve(
             reporter
                 .set_service_status("", crossgate_proto::standard::ServingStatus::NotServing)
                 .await;
+            tokio::time::sleep(notice).await;
         }
     };
     let server = Server::builder()

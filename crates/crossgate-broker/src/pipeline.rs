@@ -48,6 +48,16 @@ pub struct Authenticate {
 
 impl tonic::service::Interceptor for Authenticate {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if self
+            .broker
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(Status::unavailable(
+                "the broker is stopping; nothing was done; try again (another replica, or after its restart)",
+            ));
+        }
         let caller = self.broker.identify(&request, self.role)?;
         request.extensions_mut().insert(caller);
         Ok(request)

@@ -10,7 +10,7 @@ use crate::pipeline::{Call, deadline, entry};
 use crate::release::{released, screen};
 use crate::{Broker, Caller};
 use crossgate_audit::outbox::OnRepeat;
-use crossgate_policy::{Mode, Release, Role};
+use crossgate_policy::{Mode, ReferenceKey, Release, Role};
 use crossgate_proto::broker_server::Broker as BrokerService;
 use crossgate_proto::{
     DeliverRequest, Delivery, DeliveryOutcome, FetchRequest, FetchResponse, ListSchemasRequest,
@@ -117,7 +117,7 @@ impl Broker {
         let mut items = Vec::with_capacity(routes.len());
         for release in routes {
             let receiver = release.grant.consumer.clone();
-            let delivery_id = delivery_id(&caller.id, &key, &receiver);
+            let delivery_id = delivery_id(&self.inner.references, &caller.id, &key, &receiver);
             let deliver = DeliverRequest {
                 request_id: call.id.clone(),
                 provider: caller.id.clone(),
@@ -410,14 +410,11 @@ fn idempotency_key(given: &str, record: &Record, record_digest: &str) -> Result<
 }
 
 /// The same for every attempt and every repeat of one delivery: derived
-/// from the publisher, its key and the receiver.
-fn delivery_id(provider: &str, key: &str, receiver: &str) -> String {
-    let mut h = Sha256::new();
-    for part in [provider, key, receiver] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    crossgate_audit::entry::hex(&h.finalize()[..16])
+/// from the publisher, its key and the receiver under the broker's secret,
+/// so a receiver cannot test guesses of a publisher's key (which may name
+/// the provider's own record id) against the ids it is given.
+fn delivery_id(references: &ReferenceKey, provider: &str, key: &str, receiver: &str) -> String {
+    references.reference(receiver, provider, "delivery-id", key)
 }
 
 /// The request path runs in its own task: a client that hangs up mid-call

@@ -72,7 +72,10 @@ async fn start(departments: &[&str]) -> Run {
 
 /// Closed loop: every publisher publishes a new record as soon as its last
 /// one is answered, for `secs`; returns (publishes/s, p50, p99, delivered share).
-async fn load(client: &BrokerClient<tonic::transport::Channel>, secs: u64) -> (f64, Duration, Duration, f64) {
+async fn load(
+    client: &BrokerClient<tonic::transport::Channel>,
+    secs: u64,
+) -> (f64, Duration, Duration, f64) {
     let next = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(secs);
     let tasks: Vec<_> = (0..PUBLISHERS)
@@ -85,7 +88,11 @@ async fn load(client: &BrokerClient<tonic::transport::Channel>, secs: u64) -> (f
                 while Instant::now() < until {
                     let n = next.fetch_add(1, Ordering::Relaxed) + 1_000_000 * secs;
                     let started = Instant::now();
-                    let reply = client.publish(request(n)).await.expect("published").into_inner();
+                    let reply = client
+                        .publish(request(n))
+                        .await
+                        .expect("published")
+                        .into_inner();
                     latencies.push(started.elapsed());
                     deliveries += reply.deliveries.len() as u64;
                     delivered += reply

@@ -450,3 +450,73 @@ async fn a_publish_the_log_cannot_record_is_refused_and_reaches_nobody() {
         assert!(sys.systems[dept].received().is_empty(), "{dept}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_broker_reports_not_serving_and_finishes_the_calls_in_flight() {
+    use crossgate_proto::standard::health_pb::health_client::HealthClient;
+    use crossgate_proto::standard::health_pb::{HealthCheckRequest, health_check_response};
+    let (sys, _dir) = start(&["commerce"], "").await;
+    // Border inspection's address takes connections and never answers: a
+    // delivery there waits for its timeout, keeping the Publish in flight.
+    let addr = sys
+        .partners
+        .iter()
+        .find(|p| p.id == "border-inspection")
+        .and_then(|p| p.adapter.clone())
+        .unwrap();
+    let silent = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let channel = sys.channel(&sys.broker_addr, "customs").await.unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |r: tonic::Response<crossgate_proto::standard::health_pb::HealthCheckResponse>| {
+        r.into_inner().status
+    };
+    assert_eq!(
+        status(health.check(HealthCheckRequest::default()).await.unwrap()),
+        health_check_response::ServingStatus::Serving as i32
+    );
+    let declaration = r#"{"declaration_id": "440663864056399999", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}}"#;
+    let mut customs = BrokerClient::new(channel);
+    let mut late = customs.clone();
+    let in_flight = tokio::spawn(async move {
+        customs
+            .publish(PublishRequest {
+                record: Some(Record {
+                    record_type: "customs-declaration.v1".into(),
+                    record_id: "E-1".into(),
+                    json: declaration.as_bytes().to_vec(),
+                }),
+                ..Default::default()
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sys.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        status(health.check(HealthCheckRequest::default()).await.unwrap()),
+        health_check_response::ServingStatus::NotServing as i32,
+        "draining"
+    );
+    let refused = late.list_schemas(ListSchemasRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let reply = in_flight.await.unwrap().unwrap().into_inner();
+    let outcomes: HashMap<String, i32> = reply
+        .deliveries
+        .iter()
+        .map(|d| (d.receiver.clone(), d.outcome))
+        .collect();
+    assert_eq!(outcomes["commerce"], DeliveryOutcome::Delivered as i32);
+    assert_eq!(
+        outcomes["border-inspection"],
+        DeliveryOutcome::Queued as i32
+    );
+    tokio::time::timeout(Duration::from_secs(15), sys.stop())
+        .await
+        .expect("the broker stops within its grace period");
+}

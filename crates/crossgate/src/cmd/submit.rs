@@ -64,7 +64,11 @@ pub async fn run(args: SubmitArgs) -> CliResult {
         .map_err(|e| format!("cannot reach the adapter at {address}: {e}"))?;
     let mut ingress = IngressClient::new(channel);
     let mut refused = 0;
-    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let at = format!("{}:{}", args.file.display(), n + 1);
         let record = format!("record {}", n + 1);
         let reply = ingress
