@@ -61,7 +61,8 @@ impl Seen {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+             CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at)",
         )?;
         Ok(Seen {
             conn: Mutex::new(conn),
@@ -114,6 +115,19 @@ impl Seen {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+    }
+}
+
+/// A hand-over under way: `id` is released when this is dropped, however
+/// the hand-over ends.
+pub struct Handing {
+    pub seen: std::sync::Arc<Seen>,
+    pub id: String,
+}
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        self.seen.end(&self.id);
     }
 }
 

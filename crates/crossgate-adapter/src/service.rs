@@ -2,7 +2,7 @@
 //! towards the broker. Each call is map → validate → forward, in both
 //! directions.
 
-use crate::seen::Seen;
+use crate::seen::{Handing, Seen};
 use crossgate_mapping::{DepartmentMapping, MapFault, RecordMapping};
 use crossgate_proto::broker_client::BrokerClient;
 use crossgate_proto::department_server::Department;
@@ -356,9 +356,20 @@ impl Department for Adapter {
                 "delivery {id} is being handed over; try again"
             )));
         }
-        let result = self.deliver_once(&seen, req).await;
-        seen.end(&id);
-        result
+        let handing = Handing {
+            seen: seen.clone(),
+            id,
+        };
+        // In a task of its own: a broker that gives up on the call (its
+        // timeout) cancels its wait, not the hand-over and its record.
+        let adapter = self.clone();
+        tokio::spawn(async move {
+            let result = adapter.deliver_once(&handing.seen, req).await;
+            drop(handing);
+            result
+        })
+        .await
+        .map_err(|_| Status::internal("the delivery failed inside the adapter"))?
     }
 
     async fn fetch(

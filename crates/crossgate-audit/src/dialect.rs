@@ -124,7 +124,7 @@ CREATE TABLE IF NOT EXISTS audit_heads (
         }
         format!(
             "CREATE TABLE IF NOT EXISTS outbox (\n{}\n);
-CREATE INDEX IF NOT EXISTS outbox_receiver ON outbox (receiver, state);
+CREATE INDEX IF NOT EXISTS outbox_receiver ON outbox (receiver, state{});
 CREATE INDEX IF NOT EXISTS outbox_request ON outbox (request_id);
 CREATE TABLE IF NOT EXISTS publish_keys (
     provider TEXT NOT NULL,
@@ -134,7 +134,11 @@ CREATE TABLE IF NOT EXISTS publish_keys (
     created TEXT NOT NULL,
     PRIMARY KEY (provider, key)
 );",
-            columns.join(",\n")
+            columns.join(",\n"),
+            match self {
+                Dialect::Sqlite => "",
+                Dialect::Postgres => ", id",
+            }
         )
     }
 
@@ -142,15 +146,19 @@ CREATE TABLE IF NOT EXISTS publish_keys (
     pub(crate) fn outbox_op(self, op: &Op) -> Vec<(String, Vec<Param>)> {
         let p = |n| self.placeholder(n);
         if let Op::Prune { before } = op {
-            return ["outbox WHERE state = 'delivered' AND", "publish_keys WHERE"]
-                .into_iter()
-                .map(|table| {
-                    (
-                        format!("DELETE FROM {table} created < {}", p(1)),
-                        vec![Param::Text(before.clone())],
-                    )
-                })
-                .collect();
+            // A key goes only when nothing of its request is still owed.
+            return [
+                "outbox WHERE state = 'delivered' AND",
+                "publish_keys WHERE request_id NOT IN (SELECT request_id FROM outbox WHERE state <> 'delivered') AND",
+            ]
+            .into_iter()
+            .map(|table| {
+                (
+                    format!("DELETE FROM {table} created < {}", p(1)),
+                    vec![Param::Text(before.clone())],
+                )
+            })
+            .collect();
         }
         vec![self.outbox_change(op)]
     }

@@ -47,6 +47,10 @@ struct Chain {
     writer: String,
     sequence: u64,
     previous: [u8; 32],
+    /// False after a failed commit whose head could not be read back: the
+    /// chain in memory may be ahead of the store, so nothing is sealed
+    /// until the head is read again.
+    head_known: bool,
     batch: Vec<Stored>,
     ops: Vec<Op>,
     claims: Vec<Claim>,
@@ -59,6 +63,20 @@ impl Chain {
     /// Add one commit to the batch; a repeated claim writes its repeat
     /// entries and none of its changes.
     fn add(&mut self, commit: Commit, reply: Option<Reply>) {
+        if !self.head_known {
+            match self.store.head(&self.writer) {
+                Ok(head) => {
+                    (self.sequence, self.previous) = head.unwrap_or((0, [0; 32]));
+                    self.head_known = true;
+                }
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                    return;
+                }
+            }
+        }
         let mut outcome = Committed::Applied;
         let entries = match commit.claim {
             None => {
@@ -121,7 +139,7 @@ impl Chain {
             // The chain in memory ran ahead of the store: re-read its head.
             match self.store.head(&self.writer) {
                 Ok(head) => (self.sequence, self.previous) = head.unwrap_or((0, [0; 32])),
-                Err(_) => failed.store(true, Ordering::SeqCst),
+                Err(_) => self.head_known = false,
             }
         }
         failed.store(result.is_err(), Ordering::SeqCst);
@@ -156,6 +174,7 @@ impl Writer {
             writer: writer.clone(),
             sequence,
             previous,
+            head_known: true,
             batch: Vec::with_capacity(MAX_BATCH),
             ops: Vec::new(),
             claims: Vec::new(),

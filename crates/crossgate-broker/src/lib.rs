@@ -27,6 +27,7 @@ use crossgate_schema::Registry;
 use governor::clock as governor_clock;
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
@@ -132,10 +133,15 @@ struct Inner {
 
 impl Broker {
     pub fn new(parts: Parts) -> Self {
-        let epoch = std::time::SystemTime::now()
+        // Microseconds since 1970 and a random part: unique across restarts
+        // and replicas, not only within this process.
+        let micros = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
+            .map(|d| d.as_micros() as u64)
             .unwrap_or_default();
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u64(micros);
+        let epoch = micros ^ (random.finish() & 0xffff_ffff);
         Broker {
             inner: Arc::new(Inner {
                 config: parts.config,

@@ -23,12 +23,13 @@ use futures_util::stream::FuturesUnordered;
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tonic::Status;
+use tonic::{Code, Status};
 
 /// What a publisher hears of its delivery within its call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +45,8 @@ pub enum Attempt {
 enum Msg {
     New(Box<Pending>),
     /// Read undelivered items back from the store; `reset` ends a backoff
-    /// (an operator's replay: try now).
+    /// and takes the store's attempts and times for items already held (an
+    /// operator's replay: try now, the schedule starts over).
     Reload {
         reset: bool,
     },
@@ -64,10 +66,18 @@ impl Pending {
     }
 }
 
+/// One receiver's lane, as the broker sees it.
+struct LaneHandle {
+    tx: mpsc::Sender<Msg>,
+    /// New items did not fit the channel: they wait in the store, and the
+    /// lane reads them back when it has caught up.
+    overflow: Arc<AtomicBool>,
+}
+
 /// Every receiver's lane.
 #[derive(Clone)]
 pub struct Outbox {
-    lanes: Arc<HashMap<String, mpsc::UnboundedSender<Msg>>>,
+    lanes: Arc<HashMap<String, LaneHandle>>,
     stop: Arc<watch::Sender<bool>>,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
@@ -87,7 +97,8 @@ impl Outbox {
         let mut lanes = HashMap::new();
         let mut tasks = Vec::new();
         for receiver in receivers {
-            let (tx, rx) = mpsc::unbounded_channel();
+            let (tx, rx) = mpsc::channel(config.memory_items.get());
+            let overflow = Arc::new(AtomicBool::new(false));
             let lane = Lane {
                 receiver: receiver.clone(),
                 adapters: adapters.clone(),
@@ -97,14 +108,16 @@ impl Outbox {
                 queue: VecDeque::new(),
                 known: HashSet::new(),
                 busy: HashSet::new(),
+                purged: HashSet::new(),
                 failures: 0,
                 retry_at: None,
                 spilled: true,
+                overflow: overflow.clone(),
                 jitter: std::collections::hash_map::RandomState::new(),
                 draws: 0,
             };
             tasks.push(tokio::spawn(lane.run(rx, stopped.clone())));
-            lanes.insert(receiver, tx);
+            lanes.insert(receiver, LaneHandle { tx, overflow });
         }
         let outbox = Outbox {
             lanes: Arc::new(lanes),
@@ -122,17 +135,24 @@ impl Outbox {
             .into_iter()
             .map(|item| {
                 let (notify, wait) = oneshot::channel();
-                match self.lanes.get(&item.receiver) {
-                    Some(lane) => {
-                        let _ = lane.send(Msg::New(Box::new(Pending {
-                            item,
-                            notify: Some(notify),
-                        })));
-                    }
-                    None => {
-                        let _ = notify.send(Attempt::Queued(format!(
-                            "{} has no delivery lane",
-                            item.receiver
+                let receiver = item.receiver.clone();
+                let Some(lane) = self.lanes.get(&receiver) else {
+                    let _ =
+                        notify.send(Attempt::Queued(format!("{receiver} has no delivery lane")));
+                    return wait;
+                };
+                let pending = Box::new(Pending {
+                    item,
+                    notify: Some(notify),
+                });
+                if let Err(e) = lane.tx.try_send(Msg::New(pending)) {
+                    // The item is in the store; the lane reads it back.
+                    lane.overflow.store(true, Ordering::SeqCst);
+                    if let mpsc::error::TrySendError::Full(Msg::New(mut p))
+                    | mpsc::error::TrySendError::Closed(Msg::New(mut p)) = e
+                    {
+                        p.tell(Attempt::Queued(format!(
+                            "{receiver} has a backlog; delivered in order"
                         )));
                     }
                 }
@@ -145,15 +165,16 @@ impl Outbox {
     pub fn replayed(&self, receivers: &HashSet<String>) {
         for r in receivers {
             if let Some(lane) = self.lanes.get(r) {
-                let _ = lane.send(Msg::Reload { reset: true });
+                lane.overflow.store(true, Ordering::SeqCst);
+                let _ = lane.tx.try_send(Msg::Reload { reset: true });
             }
         }
     }
 
-    /// After an operator's purge: the lanes drop these items.
+    /// After an operator's purge: the lanes drop these items, in flight or not.
     pub fn purged(&self, receiver: &str, ids: Vec<String>) {
         if let Some(lane) = self.lanes.get(receiver) {
-            let _ = lane.send(Msg::Purged(ids));
+            let _ = lane.tx.try_send(Msg::Purged(ids));
         }
     }
 
@@ -174,7 +195,7 @@ impl Outbox {
         let mut stopped = self.stop.subscribe();
         tokio::spawn(async move {
             loop {
-                let before = rfc3339(chrono::Utc::now() - chrono_duration(keep));
+                let before = rfc3339(ago(keep));
                 let commit = Commit {
                     ops: vec![Op::Prune { before }],
                     ..Commit::default()
@@ -191,16 +212,37 @@ impl Outbox {
     }
 }
 
+/// `d` before now (the epoch when that is before it).
+pub(crate) fn ago(d: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| chrono::Utc::now().checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::UNIX_EPOCH)
+}
+
+/// `d` after `t` (far in the future when that overflows).
+fn after(t: chrono::DateTime<chrono::Utc>, d: Duration) -> chrono::DateTime<chrono::Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+}
+
 pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+/// The outcome of one attempt: a delivered item's result is already
+/// committed (`kept`); a failed one is the lane's to record.
+struct Sent {
+    pending: Pending,
+    result: Result<(), Status>,
+    kept: Result<(), crate::audit::StoreError>,
 }
 
-/// The outcome of one attempt.
-type Sent = (Pending, Result<(), Status>);
+/// How often an idle lane looks for items the store owes it that it was
+/// never handed (a commit that went through while it was reported failed).
+const SWEEP: Duration = Duration::from_secs(30);
 
 struct Lane {
     receiver: String,
@@ -214,11 +256,14 @@ struct Lane {
     known: HashSet<String>,
     /// Records with a version in flight.
     busy: HashSet<(String, String, String)>,
+    /// Ids an operator purged while they were in flight.
+    purged: HashSet<String>,
     /// Failed attempts in a row.
     failures: u32,
     retry_at: Option<Instant>,
     /// Items wait in the store that are not in memory.
     spilled: bool,
+    overflow: Arc<AtomicBool>,
     jitter: std::collections::hash_map::RandomState,
     draws: u64,
 }
@@ -231,32 +276,45 @@ fn record_key(item: &Item) -> (String, String, String) {
     )
 }
 
+/// Whether a failure says the receiver refuses this item for good (retrying
+/// cannot help: it is dead-lettered at once and the lane goes on) rather
+/// than that the receiver is unreachable or unwell (the lane backs off).
+fn refused_for_good(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange | Code::DataLoss
+    )
+}
+
 impl Lane {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut stop: watch::Receiver<bool>) {
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Sent>> = FuturesUnordered::new();
-        let mut stopping = *stop.borrow();
         loop {
+            let stopping = *stop.borrow();
             if stopping {
                 if in_flight.is_empty() {
                     return;
                 }
             } else {
-                if self.spilled && self.queue.is_empty() && in_flight.is_empty() {
-                    self.reload().await;
+                if self.queue.is_empty()
+                    && in_flight.is_empty()
+                    && (self.spilled || self.overflow.swap(false, Ordering::SeqCst))
+                {
+                    self.reload(false).await;
                 }
                 self.dispatch(&mut in_flight);
             }
             let backoff = self.retry_at;
+            let idle = self.queue.is_empty() && in_flight.is_empty();
             tokio::select! {
                 msg = rx.recv(), if !stopping => match msg {
                     Some(msg) => self.receive(msg).await,
-                    None => stopping = true,
+                    None => return,
                 },
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => self.finish(sent).await,
                 _ = sleep_until(backoff), if backoff.is_some() && !stopping => self.retry_at = None,
-                changed = stop.changed(), if !stopping => {
-                    stopping = changed.is_err() || *stop.borrow();
-                }
+                _ = tokio::time::sleep(SWEEP), if idle && !stopping => self.spilled = true,
+                _ = stop.changed(), if !stopping => {}
             }
         }
     }
@@ -286,12 +344,17 @@ impl Lane {
                     self.failures = 0;
                     self.retry_at = None;
                 }
-                self.reload().await;
+                self.reload(reset).await;
             }
             Msg::Purged(ids) => {
                 let ids: HashSet<String> = ids.into_iter().collect();
                 self.queue.retain(|p| !ids.contains(&p.item.delivery_id));
-                self.known.retain(|id| !ids.contains(id));
+                for id in ids {
+                    // One in flight is dropped when its attempt ends.
+                    if self.known.remove(&id) {
+                        self.purged.insert(id);
+                    }
+                }
             }
         }
     }
@@ -304,8 +367,10 @@ impl Lane {
         ))
     }
 
-    /// Read back what the store owes this receiver and memory lacks.
-    async fn reload(&mut self) {
+    /// Read back what the store owes this receiver and memory lacks; with
+    /// `refresh`, items already held take the store's attempts and times
+    /// (a replay restarted their schedule).
+    async fn reload(&mut self, refresh: bool) {
         let limit = self.config.memory_items.get();
         let filter = OutboxFilter {
             receiver: Some(self.receiver.clone()),
@@ -316,9 +381,18 @@ impl Lane {
         match self.journal.outbox(filter).await {
             Ok(items) => {
                 self.spilled = items.len() >= limit;
+                let mut fresh: HashMap<String, Item> = HashMap::new();
                 for item in items {
                     if self.known.insert(item.delivery_id.clone()) {
                         self.queue.push_back(Pending { item, notify: None });
+                    } else if refresh {
+                        fresh.insert(item.delivery_id.clone(), item);
+                    }
+                }
+                for p in &mut self.queue {
+                    if let Some(item) = fresh.remove(&p.item.delivery_id) {
+                        p.item.attempts = item.attempts;
+                        p.item.created = item.created;
                     }
                 }
             }
@@ -356,6 +430,7 @@ impl Lane {
             self.busy.insert(key);
             in_flight.push(Box::pin(send(
                 self.adapters.clone(),
+                self.journal.clone(),
                 self.receiver.clone(),
                 self.timeout,
                 pending,
@@ -363,73 +438,82 @@ impl Lane {
         }
     }
 
-    async fn finish(&mut self, (mut pending, result): Sent) {
+    async fn finish(&mut self, sent: Sent) {
+        let Sent {
+            mut pending,
+            result,
+            kept,
+        } = sent;
         self.busy.remove(&record_key(&pending.item));
+        let id = pending.item.delivery_id.clone();
+        let attempts = pending.item.attempts.saturating_add(1);
+        if self.purged.remove(&id) {
+            // Purged while in flight: its attempt is recorded (if it was
+            // delivered, in `send`), and it is not tried again.
+            pending.tell(Attempt::Queued("purged by an operator".into()));
+            return;
+        }
+        let status = match result {
+            Ok(()) => {
+                if let Err(e) = kept {
+                    // Delivered but not recorded: tried again (the receiver
+                    // acknowledges a repeat without passing it on).
+                    tracing::error!(receiver = %self.receiver, error = %e, "cannot record a delivery");
+                    pending.item.attempts = attempts;
+                    self.queue.push_front(pending);
+                    self.back_off();
+                    return;
+                }
+                self.known.remove(&id);
+                self.failures = 0;
+                return;
+            }
+            Err(status) => status,
+        };
+        // The receiver's own words stay at the broker: they may quote its records.
+        let error = format!("{}'s adapter answered {:?}", self.receiver, status.code());
         let now = chrono::Utc::now();
         let item = &pending.item;
-        let attempts = item.attempts.saturating_add(1);
-        let (op, decision, reason, told) = match &result {
-            Ok(()) => (
+        let give_up =
+            refused_for_good(status.code()) || created_age(item, now) >= self.config.give_up_after;
+        let (op, decision, reason, told) = if give_up {
+            (
                 Op::Update {
-                    delivery_id: item.delivery_id.clone(),
-                    state: State::Delivered,
+                    delivery_id: id.clone(),
+                    state: State::Dead,
                     attempts,
                     next_attempt: String::new(),
-                    last_error: String::new(),
+                    last_error: error.clone(),
                 },
-                Decision::Delivered,
+                Decision::Dead,
                 format!(
-                    "grant {}; delivery {} (attempt {attempts})",
-                    item.grant, item.delivery_id
+                    "grant {}; delivery {id} dead-lettered after {attempts} attempt(s): {error}",
+                    item.grant
                 ),
-                Attempt::Delivered,
-            ),
-            Err(status) => {
-                // The receiver's own words stay at the broker: they may
-                // quote its records.
-                let error = format!("{}'s adapter answered {:?}", self.receiver, status.code());
-                let age = created_age(item, now);
-                if age >= self.config.give_up_after {
-                    (
-                        Op::Update {
-                            delivery_id: item.delivery_id.clone(),
-                            state: State::Dead,
-                            attempts,
-                            next_attempt: String::new(),
-                            last_error: error.clone(),
-                        },
-                        Decision::Dead,
-                        format!(
-                            "grant {}; delivery {} dead-lettered after {attempts} attempts: {error}",
-                            item.grant, item.delivery_id
-                        ),
-                        Attempt::Dead(error),
-                    )
-                } else {
-                    self.back_off();
-                    let delay = self
-                        .retry_at
-                        .map(|t| t.saturating_duration_since(Instant::now()))
-                        .unwrap_or_default();
-                    (
-                        Op::Update {
-                            delivery_id: item.delivery_id.clone(),
-                            state: State::Queued,
-                            attempts,
-                            next_attempt: rfc3339(now + chrono_duration(delay)),
-                            last_error: error.clone(),
-                        },
-                        Decision::Failed,
-                        format!(
-                            "grant {}; delivery {} attempt {attempts}: {error}; next in {} ms",
-                            item.grant,
-                            item.delivery_id,
-                            delay.as_millis()
-                        ),
-                        Attempt::Queued(error),
-                    )
-                }
-            }
+                Attempt::Dead(error),
+            )
+        } else {
+            self.back_off();
+            let delay = self
+                .retry_at
+                .map(|t| t.saturating_duration_since(Instant::now()))
+                .unwrap_or_default();
+            (
+                Op::Update {
+                    delivery_id: id.clone(),
+                    state: State::Queued,
+                    attempts,
+                    next_attempt: rfc3339(after(now, delay)),
+                    last_error: error.clone(),
+                },
+                Decision::Failed,
+                format!(
+                    "grant {}; delivery {id} attempt {attempts}: {error}; next in {} ms",
+                    item.grant,
+                    delay.as_millis()
+                ),
+                Attempt::Queued(error),
+            )
         };
         let commit = Commit {
             entries: vec![delivery_entry(item, decision, reason)],
@@ -438,18 +522,13 @@ impl Lane {
         };
         let kept = self.journal.commit(commit).await;
         pending.tell(told.clone());
-        match (result, kept) {
-            (Ok(()), Ok(_)) => {
-                self.known.remove(&pending.item.delivery_id);
-                self.failures = 0;
+        match kept {
+            Ok(_) if matches!(told, Attempt::Dead(_)) => {
+                self.known.remove(&id);
+                tracing::warn!(receiver = %self.receiver, delivery = %id, "dead-lettered");
             }
-            (_, Ok(_)) if matches!(told, Attempt::Dead(_)) => {
-                self.known.remove(&pending.item.delivery_id);
-                tracing::warn!(receiver = %self.receiver, delivery = %pending.item.delivery_id, "dead-lettered");
-            }
-            (_, kept) => {
+            kept => {
                 if let Err(e) = kept {
-                    // Not recorded: tried again (the receiver dedupes by id).
                     tracing::error!(receiver = %self.receiver, error = %e, "cannot record a delivery attempt");
                 }
                 pending.item.attempts = attempts;
@@ -471,7 +550,11 @@ impl Lane {
         }
         self.failures = self.failures.saturating_add(1);
         let delay = self.delay(self.failures);
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry_at = Some(
+            Instant::now()
+                .checked_add(delay)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 3600)),
+        );
     }
 
     /// The wait after `failures` failures in a row, spread by ±20 %.
@@ -486,7 +569,8 @@ impl Lane {
         let mut h = self.jitter.build_hasher();
         h.write_u64(self.draws);
         let spread = (h.finish() % 4001) as f64 / 10_000.0; // 0.0 ..= 0.4
-        base.mul_f64(0.8 + spread)
+        Duration::try_from_secs_f64(base.as_secs_f64() * (0.8 + spread))
+            .unwrap_or(Duration::from_secs(24 * 3600))
     }
 }
 
@@ -505,8 +589,16 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// One attempt, bounded by `timeout`.
-async fn send(adapters: Adapters, receiver: String, timeout: Duration, pending: Pending) -> Sent {
+/// One attempt, bounded by `timeout`. A delivered item is recorded here,
+/// so that lanes' records of their deliveries share commits; the publisher
+/// hears of the delivery first (the receiver has it either way).
+async fn send(
+    adapters: Adapters,
+    journal: Arc<dyn AuditSink>,
+    receiver: String,
+    timeout: Duration,
+    mut pending: Pending,
+) -> Sent {
     let result = match DeliverRequest::decode(pending.item.payload.as_slice()) {
         Ok(request) => match adapters.get(&receiver) {
             Ok(mut client) => {
@@ -521,7 +613,38 @@ async fn send(adapters: Adapters, receiver: String, timeout: Duration, pending: 
         },
         Err(_) => Err(Status::data_loss("the stored delivery cannot be read")),
     };
-    (pending, result)
+    let kept = match &result {
+        Ok(()) => {
+            pending.tell(Attempt::Delivered);
+            let item = &pending.item;
+            let attempts = item.attempts.saturating_add(1);
+            let commit = Commit {
+                entries: vec![delivery_entry(
+                    item,
+                    Decision::Delivered,
+                    format!(
+                        "grant {}; delivery {} (attempt {attempts})",
+                        item.grant, item.delivery_id
+                    ),
+                )],
+                ops: vec![Op::Update {
+                    delivery_id: item.delivery_id.clone(),
+                    state: State::Delivered,
+                    attempts,
+                    next_attempt: String::new(),
+                    last_error: String::new(),
+                }],
+                claim: None,
+            };
+            journal.commit(commit).await.map(|_| ())
+        }
+        Err(_) => Ok(()),
+    };
+    Sent {
+        pending,
+        result,
+        kept,
+    }
 }
 
 /// The entry recording one attempt at one delivery.

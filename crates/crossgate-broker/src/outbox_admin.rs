@@ -4,7 +4,7 @@
 //! sees a record's contents.
 
 use crate::audit::{Commit, Decision, Item, Kind, Op, OutboxFilter, State};
-use crate::outbox::rfc3339;
+use crate::outbox::{ago, rfc3339};
 use crate::pipeline::entry;
 use crate::{Broker, Caller};
 use crossgate_proto::{
@@ -54,14 +54,8 @@ impl Broker {
                 )));
             }
         };
-        let before = (req.min_age_seconds > 0).then(|| {
-            let age = chrono::Duration::seconds(
-                i64::try_from(req.min_age_seconds)
-                    .unwrap_or(i64::MAX / 1000)
-                    .min(i64::MAX / 1000),
-            );
-            rfc3339(chrono::Utc::now() - age)
-        });
+        let before = (req.min_age_seconds > 0)
+            .then(|| rfc3339(ago(std::time::Duration::from_secs(req.min_age_seconds))));
         let limit = match req.limit as usize {
             0 => 1000,
             n => n.min(MAX_LISTED),
@@ -79,7 +73,6 @@ impl Broker {
         let call = self.admin_call();
         let mut e = entry(Kind::Admin, Decision::Allowed);
         e.consumer = operator.id.clone();
-        e.provider = req.receiver.clone();
         e.reason = format!(
             "listed {} undelivered item(s) (receiver {:?}, state {:?}) for {}",
             items.len(),

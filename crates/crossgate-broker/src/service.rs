@@ -81,7 +81,9 @@ impl Broker {
                     "the audit log cannot be written; nothing was accepted; try again later",
                 )))
             }
-            Ok(Committed::Repeat(prior)) => self.repeated(prior, &entry.record_digest).await,
+            Ok(Committed::Repeat(prior)) => {
+                self.repeated(caller, prior, &entry.record_digest).await
+            }
             Ok(Committed::Applied) => Ok(Answer {
                 reply: PublishResponse {
                     request_id: call.id.clone(),
@@ -237,6 +239,7 @@ impl Broker {
     /// refusal when the key was used for a different record.
     async fn repeated(
         &self,
+        caller: &Caller,
         prior: Prior,
         digest: &str,
     ) -> Result<Answer<PublishResponse>, Refusal> {
@@ -260,6 +263,12 @@ impl Broker {
                     "the outbox cannot be read; try again later",
                 ))
             })?;
+        // Only the caller's own items (request ids are unique, but a
+        // publisher never sees another's deliveries, whatever happens).
+        let items: Vec<Item> = items
+            .into_iter()
+            .filter(|i| i.provider == caller.id)
+            .collect();
         // A first call whose commit went through while its caller (or the
         // broker) saw it fail left items its lanes were never handed: hand
         // them over now (a lane skips items it already has).
@@ -272,16 +281,20 @@ impl Broker {
         let deliveries = items
             .into_iter()
             .map(|item| {
-                let outcome = match item.state {
-                    State::Delivered => DeliveryOutcome::Delivered,
-                    State::Queued => DeliveryOutcome::Queued,
-                    State::Dead => DeliveryOutcome::Failed,
+                // A fixed detail: the stored error may name an operator.
+                let (outcome, detail) = match item.state {
+                    State::Delivered => (DeliveryOutcome::Delivered, ""),
+                    State::Queued => (DeliveryOutcome::Queued, "owed to the receiver; retried"),
+                    State::Dead => (
+                        DeliveryOutcome::Failed,
+                        "given up after the retry schedule; kept for an operator",
+                    ),
                 };
                 Delivery {
                     receiver: item.receiver,
                     outcome: outcome as i32,
                     released_fields: item.released_fields,
-                    detail: item.last_error,
+                    detail: detail.into(),
                     delivery_id: item.delivery_id,
                 }
             })

@@ -106,7 +106,7 @@ fn entries(sys: &LocalSystem) -> Vec<crossgate_broker::audit::Entry> {
 async fn a_receiver_that_is_down_gets_each_record_once_and_in_order_when_it_returns() {
     let (mut sys, _dir) = start(
         &["customs", "commerce"],
-        r#"retry = ["50ms", "100ms", "200ms"]"#,
+        "retry = [\"50ms\", \"100ms\", \"200ms\"]\n# one at a time: strictly in the order published\nconcurrency = 1",
     )
     .await;
     let mut first_replies = Vec::new();
