@@ -51,7 +51,10 @@ pub async fn serve_tls(
         .add_service(reflection)
         .add_service(IngressServer::new(adapter.clone()))
         .add_service(DepartmentServer::new(adapter))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
@@ -64,7 +67,10 @@ pub async fn serve_system(
 ) -> Result<(), tonic::transport::Error> {
     Server::builder()
         .add_service(DepartmentSystemServer::new(system))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
 

@@ -247,7 +247,10 @@ pub async fn serve(
                 .max_encoding_message_size(max),
             auth(Role::Partner),
         ))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), draining);
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            draining,
+        );
     let (since_tx, since) = tokio::sync::watch::channel(None);
     let overdue = async move {
         if let Ok(at) = stopping.await {

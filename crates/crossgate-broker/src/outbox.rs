@@ -22,7 +22,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -255,7 +255,7 @@ struct Lane {
     /// Ids waiting or in flight.
     known: HashSet<String>,
     /// Records with a version in flight.
-    busy: HashSet<(String, String, String)>,
+    busy: HashSet<u64>,
     /// Ids an operator purged while they were in flight.
     purged: HashSet<String>,
     /// Failed attempts in a row.
@@ -268,13 +268,17 @@ struct Lane {
     draws: u64,
 }
 
-fn record_key(item: &Item) -> (String, String, String) {
-    (
-        item.provider.clone(),
-        item.record_type.clone(),
-        item.record_id.clone(),
-    )
+/// Which record an item is a version of (a hash: two records sharing one
+/// only wait for each other).
+fn record_key(item: &Item) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    (&item.provider, &item.record_type, &item.record_id).hash(&mut h);
+    h.finish()
 }
+
+/// An attempt under way: its delivery id, its record, and how it went
+/// (`None`: the attempt's task failed; the item is read back from the store).
+type Flight = (String, u64, Option<Sent>);
 
 /// Whether a failure says the receiver refuses this item for good (retrying
 /// cannot help: it is dead-lettered at once and the lane goes on) rather
@@ -288,7 +292,7 @@ fn refused_for_good(code: Code) -> bool {
 
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut stop: watch::Receiver<bool>) {
-        let mut in_flight: FuturesUnordered<BoxFuture<'static, Sent>> = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Flight>> = FuturesUnordered::new();
         loop {
             let stopping = *stop.borrow();
             if stopping {
@@ -406,7 +410,7 @@ impl Lane {
 
     /// Start attempts: up to `concurrency` normally, one (the oldest) while
     /// backing off; never two versions of one record at once.
-    fn dispatch(&mut self, in_flight: &mut FuturesUnordered<BoxFuture<'static, Sent>>) {
+    fn dispatch(&mut self, in_flight: &mut FuturesUnordered<BoxFuture<'static, Flight>>) {
         if self.retry_at.is_some() {
             return;
         }
@@ -428,24 +432,34 @@ impl Lane {
                 break;
             };
             self.busy.insert(key);
-            in_flight.push(Box::pin(send(
+            let id = pending.item.delivery_id.clone();
+            // Each attempt is a task of its own, so a lane's attempts spread
+            // over the runtime's threads; the lane only keeps the books.
+            let attempt = tokio::spawn(send(
                 self.adapters.clone(),
                 self.journal.clone(),
                 self.receiver.clone(),
                 self.timeout,
                 pending,
-            )));
+            ));
+            in_flight.push(Box::pin(async move { (id, key, attempt.await.ok()) }));
         }
     }
 
-    async fn finish(&mut self, sent: Sent) {
-        let Sent {
+    async fn finish(&mut self, (id, key, sent): Flight) {
+        self.busy.remove(&key);
+        let Some(Sent {
             mut pending,
             result,
             kept,
-        } = sent;
-        self.busy.remove(&record_key(&pending.item));
-        let id = pending.item.delivery_id.clone();
+        }) = sent
+        else {
+            tracing::error!(receiver = %self.receiver, delivery = %id, "a delivery attempt failed inside the broker; read back from the store");
+            self.known.remove(&id);
+            self.purged.remove(&id);
+            self.spilled = true;
+            return;
+        };
         let attempts = pending.item.attempts.saturating_add(1);
         if self.purged.remove(&id) {
             // Purged while in flight: its attempt is recorded (if it was

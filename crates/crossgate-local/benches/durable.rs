@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 const DECLARATION: &str = r#"{"declaration_id": "ID", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}, {"line": 2, "hs_code": "3307799606", "description": "yak wool", "quantity": 108, "unit": "item", "value": {"amount": 94870.91, "currency": "CNY"}}]}"#;
 
-const PUBLISHERS: usize = 64;
+fn publishers() -> usize {
+    env("PUBLISHERS", 64) as usize
+}
 
 fn request(n: u64) -> PublishRequest {
     let id = format!("{:018}", 100_000_000_000_000_000 + n);
@@ -51,13 +53,25 @@ async fn start(departments: &[&str]) -> Run {
     crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &config);
     let toml = config.join("broker.toml");
     let text = std::fs::read_to_string(&toml).expect("broker.toml");
-    std::fs::write(&toml, format!("{text}\n[delivery]\nretry = [\"100ms\"]\n")).expect("write");
+    std::fs::write(
+        &toml,
+        format!(
+            "{text}\n[delivery]\nretry = [\"100ms\"]\nconcurrency = {}\n",
+            env("CONCURRENCY", 16)
+        ),
+    )
+    .expect("write");
     let mut opts = Options::project_defaults();
     opts.config = config;
     opts.departments = Some(departments.iter().map(|d| d.to_string()).collect());
     opts.limiter = Some(Arc::new(crossgate_broker::Unlimited));
-    opts.audit_store = Some(format!("sqlite:{}", dir.join("audit.db").display()));
-    opts.adapter_state = Some(dir.join("adapters"));
+    // MEMORY=1: the same run on an in-memory log and outbox, to see what durability costs.
+    if std::env::var("MEMORY").is_err() {
+        opts.audit_store = Some(format!("sqlite:{}", dir.join("audit.db").display()));
+    }
+    if std::env::var("MEMORY").is_err() {
+        opts.adapter_state = Some(dir.join("adapters"));
+    }
     let system = LocalSystem::start(opts).await.expect("local system starts");
     let channel = system
         .channel(&system.broker_addr, "customs")
@@ -78,7 +92,7 @@ async fn load(
 ) -> (f64, Duration, Duration, f64) {
     let next = Arc::new(AtomicU64::new(0));
     let until = Instant::now() + Duration::from_secs(secs);
-    let tasks: Vec<_> = (0..PUBLISHERS)
+    let tasks: Vec<_> = (0..publishers())
         .map(|_| {
             let mut client = client.clone();
             let next = next.clone();
@@ -139,7 +153,8 @@ fn main() {
         load(&run.client, 1).await; // warm-up
         let (rate, p50, p99, delivered) = load(&run.client, secs).await;
         println!(
-            "publish to two receivers, durable outbox, {PUBLISHERS} publishers: {rate:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} % delivered within the call",
+            "publish to two receivers, durable outbox, {} publishers: {rate:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} % delivered within the call",
+            publishers(),
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
             delivered * 100.0
@@ -150,7 +165,7 @@ fn main() {
         let mut run = start(&["commerce"]).await;
         let mut client = run.client.clone();
         let mut waits = Vec::new();
-        for chunk in (0..backlog).collect::<Vec<_>>().chunks(PUBLISHERS) {
+        for chunk in (0..backlog).collect::<Vec<_>>().chunks(publishers()) {
             for &n in chunk {
                 let mut c = client.clone();
                 waits.push(tokio::spawn(async move { c.publish(request(n)).await.expect("published") }));
