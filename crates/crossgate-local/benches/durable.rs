@@ -7,7 +7,8 @@
 //! it, each publishing declarations under fresh entry numbers (every call a
 //! new record: two outbox items, two deliveries, five audit entries).
 //! `SECS` (default 5) sets the measuring time, `BACKLOG` (default 5000) the
-//! backlog size.
+//! backlog size, `PUBLISHERS` (64) the publishers, `CONCURRENCY` (16) the
+//! lanes' window; `MEMORY=1` runs the same on an in-memory log and outbox.
 
 use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::broker_client::BrokerClient;
@@ -153,7 +154,12 @@ fn main() {
         load(&run.client, 1).await; // warm-up
         let (rate, p50, p99, delivered) = load(&run.client, secs).await;
         println!(
-            "publish to two receivers, durable outbox, {} publishers: {rate:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} % delivered within the call",
+            "publish to two receivers, {}, {} publishers: {rate:.0} publishes/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} % delivered within the call",
+            if std::env::var("MEMORY").is_ok() {
+                "log and outbox in memory"
+            } else {
+                "durable outbox (SQLite)"
+            },
             publishers(),
             p50.as_secs_f64() * 1e3,
             p99.as_secs_f64() * 1e3,
