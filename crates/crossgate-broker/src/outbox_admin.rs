@@ -169,12 +169,13 @@ impl Broker {
     async fn act(
         &self,
         operator: &Caller,
+        action: &str,
         items: &[Item],
         op: impl Fn(&Item) -> Op,
         reason: impl Fn(&Item) -> String,
     ) -> Result<(), Status> {
         let call = self.admin_call();
-        let entries = items
+        let mut entries: Vec<_> = items
             .iter()
             .map(|i| {
                 let mut e = entry(Kind::Admin, Decision::Changed);
@@ -188,6 +189,14 @@ impl Broker {
                 e
             })
             .collect();
+        if entries.is_empty() {
+            // An action that touched nothing is recorded too.
+            let mut e = entry(Kind::Admin, Decision::Changed);
+            e.request_id = call.id.clone();
+            e.consumer = operator.id.clone();
+            e.reason = format!("{action} by {}: no undelivered item matched", operator.id);
+            entries.push(e);
+        }
         let commit = Commit {
             entries,
             ops: items.iter().map(op).collect(),
@@ -214,6 +223,7 @@ impl Broker {
         let note = format!("replayed by {}", operator.id);
         self.act(
             operator,
+            "replay",
             &items,
             |i| Op::Requeue {
                 delivery_id: i.delivery_id.clone(),
@@ -260,6 +270,7 @@ impl Broker {
         let items = self.chosen(&req.delivery_ids, &req.receiver, "").await?;
         self.act(
             operator,
+            "purge",
             &items,
             |i| Op::Purge {
                 delivery_id: i.delivery_id.clone(),
