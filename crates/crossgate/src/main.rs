@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod output;
 mod input;
 
 use clap::{Parser, Subcommand};

@@ -82,13 +82,7 @@ pub struct FilterArgs {
     decision: Option<String>,
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
-    }
-}
+use crate::output::{csv_cell, printable};
 
 impl FilterArgs {
     fn to_filter(&self) -> Filter {
@@ -359,16 +353,17 @@ fn entry_line(format: Format, s: &Stored) -> String {
     let e = &s.entry;
     match format {
         Format::Jsonl => s.to_json_line(),
+        // Every field a partner could have written is escaped.
         Format::Table => format!(
             "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} {}",
-            e.time,
+            printable(&e.time),
             e.kind,
-            e.consumer,
-            e.provider,
-            e.record_type,
-            e.purpose,
+            printable(&e.consumer),
+            printable(&e.provider),
+            printable(&e.record_type),
+            printable(&e.purpose),
             e.decision.as_str(),
-            e.released_fields.join(" ")
+            printable(&e.released_fields.join(" "))
         ),
         Format::Csv => [
             e.time.clone(),
@@ -387,7 +382,7 @@ fn entry_line(format: Format, s: &Stored) -> String {
             e.record_digest.clone(),
         ]
         .iter()
-        .map(|f| csv_field(f))
+        .map(|f| csv_cell(f))
         .collect::<Vec<_>>()
         .join(","),
     }

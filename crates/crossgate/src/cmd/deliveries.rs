@@ -2,6 +2,7 @@
 //! receivers, through its `Admin` service (operator role). Every action is
 //! audited by the broker.
 
+use crate::output::printable;
 use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, Subcommand};
 use crossgate_proto::admin_client::AdminClient;
@@ -86,19 +87,6 @@ fn print_table(items: &[Undelivered]) {
             printable(&i.last_error)
         );
     }
-}
-
-/// Control characters shown escaped, so one item is one line.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 fn json_line(i: &Undelivered) -> String {
