@@ -336,6 +336,35 @@ async fn clients_without_a_good_certificate_are_refused() {
         };
         assert!(result.is_err(), "{name}: a call went through");
     }
+    // A certificate of the deployment's own CA naming two parties (an
+    // operator and a partner): it names nobody, not the first of them.
+    let (cert_pem, key_pem) = ca
+        .issue_naming(&["operations", "education"], 1, 30)
+        .unwrap();
+    let two = Bundle {
+        cert_pem,
+        key_pem,
+        ca_pem: ca.pem().to_owned(),
+    };
+    let channel = Endpoint::from_shared(format!("https://{}", sys.broker_addr))
+        .unwrap()
+        .tls_config(two.client())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for status in [
+        BrokerClient::new(channel.clone())
+            .list_schemas(ListSchemasRequest {})
+            .await
+            .unwrap_err(),
+        crossgate_proto::admin_client::AdminClient::new(channel)
+            .list_limits(ListLimitsRequest {})
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
     // A known CA but an identity not in partners.toml.
     let mut stranger = broker_as(&sys, "stranger").await;
     assert_eq!(

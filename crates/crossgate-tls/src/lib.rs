@@ -146,22 +146,35 @@ impl DevCa {
         days_before: i64,
         days_after: i64,
     ) -> Result<(String, String), TlsError> {
-        if id.is_empty()
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        {
-            return Err(TlsError::BadId(id.to_owned()));
-        }
+        self.issue_naming(&[id], days_before, days_after)
+    }
+
+    /// A certificate naming every one of `ids` (tests: parties must refuse
+    /// a certificate with more than one crossgate identity).
+    pub fn issue_naming(
+        &self,
+        ids: &[&str],
+        days_before: i64,
+        days_after: i64,
+    ) -> Result<(String, String), TlsError> {
         let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
         params
             .subject_alt_names
             .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
-        params
-            .subject_alt_names
-            .push(SanType::URI(format!("{IDENTITY_PREFIX}{id}").try_into()?));
+        for id in ids {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(TlsError::BadId((*id).to_owned()));
+            }
+            params
+                .subject_alt_names
+                .push(SanType::URI(format!("{IDENTITY_PREFIX}{id}").try_into()?));
+        }
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, id);
+        dn.push(DnType::CommonName, ids.join(","));
         params.distinguished_name = dn;
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ClientAuth,
@@ -265,17 +278,26 @@ impl Bundle {
 }
 
 /// The party id named by a verified peer certificate chain (leaf first), or
-/// `None` when there is no certificate or it names no crossgate party.
+/// `None` when there is no certificate, or it names no crossgate party, or
+/// more than one.
 pub fn peer_identity(chain: &[tonic::transport::CertificateDer<'_>]) -> Option<String> {
     let leaf = chain.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
     let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => {
-            uri.strip_prefix(IDENTITY_PREFIX).map(str::to_owned)
-        }
-        _ => None,
-    })
+    let mut ids = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(IDENTITY_PREFIX),
+            _ => None,
+        });
+    let id = ids.next()?;
+    // A certificate naming two parties names none: no first-one-wins.
+    if ids.next().is_some() {
+        return None;
+    }
+    Some(id.to_owned())
 }
 
 #[cfg(test)]
@@ -293,6 +315,16 @@ mod tests {
         let chain = [tonic::transport::CertificateDer::from(der)];
         assert_eq!(peer_identity(&chain).as_deref(), Some("education"));
         assert_eq!(peer_identity(&[]), None);
+        let (two, _key) = ca.issue_naming(&["education", "broker"], 1, 30).unwrap();
+        let der = x509_parser::pem::parse_x509_pem(two.as_bytes())
+            .unwrap()
+            .1
+            .contents;
+        assert_eq!(
+            peer_identity(&[tonic::transport::CertificateDer::from(der)]),
+            None,
+            "a certificate with two crossgate identities names nobody"
+        );
         assert!(matches!(ca.issue("Bad Id", 1, 1), Err(TlsError::BadId(_))));
     }
 
