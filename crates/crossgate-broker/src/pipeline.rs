@@ -109,6 +109,26 @@ impl Broker {
             .map_err(Refusal::Throttled)
     }
 
+    /// Step 3a — bounds: what a caller writes into fields the audit log
+    /// keeps is checked first, so that no entry grows with a caller's text.
+    /// The refusal says how long, never what.
+    pub(crate) fn bounds(&self, fields: &[(&str, &str, usize)]) -> Result<(), Refusal> {
+        for (name, value, max) in fields {
+            if value.len() > *max {
+                return Err(Refusal::invalid(format!(
+                    "{name} is {} bytes; at most {max}",
+                    value.len()
+                )));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(Refusal::invalid(format!(
+                    "{name} holds a control character; write it without"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Step 3 — validate: the record against its schema, every fault at once.
     /// The sender hears every fault with its values; the log keeps them
     /// without.
@@ -209,16 +229,45 @@ fn today(policy: &Policy) -> chrono::NaiveDate {
 /// `INVALID_ARGUMENT` for the party that sent the record: every fault, with
 /// its values (they are the sender's own).
 pub(crate) fn invalid(record_type: &str, rejection: &Rejection) -> Status {
-    let violations: Vec<FieldViolation> = rejection
-        .faults()
+    let faults = rejection.faults();
+    let total = faults.len();
+    let mut violations: Vec<FieldViolation> = faults
         .into_iter()
-        .map(|f| FieldViolation::new(f.path, f.message))
+        .take(MAX_VIOLATIONS)
+        .map(|f| FieldViolation::new(bounded(&f.path), bounded(&f.message)))
         .collect();
+    if total > MAX_VIOLATIONS {
+        violations.push(FieldViolation::new(
+            "",
+            format!("… and {} more faults", total - MAX_VIOLATIONS),
+        ));
+    }
     Status::with_error_details(
         Code::InvalidArgument,
         format!("{record_type} record rejected: {rejection}"),
         ErrorDetails::with_bad_request(violations),
     )
+}
+
+/// The longest record id or approval reference a caller may send.
+pub(crate) const MAX_ID: usize = 128;
+/// The longest provider, record type or purpose.
+pub(crate) const MAX_NAME: usize = 64;
+/// The most criteria of a query, and the longest path and value of one.
+pub(crate) const MAX_CRITERIA: usize = 8;
+pub(crate) const MAX_CRITERION: usize = 256;
+
+/// The most faults one `BadRequest` lists (the rest are counted).
+const MAX_VIOLATIONS: usize = 100;
+/// The longest path or message of one listed fault, in characters.
+const MAX_FAULT_TEXT: usize = 300;
+
+/// `text`, cut to [`MAX_FAULT_TEXT`] characters (a fault may quote a huge value).
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_FAULT_TEXT) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
 }
 
 /// The caller's deadline from the `grpc-timeout` header, capped by the default.

@@ -6,7 +6,7 @@ use crate::audit::{
 };
 use crate::outbox::{Attempt, rfc3339};
 use crate::outcome::{Answer, Refusal};
-use crate::pipeline::{Call, deadline, entry};
+use crate::pipeline::{Call, MAX_CRITERIA, MAX_CRITERION, MAX_ID, MAX_NAME, deadline, entry};
 use crate::release::{released, screen};
 use crate::{Broker, Caller};
 use crossgate_audit::outbox::OnRepeat;
@@ -66,6 +66,10 @@ impl Broker {
         let record = request
             .record
             .ok_or_else(|| Refusal::invalid("record is required"))?;
+        self.bounds(&[
+            ("record_type", &record.record_type, MAX_NAME),
+            ("record_id", &record.record_id, MAX_ID),
+        ])?;
         entry.record_type = record.record_type.clone();
         entry.record_id = record.record_id.clone();
         entry.record_digest = digest(&record.json);
@@ -335,6 +339,24 @@ impl Broker {
         entry: &mut Entry,
     ) -> Result<Answer<QueryResponse>, Refusal> {
         self.limit(caller, Mode::Query)?;
+        self.bounds(&[
+            ("provider", &q.provider, MAX_NAME),
+            ("record_type", &q.record_type, MAX_NAME),
+            ("purpose", &q.purpose, MAX_NAME),
+            ("approval_reference", &q.approval_reference, MAX_ID),
+        ])?;
+        if q.criteria.len() > MAX_CRITERIA {
+            return Err(Refusal::invalid(format!(
+                "{} criteria; at most {MAX_CRITERIA}",
+                q.criteria.len()
+            )));
+        }
+        for c in &q.criteria {
+            self.bounds(&[
+                ("a criterion's path", &c.path, MAX_CRITERION),
+                ("a criterion's value", &c.value, MAX_CRITERION),
+            ])?;
+        }
         entry.provider = q.provider.clone();
         entry.record_type = q.record_type.clone();
         entry.purpose = q.purpose.clone();

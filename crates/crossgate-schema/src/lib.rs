@@ -149,8 +149,24 @@ pub enum Rejection {
         column: usize,
         message: String,
     },
-    #[error("{} fault(s): {}", .0.len(), .0.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join(", "))]
+    #[error("{} fault(s): {}", .0.len(), listed(.0.iter().map(|f| f.path.as_str()), ", "))]
     Invalid(Vec<Fault>),
+}
+
+/// How many faults a message names; the rest are counted ("… and 7 more"),
+/// so that a record built to have a million faults gets a bounded answer.
+pub const NAMED_FAULTS: usize = 20;
+
+/// The first [`NAMED_FAULTS`] of `items` joined by `sep`, then how many more.
+pub fn listed<'a>(items: impl ExactSizeIterator<Item = &'a str>, sep: &str) -> String {
+    let total = items.len();
+    let mut out: Vec<&str> = items.take(NAMED_FAULTS).collect();
+    let more;
+    if total > NAMED_FAULTS {
+        more = format!("… and {} more", total - NAMED_FAULTS);
+        out.push(&more);
+    }
+    out.join(sep)
 }
 
 impl Rejection {
@@ -167,11 +183,10 @@ impl Rejection {
     /// and the audit log.
     pub fn without_values(&self) -> String {
         match self {
-            Rejection::Invalid(faults) => faults
-                .iter()
-                .map(Fault::without_value)
-                .collect::<Vec<_>>()
-                .join("; "),
+            Rejection::Invalid(faults) => {
+                let plain: Vec<String> = faults.iter().map(Fault::without_value).collect();
+                listed(plain.iter().map(String::as_str), "; ")
+            }
             other => other.rule().to_owned(),
         }
     }

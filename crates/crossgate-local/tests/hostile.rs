@@ -1,0 +1,115 @@
+//! Bounded work, bounded log: requests built to blow up a reply or an
+//! audit entry get a bounded answer and leave a bounded entry.
+
+use crossgate_broker::audit::Decision;
+use crossgate_local::{LocalSystem, Options};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::*;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+async fn start() -> LocalSystem {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec!["public-security".into()]);
+    LocalSystem::start(opts).await.unwrap()
+}
+
+fn log(sys: &LocalSystem) -> Vec<crossgate_broker::audit::Entry> {
+    sys.memory_audit.as_ref().unwrap().entries()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_with_thousands_of_faults_gets_a_bounded_reply_and_entry() {
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let goods: Vec<serde_json::Value> = (0..5000).map(|_| serde_json::json!({})).collect();
+    let record = serde_json::json!({
+        "declaration_id": "440663864056324842", "direction": "import",
+        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA",
+        "goods": goods,
+    });
+    let status = customs
+        .publish(PublishRequest {
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: "D-1".into(),
+                json: serde_json::to_vec(&record).unwrap(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations.len(), 101, "100 faults and a count of the rest");
+    assert!(violations[100].description.contains("more faults"));
+    assert!(status.message().len() < 4096, "{}", status.message().len());
+    assert!(status.message().contains("more"), "{}", status.message());
+    let entry = log(&sys).pop().unwrap();
+    assert_eq!(entry.decision, Decision::Invalid);
+    assert!(
+        entry.reason.len() < 4096,
+        "an entry of {} bytes",
+        entry.reason.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_or_forged_fields_are_refused_before_they_reach_the_log() {
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let huge_id = "9".repeat(3 * 1024 * 1024);
+    let status = customs
+        .publish(PublishRequest {
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: huge_id,
+                json: b"{}".to_vec(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "record_id is 3145728 bytes; at most 128");
+    let entry = log(&sys).pop().unwrap();
+    assert!(entry.record_id.is_empty(), "the id never reaches the log");
+
+    let mut education =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    let ask = |purpose: &str, criteria: usize| QueryRequest {
+        provider: "public-security".into(),
+        record_type: "person.v1".into(),
+        purpose: purpose.into(),
+        criteria: (0..criteria)
+            .map(|_| Criterion {
+                path: "/id_number".into(),
+                value: "540202198107103540".into(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    for (request, said) in [
+        (
+            ask(
+                "school-enrolment\n2026-11-22T09:00:00Z query tax allowed",
+                1,
+            ),
+            "purpose holds a control character; write it without",
+        ),
+        (ask(&"p".repeat(65), 1), "purpose is 65 bytes; at most 64"),
+        (ask("school-enrolment", 9), "9 criteria; at most 8"),
+    ] {
+        let status = education.query(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), said);
+    }
+    assert!(
+        log(&sys)
+            .iter()
+            .all(|e| !e.purpose.contains('\n') && e.purpose.len() <= 64),
+        "no forged or oversized purpose in the log"
+    );
+    // Within the bounds, the same query is answered.
+    assert!(education.query(ask("school-enrolment", 1)).await.is_ok());
+}
