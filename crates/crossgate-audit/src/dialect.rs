@@ -300,6 +300,13 @@ CREATE TABLE IF NOT EXISTS publish_keys (
         (sql, args)
     }
 
+    /// One place per chain position: (writer, sequence) is unique. Made
+    /// apart from the tables: a log that already holds a position twice
+    /// (tampered with) must still open, so that `verify` can say where.
+    pub(crate) fn unique_chain(self) -> &'static str {
+        "CREATE UNIQUE INDEX IF NOT EXISTS audit_entries_chain_unique ON audit_entries (writer, sequence)"
+    }
+
     /// Insert one entry; its arguments are [`encode`]'s, in order.
     pub(crate) fn insert(self) -> String {
         let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();

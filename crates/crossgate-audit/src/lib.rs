@@ -35,6 +35,11 @@ use std::collections::BTreeMap;
 /// A store failed, or a row in it is damaged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// Another broker holds this writer's chain on this log.
+    #[error(
+        "audit store: chain {0} is in use by another broker on this log; give each broker its own [audit] writer in broker.toml"
+    )]
+    WriterInUse(String),
     /// The store cannot be reached, read or written: the message says what and where.
     #[error("audit store: {0}")]
     Failed(String),
@@ -72,6 +77,10 @@ pub struct Filter {
 /// Where entries are kept. Implementations are synchronous; the [`Writer`]
 /// runs them on their own thread.
 pub trait Store: Send + 'static {
+    /// Hold `writer`'s chain for this store alone while it is open: a second
+    /// broker with the same writer id on the same log is refused, so a
+    /// chain is never forked.
+    fn lock_writer(&mut self, writer: &str) -> Result<(), StoreError>;
     /// The last (sequence, hash) of `writer`'s chain.
     fn head(&mut self, writer: &str) -> Result<Option<(u64, [u8; 32])>, StoreError>;
     /// Every chain's head.

@@ -13,6 +13,8 @@ pub struct PostgresStore {
     client: Client,
     url: String,
     schema: Option<String>,
+    /// Chains this session holds (advisory locks), taken again after a reconnect.
+    writers: Vec<String>,
 }
 
 fn err(e: postgres::Error) -> StoreError {
@@ -28,6 +30,7 @@ impl PostgresStore {
             client,
             url: url.to_owned(),
             schema: schema.map(str::to_owned),
+            writers: Vec::new(),
         })
     }
 
@@ -59,6 +62,9 @@ impl PostgresStore {
         if let Err(e) = client.batch_execute(&schema) {
             client.batch_execute(&schema).map_err(|_| err(e))?;
         }
+        if let Err(e) = client.batch_execute(Dialect::Postgres.unique_chain()) {
+            tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
+        }
         Ok(client)
     }
 
@@ -68,7 +74,12 @@ impl PostgresStore {
     fn live(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.is_closed() {
             tracing::warn!("the PostgreSQL connection was closed; connecting again");
-            self.client = Self::open(&self.url, self.schema.as_deref())?;
+            let mut client = Self::open(&self.url, self.schema.as_deref())?;
+            // The chains' locks went with the old session.
+            for writer in &self.writers {
+                take_lock(&mut client, writer)?;
+            }
+            self.client = client;
         }
         Ok(&mut self.client)
     }
@@ -88,6 +99,22 @@ impl Columns for postgres::Row {
     }
     fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         self.try_get(name).map_err(err)
+    }
+}
+
+/// Hold `writer`'s chain for this session (a session-level advisory lock,
+/// keyed by the log's schema and the writer id).
+fn take_lock(client: &mut Client, writer: &str) -> Result<(), StoreError> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('crossgate-audit-writer:' || current_schema() || ':' || $1, 0))",
+            &[&writer],
+        )
+        .map_err(err)?;
+    if row.try_get::<_, bool>(0).map_err(err)? {
+        Ok(())
+    } else {
+        Err(StoreError::WriterInUse(writer.to_owned()))
     }
 }
 
@@ -114,6 +141,12 @@ fn run(
 }
 
 impl Store for PostgresStore {
+    fn lock_writer(&mut self, writer: &str) -> Result<(), StoreError> {
+        take_lock(self.live()?, writer)?;
+        self.writers.push(writer.to_owned());
+        Ok(())
+    }
+
     fn head(&mut self, writer: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let row = self
             .live()?

@@ -10,6 +10,9 @@ use std::path::Path;
 
 pub struct SqliteStore {
     conn: Connection,
+    path: std::path::PathBuf,
+    /// Lock files of the chains this store writes, held while it is open.
+    locks: Vec<std::fs::File>,
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -33,11 +36,18 @@ impl SqliteStore {
         conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.outbox_schema())
             .map_err(err)?;
+        if let Err(e) = conn.execute_batch(Dialect::Sqlite.unique_chain()) {
+            tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
+        }
         // A second connection (a reader, another broker) waits for the
         // writer's lock instead of failing at once.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
-        Ok(SqliteStore { conn })
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            locks: Vec::new(),
+        })
     }
 
     /// Direct access, for tests that tamper with the file.
@@ -79,6 +89,47 @@ fn run(
 }
 
 impl Store for SqliteStore {
+    /// An exclusive lock on `<log>.<writer>.lock` beside the file: released
+    /// by the operating system when the process ends, however it ends.
+    fn lock_writer(&mut self, writer: &str) -> Result<(), StoreError> {
+        let safe: String = writer
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{safe}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&name)
+            .map_err(|e| {
+                StoreError::Failed(format!(
+                    "cannot open the chain lock {}: {e}",
+                    std::path::Path::new(&name).display()
+                ))
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {
+                self.locks.push(lock);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                Err(StoreError::WriterInUse(writer.to_owned()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Failed(format!(
+                "cannot lock {}: {e}",
+                std::path::Path::new(&name).display()
+            ))),
+        }
+    }
+
     fn head(&mut self, writer: &str) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         self.conn
             .query_row(

@@ -95,6 +95,7 @@ fn log_as(b: &Backend, writer: &str, n: u64) {
             writer.append(entry(i)).await.unwrap();
         }
     });
+    writer.close();
 }
 
 fn broken(b: &Backend) -> Option<(u64, String)> {
@@ -289,6 +290,9 @@ fn a_forged_row_with_a_recomputed_hash_is_found() {
                 },
             )
             .unwrap();
+        // The store refuses a second entry 5 of a chain: the forger, with
+        // the database in hand, drops that index first.
+        b.tamper("DROP INDEX audit_entries_chain_unique");
         let mut forged = entry(5);
         forged.released_fields.push("/members/-/id_number".into());
         store
@@ -570,5 +574,21 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
                 .unwrap();
             assert_eq!(key, None);
         });
+    }
+}
+
+#[test]
+fn a_second_writer_of_the_same_chain_is_refused_while_the_first_holds_it() {
+    for b in Backend::all("writerlock") {
+        let first = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 8).unwrap();
+        let second = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 8);
+        assert!(
+            matches!(second, Err(StoreError::WriterInUse(ref w)) if w == "broker-a"),
+            "{}",
+            b.name()
+        );
+        // Another chain on the same log is fine.
+        assert!(Writer::start(b.open(), "broker-b".into(), Durability::Durable, 8).is_ok());
+        drop(first);
     }
 }

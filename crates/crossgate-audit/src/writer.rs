@@ -36,6 +36,7 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
     durability: Durability,
     failed: Arc<AtomicBool>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 /// Largest batch committed in one transaction.
@@ -165,6 +166,7 @@ impl Writer {
         durability: Durability,
         queue: usize,
     ) -> Result<Self, StoreError> {
+        store.lock_writer(&writer)?;
         let (sequence, previous) = store.head(&writer)?.unwrap_or((0, [0; 32]));
         let (tx, mut rx) = mpsc::channel::<Job>(queue.max(1));
         let failed = Arc::new(AtomicBool::new(false));
@@ -181,7 +183,7 @@ impl Writer {
             claimed: HashMap::new(),
             replies: Vec::with_capacity(MAX_BATCH),
         };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("audit-{writer}"))
             .spawn(move || {
                 while let Some(first) = rx.blocking_recv() {
@@ -214,7 +216,18 @@ impl Writer {
             tx,
             durability,
             failed,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
         })
+    }
+
+    /// Commit what is queued, close the store and let go of the chain.
+    /// Returns once every clone of this writer is gone and the thread ended.
+    pub fn close(self) {
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(self);
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
     }
 
     /// Append one entry: in durable mode, returns once it is committed.

@@ -136,7 +136,10 @@ fn scan_into<T: Send + 'static>(
             // Damage is not a passing outage: retrying will not mend it.
             let status = match e {
                 crossgate_audit::StoreError::Damaged { .. } => Status::data_loss(e.to_string()),
-                crossgate_audit::StoreError::Failed(_) => Status::unavailable(e.to_string()),
+                crossgate_audit::StoreError::Failed(_)
+                | crossgate_audit::StoreError::WriterInUse(_) => {
+                    Status::unavailable(e.to_string())
+                }
             };
             let _ = tx.blocking_send(Err(status));
         }

@@ -371,3 +371,35 @@ async fn postgresql_connections_terminated_under_load_lose_nothing() {
     rig.check();
     sql(format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
 }
+
+#[test]
+fn a_second_broker_on_the_same_chain_is_refused() {
+    let mut rig = Rig::new("faults_second_writer", None);
+    rig.start_broker();
+    let port = crossgate_testing::free_port().to_string();
+    let second = crossgate(
+        &rig.dir,
+        &[
+            "broker",
+            "--config",
+            ".",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("chain faults_second_writer is in use by another broker"),
+        "{said}"
+    );
+    // The first one still serves, and its chain verifies.
+    rig.stop("broker");
+    let verified = crossgate(&rig.dir, &["audit", "verify", "--store", &rig.store])
+        .output()
+        .unwrap();
+    assert_eq!(verified.status.code(), Some(0));
+}
