@@ -137,9 +137,7 @@ fn scan_into<T: Send + 'static>(
             let status = match e {
                 crossgate_audit::StoreError::Damaged { .. } => Status::data_loss(e.to_string()),
                 crossgate_audit::StoreError::Failed(_)
-                | crossgate_audit::StoreError::WriterInUse(_) => {
-                    Status::unavailable(e.to_string())
-                }
+                | crossgate_audit::StoreError::WriterInUse(_) => Status::unavailable(e.to_string()),
             };
             let _ = tx.blocking_send(Err(status));
         }

@@ -18,6 +18,7 @@ mod outcome;
 mod pipeline;
 pub mod release;
 mod service;
+mod throttle_log;
 
 use crossgate_policy::{Mode, Partner, Policy, ReferenceKey, Role};
 use crossgate_proto::admin_server::AdminServer;
@@ -129,6 +130,8 @@ struct Inner {
     epoch: u64,
     /// Set when a stop begins: new calls are refused while calls in flight finish.
     draining: std::sync::atomic::AtomicBool,
+    /// Throttled calls, counted until their entry is written.
+    throttles: throttle_log::ThrottleLog,
 }
 
 impl Broker {
@@ -164,6 +167,7 @@ impl Broker {
                 next_request: AtomicU64::new(1),
                 epoch,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                throttles: throttle_log::ThrottleLog::default(),
             }),
         }
     }
@@ -251,6 +255,17 @@ pub async fn serve(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             draining,
         );
+    // Throttled calls reach the log as one entry per partner, kind and second.
+    let counting = {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                broker.write_throttles().await;
+            }
+        })
+    };
     let (since_tx, since) = tokio::sync::watch::channel(None);
     let overdue = async move {
         if let Ok(at) = stopping.await {
@@ -266,6 +281,8 @@ pub async fn serve(
             tracing::warn!("grace period over: calls still in flight are cut off (their callers got no OK and may retry)");
         }
     }
+    counting.abort();
+    broker.write_throttles().await;
     let left = (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
         (at + grace).saturating_duration_since(tokio::time::Instant::now())
     });

@@ -91,6 +91,31 @@ pub struct Answer<T> {
 }
 
 impl Broker {
+    /// Write the throttled calls counted since the last time, one entry per
+    /// partner and kind.
+    pub(crate) async fn write_throttles(&self) {
+        let entries = self.inner.throttles.take();
+        if entries.is_empty() {
+            return;
+        }
+        let call = self.admin_call();
+        let entries = entries
+            .into_iter()
+            .map(|mut e| {
+                e.request_id = call.id.clone();
+                e
+            })
+            .collect();
+        if let Err(e) = self
+            .inner
+            .audit
+            .commit(crate::audit::Commit::entries(entries))
+            .await
+        {
+            tracing::error!(error = %e, "cannot write the throttled calls to the audit log");
+        }
+    }
+
     /// The one exit. A refusal is written as `entry` with its decision and
     /// reason; an answer writes its own entries. Only then does the caller
     /// hear back; if the log cannot be written, the answer is `UNAVAILABLE`.
@@ -111,6 +136,13 @@ impl Broker {
                 Ok(Response::new(answer.reply))
             }
             Err(Refusal::Recorded(status)) => Err(status),
+            // Answered at once; counted into one entry per partner and second.
+            Err(Refusal::Throttled(status)) => {
+                self.inner
+                    .throttles
+                    .count(&entry.consumer, entry.kind, status.message());
+                Err(status)
+            }
             Err(refusal) => {
                 entry.decision = refusal.decision();
                 entry.reason = refusal.logged();

@@ -103,6 +103,8 @@ pub struct LocalSystem {
     certs: CertSource,
     stop: watch::Sender<bool>,
     departments: Departments,
+    /// The ports of departments not started, held until they are.
+    reserved: HashMap<String, tokio::net::TcpSocket>,
     broker_task: std::sync::Mutex<Option<BrokerTask>>,
 }
 
@@ -194,6 +196,21 @@ impl CertSource {
     }
 }
 
+/// A loopback port bound but not listening: connections to it are refused.
+fn reserve() -> Result<(tokio::net::TcpSocket, String), StartError> {
+    let fail = |source| StartError::Bind {
+        addr: "127.0.0.1:0".into(),
+        source,
+    };
+    let socket = tokio::net::TcpSocket::new_v4().map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(fail)?;
+    let addr = socket.local_addr().map_err(fail)?.to_string();
+    Ok((socket, addr))
+}
+
 async fn bind(addr: &str) -> Result<(TcpListener, String), StartError> {
     let bind_error = |source| StartError::Bind {
         addr: addr.to_owned(),
@@ -247,14 +264,16 @@ impl LocalSystem {
             adapter_state: opts.adapter_state.clone(),
             stopped: stop.subscribe(),
         };
+        let mut reserved = HashMap::new();
         for partner in dep.partners.iter_mut().filter(|p| p.role == Role::Partner) {
             let Some(configured) = partner.adapter.clone() else {
                 continue;
             };
             if !wanted(&partner.id) {
-                // Not started: point at a port where nothing listens.
-                let (l, a) = bind("127.0.0.1:0").await?;
-                drop(l);
+                // Not started: a port that is bound (so no one else takes it)
+                // but not listening (so a delivery there is refused at once).
+                let (socket, a) = reserve()?;
+                reserved.insert(partner.id.clone(), socket);
                 partner.adapter = Some(a);
                 continue;
             }
@@ -317,6 +336,7 @@ impl LocalSystem {
             certs,
             stop,
             departments,
+            reserved,
             broker_task: std::sync::Mutex::new(Some(broker_task)),
         })
     }
@@ -364,6 +384,8 @@ impl LocalSystem {
             .find(|p| p.id == dept)
             .and_then(|p| p.adapter.clone())
             .ok_or_else(|| StartError::Other(format!("{dept} has no adapter address")))?;
+        // Let go of the port just before the adapter takes it.
+        drop(self.reserved.remove(dept));
         let (system, addr) = self.departments.start(dept, &addr).await?;
         self.systems.insert(dept.to_owned(), system.clone());
         self.adapter_addrs.insert(dept.to_owned(), addr);

@@ -113,3 +113,56 @@ async fn oversized_or_forged_fields_are_refused_before_they_reach_the_log() {
     // Within the bounds, the same query is answered.
     assert!(education.query(ask("school-enrolment", 1)).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_throttled_flood_leaves_a_handful_of_counted_entries() {
+    let limits = crossgate_limits::parse_config(
+        "limits.toml",
+        "[default]\nrate = \"1/min\"\nburst = 1\n",
+        &["education"],
+    )
+    .unwrap();
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec![]);
+    opts.limiter = Some(std::sync::Arc::new(crossgate_limits::Limits::new(limits)));
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let education = BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    let calls: Vec<_> = (0..500)
+        .map(|_| {
+            let mut c = education.clone();
+            tokio::spawn(async move {
+                c.query(QueryRequest {
+                    provider: "tax".into(),
+                    record_type: "person.v1".into(),
+                    purpose: "x".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+                .code()
+            })
+        })
+        .collect();
+    let mut throttled = 0;
+    for call in calls {
+        if call.await.unwrap() == Code::ResourceExhausted {
+            throttled += 1;
+        }
+    }
+    assert_eq!(throttled, 499);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let entries: Vec<_> = log(&sys)
+        .into_iter()
+        .filter(|e| e.decision == Decision::Throttled)
+        .collect();
+    assert!(
+        !entries.is_empty() && entries.len() <= 3,
+        "{} entries",
+        entries.len()
+    );
+    let counted: u64 = entries
+        .iter()
+        .map(|e| e.reason.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, 499, "every throttled call is counted");
+}

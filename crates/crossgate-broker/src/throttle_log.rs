@@ -1,0 +1,88 @@
+//! Throttled calls are answered at once and counted; one audit entry per
+//! partner, kind of call and second records them (how many, first and last
+//! time), so that a flood cannot grow the log by an entry per refused call.
+
+use crate::audit::{Decision, Entry, Kind};
+use crate::pipeline::entry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+struct Tally {
+    count: u64,
+    first: String,
+    last: String,
+    /// The last refusal's words (the limit and when to retry).
+    said: String,
+}
+
+/// Throttled calls not yet in the log.
+#[derive(Default)]
+pub(crate) struct ThrottleLog {
+    counts: Mutex<HashMap<(String, Kind), Tally>>,
+}
+
+impl ThrottleLog {
+    /// One more throttled call of `partner`.
+    pub(crate) fn count(&self, partner: &str, kind: Kind, said: &str) {
+        let now = crate::outbox::rfc3339(chrono::Utc::now());
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let tally = counts
+            .entry((partner.to_owned(), kind))
+            .or_insert_with(|| Tally {
+                count: 0,
+                first: now.clone(),
+                last: String::new(),
+                said: String::new(),
+            });
+        tally.count += 1;
+        tally.last = now;
+        if tally.said != said {
+            tally.said = said.to_owned();
+        }
+    }
+
+    /// An entry for each partner and kind throttled since the last call,
+    /// oldest first.
+    pub(crate) fn take(&self) -> Vec<Entry> {
+        let counts = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tallies: Vec<((String, Kind), Tally)> = counts.into_iter().collect();
+        tallies.sort_by(|a, b| a.1.first.cmp(&b.1.first));
+        tallies
+            .into_iter()
+            .map(|((partner, kind), t)| {
+                let mut e = entry(kind, Decision::Throttled);
+                e.consumer = partner;
+                e.reason = format!(
+                    "{} call(s) throttled from {} to {}: {}",
+                    t.count, t.first, t.last, t.said
+                );
+                e
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_is_one_entry_per_partner_and_kind() {
+        let log = ThrottleLog::default();
+        for _ in 0..10_000 {
+            log.count("education", Kind::Query, "over its rate limit");
+        }
+        log.count("tax", Kind::Publish, "over its rate limit");
+        let entries = log.take();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].consumer, "education");
+        assert!(
+            entries[0]
+                .reason
+                .starts_with("10000 call(s) throttled from "),
+            "{}",
+            entries[0].reason
+        );
+        assert!(log.take().is_empty(), "counted once");
+    }
+}
