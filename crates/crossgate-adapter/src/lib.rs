@@ -42,19 +42,18 @@ pub async fn serve_tls(
     reporter.set_serving::<IngressServer<Adapter>>().await;
     reporter.set_serving::<DepartmentServer<Adapter>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
-    let mut builder = Server::builder();
+    // The same connection, stream and time limits as the broker's defaults.
+    let limits = crossgate_tls::serving::ServerLimits::default();
+    let mut builder = limits.builder();
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+        builder = builder.tls_config(limits.tls(tls))?;
     }
     builder
         .add_service(health)
         .add_service(reflection)
         .add_service(IngressServer::new(adapter.clone()))
         .add_service(DepartmentServer::new(adapter))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(limits.incoming(listener), shutdown)
         .await?;
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct BrokerConfig {
     /// Retries of deliveries a receiver did not take.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// Connection, stream and time limits of the broker's server.
+    #[serde(default)]
+    pub server: crossgate_tls::serving::ServerLimits,
 }
 
 /// `[delivery]` of broker.toml: how the outbox retries a receiver.
@@ -183,6 +186,7 @@ impl Default for BrokerConfig {
             shutdown_notice: default_notice(),
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
+            server: crossgate_tls::serving::ServerLimits::default(),
         }
     }
 }

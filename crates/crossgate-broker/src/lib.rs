@@ -34,8 +34,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tonic::Status;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 
 pub use config::BrokerConfig;
 
@@ -233,8 +231,10 @@ pub async fn serve(
             tokio::time::sleep(notice).await;
         }
     };
-    let server = Server::builder()
-        .tls_config(tls.server())?
+    let limits = broker.inner.config.server.clone();
+    let server = limits
+        .builder()
+        .tls_config(limits.tls(tls.server()))?
         .add_service(health)
         .add_service(reflection)
         .add_service(InterceptedService::new(
@@ -251,10 +251,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
             auth(Role::Partner),
         ))
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            draining,
-        );
+        .serve_with_incoming_shutdown(limits.incoming(listener), draining);
     // Throttled calls reach the log as one entry per partner, kind and second.
     let counting = {
         let broker = broker.clone();

@@ -166,3 +166,73 @@ async fn a_throttled_flood_leaves_a_handful_of_counted_entries() {
         .sum();
     assert_eq!(counted, 499, "every throttled call is counted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_handshakes_are_dropped_and_a_legitimate_call_still_answers() {
+    // A copy of deploy/local with a short handshake timeout.
+    let dir = crossgate_testing::TempDir::new("hostile-handshakes");
+    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
+    let toml = dir.join("broker.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(
+        &toml,
+        format!("{text}\n[server]\nhandshake_timeout = \"1s\"\n"),
+    )
+    .unwrap();
+    let mut opts = Options::project_defaults();
+    opts.config = dir.to_path_buf();
+    opts.departments = Some(vec!["public-security".into()]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+
+    // 2,000 connections that never say a word.
+    let mut stalled = Vec::new();
+    for _ in 0..2000 {
+        if let Ok(s) = tokio::net::TcpStream::connect(&sys.broker_addr).await {
+            stalled.push(s);
+        }
+    }
+    assert!(stalled.len() >= 500, "only {} connected", stalled.len());
+    // They came from 127.0.0.1 and hold its share of connections (the rest
+    // were closed at once); a department from another address is served.
+    let started = std::time::Instant::now();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", sys.broker_addr))
+        .unwrap()
+        .local_address(Some([127, 0, 0, 2].into()))
+        .tls_config(sys.bundle("education").unwrap().client())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut education = BrokerClient::new(channel);
+    let answer = education
+        .query(QueryRequest {
+            provider: "public-security".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "540202198107103540".into(),
+            }],
+            ..Default::default()
+        })
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+
+    // After the handshake timeout every stalled connection was closed.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for s in &mut stalled {
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            tokio::io::AsyncReadExt::read(s, &mut buf),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(closed, stalled.len(), "every stalled connection is closed");
+}

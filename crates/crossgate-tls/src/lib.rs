@@ -9,6 +9,8 @@
 //!   tonic server and client TLS configs.
 #![forbid(unsafe_code)]
 
+pub mod serving;
+
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
