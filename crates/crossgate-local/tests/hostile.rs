@@ -236,3 +236,35 @@ async fn stalled_handshakes_are_dropped_and_a_legitimate_call_still_answers() {
     }
     assert_eq!(closed, stalled.len(), "every stalled connection is closed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_amplification_record_is_refused_before_validation() {
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    // 300,000 empty goods items: 900 KB that once made a 25 MB entry.
+    let json = format!(
+        "{{\"declaration_id\":\"440663864056324842\",\"direction\":\"import\",\"declared_on\":\"2025-07-22\",\"trader_uscc\":\"91110105MAMLQQMQFA\",\"goods\":[{}]}}",
+        vec!["{}"; 300_000].join(",")
+    );
+    let status = customs
+        .publish(PublishRequest {
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: "D-2".into(),
+                json: json.into_bytes(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("an array of more items; at most 5000"),
+        "{}",
+        status.message()
+    );
+    let entry = log(&sys).pop().unwrap();
+    assert!(entry.reason.len() < 200, "{}", entry.reason);
+}

@@ -143,6 +143,10 @@ pub enum Rejection {
     TooLarge { size: usize, limit: usize },
     #[error("document nests objects and arrays deeper than {limit} levels")]
     TooDeep { limit: usize },
+    /// Checked on the raw bytes before validation: a record built to make
+    /// validation (and its list of faults) explode is refused at once.
+    #[error("document has {what}; at most {limit}")]
+    TooWide { what: &'static str, limit: usize },
     #[error("not valid JSON at line {line}, column {column}: {message}")]
     Malformed {
         line: usize,
@@ -196,6 +200,7 @@ impl Rejection {
             Rejection::UnknownType { .. } => "unknown record type",
             Rejection::TooLarge { .. } => "document over the size limit",
             Rejection::TooDeep { .. } => "document nested over the depth limit",
+            Rejection::TooWide { .. } => "document over the structure limits",
             Rejection::Malformed { .. } => "not valid JSON",
             Rejection::Invalid(_) => "invalid",
         }

@@ -1,7 +1,7 @@
 //! Loading, compiling and applying the canonical schemas.
 
 use crate::formats::CUSTOM_FORMATS;
-use crate::guard::{MAX_DEPTH, MAX_DOCUMENT_BYTES, nesting_depth};
+use crate::guard::{MAX_DEPTH, MAX_DOCUMENT_BYTES, nesting_depth, too_wide};
 use crate::rules::{Rule, rules_for};
 use crate::{Fault, LoadError, Rejection, escape_pointer_segment};
 use jsonschema::error::ValidationErrorKind;
@@ -243,6 +243,9 @@ pub fn parse_document(bytes: &[u8]) -> Result<Value, Rejection> {
     }
     if nesting_depth(bytes, MAX_DEPTH) > MAX_DEPTH {
         return Err(Rejection::TooDeep { limit: MAX_DEPTH });
+    }
+    if let Some((what, limit)) = too_wide(bytes) {
+        return Err(Rejection::TooWide { what, limit });
     }
     serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed {
         line: e.line(),
