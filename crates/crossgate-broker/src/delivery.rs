@@ -7,7 +7,7 @@ use crossgate_proto::department_client::DepartmentClient;
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::Status;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, Endpoint};
 
 /// Clients for every partner's adapter.
 #[derive(Clone)]
@@ -18,9 +18,11 @@ pub struct Adapters {
 impl Adapters {
     /// One channel per partner with an adapter address. Channels connect on
     /// first use; a connect timeout keeps a down adapter from hanging callers.
+    /// `tls`: the broker's certificate; each adapter must present its own
+    /// party's certificate (checked as the server name), not just any of the CA.
     pub fn new(
         partners: &[Partner],
-        tls: Option<ClientTlsConfig>,
+        tls: Option<&crossgate_tls::Bundle>,
         connect_timeout: Duration,
     ) -> Result<Self, BrokerError> {
         let mut clients = HashMap::new();
@@ -34,14 +36,13 @@ impl Adapters {
                     reason: e.to_string(),
                 })?
                 .connect_timeout(connect_timeout);
-            if let Some(tls) = &tls {
-                endpoint =
-                    endpoint
-                        .tls_config(tls.clone())
-                        .map_err(|e| BrokerError::AdapterTls {
-                            partner: p.id.clone(),
-                            reason: e.to_string(),
-                        })?;
+            if let Some(tls) = tls {
+                endpoint = endpoint.tls_config(tls.client_for(&p.id)).map_err(|e| {
+                    BrokerError::AdapterTls {
+                        partner: p.id.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
             }
             clients.insert(p.id.clone(), DepartmentClient::new(endpoint.connect_lazy()));
         }

@@ -100,11 +100,7 @@ impl Broker {
     /// The broker of a deployment: adapters, delivery, limits, audit log,
     /// record references and approval uses, wired the one way.
     pub fn from_deployment(dep: Deployment, wiring: Wiring) -> Result<Broker, DeploymentError> {
-        let adapters = Adapters::new(
-            &dep.partners,
-            Some(wiring.tls.client()),
-            Duration::from_secs(2),
-        )?;
+        let adapters = Adapters::new(&dep.partners, Some(&wiring.tls), Duration::from_secs(2))?;
         let ids = dep.partner_ids();
         let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
             Some(l) => (l, None),

@@ -148,8 +148,10 @@ impl Departments {
         let mapping =
             crossgate_adapter::config::load_department(&self.config, dept, &self.registry)?;
         let tls = self.certs.bundle(dept)?;
-        let broker_channel =
-            lazy_tls_channel(&format!("https://{}", self.broker_addr), Some(tls.client()))?;
+        let broker_channel = lazy_tls_channel(
+            &format!("https://{}", self.broker_addr),
+            Some(tls.client_for("broker")),
+        )?;
         let system_channel = lazy_channel(&format!("http://{saddr}"))?;
         let mut adapter = Adapter::new(
             mapping,

@@ -268,3 +268,119 @@ async fn the_amplification_record_is_refused_before_validation() {
     let entry = log(&sys).pop().unwrap();
     assert!(entry.reason.len() < 200, "{}", entry.reason);
 }
+
+/// A gRPC server on loopback holding `bundle`'s certificate and serving
+/// nothing but health: a call that reaches it gets UNIMPLEMENTED.
+async fn impostor(bundle: crossgate_tls::Bundle) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (_reporter, health) = crossgate_proto::standard::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(bundle.server())
+            .unwrap()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_adapter_hands_nothing_to_a_broker_impostor() {
+    use crossgate_proto::ingress_server::Ingress;
+    let sys = start().await;
+    // Education's certificate, from the deployment's own CA, posing as the broker.
+    let fake = impostor(sys.bundle("education").unwrap()).await;
+    let registry = std::sync::Arc::new(
+        crossgate_schema::Registry::load_dir(crossgate_testing::root().join("schemas")).unwrap(),
+    );
+    let customs = sys.bundle("customs").unwrap();
+    let adapter_towards = |tls: tonic::transport::ClientTlsConfig| {
+        let mapping = crossgate_adapter::config::load_department(
+            &crossgate_testing::deploy_local(),
+            "customs",
+            &registry,
+        )
+        .unwrap();
+        crossgate_adapter::Adapter::new(
+            mapping,
+            registry.clone(),
+            crossgate_adapter::lazy_tls_channel(&format!("https://{fake}"), Some(tls)).unwrap(),
+            crossgate_adapter::lazy_channel("http://127.0.0.1:9").unwrap(),
+        )
+    };
+    let submit = || {
+        tonic::Request::new(SubmitRequest {
+            record: Some(NativeRecord {
+                native_type: "declarations".into(),
+                record_id: String::new(),
+                json: crossgate_testing::fixture_line("customs", "declarations.valid.jsonl", 0),
+            }),
+            ..Default::default()
+        })
+    };
+    // Checking only the CA, the declaration would have reached the impostor.
+    let naive = adapter_towards(customs.client())
+        .submit(submit())
+        .await
+        .unwrap_err();
+    assert_eq!(naive.code(), Code::Unimplemented, "{naive:?}");
+    // Checking that the server is the broker, it never does.
+    let checked = adapter_towards(customs.client_for("broker"))
+        .submit(submit())
+        .await
+        .unwrap_err();
+    assert_eq!(checked.code(), Code::Unavailable, "{checked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_delivers_nothing_to_an_adapter_impostor() {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec!["customs".into(), "commerce".into()]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    // Commerce's certificate, serving on border inspection's address.
+    let border = sys
+        .partners
+        .iter()
+        .find(|p| p.id == "border-inspection")
+        .and_then(|p| p.adapter.clone())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(&border).await.unwrap();
+    let (_reporter, health) = crossgate_proto::standard::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(sys.bundle("commerce").unwrap().server())
+            .unwrap()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut customs = crossgate_proto::ingress_client::IngressClient::new(
+        sys.channel(&sys.adapter_addrs["customs"], "customs")
+            .await
+            .unwrap(),
+    );
+    let reply = customs
+        .submit(SubmitRequest {
+            record: Some(NativeRecord {
+                native_type: "declarations".into(),
+                record_id: String::new(),
+                json: crossgate_testing::fixture_line("customs", "declarations.valid.jsonl", 1),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let to_border = reply
+        .deliveries
+        .iter()
+        .find(|d| d.receiver == "border-inspection")
+        .unwrap();
+    assert_eq!(to_border.outcome, "queued", "{to_border:?}");
+    // It failed at the handshake (Unavailable), never reaching the
+    // impostor's server (which would answer Unimplemented).
+    assert!(
+        to_border.detail.ends_with("answered Unavailable"),
+        "{to_border:?}"
+    );
+}

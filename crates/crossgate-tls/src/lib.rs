@@ -159,7 +159,12 @@ impl DevCa {
         days_before: i64,
         days_after: i64,
     ) -> Result<(String, String), TlsError> {
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        // Each party's name as a DNS name too (`<id>.crossgate`): a client
+        // that expects a party checks it as the server name, so another
+        // party's certificate cannot stand in for it.
+        let mut names = vec!["localhost".to_owned()];
+        names.extend(ids.iter().map(|id| server_name(id)));
+        let mut params = CertificateParams::new(names)?;
         params
             .subject_alt_names
             .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
@@ -269,14 +274,29 @@ impl Bundle {
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
     }
 
+    /// Client side towards party `expected`: present this certificate, trust
+    /// only the CA, and accept only a server whose certificate names
+    /// `expected` (as `<expected>.crossgate`) — not any party of the CA.
+    pub fn client_for(&self, expected: &str) -> ClientTlsConfig {
+        self.client().domain_name(server_name(expected))
+    }
+
     /// Client side: present this certificate, trust only the CA; servers are
-    /// reached as `localhost` (development certificates name it).
+    /// reached as `localhost` (every development certificate names it), so
+    /// any party of the CA is accepted. Use [`Bundle::client_for`] to reach
+    /// a known party.
     pub fn client(&self) -> ClientTlsConfig {
         ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .domain_name("localhost")
     }
+}
+
+/// The DNS name a party's certificate carries besides its SAN URI, checked
+/// by clients as the server name: `<id>.crossgate`.
+pub fn server_name(id: &str) -> String {
+    format!("{id}.crossgate")
 }
 
 /// The party id named by a verified peer certificate chain (leaf first), or

@@ -76,7 +76,7 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         Some(uri) => uri.clone(),
         None => reference_system(&args).await?,
     };
-    let broker = lazy_tls_channel(&broker_uri, Some(tls.client()))
+    let broker = lazy_tls_channel(&broker_uri, Some(tls.client_for("broker")))
         .map_err(|e| format!("bad broker address {broker_uri}: {e}"))?;
     let system =
         lazy_channel(&system_uri).map_err(|e| format!("bad system address {system_uri}: {e}"))?;

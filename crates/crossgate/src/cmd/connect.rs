@@ -57,7 +57,7 @@ impl Connection {
         let channel = tonic::transport::Endpoint::from_shared(url.clone())
             .map_err(|e| format!("bad broker address {url:?}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(3))
-            .tls_config(tls.client())
+            .tls_config(tls.client_for("broker"))
             .map_err(|e| e.to_string())?
             .connect()
             .await

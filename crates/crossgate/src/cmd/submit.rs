@@ -57,7 +57,7 @@ pub async fn run(args: SubmitArgs) -> CliResult {
     let channel = tonic::transport::Endpoint::from_shared(address.clone())
         .map_err(|e| format!("bad adapter address {address:?}: {e}"))?
         .connect_timeout(std::time::Duration::from_secs(3))
-        .tls_config(tls.client())
+        .tls_config(tls.client_for(&args.department))
         .map_err(|e| e.to_string())?
         .connect()
         .await
