@@ -156,6 +156,21 @@ impl AuditSink for MemorySink {
     }
 }
 
+/// A log that cannot be written ("disk full"): for tests of a broker that
+/// must refuse work rather than serve without its log.
+#[derive(Debug, Default)]
+pub struct FailingSink;
+
+#[tonic::async_trait]
+impl AuditSink for FailingSink {
+    async fn commit(&self, _: Commit) -> Result<Committed, StoreError> {
+        Err(StoreError::Failed("disk full".into()))
+    }
+    async fn outbox(&self, _: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        Err(StoreError::Failed("disk full".into()))
+    }
+}
+
 #[tonic::async_trait]
 impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {

@@ -567,34 +567,11 @@ async fn a_partner_over_its_limit_is_throttled_with_retry_info_and_others_are_no
     assert_eq!(throttled(), ["query education 1", "publish education 1"]);
 }
 
-/// An audit log that cannot be written.
-struct BrokenLog;
-
-#[tonic::async_trait]
-impl crossgate_broker::audit::AuditSink for BrokenLog {
-    async fn commit(
-        &self,
-        _: crossgate_broker::audit::Commit,
-    ) -> Result<crossgate_broker::audit::Committed, crossgate_broker::audit::StoreError> {
-        Err(crossgate_broker::audit::StoreError::Failed(
-            "disk full".into(),
-        ))
-    }
-    async fn outbox(
-        &self,
-        _: crossgate_broker::audit::OutboxFilter,
-    ) -> Result<Vec<crossgate_broker::audit::Item>, crossgate_broker::audit::StoreError> {
-        Err(crossgate_broker::audit::StoreError::Failed(
-            "disk full".into(),
-        ))
-    }
-}
-
 #[tokio::test]
 async fn without_a_writable_audit_log_the_broker_refuses_work() {
     let mut opts = Options::project_defaults();
     opts.departments = Some(vec!["public-security".into()]);
-    opts.audit = Some(std::sync::Arc::new(BrokenLog));
+    opts.audit = Some(std::sync::Arc::new(crossgate_broker::audit::FailingSink));
     let sys = LocalSystem::start(opts).await.unwrap();
     let mut education = broker_as(&sys, "education").await;
     let status = education

@@ -395,29 +395,6 @@ async fn an_adapter_passes_a_repeated_delivery_id_on_once() {
     );
 }
 
-/// An audit store that cannot be written.
-struct BrokenLog;
-
-#[tonic::async_trait]
-impl crossgate_broker::audit::AuditSink for BrokenLog {
-    async fn commit(
-        &self,
-        _: crossgate_broker::audit::Commit,
-    ) -> Result<crossgate_broker::audit::Committed, crossgate_broker::audit::StoreError> {
-        Err(crossgate_broker::audit::StoreError::Failed(
-            "disk full".into(),
-        ))
-    }
-    async fn outbox(
-        &self,
-        _: crossgate_broker::audit::OutboxFilter,
-    ) -> Result<Vec<crossgate_broker::audit::Item>, crossgate_broker::audit::StoreError> {
-        Err(crossgate_broker::audit::StoreError::Failed(
-            "disk full".into(),
-        ))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_the_log_cannot_record_is_refused_and_reaches_nobody() {
     let mut opts = Options::project_defaults();
@@ -426,7 +403,7 @@ async fn a_publish_the_log_cannot_record_is_refused_and_reaches_nobody() {
         "border-inspection".into(),
         "commerce".into(),
     ]);
-    opts.audit = Some(std::sync::Arc::new(BrokenLog));
+    opts.audit = Some(std::sync::Arc::new(crossgate_broker::audit::FailingSink));
     let sys = LocalSystem::start(opts).await.unwrap();
     let mut customs = IngressClient::new(
         sys.channel(&sys.adapter_addrs["customs"], "customs")

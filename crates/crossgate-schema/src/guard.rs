@@ -10,14 +10,8 @@ pub const MAX_ARRAY_ITEMS: usize = 5_000;
 /// Most values in one document (every object member and array item counts).
 pub const MAX_VALUES: usize = 50_000;
 
-/// Which structure limit `bytes` breaks, if any: an array with more than
-/// [`MAX_ARRAY_ITEMS`] items, or more than [`MAX_VALUES`] values. Counted
-/// on the raw bytes (separators and containers outside strings), before
-/// anything is parsed or validated.
-pub fn too_wide(bytes: &[u8]) -> Option<(&'static str, usize)> {
-    // For each open container: whether it is an array, and its separators.
-    let mut open: Vec<(bool, usize)> = Vec::new();
-    let mut values = 0usize;
+/// Hand each byte outside JSON strings to `visit`, until it returns false.
+fn outside_strings(bytes: &[u8], mut visit: impl FnMut(u8) -> bool) {
     let (mut in_string, mut escaped) = (false, false);
     for &b in bytes {
         if in_string {
@@ -30,8 +24,25 @@ pub fn too_wide(bytes: &[u8]) -> Option<(&'static str, usize)> {
             }
             continue;
         }
+        if b == b'"' {
+            in_string = true;
+        } else if !visit(b) {
+            return;
+        }
+    }
+}
+
+/// Which structure limit `bytes` breaks, if any: an array with more than
+/// [`MAX_ARRAY_ITEMS`] items, or more than [`MAX_VALUES`] values. Counted
+/// on the raw bytes (separators and containers outside strings), before
+/// anything is parsed or validated.
+pub fn too_wide(bytes: &[u8]) -> Option<(&'static str, usize)> {
+    // For each open container: whether it is an array, and its separators.
+    let mut open: Vec<(bool, usize)> = Vec::new();
+    let mut values = 0usize;
+    let mut broken = None;
+    outside_strings(bytes, |b| {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 open.push((b == b'[', 0));
                 values += 1;
@@ -44,51 +55,36 @@ pub fn too_wide(bytes: &[u8]) -> Option<(&'static str, usize)> {
                 if let Some((is_array, separators)) = open.last_mut() {
                     *separators += 1;
                     if *is_array && *separators >= MAX_ARRAY_ITEMS {
-                        return Some(("an array of more items", MAX_ARRAY_ITEMS));
+                        broken = Some(("an array of more items", MAX_ARRAY_ITEMS));
                     }
                 }
             }
             _ => {}
         }
         if values > MAX_VALUES {
-            return Some(("more values", MAX_VALUES));
+            broken = Some(("more values", MAX_VALUES));
         }
-    }
-    None
+        broken.is_none()
+    });
+    broken
 }
 
 /// The deepest nesting of `[`/`{` in `bytes`, ignoring brackets inside strings.
 /// Stops counting once `limit` is exceeded and returns `limit + 1`.
 pub fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
     let (mut depth, mut max) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    outside_strings(bytes, |b| {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
-                if depth > max {
-                    max = depth;
-                    if max > limit {
-                        return limit + 1;
-                    }
-                }
+                max = max.max(depth);
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
-    }
-    max
+        max <= limit
+    });
+    max.min(limit + 1)
 }
 
 #[cfg(test)]
