@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
             for s in &chain {
                 v.feed(s);
             }
-            v.finish(&Default::default())
+            v.finish_range()
         })
     });
     group.finish();

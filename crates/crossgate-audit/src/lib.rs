@@ -15,6 +15,7 @@
 //! - [`verify`] checks every chain and names the first bad entry and why.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 mod dialect;
 pub mod entry;
 pub mod outbox;
@@ -159,6 +160,30 @@ pub fn verify(store: &mut dyn Store) -> Result<Vec<ChainReport>, StoreError> {
     verify_range(store, 0, 0)
 }
 
+/// Verify every chain, and that the log still holds every head a signed
+/// checkpoint vouches for (see [`checkpoint`]): a vouched head the log no
+/// longer holds breaks its chain's report, and a chain the log lost
+/// altogether gets a report of its own.
+pub fn verify_vouched(
+    store: &mut dyn Store,
+    heads: &[checkpoint::Head],
+) -> Result<Vec<ChainReport>, StoreError> {
+    let mut reports = verify(store)?;
+    for short in checkpoint::vouched(store, heads)? {
+        let why = format!("{} (checkpoint)", short.why);
+        match reports.iter_mut().find(|r| r.writer == short.writer) {
+            Some(r) if r.broken.is_none() => r.broken = Some((short.sequence, why)),
+            Some(_) => {}
+            None => reports.push(ChainReport {
+                writer: short.writer,
+                checked: 0,
+                broken: Some((short.sequence, why)),
+            }),
+        }
+    }
+    Ok(reports)
+}
+
 /// Verify every chain over sequences `from..=to` (0: open). A range that
 /// starts after 1 takes its first entry's link as given; a range that ends
 /// before the chain's head does not check the head.
@@ -187,12 +212,11 @@ pub fn verify_range(
         }
         true
     })?;
-    let heads = if to == 0 {
-        store.heads()?
+    Ok(if to == 0 {
+        verifier.finish(&store.heads()?)
     } else {
-        BTreeMap::new()
-    };
-    Ok(verifier.finish(&heads))
+        verifier.finish_range()
+    })
 }
 
 #[cfg(test)]

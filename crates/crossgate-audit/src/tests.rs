@@ -592,3 +592,94 @@ fn a_second_writer_of_the_same_chain_is_refused_while_the_first_holds_it() {
         drop(first);
     }
 }
+
+/// A checkpoint of the log as it stands now, signed by a test key.
+fn checkpoint_of(b: &Backend) -> checkpoint::Checkpoint {
+    let signer = checkpoint::Signer::from_seed(&[7; 32], "broker").unwrap();
+    let heads = b.open().heads().unwrap();
+    signer.sign(&heads, "2026-11-23T00:00:00Z")
+}
+
+fn broken_vouched(b: &Backend, c: &checkpoint::Checkpoint) -> Vec<Option<(u64, String)>> {
+    verify_vouched(b.open().as_mut(), &c.heads)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.broken)
+        .collect()
+}
+
+#[test]
+fn a_deleted_head_row_is_found_even_without_a_checkpoint() {
+    for b in Backend::all("headless") {
+        log(&b, 10);
+        b.tamper("DELETE FROM audit_heads");
+        assert_eq!(
+            broken(&b),
+            Some((
+                10,
+                "the chain has no recorded head: its head was deleted".into()
+            )),
+            "{}",
+            b.name()
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_catches_a_tail_cut_off_together_with_its_head_moved_back() {
+    for b in Backend::all("vouched_cut") {
+        log(&b, 10);
+        let c = checkpoint_of(&b);
+        assert_eq!(broken_vouched(&b, &c), vec![None], "{}", b.name());
+        // The attacker deletes the tail and moves the head to the new last
+        // entry: the chain alone still verifies.
+        b.tamper(
+            "DELETE FROM audit_entries WHERE sequence > 7;
+             UPDATE audit_heads SET sequence = 7,
+               entry_hash = (SELECT entry_hash FROM audit_entries WHERE sequence = 7)",
+        );
+        assert_eq!(
+            broken(&b),
+            None,
+            "{}: the chain alone cannot tell",
+            b.name()
+        );
+        assert_eq!(
+            broken_vouched(&b, &c),
+            vec![Some((
+                10,
+                "the log's chain ends at 7: entries up to the vouched 10 were cut off (checkpoint)"
+                    .into()
+            ))],
+            "{}",
+            b.name()
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_catches_a_rewritten_head_and_a_wiped_log() {
+    for b in Backend::all("vouched_wipe") {
+        log(&b, 5);
+        let c = checkpoint_of(&b);
+        // More entries after the checkpoint are fine.
+        log(&b, 2);
+        assert_eq!(broken_vouched(&b, &c), vec![None], "{}", b.name());
+        b.tamper("UPDATE audit_entries SET entry_hash = previous_hash WHERE sequence = 5");
+        let found = broken_vouched(&b, &c);
+        assert_eq!(found.len(), 1, "{}", b.name());
+        assert!(found[0].is_some(), "{}: {found:?}", b.name());
+
+        b.tamper("DELETE FROM audit_entries; DELETE FROM audit_heads");
+        assert!(verify(b.open().as_mut()).unwrap().is_empty());
+        assert_eq!(
+            broken_vouched(&b, &c),
+            vec![Some((
+                5,
+                "the log holds no chains at all: it was wiped or replaced (checkpoint)".into()
+            ))],
+            "{}",
+            b.name()
+        );
+    }
+}

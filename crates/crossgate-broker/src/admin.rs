@@ -153,7 +153,16 @@ impl Broker {
     async fn reload_audited(&self, by: &Caller, apply: Reload) -> Result<(bool, String), Status> {
         let call = self.admin_call();
         let (applied, decision, message, digest) = match apply(self) {
-            Ok(r) => (true, Decision::Changed, r.message, r.digest),
+            Ok(r) => {
+                // What was in force before, and what is now: by digest.
+                let old = self.in_force(&r.file, &r.digest);
+                let change = match old {
+                    Some(old) if old == r.digest => format!("{}: unchanged", r.message),
+                    Some(old) => format!("{}: sha256 {old} -> {}", r.message, r.digest),
+                    None => format!("{}: now sha256 {}", r.message, r.digest),
+                };
+                (true, Decision::Changed, change, r.digest)
+            }
             Err(refused) => (
                 false,
                 Decision::Invalid,
@@ -376,6 +385,7 @@ impl Broker {
         Ok(Reloaded {
             message: format!("reloaded {}", file.display()),
             digest: crate::audit::digest(text.as_bytes()),
+            file,
         })
     }
 
@@ -396,12 +406,38 @@ impl Broker {
         Ok(Reloaded {
             message: format!("reloaded {}", file.display()),
             digest: crate::audit::digest(text.as_bytes()),
+            file,
         })
     }
+
+    /// Note `digest` as the text of `file` in force now; the one before it,
+    /// if known.
+    fn in_force(&self, file: &std::path::Path, digest: &str) -> Option<String> {
+        self.inner
+            .in_force
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(file.to_path_buf(), digest.to_owned())
+    }
+}
+
+/// The digests of the configuration files a broker starts with, for the
+/// entry of their first reload ("old -> new").
+pub(crate) fn digests_at_start(
+    files: impl IntoIterator<Item = std::path::PathBuf>,
+) -> std::collections::HashMap<std::path::PathBuf, String> {
+    files
+        .into_iter()
+        .filter_map(|f| {
+            let text = std::fs::read(&f).ok()?;
+            Some((f, crate::audit::digest(&text)))
+        })
+        .collect()
 }
 
 /// A configuration file applied live.
 pub struct Reloaded {
+    pub file: std::path::PathBuf,
     pub message: String,
     /// SHA-256 of the text now in force, for the audit entry.
     pub digest: String,

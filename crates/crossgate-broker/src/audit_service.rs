@@ -10,7 +10,8 @@ use crossgate_audit::{Entry, Filter, StoreError, Stored};
 use crossgate_policy::Role;
 use crossgate_proto::audit_server::Audit;
 use crossgate_proto::{
-    AuditEntry, ChainReport, ExportChunk, SearchRequest, VerifyRequest, VerifyResponse,
+    AuditEntry, ChainReport, CheckpointRequest, CheckpointResponse, ExportChunk, SearchRequest,
+    VerifyRequest, VerifyResponse,
 };
 use std::pin::Pin;
 use std::time::Instant;
@@ -171,13 +172,21 @@ impl Audit for Broker {
         let reader = self.reader()?;
         let range = request.into_inner();
         let (from, to) = (range.from_sequence, range.to_sequence);
-        self.audit_reading(&auditor, format!("verify {from}..{to}"))
-            .await?;
+        let vouched = vouched_heads(range.vouched, from, to)?;
+        let what = match vouched.len() {
+            0 => format!("verify {from}..{to}"),
+            n => format!("verify {from}..{to} against a checkpoint of {n} chains"),
+        };
+        self.audit_reading(&auditor, what).await?;
         let reports = tokio::task::spawn_blocking(move || {
             let mut store = crossgate_audit::open(&reader.store)
                 .map_err(|e| Status::unavailable(e.to_string()))?;
-            crossgate_audit::verify_range(store.as_mut(), from, to)
-                .map_err(|e| Status::unavailable(e.to_string()))
+            if vouched.is_empty() {
+                crossgate_audit::verify_range(store.as_mut(), from, to)
+            } else {
+                crossgate_audit::verify_vouched(store.as_mut(), &vouched)
+            }
+            .map_err(|e| Status::unavailable(e.to_string()))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
@@ -215,6 +224,67 @@ impl Audit for Broker {
         tokio::spawn(chunked(lines, tx, total));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn checkpoint(
+        &self,
+        request: Request<CheckpointRequest>,
+    ) -> Result<Response<CheckpointResponse>, Status> {
+        let auditor = self.authenticate(&request, Role::Auditor)?;
+        let c = Broker::checkpoint(self).await?;
+        let heads: Vec<String> = c
+            .heads
+            .iter()
+            .map(|h| format!("{}@{}", h.writer, h.sequence))
+            .collect();
+        self.audit_reading(&auditor, format!("checkpoint of {}", heads.join(", ")))
+            .await?;
+        Ok(Response::new(CheckpointResponse {
+            checkpoint: c.to_json(),
+        }))
+    }
+}
+
+/// The heads a checkpoint vouches for, checked for shape: whole range only,
+/// a bounded number, each hash 64 hex digits.
+fn vouched_heads(
+    heads: Vec<crossgate_proto::VouchedHead>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<crossgate_audit::checkpoint::Head>, Status> {
+    const MOST: usize = 1024;
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    if from != 0 || to != 0 {
+        return Err(Status::invalid_argument(
+            "a checkpoint is checked against the whole log: leave from and to at 0",
+        ));
+    }
+    if heads.len() > MOST {
+        return Err(Status::invalid_argument(format!(
+            "{} vouched heads; at most {MOST}",
+            heads.len()
+        )));
+    }
+    heads
+        .into_iter()
+        .map(|h| {
+            let well_formed = h.entry_hash.len() == 64
+                && h.entry_hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && !h.writer.is_empty()
+                && h.writer.len() <= 128;
+            if !well_formed {
+                return Err(Status::invalid_argument(
+                    "a vouched head needs a writer (at most 128 bytes) and a 64-hex-digit entry_hash",
+                ));
+            }
+            Ok(crossgate_audit::checkpoint::Head {
+                writer: h.writer,
+                sequence: h.sequence,
+                hash: h.entry_hash.to_ascii_lowercase(),
+            })
+        })
+        .collect()
 }
 
 /// How many entries `filter` selects.

@@ -113,6 +113,23 @@ pub struct AuditConfig {
     /// This broker's chain in the log; replicas sharing a store need distinct ids.
     #[serde(default = "default_writer")]
     pub writer: String,
+    /// How often the broker signs a checkpoint of every chain's head into
+    /// `checkpoints` (see `crossgate audit checkpoint`); `"0s"`: never.
+    #[serde(
+        default = "default_checkpoint_every",
+        with = "crossgate_config::duration"
+    )]
+    pub checkpoint_every: Duration,
+    /// Folder of the periodic signed checkpoints, outside the store.
+    #[serde(default = "default_checkpoints")]
+    pub checkpoints: PathBuf,
+}
+
+fn default_checkpoint_every() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_checkpoints() -> PathBuf {
+    PathBuf::from(".crossgate/checkpoints")
 }
 
 fn default_store() -> String {
@@ -131,6 +148,8 @@ impl Default for AuditConfig {
             store: default_store(),
             durability: default_durability(),
             writer: default_writer(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoints: default_checkpoints(),
         }
     }
 }
@@ -260,4 +279,19 @@ pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey
         path: certs.join(crossgate_tls::REFERENCE_SECRET_FILE),
         source,
     })
+}
+
+/// The broker's checkpoint signing key, `checkpoint.key` in its certificate
+/// folder, made (with `checkpoint.pub` beside it) if missing.
+pub fn load_checkpoint_signer(
+    certs: &Path,
+) -> Result<std::sync::Arc<crossgate_audit::checkpoint::Signer>, BrokerError> {
+    let seed = crossgate_tls::ensure_checkpoint_key(certs)?;
+    let signer = crossgate_audit::checkpoint::Signer::from_seed(&seed, "broker").map_err(|e| {
+        crossgate_tls::TlsError::CheckpointKey {
+            path: certs.join(crossgate_tls::CHECKPOINT_KEY_FILE),
+            why: e.to_string(),
+        }
+    })?;
+    Ok(std::sync::Arc::new(signer))
 }

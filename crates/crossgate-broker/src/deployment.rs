@@ -92,6 +92,8 @@ pub struct Wiring {
     pub audit: AuditChoice,
     /// Where operators' live limit changes are kept.
     pub overrides_file: PathBuf,
+    /// The key that signs checkpoints of the log (see `crate::checkpoints`).
+    pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     /// Test knob: this limiter instead of limits.toml.
     pub limiter: Option<Arc<dyn Limiter>>,
 }
@@ -160,6 +162,7 @@ impl Broker {
             references: wiring.references,
             approval_uses,
             catalog_file: Some(dep.dir.join("catalog.toml")),
+            checkpoints: wiring.checkpoints,
         }))
     }
 }

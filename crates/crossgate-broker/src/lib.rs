@@ -8,6 +8,7 @@ pub mod admin;
 pub mod approvals;
 pub mod audit;
 pub mod audit_service;
+pub mod checkpoints;
 pub mod config;
 pub mod delivery;
 pub mod deployment;
@@ -102,6 +103,8 @@ pub struct Parts {
     pub approval_uses: approvals::ApprovalUses,
     /// `catalog.toml`, re-read by `Admin.ReloadCatalog`; `None`: not reloadable.
     pub catalog_file: Option<std::path::PathBuf>,
+    /// The key that signs checkpoints of the log; `None`: no checkpoints.
+    pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
 }
 
 #[derive(Clone)]
@@ -122,6 +125,7 @@ struct Inner {
     limiter: Arc<dyn Limiter>,
     admin: Option<admin::LimitsAdmin>,
     audit_reader: Option<audit_service::AuditReader>,
+    checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     references: ReferenceKey,
     approval_uses: Arc<approvals::ApprovalUses>,
     next_request: AtomicU64,
@@ -130,6 +134,8 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
     /// Throttled calls, counted until their entry is written.
     throttles: throttle_log::ThrottleLog,
+    /// The digest of each reloadable file as last applied.
+    in_force: std::sync::Mutex<HashMap<std::path::PathBuf, String>>,
 }
 
 impl Broker {
@@ -143,6 +149,13 @@ impl Broker {
         let mut random = std::collections::hash_map::RandomState::new().build_hasher();
         random.write_u64(micros);
         let epoch = micros ^ (random.finish() & 0xffff_ffff);
+        let in_force = admin::digests_at_start(
+            parts
+                .catalog_file
+                .iter()
+                .cloned()
+                .chain(parts.admin.iter().map(|a| a.config_dir.join("limits.toml"))),
+        );
         Broker {
             inner: Arc::new(Inner {
                 config: parts.config,
@@ -160,12 +173,14 @@ impl Broker {
                 limiter: parts.limiter,
                 admin: parts.admin,
                 audit_reader: parts.audit_reader,
+                checkpoints: parts.checkpoints,
                 references: parts.references,
                 approval_uses: Arc::new(parts.approval_uses),
                 next_request: AtomicU64::new(1),
                 epoch,
                 draining: std::sync::atomic::AtomicBool::new(false),
                 throttles: throttle_log::ThrottleLog::default(),
+                in_force: std::sync::Mutex::new(in_force),
             }),
         }
     }
@@ -263,6 +278,8 @@ pub async fn serve(
             }
         })
     };
+    // Signed checkpoints of the chain heads, kept outside the store.
+    let checkpointing = broker.spawn_checkpoints();
     let (since_tx, since) = tokio::sync::watch::channel(None);
     let overdue = async move {
         if let Ok(at) = stopping.await {
@@ -279,6 +296,9 @@ pub async fn serve(
         }
     }
     counting.abort();
+    if let Some(task) = checkpointing {
+        task.abort();
+    }
     broker.write_throttles().await;
     let left = (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
         (at + grace).saturating_duration_since(tokio::time::Instant::now())

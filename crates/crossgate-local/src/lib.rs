@@ -291,13 +291,24 @@ impl LocalSystem {
             .parse()
             .map_err(|e| StartError::Other(format!("bound address {broker_addr}: {e}")))?;
         // References outlive a run only when the certificates do.
-        let references = match &certs {
+        let (references, checkpoints) = match &certs {
             CertSource::Dir(dir) => {
                 crossgate_tls::ensure_reference_secret(dir)?;
-                crossgate_broker::config::load_reference_key(dir)?
+                (
+                    crossgate_broker::config::load_reference_key(dir)?,
+                    crossgate_broker::config::load_checkpoint_signer(dir)?,
+                )
             }
-            CertSource::Memory(_) => ReferenceKey::random()
-                .map_err(|_| StartError::Other("cannot make a record-reference secret".into()))?,
+            CertSource::Memory(_) => (
+                ReferenceKey::random().map_err(|_| {
+                    StartError::Other("cannot make a record-reference secret".into())
+                })?,
+                Arc::new(
+                    crossgate_audit::checkpoint::Signer::generate("broker").map_err(|_| {
+                        StartError::Other("cannot make a checkpoint signing key".into())
+                    })?,
+                ),
+            ),
         };
         let memory = Arc::new(MemorySink::default());
         let (audit, memory_audit) = match (opts.audit, &opts.audit_store) {
@@ -318,6 +329,7 @@ impl LocalSystem {
             Wiring {
                 tls: broker_tls.clone(),
                 references,
+                checkpoints: Some(checkpoints),
                 audit,
                 overrides_file,
                 limiter: opts.limiter,

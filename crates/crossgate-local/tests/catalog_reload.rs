@@ -131,4 +131,15 @@ async fn an_operator_reloads_the_catalog_and_a_bad_file_changes_nothing() {
         reloads[1].record_digest,
         crossgate_broker::audit::digest(&now_in_force)
     );
+    // Old and new, by digest.
+    let change = format!(
+        "sha256 {} -> {} (by operations)",
+        crossgate_broker::audit::digest(shipped.as_bytes()),
+        crossgate_broker::audit::digest(&now_in_force)
+    );
+    assert!(
+        reloads[1].reason.ends_with(&change),
+        "{}",
+        reloads[1].reason
+    );
 }

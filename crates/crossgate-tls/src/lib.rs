@@ -45,6 +45,10 @@ pub enum TlsError {
         "{path}: the broker's record-reference secret is missing or unreadable ({why}); make one with `crossgate certs dev --out DIR` (development) or write 32 random bytes as 64 hex digits (`openssl rand -hex 32`), readable only by the broker; keep it: changing it changes every reference consumers hold"
     )]
     Secret { path: PathBuf, why: String },
+    #[error(
+        "{path}: the broker's checkpoint signing key is unreadable ({why}); it is 64 hex digits (an Ed25519 seed), readable only by the broker; move it away and the broker makes a new one (auditors must then pin the new checkpoint.pub)"
+    )]
+    CheckpointKey { path: PathBuf, why: String },
 }
 
 /// The file, beside the broker's certificate, holding the secret behind
@@ -62,31 +66,86 @@ pub fn ensure_reference_secret(dir: &Path) -> Result<PathBuf, TlsError> {
     let bytes: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
         .map_err(|_| TlsError::Random)?
         .expose();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, &format!("{hex}\n"))?;
+    write_private(&path, &format!("{}\n", hex(&bytes)))?;
     Ok(path)
 }
 
 /// Read `<dir>/reference.key`: the secret's bytes.
 pub fn read_reference_secret(dir: &Path) -> Result<Vec<u8>, TlsError> {
     let path = dir.join(REFERENCE_SECRET_FILE);
-    let bad = |why: String| TlsError::Secret {
-        path: path.clone(),
-        why,
-    };
-    let text = std::fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
+    read_hex(&path).map_err(|why| TlsError::Secret { path, why })
+}
+
+/// A file of 64 or more hex digits, as bytes.
+fn read_hex(path: &Path) -> Result<Vec<u8>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let text = text.trim();
     if text.len() < 64 || text.len() % 2 != 0 {
-        return Err(bad(format!(
+        return Err(format!(
             "it holds {} characters, not 64 or more hex digits",
             text.len()
-        )));
+        ));
     }
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(text.get(i..i + 2).unwrap_or("xx"), 16))
         .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| bad("it holds something other than hex digits".into()))
+        .map_err(|_| "it holds something other than hex digits".into())
+}
+
+/// The broker's checkpoint signing key, beside its certificate: an Ed25519
+/// seed as 64 hex digits (see `crossgate_audit::checkpoint`).
+pub const CHECKPOINT_KEY_FILE: &str = "checkpoint.key";
+/// Its public half, `ed25519:<hex>`: what auditors keep and pin.
+pub const CHECKPOINT_PUBLIC_FILE: &str = "checkpoint.pub";
+
+/// Make `<dir>/checkpoint.key` (and `checkpoint.pub`) unless the key exists:
+/// an existing key is kept, since auditors pin its public half. Returns the
+/// key's seed.
+pub fn ensure_checkpoint_key(dir: &Path) -> Result<[u8; 32], TlsError> {
+    let path = dir.join(CHECKPOINT_KEY_FILE);
+    if !path.exists() {
+        let seed: [u8; 32] = ring::rand::generate(&ring::rand::SystemRandom::new())
+            .map_err(|_| TlsError::Random)?
+            .expose();
+        write_private(&path, &format!("{}\n", hex(&seed)))?;
+    }
+    let seed = read_checkpoint_seed(dir)?;
+    let public = checkpoint_public_key(&seed).map_err(|why| TlsError::CheckpointKey {
+        path: path.clone(),
+        why,
+    })?;
+    let public_file = dir.join(CHECKPOINT_PUBLIC_FILE);
+    let line = format!("{public}\n");
+    // Written only when missing or stale: a read-only folder of a key made
+    // elsewhere is fine.
+    if std::fs::read_to_string(&public_file).ok().as_deref() != Some(line.as_str()) {
+        write(public_file, &line)?;
+    }
+    Ok(seed)
+}
+
+/// Read `<dir>/checkpoint.key`: the seed.
+pub fn read_checkpoint_seed(dir: &Path) -> Result<[u8; 32], TlsError> {
+    let path = dir.join(CHECKPOINT_KEY_FILE);
+    read_hex(&path)
+        .and_then(|bytes| {
+            <[u8; 32]>::try_from(bytes.as_slice())
+                .map_err(|_| format!("it holds {} bytes, not 32", bytes.len()))
+        })
+        .map_err(|why| TlsError::CheckpointKey { path, why })
+}
+
+/// `ed25519:<hex>` of a seed's public key.
+pub fn checkpoint_public_key(seed: &[u8; 32]) -> Result<String, String> {
+    use ring::signature::KeyPair;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(seed)
+        .map_err(|_| "not an Ed25519 seed".to_owned())?;
+    Ok(format!("ed25519:{}", hex(pair.public_key().as_ref())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
@@ -231,6 +290,9 @@ pub fn generate_dev(out: &Path, ids: &[&str]) -> Result<Vec<PathBuf>, TlsError> 
         written.push(write(out.join(format!("{id}.key")), &key)?);
     }
     written.push(ensure_reference_secret(out)?);
+    ensure_checkpoint_key(out)?;
+    written.push(out.join(CHECKPOINT_KEY_FILE));
+    written.push(out.join(CHECKPOINT_PUBLIC_FILE));
     Ok(written)
 }
 

@@ -403,3 +403,130 @@ fn a_second_broker_on_the_same_chain_is_refused() {
         .unwrap();
     assert_eq!(verified.status.code(), Some(0));
 }
+
+/// The log cannot be shortened unnoticed: an auditor's checkpoint, taken
+/// through the broker and kept outside the log, catches a tail cut off
+/// together with its head moved back (which the chain alone cannot see),
+/// and a wiped log; an altered checkpoint is refused. The broker also
+/// signs checkpoints into its folder on its own, every checkpoint_every.
+#[test]
+fn a_checkpoint_catches_truncation_and_wipe() {
+    let mut rig = Rig::new("faults_checkpoint", None);
+    let toml = std::fs::read_to_string(rig.dir.join("broker.toml")).unwrap();
+    let toml = toml.replace(
+        "writer = \"faults_checkpoint\"\n",
+        "writer = \"faults_checkpoint\"\ncheckpoint_every = \"200ms\"\ncheckpoints = \"kept\"\n",
+    );
+    std::fs::write(rig.dir.join("broker.toml"), toml).unwrap();
+    rig.start_broker();
+    let dir = rig.dir.to_path_buf();
+    let run = |args: &[&str]| {
+        let out = crossgate(&dir, args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), said)
+    };
+    let auditor = ["audit", "--config", ".", "--cert", "certs/audit-office.pem"];
+    let with = |more: &[&'static str]| [&auditor[..], more].concat();
+    // Each reading is an entry of the log.
+    for _ in 0..5 {
+        let (code, said) = run(&with(&["search", "--decision", "denied"]));
+        assert_eq!(code, Some(0), "{said}");
+    }
+    let (code, said) = run(&with(&["checkpoint", "--out", "kept-by-auditor.json"]));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("checkpoint of 1 chain(s) [faults_checkpoint@5]"),
+        "{said}"
+    );
+    let (code, said) = run(&with(&["verify", "--checkpoint", "kept-by-auditor.json"]));
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("signature verified"), "{said}");
+    std::thread::sleep(Duration::from_millis(600));
+    rig.stop("broker");
+    let signed_on_its_own = std::fs::read_dir(rig.dir.join("kept"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".json")
+        })
+        .count();
+    assert!(signed_on_its_own >= 1, "periodic checkpoints in kept/");
+
+    let store = rig.store.clone();
+    let verify = |checkpoint: bool| {
+        let mut args = vec!["audit", "--config", ".", "verify", "--store", &store];
+        if checkpoint {
+            args.extend(["--checkpoint", "kept-by-auditor.json"]);
+        }
+        run(&args)
+    };
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(0), "untouched: {said}");
+
+    // Cut the tail and move the head back: the chain alone still verifies.
+    let db = dir.join("audit.db");
+    let tamper = |sql: &str| {
+        crossgate_audit::SqliteStore::open(&db)
+            .unwrap()
+            .connection()
+            .execute_batch(sql)
+            .unwrap()
+    };
+    tamper(
+        "DELETE FROM audit_entries WHERE sequence > 3;
+         UPDATE audit_heads SET sequence = 3,
+           entry_hash = (SELECT entry_hash FROM audit_entries WHERE sequence = 3)",
+    );
+    let (code, said) = verify(false);
+    assert_eq!(
+        code,
+        Some(0),
+        "without a checkpoint the cut is invisible: {said}"
+    );
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("the log's chain ends at 3: entries up to the vouched 5 were cut off"),
+        "{said}"
+    );
+
+    // An altered checkpoint vouching for less is refused by its signature.
+    let text = std::fs::read_to_string(rig.dir.join("kept-by-auditor.json")).unwrap();
+    std::fs::write(
+        rig.dir.join("lowered.json"),
+        text.replace("\"sequence\": 5", "\"sequence\": 3"),
+    )
+    .unwrap();
+    let (code, said) = run(&[
+        "audit",
+        "--config",
+        ".",
+        "verify",
+        "--store",
+        &store,
+        "--checkpoint",
+        "lowered.json",
+    ]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("signature does not verify"), "{said}");
+
+    // Wipe: "empty" alone, a finding against the checkpoint.
+    tamper("DELETE FROM audit_entries; DELETE FROM audit_heads");
+    let (code, said) = verify(false);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("the log is empty"), "{said}");
+    let (code, said) = verify(true);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("it was wiped or replaced"), "{said}");
+}

@@ -1,12 +1,13 @@
-//! `crossgate audit search|verify|export`: the auditor's tools, working
+//! `crossgate audit search|verify|export|checkpoint`: the auditor's tools, working
 //! directly on a log's store (`--store`) or through a broker (`--broker`,
 //! `--cert`, `--key`: the auditor's certificate).
 
 use crate::{CliError, CliResult, ExitCode};
 use clap::{Args, Subcommand, ValueEnum};
+use crossgate_audit::checkpoint::Checkpoint;
 use crossgate_audit::{Filter, Stored};
 use crossgate_proto::audit_client::AuditClient;
-use crossgate_proto::{SearchRequest, VerifyRequest};
+use crossgate_proto::{CheckpointRequest, SearchRequest, VerifyRequest, VouchedHead};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -46,6 +47,15 @@ pub enum AuditCommand {
         /// To this sequence number (0: the end, including the chain's recorded head)
         #[arg(long, default_value_t = 0)]
         to: u64,
+        #[command(flatten)]
+        vouched: CheckpointArgs,
+    },
+    /// Save a checkpoint: every chain's head, signed by the broker's
+    /// checkpoint key. Keep it outside the log; `verify --checkpoint FILE`
+    /// later fails if the log was cut short, rewritten or wiped.
+    Checkpoint {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
     /// Write matching entries to a JSON Lines file (progress shown on a terminal).
     Export {
@@ -54,6 +64,105 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// Also check that the log still holds every head this checkpoint vouches for
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
+    /// The broker's checkpoint.pub to check the checkpoint's signature with
+    /// [default: <certs of broker.toml>/checkpoint.pub]
+    #[arg(long, value_name = "FILE", requires = "checkpoint")]
+    checkpoint_key: Option<PathBuf>,
+}
+
+impl CheckpointArgs {
+    /// The checkpoint, its signature checked against the key the auditor
+    /// trusts, and said so; `None` without `--checkpoint`.
+    fn load(&self, config: &std::path::Path) -> Result<Option<Checkpoint>, CliError> {
+        let Some(file) = &self.checkpoint else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the checkpoint {}: {e}", file.display()))?;
+        let c = Checkpoint::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        let key_file = match &self.checkpoint_key {
+            Some(k) => k.clone(),
+            None => crossgate_broker::BrokerConfig::load(config)
+                .map_err(|e| {
+                    format!("{e}; or pass --checkpoint-key FILE (the broker's checkpoint.pub)")
+                })?
+                .certs
+                .join(crossgate_tls::CHECKPOINT_PUBLIC_FILE),
+        };
+        let trusted = std::fs::read_to_string(&key_file).map_err(|e| {
+            format!(
+                "cannot read the trusted checkpoint key {}: {e}; pass --checkpoint-key FILE (the broker's checkpoint.pub, kept by the auditor)",
+                key_file.display()
+            )
+        })?;
+        c.check_signature(&trusted).map_err(|e| CliError {
+            code: ExitCode::Failed,
+            message: format!("{}: {e}", file.display()),
+        })?;
+        println!(
+            "checkpoint {} signed by {} at {}: signature verified with {}",
+            file.display(),
+            printable(&c.signed_by),
+            printable(&c.signed_at),
+            key_file.display()
+        );
+        Ok(Some(c))
+    }
+}
+
+/// Write a checkpoint file whole or not at all.
+fn save_checkpoint(c: &Checkpoint, out: &std::path::Path) -> CliResult {
+    let partial = out.with_extension("partial");
+    std::fs::write(&partial, c.to_json())
+        .and_then(|()| std::fs::rename(&partial, out))
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    let heads: Vec<String> = c
+        .heads
+        .iter()
+        .map(|h| format!("{}@{}", printable(&h.writer), h.sequence))
+        .collect();
+    println!(
+        "checkpoint of {} chain(s) [{}] signed at {} by {} written to {}",
+        c.heads.len(),
+        heads.join(", "),
+        printable(&c.signed_at),
+        printable(&c.key),
+        out.display()
+    );
+    Ok(ExitCode::Ok)
+}
+
+/// Print each chain's report; exit 1 if any is broken.
+fn print_reports(
+    reports: impl IntoIterator<Item = (String, u64, Option<(u64, String)>)>,
+) -> ExitCode {
+    let mut ok = true;
+    let mut any = false;
+    for (writer, checked, broken) in reports {
+        any = true;
+        match broken {
+            None => println!("chain {}: {checked} entries verified", printable(&writer)),
+            Some((sequence, why)) => {
+                ok = false;
+                println!(
+                    "chain {}: entry {sequence} does not verify: {}",
+                    printable(&writer),
+                    printable(&why)
+                );
+            }
+        }
+    }
+    if !any {
+        println!("the log is empty");
+    }
+    if ok { ExitCode::Ok } else { ExitCode::Failed }
 }
 
 #[derive(Debug, Args)]
@@ -138,29 +247,32 @@ pub fn on_store(args: AuditArgs) -> CliResult {
     };
     let mut store = crossgate_audit::open(&spec)?;
     Ok(match args.command {
-        AuditCommand::Verify { from, to } => {
-            match crossgate_audit::verify_range(store.as_mut(), from, to) {
-                Ok(reports) => {
-                    let mut ok = true;
-                    for r in &reports {
-                        match &r.broken {
-                            None => println!("chain {}: {} entries verified", r.writer, r.checked),
-                            Some((sequence, why)) => {
-                                ok = false;
-                                println!(
-                                    "chain {}: entry {sequence} does not verify: {why}",
-                                    r.writer
-                                );
-                            }
-                        }
-                    }
-                    if reports.is_empty() {
-                        println!("the log is empty");
-                    }
-                    if ok { ExitCode::Ok } else { ExitCode::Failed }
+        AuditCommand::Verify { from, to, vouched } => {
+            let reports = match vouched.load(&args.conn.config)? {
+                Some(c) if from == 0 && to == 0 => {
+                    crossgate_audit::verify_vouched(store.as_mut(), &c.heads)?
                 }
-                Err(e) => return Err(e.into()),
-            }
+                Some(_) => {
+                    return Err(
+                        "--checkpoint checks the whole log: leave out --from and --to".into(),
+                    );
+                }
+                None => crossgate_audit::verify_range(store.as_mut(), from, to)?,
+            };
+            print_reports(reports.into_iter().map(|r| (r.writer, r.checked, r.broken)))
+        }
+        AuditCommand::Checkpoint { out } => {
+            // Signed here with the broker's key: only where the broker's
+            // certificate folder is readable.
+            let certs = crossgate_broker::BrokerConfig::load(&args.conn.config)?.certs;
+            let seed = crossgate_tls::read_checkpoint_seed(&certs).map_err(|e| {
+                format!("{e}; or ask the broker: crossgate audit --cert FILE checkpoint")
+            })?;
+            let signer = crossgate_audit::checkpoint::Signer::from_seed(&seed, "broker")
+                .map_err(|e| e.to_string())?;
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let c = signer.sign(&store.heads()?, &now);
+            return save_checkpoint(&c, &out);
         }
         AuditCommand::Export { filter, out } => {
             let mut file = std::io::BufWriter::new(
@@ -255,32 +367,53 @@ pub async fn through_broker(args: AuditArgs) -> ExitCode {
         ExitCode::Failed
     };
     match args.command {
-        AuditCommand::Verify { from, to } => match client
-            .verify(VerifyRequest {
-                from_sequence: from,
-                to_sequence: to,
-            })
-            .await
-        {
-            Ok(r) => {
-                let r = r.into_inner();
-                for c in &r.chains {
-                    if c.ok {
-                        println!("chain {}: {} entries verified", c.writer, c.entries_checked);
-                    } else {
-                        println!(
-                            "chain {}: entry {} does not verify: {}",
-                            c.writer, c.first_bad_sequence, c.reason
-                        );
-                    }
+        AuditCommand::Verify { from, to, vouched } => {
+            let vouched = match vouched.load(&args.conn.config) {
+                Ok(c) => c.map(|c| c.heads).unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("crossgate: {}", e.message);
+                    return e.code;
                 }
-                if r.chains.is_empty() {
-                    println!("the log is empty");
-                }
-                if r.ok { ExitCode::Ok } else { ExitCode::Failed }
+            };
+            let vouched = vouched
+                .into_iter()
+                .map(|h| VouchedHead {
+                    writer: h.writer,
+                    sequence: h.sequence,
+                    entry_hash: h.hash,
+                })
+                .collect();
+            match client
+                .verify(VerifyRequest {
+                    from_sequence: from,
+                    to_sequence: to,
+                    vouched,
+                })
+                .await
+            {
+                Ok(r) => print_reports(r.into_inner().chains.into_iter().map(|c| {
+                    let broken = (!c.ok).then_some((c.first_bad_sequence, c.reason));
+                    (c.writer, c.entries_checked, broken)
+                })),
+                Err(s) => refused(s),
             }
-            Err(s) => refused(s),
-        },
+        }
+        AuditCommand::Checkpoint { out } => {
+            let text = match client.checkpoint(CheckpointRequest {}).await {
+                Ok(r) => r.into_inner().checkpoint,
+                Err(s) => return refused(s),
+            };
+            let saved = Checkpoint::parse(&text)
+                .map_err(|e| CliError::from(format!("the broker sent {e}")))
+                .and_then(|c| save_checkpoint(&c, &out));
+            match saved {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("crossgate: {}", e.message);
+                    e.code
+                }
+            }
+        }
         AuditCommand::Search { filter, format } => {
             let mut stream = match client.search(filter.to_request()).await {
                 Ok(s) => s.into_inner(),

@@ -37,6 +37,7 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     let config = dep.config.clone();
     let tls = crossgate_tls::Bundle::load(&config.certs, "broker")?;
     let references = crossgate_broker::config::load_reference_key(&config.certs)?;
+    let checkpoints = crossgate_broker::config::load_checkpoint_signer(&config.certs)?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
@@ -48,6 +49,7 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         Wiring {
             tls: tls.clone(),
             references,
+            checkpoints: Some(checkpoints.clone()),
             audit: AuditChoice::Store(config.audit.clone()),
             overrides_file: crossgate_broker::config::overrides_file(&args.config),
             limiter: None,
@@ -61,6 +63,16 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     println!(
         "audit log: {} ({}, chain {})",
         config.audit.store, config.audit.durability, config.audit.writer
+    );
+    println!(
+        "checkpoints signed by {} ({}), every {:?} into {}",
+        checkpoints.public_key(),
+        config
+            .certs
+            .join(crossgate_tls::CHECKPOINT_PUBLIC_FILE)
+            .display(),
+        config.audit.checkpoint_every,
+        config.audit.checkpoints.display()
     );
     // SIGHUP re-reads limits.toml and catalog.toml; an invalid file is refused
     // and the old one stays.
