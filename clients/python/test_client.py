@@ -93,7 +93,7 @@ def main():
         def stub(party, kind):
             read = lambda name: open(os.path.join(certs, name), "rb").read()
             creds = grpc.ssl_channel_credentials(read("ca.pem"), read(f"{party}.key"), read(f"{party}.pem"))
-            channel = grpc.secure_channel(f"127.0.0.1:{broker_port}", creds, options=[("grpc.ssl_target_name_override", "localhost")])
+            channel = grpc.secure_channel(f"127.0.0.1:{broker_port}", creds, options=[("grpc.ssl_target_name_override", "broker.crossgate")])
             return kind(channel)
 
         # Publish: customs' declaration reaches border inspection and commerce.
