@@ -172,6 +172,60 @@ pub fn entry_hash(writer: &str, sequence: u64, previous: &[u8; 32], e: &Entry) -
     h.finalize().into()
 }
 
+/// The largest `reason` an entry keeps, in bytes.
+pub const MAX_REASON: usize = 4096;
+/// The largest other text field an entry keeps, in bytes.
+pub const MAX_FIELD: usize = 1024;
+/// The most released field paths an entry keeps.
+pub const MAX_RELEASED: usize = 1000;
+
+impl Entry {
+    /// Cut every field to its bound, saying how much was cut, so that no
+    /// entry can grow the log without limit whatever its caller put in it.
+    /// The broker bounds what a peer sends far below these; this is the
+    /// last line.
+    pub fn bounded(mut self) -> Self {
+        for (field, most) in [
+            (&mut self.reason, MAX_REASON),
+            (&mut self.consumer, MAX_FIELD),
+            (&mut self.provider, MAX_FIELD),
+            (&mut self.record_type, MAX_FIELD),
+            (&mut self.record_id, MAX_FIELD),
+            (&mut self.purpose, MAX_FIELD),
+            (&mut self.approval_reference, MAX_FIELD),
+            (&mut self.request_id, MAX_FIELD),
+            (&mut self.time, MAX_FIELD),
+            (&mut self.record_digest, MAX_FIELD),
+        ] {
+            cut(field, most);
+        }
+        if self.released_fields.len() > MAX_RELEASED {
+            let more = self.released_fields.len() - MAX_RELEASED + 1;
+            self.released_fields.truncate(MAX_RELEASED - 1);
+            self.released_fields.push(format!("... and {more} more"));
+        }
+        for f in &mut self.released_fields {
+            cut(f, MAX_FIELD);
+        }
+        self
+    }
+}
+
+/// Cut `s` to at most `most` bytes at a character boundary, ending in a
+/// note of how many bytes were cut.
+fn cut(s: &mut String, most: usize) {
+    if s.len() <= most {
+        return;
+    }
+    let note = format!("... ({} bytes cut)", s.len());
+    let mut end = most.saturating_sub(note.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&note);
+}
+
 impl Stored {
     /// Seal `entry` as the next of a chain whose head is (`sequence - 1`, `previous`).
     pub fn seal(writer: &str, sequence: u64, previous: [u8; 32], entry: Entry) -> Self {

@@ -683,3 +683,38 @@ fn a_checkpoint_catches_a_rewritten_head_and_a_wiped_log() {
         );
     }
 }
+
+#[test]
+fn an_entry_of_any_size_is_kept_within_its_bounds_and_still_verifies() {
+    for b in Backend::all("bounded") {
+        let mut huge = entry(1);
+        huge.reason = "é".repeat(3_000_000);
+        huge.record_id = "9".repeat(3_000_000);
+        huge.released_fields = vec!["/goods/-/x".into(); 300_000];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 8).unwrap();
+        runtime.block_on(async { writer.append(huge).await.unwrap() });
+        writer.close();
+        let mut stored = Vec::new();
+        b.open()
+            .scan(&Filter::default(), &mut |s| {
+                stored.push(s);
+                true
+            })
+            .unwrap();
+        let e = &stored[0].entry;
+        assert!(e.reason.len() <= entry::MAX_REASON, "{}", e.reason.len());
+        assert!(
+            e.reason.ends_with("... (6000000 bytes cut)"),
+            "{}",
+            &e.reason[e.reason.len() - 40..]
+        );
+        assert!(e.record_id.len() <= entry::MAX_FIELD);
+        assert_eq!(e.released_fields.len(), entry::MAX_RELEASED);
+        assert_eq!(e.released_fields.last().unwrap(), "... and 299001 more");
+        assert!(stored[0].to_json_line().len() < 64 * 1024, "{}", b.name());
+        assert_eq!(broken(&b), None, "{}", b.name());
+    }
+}

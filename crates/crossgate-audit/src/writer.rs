@@ -127,7 +127,7 @@ impl Chain {
 
     fn seal(&mut self, entry: Entry) {
         self.sequence += 1;
-        let sealed = Stored::seal(&self.writer, self.sequence, self.previous, entry);
+        let sealed = Stored::seal(&self.writer, self.sequence, self.previous, entry.bounded());
         self.previous = sealed.entry_hash;
         self.batch.push(sealed);
     }

@@ -305,8 +305,15 @@ async fn count(reader: AuditReader, filter: Filter) -> Result<u64, Status> {
     .map_err(|e| Status::internal(e.to_string()))?
 }
 
-/// JSON lines gathered into chunks of 500 entries, each saying how far the
-/// export has come; an error ends the stream.
+/// Entries in one export chunk at most.
+const CHUNK_ENTRIES: u64 = 500;
+/// Bytes in one export chunk at most, well under the 4 MiB a gRPC client
+/// takes by default: a chunk ends before the entry that would pass it (an
+/// entry is bounded far below it, see `Broker::bounds`).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// JSON lines gathered into chunks of at most 500 entries and 1 MiB, each
+/// saying how far the export has come; an error ends the stream.
 async fn chunked(
     mut lines: mpsc::Receiver<Result<String, Status>>,
     tx: mpsc::Sender<Result<ExportChunk, Status>>,
@@ -324,10 +331,16 @@ async fn chunked(
     while let Some(line) = lines.recv().await {
         match line {
             Ok(l) => {
+                if !chunk.is_empty()
+                    && chunk.len() + l.len() + 1 > CHUNK_BYTES
+                    && send(&mut chunk, sent).await.is_err()
+                {
+                    return;
+                }
                 chunk.push_str(&l);
                 chunk.push('\n');
                 sent += 1;
-                if sent.is_multiple_of(500) && send(&mut chunk, sent).await.is_err() {
+                if sent.is_multiple_of(CHUNK_ENTRIES) && send(&mut chunk, sent).await.is_err() {
                     return;
                 }
             }
@@ -339,6 +352,33 @@ async fn chunked(
     }
     if !chunk.is_empty() || sent == 0 {
         let _ = send(&mut chunk, sent).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn export_chunks_stay_under_their_byte_bound_and_lose_no_line() {
+        let (lines_tx, lines) = mpsc::channel(2000);
+        let (tx, mut rx) = mpsc::channel(2000);
+        // 40 KB lines: 25 fit in a chunk by bytes, long before 500 by count.
+        let line = "x".repeat(40_000);
+        for _ in 0..100 {
+            lines_tx.send(Ok(line.clone())).await.unwrap();
+        }
+        drop(lines_tx);
+        chunked(lines, tx, 100).await;
+        let (mut total, mut chunks) = (0, 0);
+        while let Some(Ok(c)) = rx.recv().await {
+            assert!(c.jsonl.len() <= CHUNK_BYTES, "{}", c.jsonl.len());
+            total += c.jsonl.iter().filter(|b| **b == b'\n').count();
+            chunks += 1;
+            assert_eq!(c.entries_sent as usize, total);
+        }
+        assert_eq!(total, 100);
+        assert_eq!(chunks, 4);
     }
 }
 
