@@ -43,6 +43,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Peers {
     pub broker: String,
+    /// The CA's revocation lists: a revoked caller is refused.
+    pub revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
 }
 
 impl Adapter {
@@ -100,9 +102,19 @@ impl Adapter {
         if self.inner.peers.is_none() {
             return Ok(());
         }
-        let caller = request
-            .peer_certs()
-            .and_then(|chain| crossgate_tls::peer_identity(&chain));
+        let chain = request.peer_certs();
+        let caller = chain
+            .as_ref()
+            .and_then(|chain| crossgate_tls::peer_identity(chain));
+        if let (Some(revocation), Some(chain), Some(id)) = (
+            &self.inner.peers.as_ref().and_then(|p| p.revocation.clone()),
+            &chain,
+            &caller,
+        ) {
+            revocation
+                .check(chain)
+                .map_err(|why| Status::unauthenticated(format!("{id}: {why}")))?;
+        }
         match caller {
             Some(id) if id == expected => Ok(()),
             Some(id) => Err(Status::permission_denied(format!(

@@ -355,33 +355,6 @@ async fn chunked(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn export_chunks_stay_under_their_byte_bound_and_lose_no_line() {
-        let (lines_tx, lines) = mpsc::channel(2000);
-        let (tx, mut rx) = mpsc::channel(2000);
-        // 40 KB lines: 25 fit in a chunk by bytes, long before 500 by count.
-        let line = "x".repeat(40_000);
-        for _ in 0..100 {
-            lines_tx.send(Ok(line.clone())).await.unwrap();
-        }
-        drop(lines_tx);
-        chunked(lines, tx, 100).await;
-        let (mut total, mut chunks) = (0, 0);
-        while let Some(Ok(c)) = rx.recv().await {
-            assert!(c.jsonl.len() <= CHUNK_BYTES, "{}", c.jsonl.len());
-            total += c.jsonl.iter().filter(|b| **b == b'\n').count();
-            chunks += 1;
-            assert_eq!(c.entries_sent as usize, total);
-        }
-        assert_eq!(total, 100);
-        assert_eq!(chunks, 4);
-    }
-}
-
 /// An entry as the broker sends it, back in the log's own shape (the
 /// inverse of `to_message`). A value the broker never sends (an unknown
 /// decision, a hash that is not 64 hex digits) is damage, not a default.
@@ -426,4 +399,31 @@ pub fn from_message(e: crossgate_proto::AuditEntry) -> Result<Stored, StoreError
             latency_micros: e.latency_micros,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn export_chunks_stay_under_their_byte_bound_and_lose_no_line() {
+        let (lines_tx, lines) = mpsc::channel(2000);
+        let (tx, mut rx) = mpsc::channel(2000);
+        // 40 KB lines: 25 fit in a chunk by bytes, long before 500 by count.
+        let line = "x".repeat(40_000);
+        for _ in 0..100 {
+            lines_tx.send(Ok(line.clone())).await.unwrap();
+        }
+        drop(lines_tx);
+        chunked(lines, tx, 100).await;
+        let (mut total, mut chunks) = (0, 0);
+        while let Some(Ok(c)) = rx.recv().await {
+            assert!(c.jsonl.len() <= CHUNK_BYTES, "{}", c.jsonl.len());
+            total += c.jsonl.iter().filter(|b| **b == b'\n').count();
+            chunks += 1;
+            assert_eq!(c.entries_sent as usize, total);
+        }
+        assert_eq!(total, 100);
+        assert_eq!(chunks, 4);
+    }
 }

@@ -15,6 +15,11 @@ pub struct BrokerConfig {
     /// Folder with `ca.pem`, `broker.pem`/`broker.key` and the parties' certificates.
     #[serde(default = "default_certs")]
     pub certs: PathBuf,
+    /// The CA's certificate revocation lists (PEM or DER): a party whose
+    /// certificate is revoked is refused by the broker and by adapters run
+    /// from this folder.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// Largest gRPC message accepted, in bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
@@ -198,6 +203,7 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: default_listen(),
             certs: default_certs(),
+            crls: Vec::new(),
             max_message_bytes: default_max_message(),
             default_deadline: default_deadline(),
             delivery_timeout: default_delivery(),

@@ -103,6 +103,9 @@ impl Broker {
     /// record references and approval uses, wired the one way.
     pub fn from_deployment(dep: Deployment, wiring: Wiring) -> Result<Broker, DeploymentError> {
         let adapters = Adapters::new(&dep.partners, Some(&wiring.tls), Duration::from_secs(2))?;
+        let revocation =
+            crossgate_tls::revocation::Revocation::load(&wiring.tls.ca_pem, &dep.config.crls)?
+                .map(Arc::new);
         let ids = dep.partner_ids();
         let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
             Some(l) => (l, None),
@@ -163,6 +166,7 @@ impl Broker {
             approval_uses,
             catalog_file: Some(dep.dir.join("catalog.toml")),
             checkpoints: wiring.checkpoints,
+            revocation,
         }))
     }
 }

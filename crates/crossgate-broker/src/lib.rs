@@ -105,6 +105,8 @@ pub struct Parts {
     pub catalog_file: Option<std::path::PathBuf>,
     /// The key that signs checkpoints of the log; `None`: no checkpoints.
     pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
+    /// The CA's revocation lists (`crls` in broker.toml); `None`: none given.
+    pub revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
 }
 
 #[derive(Clone)]
@@ -126,6 +128,7 @@ struct Inner {
     admin: Option<admin::LimitsAdmin>,
     audit_reader: Option<audit_service::AuditReader>,
     checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
+    revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
     references: ReferenceKey,
     approval_uses: Arc<approvals::ApprovalUses>,
     next_request: AtomicU64,
@@ -174,6 +177,7 @@ impl Broker {
                 admin: parts.admin,
                 audit_reader: parts.audit_reader,
                 checkpoints: parts.checkpoints,
+                revocation: parts.revocation,
                 references: parts.references,
                 approval_uses: Arc::new(parts.approval_uses),
                 next_request: AtomicU64::new(1),

@@ -81,12 +81,18 @@ impl Broker {
 
     /// Who the verified client certificate names, if a known party of `role`.
     fn identify<T>(&self, request: &Request<T>, role: Role) -> Result<Caller, Status> {
-        let id = request
-            .peer_certs()
-            .and_then(|chain| crossgate_tls::peer_identity(&chain))
+        let chain = request.peer_certs();
+        let id = chain
+            .as_ref()
+            .and_then(|chain| crossgate_tls::peer_identity(chain))
             .ok_or_else(|| {
                 Status::unauthenticated("a client certificate naming a crossgate party is required")
             })?;
+        if let (Some(revocation), Some(chain)) = (&self.inner.revocation, &chain) {
+            revocation
+                .check(chain)
+                .map_err(|why| Status::unauthenticated(format!("{id}: {why}")))?;
+        }
         let partner = self.inner.partners.get(&id).ok_or_else(|| {
             Status::unauthenticated(format!("{id} is not a party in partners.toml"))
         })?;
@@ -276,18 +282,6 @@ pub(crate) fn deadline<T>(request: &Request<T>, default: Duration) -> Duration {
         .metadata()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| {
-            let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
-            let n: u64 = digits.parse().ok()?;
-            Some(match unit {
-                "H" => Duration::from_secs(n.saturating_mul(3600)),
-                "M" => Duration::from_secs(n.saturating_mul(60)),
-                "S" => Duration::from_secs(n),
-                "m" => Duration::from_millis(n),
-                "u" => Duration::from_micros(n),
-                "n" => Duration::from_nanos(n),
-                _ => return None,
-            })
-        });
+        .and_then(crossgate_config::parse_grpc_timeout);
     parsed.map_or(default, |d| d.min(default))
 }

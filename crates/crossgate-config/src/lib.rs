@@ -98,6 +98,32 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     })
 }
 
+/// The value of a `grpc-timeout` header: 1 to 8 ASCII digits and one unit,
+/// `H` (hours), `M` (minutes), `S` (seconds), `m` (milliseconds), `u`
+/// (microseconds) or `n` (nanoseconds), as the gRPC over HTTP/2 spec writes
+/// it. Anything else is `None`; the largest value (`99999999H`) fits.
+pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let bytes = value.as_bytes();
+    let (&unit, digits) = bytes.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most 99,999,999: the multiplications below cannot overflow.
+    let n = digits
+        .iter()
+        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 /// `#[serde(with = "crossgate_config::duration")]`: a duration field written
 /// as `"2s"` or `"500ms"`.
 pub mod duration {
@@ -212,6 +238,48 @@ mod tests {
         assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         for bad in ["", "2", "s", "2 days", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grpc_timeouts() {
+        use std::time::Duration;
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("30S"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("0n"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_grpc_timeout("00000005S"),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600)),
+            "the largest value fits"
+        );
+        for bad in [
+            "",
+            "S",
+            "5",
+            "123456789S",
+            "5s",
+            "5h",
+            "5 S",
+            " 5S",
+            "5S ",
+            "+5S",
+            "-5S",
+            "5.0S",
+            "5SS",
+            "٥S",
+            "5é",
+            "é",
+            "0x5S",
+            "99999999999999999999999H",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
 

@@ -161,6 +161,7 @@ impl Departments {
         )
         .with_peers(Peers {
             broker: "broker".into(),
+            revocation: None,
         });
         if let Some(state) = &self.adapter_state {
             let seen = Seen::open(

@@ -384,3 +384,53 @@ async fn the_broker_delivers_nothing_to_an_adapter_impostor() {
         "{to_border:?}"
     );
 }
+
+/// A party whose certificate the CA revoked (broker.toml's `crls`) is
+/// refused by the broker, though the certificate still chains to the CA;
+/// the other parties are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused() {
+    let dir = crossgate_testing::TempDir::new("hostile-crl");
+    crossgate_testing::config_copy(&dir);
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let ca = crossgate_tls::DevCa::new("hostile CA").unwrap();
+    let ids: Vec<String> = crossgate_broker::deployment::read_partners(&dir)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .chain(["broker".to_owned()])
+        .collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    ca.write_folder(&certs, &ids).unwrap();
+    let education = std::fs::read_to_string(certs.join("education.pem")).unwrap();
+    let crl = certs.join("revoked.crl.pem");
+    std::fs::write(&crl, ca.revocation_list(&[&education]).unwrap()).unwrap();
+    let toml = std::fs::read_to_string(dir.join("broker.toml")).unwrap();
+    std::fs::write(
+        dir.join("broker.toml"),
+        format!("crls = [\"{}\"]\n{toml}", crl.display()),
+    )
+    .unwrap();
+    let mut opts = Options::project_defaults();
+    opts.config = dir.to_path_buf();
+    opts.certs = Some(certs.clone());
+    opts.departments = Some(vec!["public-security".into()]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let list = |id: &'static str| {
+        let sys = &sys;
+        async move {
+            let channel = sys.channel(&sys.broker_addr, id).await.unwrap();
+            BrokerClient::new(channel)
+                .list_schemas(ListSchemasRequest {})
+                .await
+        }
+    };
+    let refused = list("education").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "education: the certificate was revoked by the CA"
+    );
+    list("tax").await.expect("tax's certificate stands");
+}

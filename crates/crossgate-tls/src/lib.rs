@@ -9,6 +9,7 @@
 //!   tonic server and client TLS configs.
 #![forbid(unsafe_code)]
 
+pub mod revocation;
 pub mod serving;
 
 use rcgen::{
@@ -49,6 +50,10 @@ pub enum TlsError {
         "{path}: the broker's checkpoint signing key is unreadable ({why}); it is 64 hex digits (an Ed25519 seed), readable only by the broker; move it away and the broker makes a new one (auditors must then pin the new checkpoint.pub)"
     )]
     CheckpointKey { path: PathBuf, why: String },
+    #[error(
+        "{path}: not a usable certificate revocation list ({why}); give the CA's CRL files (PEM or DER) in broker.toml's crls or the adapter's --crl"
+    )]
+    Crl { path: PathBuf, why: String },
 }
 
 /// The file, beside the broker's certificate, holding the secret behind
@@ -198,6 +203,42 @@ impl DevCa {
         &self.pem
     }
 
+    /// A CRL (PEM) revoking the certificates `revoked` (PEM), valid a week.
+    pub fn revocation_list(&self, revoked: &[&str]) -> Result<String, TlsError> {
+        let now = rcgen::date_time_ymd(1970, 1, 1)
+            + std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+        let mut revoked_certs = Vec::new();
+        for pem in revoked {
+            let der = <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(pem.as_bytes())
+                .map_err(|e| TlsError::Crl {
+                    path: PathBuf::from("(certificate)"),
+                    why: e.to_string(),
+                })?;
+            let (_, cert) =
+                x509_parser::parse_x509_certificate(&der).map_err(|e| TlsError::Crl {
+                    path: PathBuf::from("(certificate)"),
+                    why: e.to_string(),
+                })?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(cert.tbs_certificate.raw_serial()),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - std::time::Duration::from_secs(60),
+            next_update: now + std::time::Duration::from_secs(7 * 86_400),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
     /// Issue a certificate for party `id`, valid `days_before` days ago until
     /// `days_after` days from now (negative `days_after`: already expired).
     /// It names the party by SAN URI and serves `localhost` / `127.0.0.1`.
@@ -282,18 +323,25 @@ pub fn generate_dev(out: &Path, ids: &[&str]) -> Result<Vec<PathBuf>, TlsError> 
         path: out.to_path_buf(),
         source,
     })?;
-    let ca = DevCa::new("crossgate development CA")?;
-    let mut written = vec![write(out.join("ca.pem"), ca.pem())?];
-    for id in ids {
-        let (cert, key) = ca.issue(id, 1, 365)?;
-        written.push(write(out.join(format!("{id}.pem")), &cert)?);
-        written.push(write(out.join(format!("{id}.key")), &key)?);
+    DevCa::new("crossgate development CA")?.write_folder(out, ids)
+}
+
+impl DevCa {
+    /// Write `ca.pem`, `<id>.pem` / `<id>.key` for every id, the reference
+    /// secret and the checkpoint key into `out` (which must exist).
+    pub fn write_folder(&self, out: &Path, ids: &[&str]) -> Result<Vec<PathBuf>, TlsError> {
+        let mut written = vec![write(out.join("ca.pem"), self.pem())?];
+        for id in ids {
+            let (cert, key) = self.issue(id, 1, 365)?;
+            written.push(write(out.join(format!("{id}.pem")), &cert)?);
+            written.push(write(out.join(format!("{id}.key")), &key)?);
+        }
+        written.push(ensure_reference_secret(out)?);
+        ensure_checkpoint_key(out)?;
+        written.push(out.join(CHECKPOINT_KEY_FILE));
+        written.push(out.join(CHECKPOINT_PUBLIC_FILE));
+        Ok(written)
     }
-    written.push(ensure_reference_secret(out)?);
-    ensure_checkpoint_key(out)?;
-    written.push(out.join(CHECKPOINT_KEY_FILE));
-    written.push(out.join(CHECKPOINT_PUBLIC_FILE));
-    Ok(written)
 }
 
 /// A party's certificate and key, and the CA that vouches for its peers.

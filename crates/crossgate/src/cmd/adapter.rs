@@ -98,6 +98,11 @@ pub async fn run(args: AdapterArgs) -> CliResult {
     let adapter = Adapter::new(mapping, registry, broker, system)
         .with_peers(Peers {
             broker: "broker".into(),
+            revocation: crossgate_tls::revocation::Revocation::load(
+                &tls.ca_pem,
+                &broker_config.crls,
+            )?
+            .map(Arc::new),
         })
         .with_seen(seen);
     serve_tls(adapter, listener, Some(tls.server()), shutdown_signal())
