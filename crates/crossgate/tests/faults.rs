@@ -530,3 +530,52 @@ fn a_checkpoint_catches_truncation_and_wipe() {
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("it was wiped or replaced"), "{said}");
 }
+
+/// SIGHUP re-reads the configuration, and each reload is in the log: by
+/// whom (the signal), what, and old -> new by digest.
+#[test]
+fn a_sighup_reload_is_audited_with_old_and_new() {
+    let mut rig = Rig::new("faults_sighup", None);
+    rig.start_broker();
+    let catalog = rig.dir.join("catalog.toml");
+    let before = std::fs::read(&catalog).unwrap();
+    let after = [&before[..], b"\n# reviewed 2026-11-23\n"].concat();
+    std::fs::write(&catalog, &after).unwrap();
+    let pid = rig.running["broker"].id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let store = rig.store.clone();
+    let search = || {
+        let out = crossgate(
+            &rig.dir,
+            &["audit", "search", "--store", &store, "--format", "jsonl"],
+        )
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut log = search();
+    while !log.contains("signal:SIGHUP") && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+        log = search();
+    }
+    rig.stop("broker");
+    let digest = |b: &[u8]| crossgate_audit::digest(b);
+    let change = format!(
+        "sha256 {} -> {} (by signal:SIGHUP)",
+        digest(&before),
+        digest(&after)
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("catalog.toml") && l.contains(&change)),
+        "{log}"
+    );
+}
