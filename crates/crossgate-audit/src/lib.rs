@@ -19,6 +19,7 @@ pub mod checkpoint;
 mod dialect;
 pub mod entry;
 pub mod outbox;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 mod verify;

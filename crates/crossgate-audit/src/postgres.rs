@@ -36,8 +36,17 @@ impl PostgresStore {
 
     /// A connection whose session is set up: schema chosen, tables made.
     fn open(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
-        let mut client = Client::connect(url, NoTls)
-            .map_err(|e| StoreError::Failed(format!("cannot connect to PostgreSQL: {e}")))?;
+        let connected = match crate::pg_tls::connect_for(url)? {
+            crate::pg_tls::Connect::Plain(url) => Client::connect(&url, NoTls),
+            crate::pg_tls::Connect::Tls(url, tls) => Client::connect(&url, tls),
+        };
+        let mut client = connected.map_err(|e| {
+            // The postgres crate's Display omits the cause (a refused certificate, say).
+            let cause = std::error::Error::source(&e)
+                .map(|c| format!(": {c}"))
+                .unwrap_or_default();
+            StoreError::Failed(format!("cannot connect to PostgreSQL: {e}{cause}"))
+        })?;
         if let Some(schema) = schema {
             if !schema
                 .chars()

@@ -718,3 +718,117 @@ fn an_entry_of_any_size_is_kept_within_its_bounds_and_still_verifies() {
         assert_eq!(broken(&b), None, "{}", b.name());
     }
 }
+
+/// A TLS-terminating proxy in front of the test database: it answers the
+/// client's SSLRequest, completes TLS with `cert`, and forwards the
+/// decrypted stream to `upstream`. Returns its port and a count of the
+/// connections it carried.
+fn tls_proxy(
+    runtime: &tokio::runtime::Runtime,
+    upstream: String,
+    cert: &str,
+    key: &str,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs = vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let carried = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = carried.clone();
+    runtime.spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (acceptor, upstream, count) = (acceptor.clone(), upstream.clone(), count.clone());
+            tokio::spawn(async move {
+                let mut request = [0u8; 8];
+                client.read_exact(&mut request).await?;
+                // SSLRequest: length 8, code 80877103.
+                if request != [0, 0, 0, 8, 4, 210, 22, 47] {
+                    return Ok::<(), std::io::Error>(());
+                }
+                client.write_all(b"S").await?;
+                let mut tls = acceptor.accept(client).await?;
+                let mut server = tokio::net::TcpStream::connect(&upstream).await?;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::io::copy_bidirectional(&mut tls, &mut server).await?;
+                Ok(())
+            });
+        }
+    });
+    (port, carried)
+}
+
+#[test]
+fn the_store_reaches_postgresql_over_verified_tls_and_refuses_a_server_it_cannot_verify() {
+    let Ok(url) = std::env::var("CROSSGATE_TEST_DATABASE_URL") else {
+        return;
+    };
+    // postgres://USER@HOST:PORT/DB
+    let rest = url.split_once("://").unwrap().1;
+    let (user, rest) = rest.split_once('@').unwrap();
+    let (upstream, db) = rest.split_once('/').unwrap();
+    let db = db.split('?').next().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ca = crossgate_tls::DevCa::new("database CA").unwrap();
+    let (cert, key) = ca.issue("database", 1, 30).unwrap();
+    let (port, carried) = tls_proxy(&runtime, upstream.to_owned(), &cert, &key);
+    let dir = crossgate_testing::TempDir::new("audit-pg-tls");
+    let ca_file = dir.join("database-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let tls_url = |ca: &std::path::Path| {
+        format!(
+            "postgres://{user}@localhost:{port}/{db}?sslmode=require&sslrootcert={}",
+            ca.display()
+        )
+    };
+    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    client
+        .batch_execute("DROP SCHEMA IF EXISTS audit_tls CASCADE")
+        .unwrap();
+    let store = PostgresStore::connect(&tls_url(&ca_file), Some("audit_tls")).unwrap();
+    let writer = Writer::start(Box::new(store), "broker-a".into(), Durability::Durable, 8).unwrap();
+    let appender = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    appender.block_on(async {
+        for i in 1..=3 {
+            writer.append(entry(i)).await.unwrap();
+        }
+    });
+    writer.close();
+    assert!(carried.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    let mut store = PostgresStore::connect(&tls_url(&ca_file), Some("audit_tls")).unwrap();
+    let reports = verify(&mut store).unwrap();
+    assert_eq!(reports[0].checked, 3);
+    assert_eq!(reports[0].broken, None);
+
+    // A server whose certificate another CA signed is refused.
+    let other = crossgate_tls::DevCa::new("another CA").unwrap();
+    let other_file = dir.join("other-ca.pem");
+    std::fs::write(&other_file, other.pem()).unwrap();
+    let Err(StoreError::Failed(why)) =
+        PostgresStore::connect(&tls_url(&other_file), Some("audit_tls"))
+    else {
+        panic!("a server signed by another CA was accepted");
+    };
+    assert!(why.contains("certificate"), "{why}");
+    client
+        .batch_execute("DROP SCHEMA audit_tls CASCADE")
+        .unwrap();
+}
