@@ -27,6 +27,7 @@ pub const FORMAT: &str = "crossgate-checkpoint/1";
 
 /// One chain's head as the checkpoint vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Head {
     pub writer: String,
     pub sequence: u64,
@@ -162,7 +163,18 @@ impl Checkpoint {
                 c.format
             )));
         }
+        if c.heads.is_empty() {
+            return Err(CheckpointError::Malformed(
+                "it vouches for no chain: a checkpoint of an empty log proves nothing".into(),
+            ));
+        }
         for h in &c.heads {
+            if h.sequence == 0 || h.sequence > i64::MAX as u64 {
+                return Err(CheckpointError::Malformed(format!(
+                    "chain {}: sequence {} is not one a log holds",
+                    h.writer, h.sequence
+                )));
+            }
             if parse_hex::<32>(&h.hash).is_none() {
                 return Err(CheckpointError::Malformed(format!(
                     "chain {}: hash {:?} is not 64 hex digits",
@@ -201,8 +213,9 @@ pub fn public_key_bytes(text: &str) -> Result<[u8; 32], CheckpointError> {
         })
 }
 
+/// Exactly `2N` lower-case hex digits (one spelling per value).
 fn parse_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
+    if s.len() != 2 * N || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; N];
@@ -319,5 +332,7 @@ mod tests {
         assert!(public_key_bytes("ed25519:zz").is_err());
         assert!(public_key_bytes("rsa:00").is_err());
         assert!(parse_hex::<2>("é1").is_none());
+        assert!(parse_hex::<1>("+a").is_none());
+        assert!(parse_hex::<1>("AB").is_none());
     }
 }

@@ -217,7 +217,7 @@ fn cut(s: &mut String, most: usize) {
     if s.len() <= most {
         return;
     }
-    let note = format!("... ({} bytes cut)", s.len());
+    let note = format!("... (cut from {} bytes)", s.len());
     let mut end = most.saturating_sub(note.len());
     while !s.is_char_boundary(end) {
         end -= 1;

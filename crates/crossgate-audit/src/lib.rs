@@ -193,7 +193,13 @@ pub fn verify_range(
     from: u64,
     to: u64,
 ) -> Result<Vec<ChainReport>, StoreError> {
+    // The heads are read first: an entry committed while the scan runs lies
+    // beyond them and is left for the next verify, not taken for tampering.
+    let heads_before = if to == 0 { Some(store.heads()?) } else { None };
     let mut verifier = Verifier::starting_at(from.max(1));
+    if let Some(heads) = &heads_before {
+        verifier.stop_at(heads);
+    }
     let filter = Filter {
         chain_order: true,
         from_sequence: from,
@@ -213,10 +219,15 @@ pub fn verify_range(
         }
         true
     })?;
-    Ok(if to == 0 {
-        verifier.finish(&store.heads()?)
-    } else {
-        verifier.finish_range()
+    Ok(match heads_before {
+        Some(before) => {
+            // A chain whose first head was written during the scan began
+            // after this verify did.
+            let after = store.heads()?;
+            verifier.settle(&before, &after);
+            verifier.finish(&before)
+        }
+        None => verifier.finish_range(),
     })
 }
 

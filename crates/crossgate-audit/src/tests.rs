@@ -707,7 +707,7 @@ fn an_entry_of_any_size_is_kept_within_its_bounds_and_still_verifies() {
         let e = &stored[0].entry;
         assert!(e.reason.len() <= entry::MAX_REASON, "{}", e.reason.len());
         assert!(
-            e.reason.ends_with("... (6000000 bytes cut)"),
+            e.reason.ends_with("... (cut from 6000000 bytes)"),
             "{}",
             &e.reason[e.reason.len() - 40..]
         );
@@ -831,4 +831,44 @@ fn the_store_reaches_postgresql_over_verified_tls_and_refuses_a_server_it_cannot
     client
         .batch_execute("DROP SCHEMA audit_tls CASCADE")
         .unwrap();
+}
+
+#[test]
+fn entries_committed_while_a_verify_runs_are_not_taken_for_tampering() {
+    for b in Backend::all("verify_live") {
+        log(&b, 5);
+        let before = b.open().heads().unwrap();
+        // The broker goes on writing while the scan runs.
+        log(&b, 3);
+        let after = b.open().heads().unwrap();
+        let run = |after: &std::collections::BTreeMap<String, (u64, [u8; 32])>| {
+            let mut v = Verifier::new();
+            v.stop_at(&before);
+            b.open()
+                .scan(
+                    &Filter {
+                        chain_order: true,
+                        ..Filter::default()
+                    },
+                    &mut |s| {
+                        v.feed(&s);
+                        true
+                    },
+                )
+                .unwrap();
+            v.settle(&before, after);
+            v.finish(&before)
+        };
+        let reports = run(&after);
+        assert_eq!(reports[0].broken, None, "{}", b.name());
+        assert_eq!(reports[0].checked, 5, "{}", b.name());
+        // Entries past a head that no read ever recorded: the head was moved back.
+        let reports = run(&before);
+        assert_eq!(
+            reports[0].broken,
+            Some((6, "entries after the recorded head 5".into())),
+            "{}",
+            b.name()
+        );
+    }
 }

@@ -20,6 +20,10 @@ pub struct Verifier {
     chains: BTreeMap<String, State>,
     /// The first sequence expected (1 for a whole chain).
     start: u64,
+    /// Each chain's head when the verify began: entries past it are newer.
+    stop: Option<BTreeMap<String, u64>>,
+    /// The last sequence seen past that head, per chain.
+    beyond: BTreeMap<String, u64>,
 }
 
 #[derive(Debug)]
@@ -39,11 +43,51 @@ impl Verifier {
         Verifier {
             chains: BTreeMap::new(),
             start: start.max(1),
+            stop: None,
+            beyond: BTreeMap::new(),
+        }
+    }
+
+    /// Verify each chain only up to its head in `heads` (read before the
+    /// scan): entries committed since are left for the next verify.
+    pub fn stop_at(&mut self, heads: &BTreeMap<String, (u64, [u8; 32])>) {
+        self.stop = Some(heads.iter().map(|(w, (s, _))| (w.clone(), *s)).collect());
+    }
+
+    /// Settle what happened while the scan ran, given the heads read before
+    /// and after it: a chain begun meanwhile is left for the next verify;
+    /// entries past the head before the scan must be covered by the head
+    /// after it (committed meanwhile), or they lie beyond every recorded
+    /// head — the head was moved back over them. (A chain with entries but
+    /// no head in either read lost its head row, and stays to be reported.)
+    pub fn settle(
+        &mut self,
+        before: &BTreeMap<String, (u64, [u8; 32])>,
+        after: &BTreeMap<String, (u64, [u8; 32])>,
+    ) {
+        self.chains
+            .retain(|writer, _| before.contains_key(writer) || !after.contains_key(writer));
+        for (writer, last) in &self.beyond {
+            let head = after.get(writer).map_or(0, |h| h.0);
+            if let Some(state) = self.chains.get_mut(writer)
+                && *last > head
+                && state.report.broken.is_none()
+            {
+                state.report.broken =
+                    Some((head + 1, format!("entries after the recorded head {head}")));
+            }
         }
     }
 
     /// Feed the next stored entry of its chain.
     pub fn feed(&mut self, s: &Stored) {
+        if let Some(stop) = &self.stop
+            && stop.get(&s.writer).is_some_and(|head| s.sequence > *head)
+        {
+            let last = self.beyond.entry(s.writer.clone()).or_default();
+            *last = (*last).max(s.sequence);
+            return;
+        }
         let start = self.start;
         let state = self
             .chains
@@ -147,6 +191,10 @@ impl Verifier {
             }
         }
         for (writer, (sequence, hash)) in heads {
+            if *sequence < self.start {
+                // A range that starts after this chain's end: nothing to check.
+                continue;
+            }
             let state = self.chains.entry(writer.clone()).or_insert_with(|| State {
                 expected: 1,
                 previous: [0; 32],

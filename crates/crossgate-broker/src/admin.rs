@@ -152,23 +152,32 @@ impl Broker {
     /// file's line), by whom.
     async fn reload_audited(&self, by: &Caller, apply: Reload) -> Result<(bool, String), Status> {
         let call = self.admin_call();
-        let (applied, decision, message, digest) = match apply(self) {
-            Ok(r) => {
-                // What was in force before, and what is now: by digest.
-                let old = self.in_force(&r.file, &r.digest);
-                let change = match old {
-                    Some(old) if old == r.digest => format!("{}: unchanged", r.message),
-                    Some(old) => format!("{}: sha256 {old} -> {}", r.message, r.digest),
-                    None => format!("{}: now sha256 {}", r.message, r.digest),
-                };
-                (true, Decision::Changed, change, r.digest)
+        // One reload at a time (SIGHUP and Admin may race): what is applied
+        // and what the entry says was in force before stay together.
+        let (applied, decision, message, digest) = {
+            let mut in_force = self
+                .inner
+                .in_force
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match apply(self) {
+                Ok(r) => {
+                    // What was in force before, and what is now: by digest.
+                    let old = in_force.insert(r.file.clone(), r.digest.clone());
+                    let change = match old {
+                        Some(old) if old == r.digest => format!("{}: unchanged", r.message),
+                        Some(old) => format!("{}: sha256 {old} -> {}", r.message, r.digest),
+                        None => format!("{}: now sha256 {}", r.message, r.digest),
+                    };
+                    (true, Decision::Changed, change, r.digest)
+                }
+                Err(refused) => (
+                    false,
+                    Decision::Invalid,
+                    format!("not reloaded: {refused}"),
+                    String::new(),
+                ),
             }
-            Err(refused) => (
-                false,
-                Decision::Invalid,
-                format!("not reloaded: {refused}"),
-                String::new(),
-            ),
         };
         let mut e = entry(Kind::Admin, decision);
         e.consumer = by.id.clone();
@@ -408,16 +417,6 @@ impl Broker {
             digest: crate::audit::digest(text.as_bytes()),
             file,
         })
-    }
-
-    /// Note `digest` as the text of `file` in force now; the one before it,
-    /// if known.
-    fn in_force(&self, file: &std::path::Path, digest: &str) -> Option<String> {
-        self.inner
-            .in_force
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(file.to_path_buf(), digest.to_owned())
     }
 }
 

@@ -272,10 +272,12 @@ fn vouched_heads(
             let well_formed = h.entry_hash.len() == 64
                 && h.entry_hash.bytes().all(|b| b.is_ascii_hexdigit())
                 && !h.writer.is_empty()
-                && h.writer.len() <= 128;
+                && h.writer.len() <= 128
+                && h.sequence >= 1
+                && h.sequence <= i64::MAX as u64;
             if !well_formed {
                 return Err(Status::invalid_argument(
-                    "a vouched head needs a writer (at most 128 bytes) and a 64-hex-digit entry_hash",
+                    "a vouched head needs a writer (at most 128 bytes), a sequence from 1 and a 64-hex-digit entry_hash",
                 ));
             }
             Ok(crossgate_audit::checkpoint::Head {

@@ -7,7 +7,6 @@ use crate::Broker;
 use crate::audit_service::AuditReader;
 use crossgate_audit::checkpoint::{Checkpoint, Signer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tonic::Status;
 
 /// Periodic checkpoints kept in the folder; older ones are removed (the
@@ -23,7 +22,24 @@ impl Broker {
         let reader = self.inner.audit_reader.clone().ok_or_else(|| {
             Status::failed_precondition("this broker keeps no readable audit log")
         })?;
-        sign_heads(reader, signer).await
+        let dir = self.inner.config.audit.checkpoints.clone();
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // One signing at a time, each after the one before it.
+            let mut last = broker
+                .inner
+                .last_checkpoint
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_none() {
+                *last = newest_in(&dir, &signer.public_key());
+            }
+            let c = sign_heads(&reader, &signer, last.as_ref())?;
+            *last = Some(c.clone());
+            Ok(c)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
     }
 
     /// Write a checkpoint into the folder every `[audit] checkpoint_every`
@@ -62,18 +78,52 @@ impl Broker {
     }
 }
 
-async fn sign_heads(reader: AuditReader, signer: Arc<Signer>) -> Result<Checkpoint, Status> {
-    tokio::task::spawn_blocking(move || {
-        let mut store =
-            crossgate_audit::open(&reader.store).map_err(|e| Status::unavailable(e.to_string()))?;
-        let heads = store
-            .heads()
+/// Sign the heads the store holds now — but only a log that still holds
+/// what the broker's previous checkpoint vouched for: a log cut short or
+/// rewritten since is refused (`DATA_LOSS`), never vouched for.
+fn sign_heads(
+    reader: &AuditReader,
+    signer: &Signer,
+    last: Option<&Checkpoint>,
+) -> Result<Checkpoint, Status> {
+    let mut store =
+        crossgate_audit::open(&reader.store).map_err(|e| Status::unavailable(e.to_string()))?;
+    if let Some(last) = last {
+        let short = crossgate_audit::checkpoint::vouched(store.as_mut(), &last.heads)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        Ok(signer.sign(&heads, &now))
+        if let Some(s) = short.first() {
+            let why = format!(
+                "the log no longer holds what this broker's checkpoint of {} vouched for: chain {}, entry {}: {}; not signing it — run crossgate audit verify --checkpoint",
+                last.signed_at, s.writer, s.sequence, s.why
+            );
+            tracing::error!("{why}");
+            return Err(Status::data_loss(why));
+        }
+    }
+    let heads = store
+        .heads()
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Ok(signer.sign(&heads, &now))
+}
+
+/// The newest checkpoint in `dir` this broker's key signed, if any.
+fn newest_in(dir: &Path, key: &str) -> Option<Checkpoint> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".json"))
+        })
+        .collect();
+    files.sort();
+    files.iter().rev().find_map(|f| {
+        let c = Checkpoint::parse(&std::fs::read_to_string(f).ok()?).ok()?;
+        c.check_signature(key).ok()?;
+        Some(c)
     })
-    .await
-    .map_err(|e| Status::internal(e.to_string()))?
 }
 
 /// Write `c` as `checkpoint-<time>.json` in `dir` (created if missing),

@@ -139,6 +139,9 @@ struct Inner {
     throttles: throttle_log::ThrottleLog,
     /// The digest of each reloadable file as last applied.
     in_force: std::sync::Mutex<HashMap<std::path::PathBuf, String>>,
+    /// The last checkpoint signed (or found in the folder): the next is
+    /// signed only if the log still holds what it vouched for.
+    last_checkpoint: std::sync::Mutex<Option<crossgate_audit::checkpoint::Checkpoint>>,
 }
 
 impl Broker {
@@ -185,6 +188,7 @@ impl Broker {
                 draining: std::sync::atomic::AtomicBool::new(false),
                 throttles: throttle_log::ThrottleLog::default(),
                 in_force: std::sync::Mutex::new(in_force),
+                last_checkpoint: std::sync::Mutex::new(None),
             }),
         }
     }

@@ -118,15 +118,19 @@ struct Departments {
     broker_addr: String,
     adapter_state: Option<PathBuf>,
     stopped: watch::Receiver<bool>,
+    /// broker.toml's `crls`, checked by each adapter too.
+    revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
 }
 
 impl Departments {
     /// The department's reference system (seeded from its fixtures) and its
-    /// adapter on `listen`; returns the system and the adapter's address.
+    /// adapter on `listener` (bound before any port is picked at random, so
+    /// that no random port takes a configured one); returns the system and
+    /// the adapter's address.
     async fn start(
         &self,
         dept: &str,
-        listen: &str,
+        listener: (TcpListener, String),
     ) -> Result<(ReferenceSystem, String), StartError> {
         let shutdown = || {
             let mut rx = self.stopped.clone();
@@ -161,7 +165,7 @@ impl Departments {
         )
         .with_peers(Peers {
             broker: "broker".into(),
-            revocation: None,
+            revocation: self.revocation.clone(),
         });
         if let Some(state) = &self.adapter_state {
             let seen = Seen::open(
@@ -171,7 +175,7 @@ impl Departments {
             .map_err(|e| StartError::Other(e.to_string()))?;
             adapter = adapter.with_seen(seen);
         }
-        let (al, aaddr) = bind(listen).await?;
+        let (al, aaddr) = listener;
         tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
         Ok((system, aaddr))
     }
@@ -266,7 +270,22 @@ impl LocalSystem {
             broker_addr: broker_addr.clone(),
             adapter_state: opts.adapter_state.clone(),
             stopped: stop.subscribe(),
+            revocation: crossgate_tls::revocation::Revocation::load(
+                &certs.bundle("broker")?.ca_pem,
+                &dep.config.crls,
+            )?
+            .map(Arc::new),
         };
+        // Every configured adapter port first: a reference system's random
+        // port must not be one of them.
+        let mut listeners = HashMap::new();
+        for partner in dep.partners.iter().filter(|p| p.role == Role::Partner) {
+            if let Some(configured) = &partner.adapter
+                && wanted(&partner.id)
+            {
+                listeners.insert(partner.id.clone(), bind(&port(configured)).await?);
+            }
+        }
         let mut reserved = HashMap::new();
         for partner in dep.partners.iter_mut().filter(|p| p.role == Role::Partner) {
             let Some(configured) = partner.adapter.clone() else {
@@ -281,7 +300,11 @@ impl LocalSystem {
                 continue;
             }
             let dept = partner.id.clone();
-            let (system, aaddr) = departments.start(&dept, &port(&configured)).await?;
+            let listener = match listeners.remove(&dept) {
+                Some(l) => l,
+                None => bind(&port(&configured)).await?,
+            };
+            let (system, aaddr) = departments.start(&dept, listener).await?;
             partner.adapter = Some(aaddr.clone());
             systems.insert(dept.clone(), system);
             adapter_addrs.insert(dept, aaddr);
@@ -401,7 +424,8 @@ impl LocalSystem {
             .ok_or_else(|| StartError::Other(format!("{dept} has no adapter address")))?;
         // Let go of the port just before the adapter takes it.
         drop(self.reserved.remove(dept));
-        let (system, addr) = self.departments.start(dept, &addr).await?;
+        let listener = bind(&addr).await?;
+        let (system, addr) = self.departments.start(dept, listener).await?;
         self.systems.insert(dept.to_owned(), system.clone());
         self.adapter_addrs.insert(dept.to_owned(), addr);
         Ok(system)

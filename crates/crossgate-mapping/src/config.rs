@@ -310,14 +310,26 @@ fn check_date_format(fmt: &str, with_time: bool) -> Result<(), String> {
     }
     let sample = chrono::NaiveDate::from_ymd_opt(2001, 2, 3).and_then(|d| d.and_hms_opt(4, 5, 6));
     let Some(sample) = sample else { return Ok(()) };
+    // Formatting fails (rather than writes) when the format asks for what
+    // the value does not have, e.g. `%H` of a date.
+    let unwritable = || {
+        if with_time {
+            format!("date format {fmt:?} cannot write a date-time")
+        } else {
+            format!(
+                "date format {fmt:?} asks for a time or an offset, which a date does not have; \
+                 use datetime = \"...\" for those"
+            )
+        }
+    };
     let ok = if with_time {
         let t = sample.and_utc().fixed_offset();
-        chrono::DateTime::parse_from_str(&t.format(fmt).to_string(), fmt)
-            .is_ok_and(|back| back == t)
+        let written = crate::transform::render(t.format(fmt)).ok_or_else(unwritable)?;
+        chrono::DateTime::parse_from_str(&written, fmt).is_ok_and(|back| back == t)
     } else {
         let d = sample.date();
-        chrono::NaiveDate::parse_from_str(&d.format(fmt).to_string(), fmt)
-            .is_ok_and(|back| back == d)
+        let written = crate::transform::render(d.format(fmt)).ok_or_else(unwritable)?;
+        chrono::NaiveDate::parse_from_str(&written, fmt).is_ok_and(|back| back == d)
     };
     if ok {
         Ok(())

@@ -234,6 +234,14 @@ fn a_bad_config_is_refused_with_file_line_and_reason() {
         ))
         .starts_with("dept.toml:8: date format \"%Y\" cannot parse what it writes")
     );
+    // Found by fuzzing (fuzz/ target toml_configs): a date format with a
+    // time field made check_date_format panic in chrono's Display.
+    assert_eq!(
+        config_error(&format!(
+            "{head}native = \"CSRQ\"\ncanonical = \"/birth_date\"\ndate = \"%Y%m%d%H\"\n"
+        )),
+        "dept.toml:8: date format \"%Y%m%d%H\" asks for a time or an offset, which a date does not have; use datetime = \"...\" for those"
+    );
     assert!(
         config_error(&format!("{head}nativ = \"XM\"\ncanonical = \"/name\"\n"))
             .starts_with("dept.toml:6: unknown field `nativ`")

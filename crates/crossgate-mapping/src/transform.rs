@@ -174,18 +174,22 @@ impl Transform {
             }
             Transform::Date(fmt) => {
                 let s = as_text(value)?;
-                NaiveDate::parse_from_str(s, "%Y-%m-%d")
-                    .map(|d| Value::String(d.format_with_items(fmt.items.iter()).to_string()))
-                    .map_err(|e| format!("cannot read {s:?} as a canonical date: {e}"))
+                let d = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                    .map_err(|e| format!("cannot read {s:?} as a canonical date: {e}"))?;
+                render(d.format_with_items(fmt.items.iter()))
+                    .map(Value::String)
+                    .ok_or_else(|| format!("cannot write {s:?} in date format {}", fmt.text))
             }
             Transform::DateTime(fmt) => {
                 let s = as_text(value)?;
                 let t = DateTime::parse_from_rfc3339(s)
                     .map_err(|e| format!("cannot read {s:?} as an RFC 3339 date-time: {e}"))?;
-                Ok(Value::String(match fmt {
-                    None => t.to_rfc3339(),
-                    Some(f) => t.format(f).to_string(),
-                }))
+                match fmt {
+                    None => Ok(Value::String(t.to_rfc3339())),
+                    Some(f) => render(t.format(f))
+                        .map(Value::String)
+                        .ok_or_else(|| format!("cannot write {s:?} in date-time format {f}")),
+                }
             }
             Transform::Codes { outbound, .. } => {
                 let s = as_text(value)?;
@@ -198,6 +202,14 @@ impl Transform {
             Transform::Amount => format_amount(value),
         }
     }
+}
+
+/// A chrono format written out, or `None` where `to_string` would panic:
+/// the format is invalid or asks for a field the value does not have.
+pub(crate) fn render(formatted: impl std::fmt::Display) -> Option<String> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    write!(out, "{formatted}").ok().map(|()| out)
 }
 
 fn needs_text_change(s: &str, o: TextOptions) -> bool {
@@ -254,6 +266,10 @@ const CURRENCIES: &[(&str, &str)] = &[
     ("元", "CNY"),
 ];
 
+/// Digits (without leading zeros) an amount with a fraction may have: 15,
+/// as many as a float holds exactly.
+const MAX_FRACTIONAL_MANTISSA: u128 = 1_000_000_000_000_000;
+
 /// Parse `100万元人民币`, `50万美元`, `1000.5万元`, `3000000元`: digits with an
 /// optional decimal part, an optional `万` (×10,000) or `亿` (×100,000,000),
 /// then a currency word. Exact decimal arithmetic: no float rounding.
@@ -305,10 +321,24 @@ pub fn parse_amount(text: &str) -> Result<Value, String> {
         Value::from(whole as i64)
     } else {
         let divisor = 10u128.pow(frac_len - scale_exp);
-        let f = mantissa as f64 / divisor as f64;
         if mantissa.is_multiple_of(divisor) {
-            Value::from((mantissa / divisor) as i64)
+            // Checked like a whole amount: `as i64` would wrap a larger one.
+            let whole = mantissa / divisor;
+            if whole > i64::MAX as u128 {
+                return Err(format!("amount {text:?} is too large"));
+            }
+            Value::from(whole as i64)
         } else {
+            // A fraction is kept as a float: up to 15 significant digits
+            // a float holds the decimal exactly as written (and writes it
+            // back so); more would be rounded silently.
+            if mantissa >= MAX_FRACTIONAL_MANTISSA {
+                return Err(format!(
+                    "amount {text:?} has more than 15 significant digits with a fraction; \
+                     round it or write it in whole units"
+                ));
+            }
+            let f = mantissa as f64 / divisor as f64;
             Number::from_f64(f)
                 .map(Value::Number)
                 .ok_or_else(|| format!("amount {text:?} is not a number"))?
@@ -335,7 +365,13 @@ fn format_amount(value: &Value) -> Result<Value, String> {
             .map(|(word, _)| *word)
             .ok_or_else(|| format!("no native word for currency {other:?}"))?,
     };
-    Ok(Value::String(format!("{amount}{word}")))
+    // Plain decimals, as parse_amount reads them: a float such as 1e-6 is
+    // written 0.000001, never in exponent notation.
+    let number = match amount.as_f64() {
+        Some(f) if !(amount.is_i64() || amount.is_u64()) => format!("{f}"),
+        _ => amount.to_string(),
+    };
+    Ok(Value::String(format!("{number}{word}")))
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ impl Revocation {
             Arc::new(rustls::crypto::ring::default_provider()),
         )
         .with_crls(crls)
+        // A list past its next update is stale: a certificate revoked
+        // since may be missing from it.
+        .enforce_revocation_expiration()
         .build()
         .map_err(|e| bad(e.to_string()))?;
         Ok(Revocation { verifier })

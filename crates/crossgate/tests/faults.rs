@@ -501,6 +501,16 @@ fn a_checkpoint_catches_truncation_and_wipe() {
         "{said}"
     );
 
+    // The broker, started on the shortened log, will not vouch for it: its
+    // own newest checkpoint (in its folder) says the log was longer.
+    rig.start_broker();
+    let (code, said) = run(&with(&["checkpoint", "--out", "after-the-cut.json"]));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("DataLoss"), "{said}");
+    assert!(said.contains("not signing it"), "{said}");
+    assert!(!dir.join("after-the-cut.json").exists());
+    rig.stop("broker");
+
     // An altered checkpoint vouching for less is refused by its signature.
     let text = std::fs::read_to_string(rig.dir.join("kept-by-auditor.json")).unwrap();
     std::fs::write(

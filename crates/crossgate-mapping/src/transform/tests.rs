@@ -69,6 +69,67 @@ fn amounts_go_back_out() {
     );
 }
 
+/// Found by fuzzing (fuzz/ target `mapping`): `0.000001,元` read as 1e-6 was
+/// written back as `1e-6元`, which no department (nor parse_amount) reads;
+/// and a fraction with more digits than a float holds was rounded silently,
+/// or wrapped round when it was whole (`99999999999999999999999.00000000元`).
+#[test]
+fn fractional_amounts_go_back_out_as_plain_decimals_and_read_back() {
+    let t = Transform::Amount;
+    for text in [
+        "0.000001,元",
+        "0.5港币",
+        "12.34元",
+        "1.00000001元",
+        "99999999999999.9美元",
+    ] {
+        let amount = parse_amount(text).unwrap();
+        let native = t.outbound(&amount).unwrap();
+        assert!(
+            !native.as_str().unwrap().contains('e'),
+            "{text:?} -> {native}"
+        );
+        assert_eq!(
+            parse_amount(native.as_str().unwrap()),
+            Ok(amount),
+            "{text:?} -> {native}"
+        );
+    }
+    assert_eq!(
+        t.outbound(&json!({"amount": 1e-6, "currency": "CNY"})),
+        Ok(json!("0.000001元"))
+    );
+    assert!(
+        parse_amount("1234567890123456.5元")
+            .unwrap_err()
+            .contains("more than 15 significant digits")
+    );
+    assert!(
+        parse_amount("99999999999999999999999.00000000元")
+            .unwrap_err()
+            .contains("too large")
+    );
+}
+
+/// A format asking for what the value does not have makes chrono's
+/// Display fail; writing it is an error, not a panic.
+#[test]
+fn unwritable_formats_are_errors() {
+    let date = Transform::Date("%Y%m%d%H".into());
+    assert!(
+        date.outbound(&json!("2025-07-22"))
+            .unwrap_err()
+            .contains("cannot write")
+    );
+    let datetime = Transform::DateTime(Some("%Y %Q".into()));
+    assert!(
+        datetime
+            .outbound(&json!("2025-07-07T17:29:00+08:00"))
+            .unwrap_err()
+            .contains("cannot write")
+    );
+}
+
 #[test]
 fn dates_in_both_directions() {
     let t = Transform::Date("%Y%m%d".into());

@@ -72,6 +72,12 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         .broker
         .clone()
         .unwrap_or_else(|| format!("https://{}", broker_config.listen));
+    // The configured port before the reference system picks a random one.
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {listen}: {e}; is another crossgate running? choose another --listen"
+        )
+    })?;
     let system_uri = match &args.system {
         Some(uri) => uri.clone(),
         None => reference_system(&args).await?,
@@ -80,11 +86,6 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         .map_err(|e| format!("bad broker address {broker_uri}: {e}"))?;
     let system =
         lazy_channel(&system_uri).map_err(|e| format!("bad system address {system_uri}: {e}"))?;
-    let listener = TcpListener::bind(listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {listen}: {e}; is another crossgate running? choose another --listen"
-        )
-    })?;
     let addr = listener.local_addr()?;
     println!(
         "adapter {} listening on https://{addr} (Ingress, Department; mutual TLS); broker {broker_uri}",

@@ -113,6 +113,21 @@ impl CheckpointArgs {
             printable(&c.signed_at),
             key_file.display()
         );
+        let heads: Vec<String> = c
+            .heads
+            .iter()
+            .map(|h| format!("{} up to entry {}", printable(&h.writer), h.sequence))
+            .collect();
+        println!(
+            "it vouches for chain {}; entries after those (and chains it does not name) are checked by the chain alone",
+            heads.join(", chain ")
+        );
+        if self.checkpoint_key.is_none() {
+            eprintln!(
+                "crossgate: the trusted key is the broker's own {}; keep your own copy and pass --checkpoint-key",
+                key_file.display()
+            );
+        }
         Ok(Some(c))
     }
 }
