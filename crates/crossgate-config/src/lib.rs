@@ -124,6 +124,17 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
     })
 }
 
+/// A duration as [`parse_duration`] reads it back: in milliseconds, or in
+/// seconds when it has more milliseconds than a `u64` holds (`"2s"` can be
+/// read up to `u64::MAX` seconds, `"ms"` only up to `u64::MAX`
+/// milliseconds). Below a millisecond is dropped.
+fn duration_text(d: &std::time::Duration) -> String {
+    match u64::try_from(d.as_millis()) {
+        Ok(ms) => format!("{ms}ms"),
+        Err(_) => format!("{}s", d.as_secs()),
+    }
+}
+
 /// `#[serde(with = "crossgate_config::duration")]`: a duration field written
 /// as `"2s"` or `"500ms"`.
 pub mod duration {
@@ -140,7 +151,7 @@ pub mod duration {
     }
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}ms", d.as_millis()))
+        s.serialize_str(&super::duration_text(d))
     }
 }
 
@@ -171,7 +182,7 @@ pub mod durations {
     }
 
     pub fn serialize<S: Serializer>(ds: &[Duration], s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(ds.iter().map(|d| format!("{}ms", d.as_millis())))
+        s.collect_seq(ds.iter().map(super::duration_text))
     }
 }
 
@@ -239,6 +250,29 @@ mod tests {
         for bad in ["", "2", "s", "2 days", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_none(), "{bad}");
         }
+    }
+
+    /// Found by fuzzing (fuzz/ target `parsers`): `184467440737095516s`
+    /// was written back as `184467440737095516000ms`, more milliseconds
+    /// than parse_duration reads.
+    #[test]
+    fn durations_written_read_back() {
+        use std::time::Duration;
+        for d in [
+            Duration::ZERO,
+            Duration::from_millis(500),
+            Duration::from_millis(u64::MAX),
+            Duration::from_secs(184_467_440_737_095_516),
+            Duration::from_secs(u64::MAX),
+        ] {
+            let text = duration_text(&d);
+            assert_eq!(parse_duration(&text), Some(d), "{d:?} -> {text}");
+        }
+        assert_eq!(duration_text(&Duration::from_secs(2)), "2000ms");
+        assert_eq!(
+            duration_text(&Duration::from_secs(184_467_440_737_095_516)),
+            "184467440737095516s"
+        );
     }
 
     #[test]
