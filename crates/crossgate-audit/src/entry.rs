@@ -261,9 +261,11 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// 32 bytes from 64 hex characters.
+/// 32 bytes from 64 lower-case hex digits, as crossgate writes them: any
+/// other spelling (a `+`, which `from_str_radix` would take, upper case) is
+/// not a hash crossgate wrote.
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
+    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
     let mut out = [0u8; 32];
@@ -276,4 +278,17 @@ pub fn unhex32(s: &str) -> Option<[u8; 32]> {
 /// Hex SHA-256 of `bytes`: the digest a record is logged by.
 pub fn digest(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod hex_tests {
+    /// Found by fuzzing (fuzz/ target audit_entry): `+7` was read as `07`.
+    #[test]
+    fn only_the_lower_case_hex_crossgate_writes_is_a_hash() {
+        let good = "0a".repeat(32);
+        assert_eq!(super::unhex32(&good), Some([10; 32]));
+        assert_eq!(super::unhex32(&format!("+a{}", "0a".repeat(31))), None);
+        assert_eq!(super::unhex32(&"0A".repeat(32)), None);
+        assert_eq!(super::unhex32(&"0a".repeat(31)), None);
+    }
 }
