@@ -572,7 +572,12 @@ fn a_sighup_reload_is_audited_with_old_and_new() {
     };
     let until = Instant::now() + Duration::from_secs(10);
     let mut log = search();
-    while !log.contains("signal:SIGHUP") && Instant::now() < until {
+    // Limits first, then the catalog: wait for the catalog's entry.
+    let catalog_reloaded = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("catalog.toml") && l.contains("signal:SIGHUP"))
+    };
+    while !catalog_reloaded(&log) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
         log = search();
     }
