@@ -107,10 +107,10 @@ fn sign_heads(
     Ok(signer.sign(&heads, &now))
 }
 
-/// The newest checkpoint in `dir` this broker's key signed, if any.
-fn newest_in(dir: &Path, key: &str) -> Option<Checkpoint> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
+/// The checkpoint files in `dir`, oldest first: the names sort as their
+/// times do (fixed-width RFC 3339, UTC).
+fn checkpoint_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -119,7 +119,12 @@ fn newest_in(dir: &Path, key: &str) -> Option<Checkpoint> {
         })
         .collect();
     files.sort();
-    files.iter().rev().find_map(|f| {
+    Ok(files)
+}
+
+/// The newest checkpoint in `dir` this broker's key signed, if any.
+fn newest_in(dir: &Path, key: &str) -> Option<Checkpoint> {
+    checkpoint_files(dir).ok()?.iter().rev().find_map(|f| {
         let c = Checkpoint::parse(&std::fs::read_to_string(f).ok()?).ok()?;
         c.check_signature(key).ok()?;
         Some(c)
@@ -139,16 +144,7 @@ pub fn keep_in(dir: &Path, c: &Checkpoint, keep: usize) -> std::io::Result<PathB
     let partial = dir.join(format!(".checkpoint-{stamp}.partial"));
     std::fs::write(&partial, c.to_json())?;
     std::fs::rename(&partial, &path)?;
-    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".json"))
-        })
-        .collect();
-    // The names sort as their times do (fixed-width RFC 3339, UTC).
-    kept.sort();
+    let kept = checkpoint_files(dir)?;
     let surplus = kept.len().saturating_sub(keep);
     for old in &kept[..surplus] {
         let _ = std::fs::remove_file(old);
