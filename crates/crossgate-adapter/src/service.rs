@@ -43,8 +43,22 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Peers {
     pub broker: String,
-    /// The CA's revocation lists: a revoked caller is refused.
-    pub revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
+    /// Who each caller's certificate names; a revoked caller is refused.
+    identities: Arc<crossgate_tls::peers::Identities>,
+}
+
+impl Peers {
+    /// The broker is `broker`; callers are checked against the CA's
+    /// revocation lists when given.
+    pub fn new(
+        broker: impl Into<String>,
+        revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
+    ) -> Self {
+        Peers {
+            broker: broker.into(),
+            identities: Arc::new(crossgate_tls::peers::Identities::new(revocation)),
+        }
+    }
 }
 
 impl Adapter {
@@ -99,29 +113,24 @@ impl Adapter {
 
     /// Under mutual TLS, the caller must be `expected`.
     fn check_peer<T>(&self, request: &Request<T>, expected: &str) -> Result<(), Status> {
-        if self.inner.peers.is_none() {
+        let Some(peers) = &self.inner.peers else {
             return Ok(());
-        }
-        let chain = request.peer_certs();
-        let caller = chain
-            .as_ref()
-            .and_then(|chain| crossgate_tls::peer_identity(chain));
-        if let (Some(revocation), Some(chain), Some(id)) = (
-            &self.inner.peers.as_ref().and_then(|p| p.revocation.clone()),
-            &chain,
-            &caller,
-        ) {
-            revocation
-                .check(chain)
-                .map_err(|why| Status::unauthenticated(format!("{id}: {why}")))?;
-        }
+        };
+        let caller = peers
+            .identities
+            .identify(request.peer_certs().as_deref().map(Vec::as_slice))
+            .map_err(|why| match why {
+                crossgate_tls::peers::Unidentified::NoParty => {
+                    Status::unauthenticated("a client certificate is required")
+                }
+                revoked => Status::unauthenticated(revoked.to_string()),
+            })?;
         match caller {
-            Some(id) if id == expected => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
+            id if id.as_ref() == expected => Ok(()),
+            id => Err(Status::permission_denied(format!(
                 "{id} may not call this service of {}'s adapter",
                 self.department()
             ))),
-            None => Err(Status::unauthenticated("a client certificate is required")),
         }
     }
 

@@ -86,7 +86,6 @@ impl Dialect {
         }
         format!(
             "CREATE TABLE IF NOT EXISTS audit_entries (\n{}\n);
-CREATE INDEX IF NOT EXISTS audit_entries_chain ON audit_entries (writer, sequence);
 CREATE INDEX IF NOT EXISTS audit_entries_time ON audit_entries (time);
 CREATE TABLE IF NOT EXISTS audit_heads (
     writer TEXT PRIMARY KEY,
@@ -303,8 +302,17 @@ CREATE TABLE IF NOT EXISTS publish_keys (
     /// One place per chain position: (writer, sequence) is unique. Made
     /// apart from the tables: a log that already holds a position twice
     /// (tampered with) must still open, so that `verify` can say where.
+    /// Logs made before it also had a plain index on the same columns,
+    /// which only cost every insert: dropped once the unique one stands.
     pub(crate) fn unique_chain(self) -> &'static str {
-        "CREATE UNIQUE INDEX IF NOT EXISTS audit_entries_chain_unique ON audit_entries (writer, sequence)"
+        "CREATE UNIQUE INDEX IF NOT EXISTS audit_entries_chain_unique ON audit_entries (writer, sequence);
+DROP INDEX IF EXISTS audit_entries_chain"
+    }
+
+    /// Where the unique index cannot stand (a tampered log), chain lookups
+    /// still need an index.
+    pub(crate) fn plain_chain(self) -> &'static str {
+        "CREATE INDEX IF NOT EXISTS audit_entries_chain ON audit_entries (writer, sequence)"
     }
 
     /// Insert one entry; its arguments are [`encode`]'s, in order.

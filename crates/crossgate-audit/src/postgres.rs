@@ -73,6 +73,9 @@ impl PostgresStore {
         }
         if let Err(e) = client.batch_execute(Dialect::Postgres.unique_chain()) {
             tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
+            client
+                .batch_execute(Dialect::Postgres.plain_chain())
+                .map_err(err)?;
         }
         Ok(client)
     }

@@ -38,6 +38,8 @@ impl SqliteStore {
             .map_err(err)?;
         if let Err(e) = conn.execute_batch(Dialect::Sqlite.unique_chain()) {
             tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
+            conn.execute_batch(Dialect::Sqlite.plain_chain())
+                .map_err(err)?;
         }
         // A second connection (a reader, another broker) waits for the
         // writer's lock instead of failing at once.

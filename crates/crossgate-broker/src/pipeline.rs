@@ -82,18 +82,12 @@ impl Broker {
     /// Who the verified client certificate names, if a known party of `role`.
     fn identify<T>(&self, request: &Request<T>, role: Role) -> Result<Caller, Status> {
         let chain = request.peer_certs();
-        let id = chain
-            .as_ref()
-            .and_then(|chain| crossgate_tls::peer_identity(chain))
-            .ok_or_else(|| {
-                Status::unauthenticated("a client certificate naming a crossgate party is required")
-            })?;
-        if let (Some(revocation), Some(chain)) = (&self.inner.revocation, &chain) {
-            revocation
-                .check(chain)
-                .map_err(|why| Status::unauthenticated(format!("{id}: {why}")))?;
-        }
-        let partner = self.inner.partners.get(&id).ok_or_else(|| {
+        let id = self
+            .inner
+            .identities
+            .identify(chain.as_deref().map(Vec::as_slice))
+            .map_err(|why| Status::unauthenticated(why.to_string()))?;
+        let partner = self.inner.partners.get(id.as_ref()).ok_or_else(|| {
             Status::unauthenticated(format!("{id} is not a party in partners.toml"))
         })?;
         if partner.role != role {
@@ -103,7 +97,10 @@ impl Broker {
                 role.as_str()
             )));
         }
-        Ok(Caller { id, role })
+        Ok(Caller {
+            id: id.as_ref().to_owned(),
+            role,
+        })
     }
 
     /// Step 2 — limit: checked before the record is parsed, so a throttled

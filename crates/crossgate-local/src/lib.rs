@@ -163,10 +163,7 @@ impl Departments {
             broker_channel,
             system_channel,
         )
-        .with_peers(Peers {
-            broker: "broker".into(),
-            revocation: self.revocation.clone(),
-        });
+        .with_peers(Peers::new("broker", self.revocation.clone()));
         if let Some(state) = &self.adapter_state {
             let seen = Seen::open(
                 &state.join(format!("{dept}.delivered.db")),

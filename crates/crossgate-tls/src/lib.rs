@@ -9,6 +9,7 @@
 //!   tonic server and client TLS configs.
 #![forbid(unsafe_code)]
 
+pub mod peers;
 pub mod revocation;
 pub mod serving;
 

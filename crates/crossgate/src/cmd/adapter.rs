@@ -97,14 +97,11 @@ pub async fn run(args: AdapterArgs) -> CliResult {
     )
     .map_err(|e| format!("{e}; choose another --state folder"))?;
     let adapter = Adapter::new(mapping, registry, broker, system)
-        .with_peers(Peers {
-            broker: "broker".into(),
-            revocation: crossgate_tls::revocation::Revocation::load(
-                &tls.ca_pem,
-                &broker_config.crls,
-            )?
-            .map(Arc::new),
-        })
+        .with_peers(Peers::new(
+            "broker",
+            crossgate_tls::revocation::Revocation::load(&tls.ca_pem, &broker_config.crls)?
+                .map(Arc::new),
+        ))
         .with_seen(seen);
     serve_tls(adapter, listener, Some(tls.server()), shutdown_signal())
         .await

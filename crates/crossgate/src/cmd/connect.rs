@@ -2,7 +2,7 @@
 
 use clap::Args;
 use std::path::PathBuf;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 #[derive(Debug, Args)]
 /// How to reach the broker with a certificate (an operator's or an auditor's).
@@ -34,6 +34,22 @@ impl Connection {
     /// A mutual-TLS channel to the broker, as party `default_id` unless
     /// `--cert` names another certificate.
     pub async fn channel(&self, default_id: &str) -> Result<Channel, String> {
+        let endpoint = self.endpoint(default_id, "broker", None)?;
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot reach the broker at {}: {e}", endpoint.uri()))
+    }
+
+    /// Where to reach party `server` (the broker at `--broker` unless
+    /// `address` is given) as party `default_id`, unconnected: each
+    /// `connect` opens a connection of its own.
+    pub fn endpoint(
+        &self,
+        default_id: &str,
+        server: &str,
+        address: Option<String>,
+    ) -> Result<Endpoint, String> {
         let config =
             crossgate_broker::BrokerConfig::load(&self.config).map_err(|e| e.to_string())?;
         let cert = self
@@ -50,18 +66,14 @@ impl Connection {
                 .join("ca.pem")
         });
         let tls = crossgate_tls::Bundle::from_files(&cert, &key, &ca).map_err(|e| e.to_string())?;
-        let url = self
-            .broker
-            .clone()
+        let url = address
+            .or_else(|| self.broker.clone())
             .unwrap_or_else(|| format!("https://{}", config.listen));
-        let channel = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| format!("bad broker address {url:?}: {e}"))?
+        Endpoint::from_shared(url.clone())
+            .map_err(|e| format!("bad address {url:?}: {e}"))?
             .connect_timeout(std::time::Duration::from_secs(3))
-            .tls_config(tls.client_for("broker"))
-            .map_err(|e| e.to_string())?
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the broker at {url}: {e}"))?;
-        Ok(channel)
+            .tcp_nodelay(true)
+            .tls_config(tls.client_for(server))
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,6 @@
 pub mod adapter;
 pub mod audit;
+pub mod bench;
 pub mod broker;
 pub mod certs;
 pub mod connect;
