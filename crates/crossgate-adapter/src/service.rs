@@ -238,8 +238,7 @@ impl Ingress for Adapter {
         } else {
             native.record_id.clone()
         };
-        let json =
-            serde_json::to_vec(&mapped.document).map_err(|e| Status::internal(e.to_string()))?;
+        let json = mapped.to_json(native.json.len());
         let reply = self
             .inner
             .broker
@@ -531,6 +530,7 @@ impl Adapter {
         };
         let mut answer = FetchResponse::default();
         for native in natives.into_iter().take(limit) {
+            let size = native.json.len();
             let mapped = parse_document(&native.json)
                 .map_err(|rejection| rejection.faults().into_iter().map(|f| f.path).collect())
                 .and_then(|doc| {
@@ -540,10 +540,9 @@ impl Adapter {
                 });
             match mapped {
                 Ok(mapped) => answer.records.push(Record {
+                    json: mapped.to_json(size),
                     record_type: mapped.record_type,
                     record_id: mapped.record_id.unwrap_or_default(),
-                    json: serde_json::to_vec(&mapped.document)
-                        .map_err(|e| Status::internal(e.to_string()))?,
                 }),
                 Err(fields) => {
                     tracing::warn!(

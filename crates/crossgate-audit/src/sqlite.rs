@@ -33,6 +33,12 @@ impl SqliteStore {
         // FULL: a committed batch survives a power cut, which is what "durable" promises.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
+        // The writer's page cache: 64 MiB instead of SQLite's 2 MiB, so the
+        // index pages every commit touches stay in memory instead of being
+        // read back from the file (measured in the README's performance
+        // section).
+        conn.pragma_update(None, "cache_size", -65_536)
+            .map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.outbox_schema())
             .map_err(err)?;

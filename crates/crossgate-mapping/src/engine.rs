@@ -113,7 +113,9 @@ fn build(
     ctx: &Ctx<'_>,
     faults: &mut Vec<MapFault>,
 ) -> Map<String, Value> {
-    let mut map = Map::new();
+    // The plan's keys are in order: collected, the map is built in bulk
+    // instead of searched once per key.
+    let mut entries = Vec::with_capacity(level.len());
     for (key, node) in level {
         let value = match node {
             PlanNode::Leaf(i) => inbound_value(&fields[*i], native, ctx, faults),
@@ -123,10 +125,10 @@ fn build(
             }
         };
         if let Some(v) = value {
-            map.insert(key.clone(), v);
+            entries.push((key.clone(), v));
         }
     }
-    map
+    entries.into_iter().collect()
 }
 
 /// The canonical value of one field, `None` when the native record does not

@@ -192,6 +192,18 @@ pub struct Mapped {
     pub document: Value,
 }
 
+impl Mapped {
+    /// The canonical record as JSON bytes, written into one buffer sized
+    /// from `size_hint` (the native record's length is a good one) instead
+    /// of a buffer that grows and copies as it fills.
+    pub fn to_json(&self, size_hint: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(size_hint.max(64));
+        // Writing a `Value` into a Vec cannot fail: its keys are strings.
+        let _ = serde_json::to_writer(&mut out, &self.document);
+        out
+    }
+}
+
 impl DepartmentMapping {
     /// The mapping for a native record type.
     pub fn native(&self, native_type: &str) -> Option<&RecordMapping> {

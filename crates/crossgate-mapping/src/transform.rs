@@ -60,7 +60,25 @@ impl DateFormat {
 /// `YYYY-MM-DD` without going through a format string.
 fn iso_date(d: NaiveDate) -> String {
     use chrono::Datelike;
-    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+    let (year, month, day) = (d.year(), d.month(), d.day());
+    if !(0..=9999).contains(&year) {
+        return format!("{year:04}-{month:02}-{day:02}");
+    }
+    // Four digits, two, two: written directly (this runs once per date
+    // field of every record mapped).
+    let digit = |n: u32| char::from(b'0' + (n % 10) as u8);
+    let year = year as u32;
+    let mut out = String::with_capacity(10);
+    for n in [year / 1000, year / 100, year / 10, year] {
+        out.push(digit(n));
+    }
+    out.push('-');
+    out.push(digit(month / 10));
+    out.push(digit(month));
+    out.push('-');
+    out.push(digit(day / 10));
+    out.push(digit(day));
+    out
 }
 
 /// Options applied to native strings before the transform.
@@ -76,6 +94,8 @@ impl Transform {
     pub fn inbound_owned(&self, value: Value, text: TextOptions) -> Result<Value, String> {
         match (self, &value) {
             (Transform::Text, Value::String(s)) if !needs_text_change(s, text) => Ok(value),
+            (Transform::Number, Value::Number(_)) => Ok(value),
+            (Transform::Integer, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(value),
             _ => self.inbound(&value, text),
         }
     }
@@ -213,7 +233,14 @@ pub(crate) fn render(formatted: impl std::fmt::Display) -> Option<String> {
 }
 
 fn needs_text_change(s: &str, o: TextOptions) -> bool {
-    (o.trim && s.trim().len() != s.len()) || (o.upper && s.chars().any(char::is_lowercase))
+    let lower = || {
+        if s.is_ascii() {
+            s.bytes().any(|b| b.is_ascii_lowercase())
+        } else {
+            s.chars().any(char::is_lowercase)
+        }
+    };
+    (o.trim && s.trim().len() != s.len()) || (o.upper && lower())
 }
 
 fn apply_text(s: &str, o: TextOptions) -> String {
@@ -376,3 +403,24 @@ fn format_amount(value: &Value) -> Result<Value, String> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod iso_date_tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates_are_written_as_chrono_writes_them() {
+        let mut d = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        // Every 97th day across years 1 to 9999, and the edges.
+        while d < last {
+            assert_eq!(iso_date(d), d.format("%Y-%m-%d").to_string());
+            d += chrono::Duration::days(97);
+        }
+        for d in [last, NaiveDate::from_ymd_opt(2024, 2, 29).unwrap()] {
+            assert_eq!(iso_date(d), d.format("%Y-%m-%d").to_string());
+        }
+        let before_year_one = NaiveDate::from_ymd_opt(-5, 3, 7).unwrap();
+        assert_eq!(iso_date(before_year_one), "-005-03-07");
+    }
+}
