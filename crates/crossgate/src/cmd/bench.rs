@@ -45,6 +45,12 @@ pub struct Load {
     /// customs for publish, broker for fetch]
     #[arg(long = "as", value_name = "PARTY", global = true)]
     pub party: Option<String>,
+    /// Requests per second to send in all, spread evenly over the streams
+    /// (an open loop; latency counts from when each request was due, so a
+    /// server that falls behind shows it). Without it, each stream sends its
+    /// next request as soon as the last is answered.
+    #[arg(long, global = true)]
+    pub rate: Option<f64>,
     /// Server process(es) whose CPU time per request to report (repeatable)
     #[arg(long, value_name = "PID", global = true)]
     pub pid: Vec<u32>,
@@ -129,6 +135,14 @@ pub async fn run(args: BenchArgs) -> CliResult {
     if load.conns == 0 || load.streams == 0 || load.secs <= 0.0 || load.warmup < 0.0 {
         return Err("--conns and --streams must be at least 1, --secs above 0".into());
     }
+    if load.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be a number of requests per second above 0".into());
+    }
+    let workers = load.conns * load.streams;
+    // Each stream's turn comes every `interval`; streams start spread over one.
+    let interval = load
+        .rate
+        .map(|rate| Duration::from_secs_f64(workers as f64 / rate));
     let (party, server, address, label) = target_of(&args)?;
     let endpoint = args.connection.endpoint(&party, &server, address)?;
     let mut channels = Vec::with_capacity(load.conns);
@@ -146,29 +160,39 @@ pub async fn run(args: BenchArgs) -> CliResult {
     let stop = Arc::new(AtomicBool::new(false));
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for channel in &channels {
-        for _ in 0..load.streams {
-            let (call, channel) = (call.clone(), channel.clone());
-            let (measuring, stop, counter) = (measuring.clone(), stop.clone(), counter.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut tally = Tally::default();
-                while !stop.load(Ordering::Relaxed) {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let started = Instant::now();
-                    let result = call.once(channel.clone(), n).await;
-                    if !measuring.load(Ordering::Relaxed) {
-                        continue;
+    let start = Instant::now();
+    let streams = channels
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(c, load.streams));
+    for (w, channel) in streams.enumerate() {
+        let (call, channel) = (call.clone(), channel.clone());
+        let (measuring, stop, counter) = (measuring.clone(), stop.clone(), counter.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut due = interval.map(|i| start + i.mul_f64(w as f64 / workers as f64));
+            while !stop.load(Ordering::Relaxed) {
+                let started = match (due, interval) {
+                    (Some(at), Some(every)) => {
+                        tokio::time::sleep_until(at.into()).await;
+                        due = Some(at + every);
+                        at
                     }
-                    match result {
-                        Ok(()) => tally
-                            .latencies
-                            .push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
-                        Err(code) => *tally.errors.entry(format!("{code:?}")).or_default() += 1,
-                    }
+                    _ => Instant::now(),
+                };
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let result = call.once(channel.clone(), n).await;
+                if !measuring.load(Ordering::Relaxed) {
+                    continue;
                 }
-                tally
-            }));
-        }
+                match result {
+                    Ok(()) => tally
+                        .latencies
+                        .push(started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32),
+                    Err(code) => *tally.errors.entry(format!("{code:?}")).or_default() += 1,
+                }
+            }
+            tally
+        }));
     }
     tokio::time::sleep(Duration::from_secs_f64(load.warmup)).await;
     let cpu_before = cpu_ticks(&load.pid)?;
@@ -351,6 +375,8 @@ struct Report {
     label: String,
     conns: usize,
     streams: usize,
+    /// The rate asked for with `--rate`.
+    offered: Option<f64>,
     secs: f64,
     ok: u64,
     failed: u64,
@@ -383,6 +409,7 @@ impl Report {
             label,
             conns: load.conns,
             streams: load.streams,
+            offered: load.rate,
             secs,
             ok,
             failed,
@@ -399,13 +426,16 @@ impl Report {
         let ms = |us: u32| f64::from(us) / 1000.0;
         let [p50, p90, p99, max] = self.percentiles;
         let mut out = format!(
-            "{}: {} connections × {} streams, {:.1} s\n\
+            "{}: {} connections × {} streams{}, {:.1} s\n\
              requests  {} ok, {} failed\n\
              rate      {:.0} req/s\n\
              latency   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n",
             self.label,
             self.conns,
             self.streams,
+            self.offered
+                .map(|r| format!(", {r:.0} req/s offered"))
+                .unwrap_or_default(),
             self.secs,
             self.ok,
             self.failed,
@@ -435,6 +465,7 @@ impl Report {
             "target": self.label,
             "conns": self.conns,
             "streams": self.streams,
+            "offered_rps": self.offered,
             "secs": self.secs,
             "ok": self.ok,
             "failed": self.failed,
