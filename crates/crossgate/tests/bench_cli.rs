@@ -1,0 +1,207 @@
+//! `crossgate bench` against a running `crossgate up`: what an operator
+//! reads (rates, percentiles, errors by status, server CPU), and exit codes
+//! a script can trust — 0 when every request succeeded, 1 when some failed,
+//! 2 when the load could not start.
+
+mod common;
+
+use common::{ROOT, config_copy, wait_for};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bench(config: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .arg("bench")
+        .args(args)
+        .args(["--config", config])
+        .current_dir(ROOT)
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// A canonical customs declaration: border inspection and commerce receive it.
+const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}]}"#;
+
+const LOOKUP: [&str; 8] = [
+    "--provider",
+    "public-security",
+    "--type",
+    "person.v1",
+    "--purpose",
+    "school-enrolment",
+    "--criterion",
+    "/id_number=110105198405049582",
+];
+
+#[test]
+fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
+    let dir = crossgate_testing::TempDir::new("bench");
+    let (broker_port, adapters) = config_copy(&dir);
+    // The reference systems answer from the shipped fixtures.
+    crossgate_testing::copy_dir(
+        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
+        &dir.join("fixtures"),
+    );
+    // Limits out of the way: the load is what is measured.
+    std::fs::write(
+        dir.join("limits.toml"),
+        "[default]\nrate = \"100000/s\"\nburst = 100000\n",
+    )
+    .unwrap();
+    let config = dir.to_str().unwrap();
+    let up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["up", "--config", config])
+        .current_dir(ROOT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for(broker_port);
+    for (_, port) in &adapters {
+        wait_for(*port);
+    }
+    let pid = up.0.id().to_string();
+    let short = [
+        "--secs",
+        "0.6",
+        "--warmup",
+        "0.2",
+        "--conns",
+        "2",
+        "--streams",
+        "4",
+    ];
+
+    // Education's lookup through the broker, as the table an operator reads.
+    let mut args = vec!["query"];
+    args.extend(LOOKUP);
+    args.extend(short);
+    args.extend(["--pid", &pid]);
+    let table = bench(config, &args);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(
+        table.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    assert!(
+        text.starts_with("Broker.Query public-security person.v1: 2 connections × 4 streams"),
+        "{text}"
+    );
+    assert!(text.contains(" failed\nrate "), "{text}");
+    assert!(text.contains("latency   p50 "), "{text}");
+    assert!(text.contains("µs CPU per request"), "{text}");
+
+    // The same as JSON, for scripts: every request succeeded, the
+    // percentiles are in order, the server's CPU is counted.
+    args.push("--json");
+    let out = bench(config, &args);
+    assert_eq!(out.status.code(), Some(0));
+    let j = json(&out);
+    assert!(j["ok"].as_u64().unwrap() > 0, "{j}");
+    assert_eq!(j["failed"], 0, "{j}");
+    assert_eq!(j["errors"], serde_json::json!({}), "{j}");
+    let (p50, p90, p99, max) = (
+        j["p50_us"].as_u64().unwrap(),
+        j["p90_us"].as_u64().unwrap(),
+        j["p99_us"].as_u64().unwrap(),
+        j["max_us"].as_u64().unwrap(),
+    );
+    assert!(0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{j}");
+    assert!(j["server_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{j}");
+
+    // At a fixed rate, about that many requests are sent.
+    let mut paced = vec![
+        "query", "--json", "--rate", "200", "--secs", "1", "--warmup", "0.2",
+    ];
+    paced.extend(LOOKUP);
+    let j = json(&bench(config, &paced));
+    assert_eq!(j["offered_rps"], 200.0, "{j}");
+    let sent = j["ok"].as_u64().unwrap() + j["failed"].as_u64().unwrap();
+    assert!((150..=250).contains(&sent), "{j}");
+
+    // Straight to public-security's adapter, as the broker calls it.
+    let mut fetch = vec!["fetch", "--json", "--consumer", "education"];
+    fetch.extend(LOOKUP);
+    fetch.extend(short);
+    let out = bench(config, &fetch);
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(0), "{j}");
+    assert!(
+        j["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("Department.Fetch"),
+        "{j}"
+    );
+    assert!(j["ok"].as_u64().unwrap() > 0, "{j}");
+
+    // Publishes from customs: each a new record, delivered to its receivers.
+    let record = dir.join("declaration.json");
+    std::fs::write(&record, DECLARATION).unwrap();
+    let record = record.to_str().unwrap();
+    let mut publish = vec![
+        "publish",
+        "--json",
+        "--type",
+        "customs-declaration.v1",
+        "--record",
+        record,
+    ];
+    publish.extend(short);
+    let out = bench(config, &publish);
+    let j = json(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{j}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(j["ok"].as_u64().unwrap() > 0, "{j}");
+
+    // A party without a grant: every request refused, counted by status,
+    // and the exit code says some failed.
+    let mut refused = vec!["query", "--json", "--as", "tax"];
+    refused.extend(LOOKUP);
+    refused.extend(short);
+    let out = bench(config, &refused);
+    let j = json(&out);
+    assert_eq!(out.status.code(), Some(1), "{j}");
+    assert_eq!(j["ok"], 0, "{j}");
+    assert!(j["errors"]["PermissionDenied"].as_u64().unwrap() > 0, "{j}");
+
+    // Nothing could start: exit 2 with the reason.
+    let mut bad = vec!["query", "--conns", "0"];
+    bad.extend(LOOKUP);
+    let out = bench(config, &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+    let mut bad = vec!["query", "--criterion", "no-equals-sign"];
+    bad.extend(&LOOKUP[..6]);
+    let out = bench(config, &bad);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PATH=VALUE"));
+    drop(up);
+    let out = bench(config, &args);
+    assert_eq!(out.status.code(), Some(2), "no broker to reach");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
+}
