@@ -13,57 +13,6 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     /// Lock files of the chains this store writes, held while it is open.
     locks: Vec<std::fs::File>,
-    /// A writer's checkpoints run here, off the commit path; stopped when
-    /// the store is dropped.
-    checkpointer: Option<Checkpointer>,
-}
-
-/// Copies the write-ahead log into the database file in the background.
-/// SQLite's automatic checkpoint runs inside whichever commit crosses the
-/// WAL's size limit, and that commit (with every caller waiting on its
-/// batch) then waits for the copy and its fsync: tens of milliseconds at
-/// the tail of the latency. A passive checkpoint from another connection
-/// copies what is committed without blocking the writer.
-struct Checkpointer {
-    stop: std::sync::mpsc::Sender<()>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// How often the checkpointer copies the log into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("audit-checkpoint".into())
-            .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
-                        tracing::warn!(error = %e, "audit log checkpoint failed; retried");
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Failed(format!("cannot start the checkpointer: {e}")))?;
-        Ok(Checkpointer {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -84,12 +33,6 @@ impl SqliteStore {
         // FULL: a committed batch survives a power cut, which is what "durable" promises.
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
-        // The writer's page cache: 64 MiB instead of SQLite's 2 MiB, so the
-        // index pages every commit touches stay in memory instead of being
-        // read back from the file (measured in the README's performance
-        // section).
-        conn.pragma_update(None, "cache_size", -65_536)
-            .map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.outbox_schema())
             .map_err(err)?;
@@ -106,7 +49,6 @@ impl SqliteStore {
             conn,
             path: path.to_path_buf(),
             locks: Vec::new(),
-            checkpointer: None,
         })
     }
 
@@ -178,12 +120,6 @@ impl Store for SqliteStore {
         match lock.try_lock() {
             Ok(()) => {
                 self.locks.push(lock);
-                if self.checkpointer.is_none() {
-                    self.checkpointer = Some(Checkpointer::start(&self.path)?);
-                    self.conn
-                        .pragma_update(None, "wal_autocheckpoint", 0)
-                        .map_err(err)?;
-                }
                 Ok(())
             }
             Err(std::fs::TryLockError::WouldBlock) => {
