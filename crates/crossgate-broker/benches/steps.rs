@@ -9,26 +9,11 @@ use crossgate_audit::entry::{Decision, Entry, Kind, Stored};
 use crossgate_policy::{Ask, ReferenceKey};
 use crossgate_proto::{Criterion as Lookup, QueryRequest, Record};
 use crossgate_schema::Registry;
-use crossgate_testing::ROOT;
+use crossgate_testing::{PARTNERS, ROOT};
 use std::hint::black_box;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const PARTNERS: [&str; 12] = [
-    "customs",
-    "border-inspection",
-    "commerce",
-    "health",
-    "public-security",
-    "medical-insurance",
-    "market-regulation",
-    "tax",
-    "human-resources",
-    "education",
-    "audit-office",
-    "operations",
-];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{ROOT}/{path}")).expect(path)
@@ -58,7 +43,7 @@ fn bench(c: &mut Criterion) {
     let limits = crossgate_limits::parse_config(
         "limits.toml",
         "[default]\nrate = \"1000000000/s\"\nburst = 1000000000\n",
-        &PARTNERS,
+        PARTNERS,
     )
     .expect("limits");
     let limiter = crossgate_limits::Limits::new(limits);
@@ -99,7 +84,7 @@ fn bench(c: &mut Criterion) {
     // 4. authorise: the grant for education's lookup.
     let catalog = read("deploy/local/catalog.toml");
     let policy =
-        crossgate_policy::compile("catalog.toml", &catalog, &PARTNERS, &registry).expect("catalog");
+        crossgate_policy::compile("catalog.toml", &catalog, PARTNERS, &registry).expect("catalog");
     let today = policy.today(chrono::Utc::now());
     let ask = Ask {
         consumer: "education",

@@ -6,28 +6,14 @@ use crossgate_policy::Ask;
 use crossgate_schema::Registry;
 use std::hint::black_box;
 
-use crossgate_testing::ROOT;
+use crossgate_testing::{PARTNERS, ROOT};
 
 fn bench(c: &mut Criterion) {
     let registry = Registry::load_dir(format!("{ROOT}/schemas")).expect("schemas");
     let file = format!("{ROOT}/deploy/local/catalog.toml");
     let text = std::fs::read_to_string(&file).expect("catalog");
-    let partners = [
-        "customs",
-        "border-inspection",
-        "commerce",
-        "health",
-        "public-security",
-        "medical-insurance",
-        "market-regulation",
-        "tax",
-        "human-resources",
-        "education",
-        "audit-office",
-        "operations",
-    ];
     let policy =
-        crossgate_policy::compile(&file, &text, &partners, &registry).expect("catalog compiles");
+        crossgate_policy::compile(&file, &text, PARTNERS, &registry).expect("catalog compiles");
     let today = NaiveDate::from_ymd_opt(2026, 11, 22).expect("date");
     c.bench_function("decide query (conditional, with approval)", |b| {
         b.iter(|| {

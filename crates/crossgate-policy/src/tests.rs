@@ -2,21 +2,8 @@ use crate::{Ask, Policy, compile, project, withheld};
 use chrono::NaiveDate;
 use serde_json::json;
 
+use crossgate_testing::PARTNERS;
 use crossgate_testing::ROOT;
-const PARTNERS: &[&str] = &[
-    "customs",
-    "border-inspection",
-    "commerce",
-    "health",
-    "public-security",
-    "medical-insurance",
-    "market-regulation",
-    "tax",
-    "human-resources",
-    "education",
-    "audit-office",
-    "operations",
-];
 
 use crossgate_testing::registry;
 

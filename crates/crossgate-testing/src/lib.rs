@@ -16,6 +16,23 @@ use std::time::{Duration, Instant};
 /// The project's root folder (where `schemas/` and `deploy/` are).
 pub const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
+/// Every party of the shipped `deploy/local/partners.toml`, for compiling
+/// the shipped catalog and limits in tests and benchmarks.
+pub const PARTNERS: &[&str] = &[
+    "customs",
+    "border-inspection",
+    "commerce",
+    "health",
+    "public-security",
+    "medical-insurance",
+    "market-regulation",
+    "tax",
+    "human-resources",
+    "education",
+    "audit-office",
+    "operations",
+];
+
 pub fn root() -> &'static Path {
     Path::new(ROOT)
 }
