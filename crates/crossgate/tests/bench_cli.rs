@@ -139,6 +139,20 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     let sent = j["ok"].as_u64().unwrap() + j["failed"].as_u64().unwrap();
     assert!((150..=250).contains(&sent), "{j}");
 
+    // A rate so low that most streams' first turn falls after the run:
+    // they send nothing and the run still ends when it should.
+    let mut slow = vec![
+        "query", "--json", "--rate", "1", "--secs", "1", "--warmup", "0",
+    ];
+    slow.extend(LOOKUP);
+    let began = std::time::Instant::now();
+    let j = json(&bench(config, &slow));
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(30),
+        "a paced run waited for turns after its end: {j}"
+    );
+    assert!(j["ok"].as_u64().unwrap() <= 2, "{j}");
+
     // Straight to public-security's adapter, as the broker calls it.
     let mut fetch = vec!["fetch", "--json", "--consumer", "education"];
     fetch.extend(LOOKUP);

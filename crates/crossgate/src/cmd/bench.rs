@@ -144,7 +144,11 @@ pub async fn run(args: BenchArgs) -> CliResult {
         .rate
         .map(|rate| Duration::from_secs_f64(workers as f64 / rate));
     let (party, server, address, label) = target_of(&args)?;
-    let endpoint = args.connection.endpoint(&party, &server, address)?;
+    // A server that stops answering shows as DeadlineExceeded, not a hang.
+    let endpoint = args
+        .connection
+        .endpoint(&party, &server, address)?
+        .timeout(Duration::from_secs(10));
     let mut channels = Vec::with_capacity(load.conns);
     for _ in 0..load.conns {
         // Each connect opens its own connection.
@@ -161,6 +165,8 @@ pub async fn run(args: BenchArgs) -> CliResult {
     let counter = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     let start = Instant::now();
+    // Paced streams send nothing due after the run's end.
+    let end = start + Duration::from_secs_f64(load.warmup + load.secs);
     let streams = channels
         .iter()
         .flat_map(|c| std::iter::repeat_n(c, load.streams));
@@ -173,6 +179,9 @@ pub async fn run(args: BenchArgs) -> CliResult {
             while !stop.load(Ordering::Relaxed) {
                 let started = match (due, interval) {
                     (Some(at), Some(every)) => {
+                        if at >= end {
+                            break;
+                        }
                         tokio::time::sleep_until(at.into()).await;
                         due = Some(at + every);
                         at
