@@ -6,9 +6,12 @@
 //!
 //! A remembered answer is kept at most [`REMEMBER`] (so a CRL past its next
 //! update is noticed within that time) and never past the certificate's own
-//! expiry. Chains longer than the leaf are checked on every call (the
-//! development CA issues leaves only). TLS has already verified the chain
-//! against the CA before any of this runs.
+//! expiry; a certificate outside its validity period is never remembered.
+//! Chains longer than the leaf are checked on every call (the development
+//! CA issues leaves only). TLS has already verified the chain, dates
+//! included, against the CA at the handshake; on a connection that outlives
+//! its certificate, a call is refused for expiry only when CRLs are
+//! configured (webpki checks the dates with the lists), as before.
 
 use crate::revocation::Revocation;
 use std::collections::HashMap;
@@ -62,7 +65,7 @@ impl Identities {
     pub fn identify(&self, chain: Option<&[CertificateDer<'_>]>) -> Result<Arc<str>, Unidentified> {
         let chain = chain.ok_or(Unidentified::NoParty)?;
         let [leaf] = chain else {
-            return self.work_out(chain).0;
+            return self.work_out(chain);
         };
         let now = Instant::now();
         {
@@ -73,8 +76,12 @@ impl Identities {
                 return s.verdict.clone();
             }
         }
-        let (verdict, expires) = self.work_out(chain);
-        let until = expires.map_or(now + REMEMBER, |e| e.min(now + REMEMBER));
+        let verdict = self.work_out(chain);
+        // A certificate outside its validity period is never remembered:
+        // each call works it out again (and, with CRLs, webpki refuses it).
+        let Some(until) = remember_until(leaf.as_ref(), now) else {
+            return verdict;
+        };
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MOST {
             seen.clear();
@@ -89,31 +96,26 @@ impl Identities {
         verdict
     }
 
-    /// The verdict on `chain`, and when its leaf expires (as an instant
-    /// from now, when it is within [`REMEMBER`]).
-    fn work_out(
-        &self,
-        chain: &[CertificateDer<'_>],
-    ) -> (Result<Arc<str>, Unidentified>, Option<Instant>) {
-        let expires = chain.first().and_then(|leaf| expires_within(leaf.as_ref()));
-        let Some(id) = crate::peer_identity(chain) else {
-            return (Err(Unidentified::NoParty), expires);
-        };
+    /// The verdict on `chain`, worked out in full.
+    fn work_out(&self, chain: &[CertificateDer<'_>]) -> Result<Arc<str>, Unidentified> {
+        let id = crate::peer_identity(chain).ok_or(Unidentified::NoParty)?;
         if let Some(revocation) = &self.revocation
             && let Err(why) = revocation.check(chain)
         {
-            return (Err(Unidentified::Revoked { id, why }), expires);
+            return Err(Unidentified::Revoked { id, why });
         }
-        (Ok(id.into()), expires)
+        Ok(id.into())
     }
 }
 
-/// When `der` stops being valid, if that is within [`REMEMBER`].
-fn expires_within(der: &[u8]) -> Option<Instant> {
+/// Until when an answer about the certificate `der` may be remembered:
+/// [`REMEMBER`] from `now`, or its expiry if sooner; `None` when it is not
+/// valid now (expired, or not yet valid) or cannot be read.
+fn remember_until(der: &[u8], now: Instant) -> Option<Instant> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let left = cert.validity().time_to_expiration()?;
     let left = Duration::try_from(left).ok()?;
-    (left < REMEMBER).then(|| Instant::now() + left)
+    Some(now + left.min(REMEMBER))
 }
 
 #[cfg(test)]

@@ -209,13 +209,32 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     let out = bench(config, &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+    for (flag, value, says) in [
+        ("--secs", "NaN", "--secs must be"),
+        ("--secs", "1e300", "--secs must be"),
+        ("--warmup", "-1", "--warmup must be"),
+        ("--rate", "1e-300", "--rate must"),
+        ("--rate", "1e300", "--rate must"),
+        ("--rate", "inf", "--rate must"),
+        ("--pid", "999999999", "--pid 999999999"),
+    ] {
+        let given = format!("{flag}={value}");
+        let mut bad = vec!["query", given.as_str()];
+        bad.extend(LOOKUP);
+        let out = bench(config, &bad);
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {said}");
+        assert!(said.contains(says), "{flag} {value}: {said}");
+    }
     let mut bad = vec!["query", "--criterion", "no-equals-sign"];
     bad.extend(&LOOKUP[..6]);
     let out = bench(config, &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PATH=VALUE"));
     drop(up);
-    let out = bench(config, &args);
+    let mut gone = vec!["query"];
+    gone.extend(LOOKUP);
+    let out = bench(config, &gone);
     assert_eq!(out.status.code(), Some(2), "no broker to reach");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach"));
 }

@@ -128,21 +128,44 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
+/// The longest run or warm-up, in seconds (a day).
+const LONGEST: f64 = 86_400.0;
+
 /// Runs the load and prints what it measured. Exit 0 when every request
-/// succeeded, 1 when some failed, 2 when the load could not start.
+/// succeeded, 1 when some failed or none was answered in the run, 2 when
+/// the load could not start.
 pub async fn run(args: BenchArgs) -> CliResult {
     let load = &args.load;
-    if load.conns == 0 || load.streams == 0 || load.secs <= 0.0 || load.warmup < 0.0 {
-        return Err("--conns and --streams must be at least 1, --secs above 0".into());
+    if load.conns == 0 || load.streams == 0 {
+        return Err("--conns and --streams must be at least 1".into());
     }
-    if load.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("--rate must be a number of requests per second above 0".into());
-    }
-    let workers = load.conns * load.streams;
+    let seconds = |name: &str, value: f64, least: f64| {
+        (value >= least && value <= LONGEST)
+            .then(|| Duration::try_from_secs_f64(value).ok())
+            .flatten()
+            .ok_or_else(|| format!("{name} must be from {least} to {LONGEST} seconds"))
+    };
+    let secs = seconds("--secs", load.secs, 0.001)?;
+    let warmup = seconds("--warmup", load.warmup, 0.0)?;
+    let workers = load.conns.saturating_mul(load.streams);
     // Each stream's turn comes every `interval`; streams start spread over one.
-    let interval = load
-        .rate
-        .map(|rate| Duration::from_secs_f64(workers as f64 / rate));
+    let interval = match load.rate {
+        None => None,
+        Some(rate) => Some(
+            (rate.is_finite() && rate > 0.0)
+                .then(|| Duration::try_from_secs_f64(workers as f64 / rate).ok())
+                .flatten()
+                .filter(|i| *i >= Duration::from_micros(1) && i.as_secs_f64() <= 2.0 * LONGEST)
+                .ok_or_else(|| {
+                    format!(
+                        "--rate must give each of the {workers} streams a turn between once a \
+                         microsecond and once in two days"
+                    )
+                })?,
+        ),
+    };
+    // A process to watch must exist before the load starts.
+    cpu_ticks(&load.pid)?;
     let (party, server, address, label) = target_of(&args)?;
     // A server that stops answering shows as DeadlineExceeded, not a hang.
     let endpoint = args
@@ -166,7 +189,7 @@ pub async fn run(args: BenchArgs) -> CliResult {
     let mut tasks = Vec::new();
     let start = Instant::now();
     // Paced streams send nothing due after the run's end.
-    let end = start + Duration::from_secs_f64(load.warmup + load.secs);
+    let end = start + warmup + secs;
     let streams = channels
         .iter()
         .flat_map(|c| std::iter::repeat_n(c, load.streams));
@@ -203,11 +226,11 @@ pub async fn run(args: BenchArgs) -> CliResult {
             tally
         }));
     }
-    tokio::time::sleep(Duration::from_secs_f64(load.warmup)).await;
+    tokio::time::sleep(warmup).await;
     let cpu_before = cpu_ticks(&load.pid)?;
     let began = Instant::now();
     measuring.store(true, Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_secs_f64(load.secs)).await;
+    tokio::time::sleep(secs).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = began.elapsed().as_secs_f64();
     let cpu_after = cpu_ticks(&load.pid)?;
