@@ -5,7 +5,7 @@
 # to its two receivers. Run from the project's root after `cargo build --release`.
 # It starts `crossgate up` on a copy of deploy/local in a temporary folder with the
 # rate limits lifted (the load is what is measured), prints one JSON line per run with the
-# server's CPU per request, and stops it. ROUNDS (3), SECS (5) and RATE (5000) set the runs;
+# server's CPU per request, and stops it. ROUNDS (3), SECS (5) and RATE (5000; the README also shows 6700) set the runs;
 # the fetch and query runs alternate, so that both see the same machine.
 set -u
 PROJ=$PWD
