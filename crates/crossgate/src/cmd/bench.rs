@@ -64,8 +64,8 @@ pub enum Target {
     /// The broker's Query: a consumer's lookup
     Query(Ask),
     /// The broker's Publish: a provider's record to its receivers; each
-    /// request a new record (`$N` in the record file and id is replaced by
-    /// the request's number)
+    /// request a new record (in the record file and id, `$N` is replaced by
+    /// the request's number and `$RUN` by this run's id)
     Publish(Publish),
     /// A department adapter's Fetch, directly (as the broker calls it)
     Fetch(Fetch),
@@ -95,11 +95,14 @@ pub struct Publish {
     /// Canonical record type, e.g. customs-declaration.v1
     #[arg(long = "type", value_name = "RECORD_TYPE")]
     pub record_type: String,
-    /// The canonical record (JSON); `$N` is replaced by the request's number
+    /// The canonical record (JSON); `$N` is replaced by the request's
+    /// number, `$RUN` by this run's id
     #[arg(long, value_name = "FILE")]
     pub record: PathBuf,
-    /// The record id; `$N` is replaced by the request's number
-    #[arg(long, default_value = "bench-$N")]
+    /// The record id; `$N` is replaced by the request's number, `$RUN` by
+    /// this run's id. Keep both: a record id of an earlier run with the same
+    /// record is a repeat, which the broker answers without delivering again
+    #[arg(long, default_value = "bench-$RUN-$N")]
     pub record_id: String,
 }
 
@@ -315,12 +318,24 @@ impl Call {
                 criteria: criteria(&ask.criteria)?,
                 approval_reference: ask.approval.clone().unwrap_or_default(),
             }),
-            Target::Publish(p) => Call::Publish {
-                record_type: p.record_type.clone(),
-                json: std::fs::read_to_string(&p.record)
-                    .map_err(|e| format!("cannot read {}: {e}", p.record.display()))?,
-                record_id: p.record_id.clone(),
-            },
+            Target::Publish(p) => {
+                // Microseconds since 1970 and the process: no two runs alike.
+                let run = format!(
+                    "{}.{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_micros(),
+                    std::process::id()
+                );
+                let json = std::fs::read_to_string(&p.record)
+                    .map_err(|e| format!("cannot read {}: {e}", p.record.display()))?;
+                Call::Publish {
+                    record_type: p.record_type.clone(),
+                    json: json.replace("$RUN", &run),
+                    record_id: p.record_id.replace("$RUN", &run),
+                }
+            }
             Target::Fetch(f) => Call::Fetch(FetchRequest {
                 request_id: "bench".into(),
                 consumer: f.consumer.clone(),
