@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+mod replicas;
 pub mod seen;
 mod service;
 pub mod system;
 
+pub use replicas::Replicas;
 pub use service::{Adapter, Peers, faults_status};
 
 use crossgate_proto::department_server::DepartmentServer;
@@ -38,13 +40,27 @@ pub async fn serve_tls(
     tls: Option<tonic::transport::ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    serve_counted(adapter, listener, tls, shutdown, None).await
+}
+
+/// [`serve_tls`], every call counted in `metrics` (the standard gRPC
+/// server series).
+pub async fn serve_counted(
+    adapter: Adapter,
+    listener: TcpListener,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    shutdown: impl Future<Output = ()> + Send,
+    metrics: Option<std::sync::Arc<crossgate_metrics::Metrics>>,
+) -> Result<(), ServeError> {
     let (reporter, health) = crossgate_proto::standard::health_reporter();
     reporter.set_serving::<IngressServer<Adapter>>().await;
     reporter.set_serving::<DepartmentServer<Adapter>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
     // The same connection, stream and time limits as the broker's defaults.
     let limits = crossgate_tls::serving::ServerLimits::default();
-    let mut builder = limits.builder();
+    let mut builder = limits
+        .builder()
+        .layer(crossgate_metrics::GrpcLayer::new(metrics));
     if let Some(tls) = tls {
         builder = builder.tls_config(limits.tls(tls))?;
     }
@@ -90,4 +106,24 @@ pub fn lazy_tls_channel(
         endpoint = endpoint.tls_config(tls)?;
     }
     Ok(endpoint.connect_lazy())
+}
+
+/// Broker replicas at `uris` (comma-separated), lazily connected: calls go
+/// to each in turn, and one that went away is left out for a while (see
+/// [`Replicas`]).
+pub fn lazy_replicas(
+    uris: &str,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> Result<Replicas, tonic::transport::Error> {
+    let channels = uris
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| lazy_tls_channel(u, tls.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if channels.is_empty() {
+        // Endpoint::from_shared reports the empty address.
+        return lazy_tls_channel("", tls).map(Replicas::from);
+    }
+    Ok(Replicas::new(channels))
 }

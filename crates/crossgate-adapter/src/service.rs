@@ -29,7 +29,7 @@ pub struct Adapter {
 struct Inner {
     mapping: DepartmentMapping,
     registry: Arc<Registry>,
-    broker: BrokerClient<Channel>,
+    broker: BrokerClient<crate::Replicas>,
     system: DepartmentSystemClient<Channel>,
     /// Under mutual TLS: who may call which service.
     peers: Option<Peers>,
@@ -68,14 +68,14 @@ impl Adapter {
     pub fn new(
         mapping: DepartmentMapping,
         registry: Arc<Registry>,
-        broker: Channel,
+        broker: impl Into<crate::Replicas>,
         system: Channel,
     ) -> Self {
         Adapter {
             inner: Arc::new(Inner {
                 mapping,
                 registry,
-                broker: BrokerClient::new(broker),
+                broker: BrokerClient::new(broker.into()),
                 system: DepartmentSystemClient::new(system),
                 peers: None,
                 seen: match Seen::memory(crate::seen::DEFAULT_CAPACITY) {
@@ -239,21 +239,24 @@ impl Ingress for Adapter {
             native.record_id.clone()
         };
         let json = mapped.to_json(native.json.len());
-        let reply = self
-            .inner
-            .broker
-            .clone()
-            .publish(PublishRequest {
-                record: Some(Record {
-                    record_type: mapped.record_type.clone(),
-                    record_id,
-                    json,
-                }),
-                idempotency_key,
-            })
-            .await
-            .map_err(|s| upstream("broker", s))?
-            .into_inner();
+        let publish = PublishRequest {
+            record: Some(Record {
+                record_type: mapped.record_type.clone(),
+                record_id,
+                json,
+            }),
+            idempotency_key,
+        };
+        let mut broker = self.inner.broker.clone();
+        // A replica that cannot take it (gone, draining): once more, on the
+        // next. A Publish is idempotent: a replica that did take the first
+        // answers the second as a repeat.
+        let reply = match broker.publish(publish.clone()).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => broker.publish(publish).await,
+            answered => answered,
+        }
+        .map_err(|s| upstream("broker", s))?
+        .into_inner();
         tracing::info!(
             department = %self.department(),
             record_type = %mapped.record_type,

@@ -147,13 +147,15 @@ CREATE TABLE IF NOT EXISTS publish_keys (
         if let Op::Prune { before } = op {
             // A key goes only when nothing of its request is still owed.
             return [
-                "outbox WHERE state = 'delivered' AND",
-                "publish_keys WHERE request_id NOT IN (SELECT request_id FROM outbox WHERE state <> 'delivered') AND",
+                "outbox WHERE state = 'delivered' AND created",
+                "publish_keys WHERE request_id NOT IN (SELECT request_id FROM outbox WHERE state <> 'delivered') AND created",
+                // Replicas gone long ago.
+                "outbox_replicas WHERE until",
             ]
             .into_iter()
             .map(|table| {
                 (
-                    format!("DELETE FROM {table} created < {}", p(1)),
+                    format!("DELETE FROM {table} < {}", p(1)),
                     vec![Param::Text(before.clone())],
                 )
             })
@@ -214,7 +216,8 @@ CREATE TABLE IF NOT EXISTS publish_keys (
                 note,
             } => (
                 format!(
-                    "UPDATE outbox SET state = 'queued', attempts = 0, created = {at}, next_attempt = {at}, last_error = {n}
+                    "UPDATE outbox SET state = 'queued', attempts = 0, created = {at}, next_attempt = {at}, last_error = {n},
+                     lease_owner = CASE WHEN state = 'dead' THEN '' ELSE lease_owner END
                      WHERE delivery_id = {id} AND state <> 'delivered'",
                     at = p(1),
                     n = p(2),
@@ -233,8 +236,66 @@ CREATE TABLE IF NOT EXISTS publish_keys (
                 ),
                 vec![Param::Text(delivery_id.clone())],
             ),
+            Op::Renew { owner, until } => (
+                format!(
+                    "INSERT INTO outbox_replicas (owner, until) VALUES ({}, {})
+                     ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
+                    p(1),
+                    p(2)
+                ),
+                vec![Param::Text(owner.clone()), Param::Text(until.clone())],
+            ),
             Op::Prune { .. } => (String::new(), Vec::new()),
         }
+    }
+
+    /// Columns added after the first release, for tables made before them.
+    pub(crate) fn outbox_added_columns(self) -> &'static [&'static str] {
+        &["lease_owner"]
+    }
+
+    /// Made once the added columns are there: the replicas' leases, and the
+    /// index their claims use.
+    pub(crate) fn outbox_leases(self) -> &'static str {
+        "CREATE TABLE IF NOT EXISTS outbox_replicas (
+    owner TEXT PRIMARY KEY,
+    until TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (receiver, lease_owner) WHERE state = 'queued'"
+    }
+
+    /// Queued items of `receiver` that `lease.owner` holds, or whose holder
+    /// has no live lease (it died, or never had one), oldest first, made
+    /// `lease.owner`'s. Rows another replica is claiming at this instant are
+    /// skipped, not waited for. PostgreSQL only (a SQLite store has one
+    /// broker).
+    pub(crate) fn claim_outbox(
+        self,
+        receiver: &str,
+        lease: &crate::outbox::Lease,
+        limit: usize,
+    ) -> (String, Vec<String>) {
+        let limit = if limit == 0 {
+            String::new()
+        } else {
+            format!(" LIMIT {limit}")
+        };
+        (
+            format!(
+                "WITH claimed AS (
+                   UPDATE outbox SET lease_owner = $1
+                   WHERE id IN (
+                     SELECT o.id FROM outbox o
+                     WHERE o.receiver = $2 AND o.state = 'queued'
+                       AND (o.lease_owner = $1 OR NOT EXISTS (
+                         SELECT 1 FROM outbox_replicas r WHERE r.owner = o.lease_owner AND r.until >= $3))
+                     ORDER BY o.id{limit}
+                     FOR UPDATE OF o SKIP LOCKED)
+                   RETURNING *)
+                 SELECT * FROM claimed ORDER BY id"
+            ),
+            vec![lease.owner.clone(), receiver.to_owned(), lease.now.clone()],
+        )
     }
 
     /// Claim an idempotency key; a key claimed before keeps its first request.
@@ -395,7 +456,7 @@ enum Col {
 }
 
 /// The columns of `outbox`, in insert order.
-const OUTBOX_COLUMNS: [(&str, Col); 16] = [
+const OUTBOX_COLUMNS: [(&str, Col); 17] = [
     ("delivery_id", Col::Text),
     ("request_id", Col::Text),
     ("receiver", Col::Text),
@@ -412,6 +473,7 @@ const OUTBOX_COLUMNS: [(&str, Col); 16] = [
     ("created", Col::Text),
     ("next_attempt", Col::Text),
     ("last_error", Col::Text),
+    ("lease_owner", Col::Text),
 ];
 
 /// The insert arguments of an outbox item, in [`OUTBOX_COLUMNS`] order.
@@ -434,6 +496,7 @@ fn encode_item(i: &Item) -> Vec<Param> {
         text(&i.created),
         text(&i.next_attempt),
         text(&i.last_error),
+        text(&i.lease_owner),
     ]
 }
 
@@ -465,6 +528,7 @@ pub(crate) fn decode_item(row: &dyn Columns) -> Result<Item, StoreError> {
         created: row.text("created")?,
         next_attempt: row.text("next_attempt")?,
         last_error: row.text("last_error")?,
+        lease_owner: row.text("lease_owner")?,
         delivery_id,
     })
 }

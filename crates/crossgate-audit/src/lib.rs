@@ -26,7 +26,7 @@ mod verify;
 mod writer;
 
 pub use entry::{Decision, Entry, Kind, Stored, digest};
-pub use outbox::{Claim, Commit, Committed, Item, Op, OutboxFilter, Prior, State};
+pub use outbox::{Claim, Commit, Committed, Item, Lease, Op, OutboxFilter, Prior, State};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};

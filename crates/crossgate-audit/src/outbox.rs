@@ -66,6 +66,19 @@ pub struct Item {
     pub next_attempt: String,
     /// The last failure, without the receiver's words (they may quote records).
     pub last_error: String,
+    /// The replica (its writer id) whose lane holds the item while it is
+    /// queued. Another replica takes it over once the holder's own lease
+    /// ([`Op::Renew`]) has run out. Empty: anyone's to take.
+    pub lease_owner: String,
+}
+
+/// A lane's claim on what it reads: queued items that are its own, or whose
+/// holder's lease has run out by `now`, become its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    /// RFC 3339, UTC.
+    pub now: String,
 }
 
 /// A change to the outbox, committed with the entries that record it.
@@ -93,6 +106,8 @@ pub enum Op {
     Purge { delivery_id: String },
     /// Forget delivered items and idempotency keys created before this time.
     Prune { before: String },
+    /// A replica lives: its lease (on every item it holds) runs to `until`.
+    Renew { owner: String, until: String },
 }
 
 /// An idempotency key claimed by a Publish: the first request under a key
@@ -160,4 +175,8 @@ pub struct OutboxFilter {
     pub undelivered: bool,
     /// At most this many (0: all), oldest first.
     pub limit: usize,
+    /// Read queued items as a lane that leases them (stores shared by
+    /// replicas: items leased by another replica are skipped, and those
+    /// read become this lane's).
+    pub lease: Option<Lease>,
 }

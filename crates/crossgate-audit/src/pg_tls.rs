@@ -66,7 +66,7 @@ pub(crate) fn connect_for(url: &str) -> Result<Connect, StoreError> {
     }
 }
 
-fn percent_decoded(s: &str) -> String {
+pub(crate) fn percent_decoded(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

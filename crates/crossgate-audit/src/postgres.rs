@@ -47,7 +47,20 @@ impl PostgresStore {
                 .unwrap_or_default();
             StoreError::Failed(format!("cannot connect to PostgreSQL: {e}{cause}"))
         })?;
-        if let Some(schema) = schema {
+        // A schema named by the URL (`?options=-csearch_path%3Dname`, as
+        // libpq writes it) is made if missing, so replicas of one
+        // deployment can share a database with others.
+        // (Only the URL's: a role's own default search_path is not a
+        // request to make anything.)
+        let from_url = match schema {
+            Some(_) => None,
+            None => schema_in_url(url),
+        };
+        // A schema the URL names in a form this does not make (quoted,
+        // other characters) is left to the server, as before.
+        let from_url =
+            from_url.filter(|s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        if let Some(schema) = schema.or(from_url.as_deref()) {
             if !schema
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -56,11 +69,24 @@ impl PostgresStore {
                     "schema name {schema:?}: letters, digits and _ only"
                 )));
             }
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-                ))
-                .map_err(err)?;
+            let make = format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}");
+            // Two replicas starting at once may both make it.
+            if let Err(e) = client.batch_execute(&make) {
+                client.batch_execute(&make).map_err(|_| err(e))?;
+            }
+        }
+        // A store already made to this version is left alone: its DDL
+        // would take table locks on every open (an auditor's every call).
+        let made: bool = client
+            .query_one(
+                "SELECT to_regclass('outbox_leased') IS NOT NULL
+                    AND to_regclass('audit_entries_chain_unique') IS NOT NULL",
+                &[],
+            )
+            .and_then(|r| r.try_get(0))
+            .map_err(err)?;
+        if made {
+            return Ok(client);
         }
         // Two replicas starting at once may both create the tables.
         let schema = format!(
@@ -70,6 +96,24 @@ impl PostgresStore {
         );
         if let Err(e) = client.batch_execute(&schema) {
             client.batch_execute(&schema).map_err(|_| err(e))?;
+        }
+        // An outbox made before its lease columns gets them (empty: anyone's).
+        for column in Dialect::Postgres.outbox_added_columns() {
+            let add = format!(
+                "ALTER TABLE outbox ADD COLUMN IF NOT EXISTS {column} TEXT NOT NULL DEFAULT ''"
+            );
+            if let Err(e) = client.batch_execute(&add) {
+                client.batch_execute(&add).map_err(|_| err(e))?;
+            }
+        }
+        // A column an earlier build of the lease work made, no longer written.
+        client
+            .batch_execute("ALTER TABLE outbox DROP COLUMN IF EXISTS lease_until")
+            .map_err(err)?;
+        if let Err(e) = client.batch_execute(Dialect::Postgres.outbox_leases()) {
+            client
+                .batch_execute(Dialect::Postgres.outbox_leases())
+                .map_err(|_| err(e))?;
         }
         if let Err(e) = client.batch_execute(Dialect::Postgres.unique_chain()) {
             tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
@@ -112,6 +156,23 @@ impl Columns for postgres::Row {
     fn bytes(&self, name: &str) -> Result<Vec<u8>, StoreError> {
         self.try_get(name).map_err(err)
     }
+}
+
+/// The schema a PostgreSQL URL names in its `options`
+/// (`options=-csearch_path%3Dname` or `-c search_path=name`), if any.
+fn schema_in_url(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let options = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("options="))?;
+    let options = crate::pg_tls::percent_decoded(options);
+    let value = options.split("search_path=").nth(1)?;
+    let first = value
+        .split([',', ' ', '\t'])
+        .next()
+        .unwrap_or("")
+        .trim_matches('"');
+    (!first.is_empty() && first != "$user" && first != "public").then(|| first.to_owned())
 }
 
 /// Hold `writer`'s chain for this session (a session-level advisory lock,
@@ -240,7 +301,14 @@ impl Store for PostgresStore {
         filter: &OutboxFilter,
         visit: &mut dyn FnMut(Item) -> bool,
     ) -> Result<(), StoreError> {
-        let (sql, args) = Dialect::Postgres.select_outbox(filter);
+        // A lane that leases claims its items (skipping rows another
+        // replica is claiming); anything else reads.
+        let (sql, args) = match (&filter.lease, &filter.receiver) {
+            (Some(lease), Some(receiver)) if filter.state == Some(crate::outbox::State::Queued) => {
+                Dialect::Postgres.claim_outbox(receiver, lease, filter.limit)
+            }
+            _ => Dialect::Postgres.select_outbox(filter),
+        };
         let params: Vec<Arg<'_>> = args.iter().map(|a| a as Arg<'_>).collect();
         let mut rows = self.live()?.query_raw(sql.as_str(), params).map_err(err)?;
         while let Some(row) =
@@ -272,5 +340,35 @@ impl Store for PostgresStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod url_tests {
+    use super::schema_in_url;
+
+    #[test]
+    fn a_schema_is_taken_from_the_urls_options_only() {
+        let base = "postgres://postgres@127.0.0.1:5432/test";
+        assert_eq!(
+            schema_in_url(&format!("{base}?options=-csearch_path%3Dreplicas_1")),
+            Some("replicas_1".into())
+        );
+        assert_eq!(
+            schema_in_url(&format!(
+                "{base}?sslmode=disable&options=-c%20search_path%3Dcg%2Cpublic"
+            )),
+            Some("cg".into())
+        );
+        assert_eq!(schema_in_url(base), None);
+        assert_eq!(
+            schema_in_url(&format!("{base}?options=-csearch_path%3Dpublic")),
+            None
+        );
+        assert_eq!(
+            schema_in_url(&format!("{base}?options=-cstatement_timeout%3D5s")),
+            None
+        );
+        assert_eq!(schema_in_url(&format!("{base}?options=%")), None);
     }
 }

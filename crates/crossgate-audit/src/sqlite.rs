@@ -36,6 +36,36 @@ impl SqliteStore {
         conn.execute_batch(&Dialect::Sqlite.schema()).map_err(err)?;
         conn.execute_batch(&Dialect::Sqlite.outbox_schema())
             .map_err(err)?;
+        // An outbox made before its lease columns gets them (empty: anyone's).
+        for column in Dialect::Sqlite.outbox_added_columns() {
+            let present: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = ?1",
+                    [column],
+                    |r| r.get(0),
+                )
+                .map_err(err)?;
+            if !present {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE outbox ADD COLUMN {column} TEXT NOT NULL DEFAULT ''"
+                ))
+                .map_err(err)?;
+            }
+        }
+        // A column an earlier build of the lease work made, no longer written.
+        let stale: bool = conn
+            .query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info('outbox') WHERE name = 'lease_until'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if stale {
+            conn.execute_batch("ALTER TABLE outbox DROP COLUMN lease_until")
+                .map_err(err)?;
+        }
+        conn.execute_batch(Dialect::Sqlite.outbox_leases())
+            .map_err(err)?;
         if let Err(e) = conn.execute_batch(Dialect::Sqlite.unique_chain()) {
             tracing::warn!(error = %e, "the log holds a chain position twice; run crossgate audit verify");
             conn.execute_batch(Dialect::Sqlite.plain_chain())

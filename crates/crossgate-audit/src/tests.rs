@@ -413,6 +413,7 @@ fn item(id: &str, receiver: &str) -> Item {
         created: format!("2026-11-22T08:00:0{}.000000Z", id.len() % 10),
         next_attempt: "2026-11-22T08:00:00.000000Z".into(),
         last_error: String::new(),
+        lease_owner: String::new(),
     }
 }
 
@@ -871,4 +872,157 @@ fn entries_committed_while_a_verify_runs_are_not_taken_for_tampering() {
             b.name()
         );
     }
+}
+
+/// Replicas sharing a PostgreSQL store lease the queued items their lanes
+/// read: each takes its own and those no live replica holds, never another
+/// live replica's, all of a dead replica's once its lease has run out (in
+/// order), and skips rows another replica is claiming at that instant.
+#[test]
+fn replicas_lease_queued_items_and_take_over_a_dead_ones_when_its_lease_runs_out() {
+    let Ok(url) = std::env::var("CROSSGATE_TEST_DATABASE_URL") else {
+        return;
+    };
+    let schema = format!("audit_leases_{}", std::process::id());
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+    let mut a = PostgresStore::connect(&url, Some(&schema)).unwrap();
+    let mut b = PostgresStore::connect(&url, Some(&schema)).unwrap();
+    let at = |s: u32| format!("2026-11-22T08:00:{s:02}.000000Z");
+    let renew = |store: &mut PostgresStore, owner: &str, until: u32| {
+        store
+            .commit(
+                &[],
+                &[Op::Renew {
+                    owner: owner.into(),
+                    until: at(until),
+                }],
+                &[],
+            )
+            .unwrap();
+    };
+    renew(&mut a, "a", 10);
+    renew(&mut b, "b", 10);
+    let held = |id: &str, owner: &str| {
+        let mut i = item(id, "tax");
+        i.lease_owner = owner.into();
+        i
+    };
+    let ops: Vec<Op> = [
+        held("d1", "a"),
+        held("d2", "a"),
+        held("d3", ""),
+        held("d4", "a"),
+        held("d5", "gone-long-ago"),
+    ]
+    .into_iter()
+    .map(|i| Op::Enqueue(Box::new(i)))
+    .collect();
+    a.commit(&[], &ops, &[]).unwrap();
+    a.commit(
+        &[],
+        &[Op::Update {
+            delivery_id: "d4".into(),
+            state: State::Delivered,
+            attempts: 1,
+            next_attempt: String::new(),
+            last_error: String::new(),
+        }],
+        &[],
+    )
+    .unwrap();
+    let claim = |store: &mut PostgresStore, owner: &str, now: u32| -> Vec<String> {
+        store
+            .outbox(&OutboxFilter {
+                receiver: Some("tax".into()),
+                state: Some(State::Queued),
+                lease: Some(crate::outbox::Lease {
+                    owner: owner.into(),
+                    now: at(now),
+                }),
+                ..OutboxFilter::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|i| i.delivery_id)
+            .collect()
+    };
+    assert_eq!(
+        claim(&mut b, "b", 5),
+        ["d3", "d5"],
+        "b takes what no live replica holds"
+    );
+    assert_eq!(claim(&mut a, "a", 5), ["d1", "d2"], "a keeps its own");
+    renew(&mut a, "a", 30);
+    renew(&mut b, "b", 40);
+    assert_eq!(
+        claim(&mut b, "b", 20),
+        ["d3", "d5"],
+        "a's renewed lease holds"
+    );
+    assert_eq!(
+        claim(&mut b, "b", 31),
+        ["d1", "d2", "d3", "d5"],
+        "a stopped renewing: b takes its items over, oldest first"
+    );
+    assert_eq!(
+        claim(&mut a, "a", 32),
+        Vec::<String>::new(),
+        "a, back, finds them b's"
+    );
+    // A row under another replica's claim right now is skipped, not waited for.
+    let mut other = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    other
+        .batch_execute(&format!("SET search_path TO {schema}"))
+        .unwrap();
+    let mut tx = other.transaction().unwrap();
+    tx.execute(
+        "SELECT 1 FROM outbox WHERE delivery_id = 'd1' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        claim(&mut a, "a", 50),
+        ["d2", "d3", "d5"],
+        "b's lease ran out at :40"
+    );
+    tx.rollback().unwrap();
+    // An operator's replay of a dead item makes it anyone's; of a queued
+    // one, it stays with its holder (who tries it again at once).
+    a.commit(
+        &[],
+        &[
+            Op::Update {
+                delivery_id: "d2".into(),
+                state: State::Dead,
+                attempts: 9,
+                next_attempt: String::new(),
+                last_error: "gave up".into(),
+            },
+            Op::Requeue {
+                delivery_id: "d2".into(),
+                at: at(55),
+                note: "replayed".into(),
+            },
+            Op::Requeue {
+                delivery_id: "d3".into(),
+                at: at(55),
+                note: "replayed".into(),
+            },
+        ],
+        &[],
+    )
+    .unwrap();
+    renew(&mut a, "a", 59);
+    renew(&mut b, "b", 59);
+    assert_eq!(
+        claim(&mut b, "b", 56),
+        ["d1", "d2"],
+        "d1 is b's; d2 anyone's; d3 stays a's"
+    );
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
 }

@@ -25,6 +25,11 @@ pub struct LimitsAdmin {
     pub config_dir: PathBuf,
     /// Where operators' changes are kept (usually `limits.overrides.toml` beside the config).
     pub overrides_file: PathBuf,
+    /// Replicas share operators' changes through Redis (`[cluster]`).
+    pub shared: Option<Arc<crossgate_cluster::Redis>>,
+    /// One change of overrides at a time: an operator's, or another
+    /// replica's being taken in (so neither undoes the other).
+    pub changes: tokio::sync::Mutex<()>,
 }
 
 /// The mode (`None`: both) and the limit an operator asks for, checked.
@@ -101,7 +106,7 @@ impl Broker {
     /// undone by the caller. What is written is read back first as the
     /// broker would at start: a change that would leave the configuration
     /// unloadable is refused, not written.
-    fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
+    pub(crate) fn persist(&self, admin: &LimitsAdmin) -> Result<(), Status> {
         let path = admin.overrides_file.clone();
         let tmp = path.with_extension("toml.tmp");
         let text = admin
@@ -118,6 +123,23 @@ impl Broker {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|e| {
                 Status::unavailable(format!("cannot keep the change in {}: {e}", path.display()))
+            })
+    }
+
+    /// Tell the other replicas of a partner's override (set or removed);
+    /// a change they cannot get is not made.
+    async fn share(&self, admin: &LimitsAdmin, partner: &str) -> Result<(), Status> {
+        let Some(redis) = &admin.shared else {
+            return Ok(());
+        };
+        let line = admin.limits.override_of(partner).map(|o| o.to_line());
+        redis
+            .share_override(partner, line.as_deref())
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "the change cannot reach the other replicas ({e}); nothing was changed"
+                ))
             })
     }
 
@@ -152,6 +174,7 @@ impl Broker {
     /// file's line), by whom.
     async fn reload_audited(&self, by: &Caller, apply: Reload) -> Result<(bool, String), Status> {
         let call = self.admin_call();
+        let mut shared = None;
         // One reload at a time (SIGHUP and Admin may race): what is applied
         // and what the entry says was in force before stay together.
         let (applied, decision, message, digest) = {
@@ -162,6 +185,7 @@ impl Broker {
                 .unwrap_or_else(|p| p.into_inner());
             match apply(self) {
                 Ok(r) => {
+                    shared = Some((r.kind, r.digest.clone()));
                     // What was in force before, and what is now: by digest.
                     let old = in_force.insert(r.file.clone(), r.digest.clone());
                     let change = match old {
@@ -184,6 +208,17 @@ impl Broker {
         e.reason = format!("{message} (by {})", by.id);
         e.record_digest = digest;
         self.audit(&call, e).await?;
+        // The other replicas reload their own copy of the file, unaudited:
+        // the change is audited once, here.
+        if let (Some(redis), Some((kind, digest))) = (&self.inner.cluster, shared)
+            && let Err(e) = redis.announce_file(kind, &digest).await
+        {
+            tracing::warn!(error = %e, "the other replicas were not told of the reload");
+            return Ok((
+                applied,
+                format!("{message}; the other replicas were not told ({e}): reload them too"),
+            ));
+        }
         Ok((applied, message))
     }
 
@@ -260,11 +295,17 @@ impl Admin for Broker {
         let req = request.into_inner();
         self.known_partner(&req.partner)?;
         let (mode, limit) = wanted_limit(&req)?;
+        let _one_change = admin.changes.lock().await;
         let previous = admin.limits.override_of(&req.partner);
         let before = admin.limits.set(&req.partner, mode, limit.clone());
         if let Err(status) = self.persist(admin) {
             // Not kept, so not applied: put back what was there.
             admin.limits.restore(&req.partner, previous);
+            return Err(status);
+        }
+        if let Err(status) = self.share(admin, &req.partner).await {
+            admin.limits.restore(&req.partner, previous);
+            let _ = self.persist(admin);
             return Err(status);
         }
         let which = if req.mode.is_empty() {
@@ -297,9 +338,16 @@ impl Admin for Broker {
         let call = self.admin_call();
         let partner = request.into_inner().partner;
         self.known_partner(&partner)?;
+        let _one_change = admin.changes.lock().await;
         let (before, _) = admin.limits.partner_limits(&partner);
+        let previous = admin.limits.override_of(&partner);
         if admin.limits.reset(&partner) {
             self.persist(admin)?;
+            if let Err(status) = self.share(admin, &partner).await {
+                admin.limits.restore(&partner, previous);
+                let _ = self.persist(admin);
+                return Err(status);
+            }
             let (after, _) = admin.limits.partner_limits(&partner);
             let reason = format!(
                 "limit of {partner} reset: {} -> {} (by {})",
@@ -395,6 +443,7 @@ impl Broker {
             message: format!("reloaded {}", file.display()),
             digest: crate::audit::digest(text.as_bytes()),
             file,
+            kind: "catalog",
         })
     }
 
@@ -416,6 +465,7 @@ impl Broker {
             message: format!("reloaded {}", file.display()),
             digest: crate::audit::digest(text.as_bytes()),
             file,
+            kind: "limits",
         })
     }
 }
@@ -440,6 +490,8 @@ pub struct Reloaded {
     pub message: String,
     /// SHA-256 of the text now in force, for the audit entry.
     pub digest: String,
+    /// Which file it is, as the other replicas are told (`catalog`, `limits`).
+    pub kind: &'static str,
 }
 
 type Reload = fn(&Broker) -> Result<Reloaded, crate::error::BrokerError>;

@@ -5,6 +5,12 @@
 //! fails or is refused later gives its reservation back. The audit log is the
 //! durable record of spent uses: at start the broker counts the `allowed`
 //! query entries that name each counted approval.
+//!
+//! Replicas (`[cluster]`) count uses together in Redis, each never below
+//! its own count (the log's at start, and its own answers since): an
+//! approval opens as many answers as it allows across all of them. While
+//! Redis cannot be reached, a counted approval opens nothing (it fails
+//! closed: `UNAVAILABLE`).
 
 use crossgate_policy::{Approval, Denial, Policy};
 use std::collections::HashMap;
@@ -45,7 +51,49 @@ impl ApprovalUses {
             uses: self.clone(),
             reference: approval.reference.clone(),
             spent: false,
+            shared: None,
         }))
+    }
+
+    /// Reserve one use of `approval` counted across replicas in `redis`.
+    /// `Ok(Err(denial))`: all are used; `Err(why)`: Redis cannot say.
+    pub async fn reserve_shared(
+        self: &Arc<Self>,
+        approval: &Approval,
+        redis: &Arc<crossgate_cluster::Redis>,
+    ) -> Result<Result<Option<Reservation>, Denial>, String> {
+        let Some(limit) = approval.uses else {
+            return Ok(Ok(None));
+        };
+        let floor = self.spent(&approval.reference);
+        match redis.reserve_use(&approval.reference, limit, floor).await {
+            Ok(true) => {
+                // This replica's own count (a floor for the shared one).
+                *self
+                    .spent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(approval.reference.clone())
+                    .or_default() += 1;
+                Ok(Ok(Some(Reservation {
+                    uses: self.clone(),
+                    reference: approval.reference.clone(),
+                    spent: false,
+                    shared: Some(redis.clone()),
+                })))
+            }
+            Ok(false) => Ok(Err(Denial {
+                rule: format!("approval:{}", approval.reference),
+                reason: format!(
+                    "approval {} has been used {limit} time(s), all it allows",
+                    approval.reference
+                ),
+            })),
+            Err(e) => Err(format!(
+                "approval {}'s uses are counted across replicas in Redis, which cannot be reached ({e}); retry later",
+                approval.reference
+            )),
+        }
     }
 
     /// After a catalog reload: no count below what the log shows spent.
@@ -73,6 +121,8 @@ pub struct Reservation {
     uses: Arc<ApprovalUses>,
     reference: String,
     spent: bool,
+    /// Counted across replicas: given back there too.
+    shared: Option<Arc<crossgate_cluster::Redis>>,
 }
 
 impl Reservation {
@@ -89,6 +139,18 @@ impl Drop for Reservation {
         let mut spent = self.uses.spent.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = spent.get_mut(&self.reference) {
             *n = n.saturating_sub(1);
+        }
+        drop(spent);
+        if let (Some(redis), Ok(runtime)) =
+            (self.shared.take(), tokio::runtime::Handle::try_current())
+        {
+            let reference = std::mem::take(&mut self.reference);
+            runtime.spawn(async move {
+                if let Err(e) = redis.return_use(&reference).await {
+                    // Kept as used: an approval may open one answer fewer.
+                    tracing::warn!(%reference, error = %e, "a reserved approval use could not be given back");
+                }
+            });
         }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use crossgate_audit::{
-    Claim, Commit, Committed, Decision, Entry, Item, Kind, Op, OutboxFilter, Prior, State,
+    Claim, Commit, Committed, Decision, Entry, Item, Kind, Lease, Op, OutboxFilter, Prior, State,
     StoreError, digest,
 };
 
@@ -86,10 +86,15 @@ impl Memory {
                     .iter_mut()
                     .filter(|i| i.delivery_id == delivery_id && i.state != State::Delivered)
                 {
+                    if i.state == State::Dead {
+                        i.lease_owner.clear();
+                    }
                     (i.state, i.attempts, i.created, i.next_attempt, i.last_error) =
                         (State::Queued, 0, at.clone(), at.clone(), note.clone());
                 }
             }
+            // One process: nobody else takes its items.
+            Op::Renew { .. } => {}
             Op::Purge { delivery_id } => self
                 .items
                 .retain(|i| i.delivery_id != delivery_id || i.state == State::Delivered),
@@ -192,5 +197,78 @@ impl AuditSink for crossgate_audit::Writer {
     }
     async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
         self.read(move |store| store.outbox(&filter)).await
+    }
+}
+
+/// A sink that counts what it keeps: each entry's decision
+/// (`crossgate_decisions_total`) and each commit's time
+/// (`crossgate_audit_append_seconds`). Throttled calls are counted where
+/// they are refused, one by one (their entries sum up a second each).
+pub struct Counted {
+    pub inner: std::sync::Arc<dyn AuditSink>,
+    pub metrics: std::sync::Arc<crossgate_metrics::Metrics>,
+}
+
+impl Counted {
+    fn count(&self, entries: &[(String, String, String, Decision)]) {
+        for (consumer, provider, record_type, decision) in entries {
+            if *decision != Decision::Throttled {
+                self.metrics
+                    .decision(consumer, provider, record_type, decision.as_str());
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl AuditSink for Counted {
+    async fn append(&self, entry: Entry) -> Result<(), StoreError> {
+        let labels = [(
+            entry.consumer.clone(),
+            entry.provider.clone(),
+            entry.record_type.clone(),
+            entry.decision,
+        )];
+        let start = std::time::Instant::now();
+        if let Err(e) = self.inner.append(entry).await {
+            self.metrics.audit_failed();
+            return Err(e);
+        }
+        self.metrics.audit_append(start.elapsed());
+        self.count(&labels);
+        Ok(())
+    }
+
+    async fn commit(&self, commit: Commit) -> Result<Committed, StoreError> {
+        let labels: Vec<_> = commit
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.consumer.clone(),
+                    e.provider.clone(),
+                    e.record_type.clone(),
+                    e.decision,
+                )
+            })
+            .collect();
+        let start = std::time::Instant::now();
+        let committed = match self.inner.commit(commit).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.audit_failed();
+                return Err(e);
+            }
+        };
+        self.metrics.audit_append(start.elapsed());
+        // A repeat writes its own entries instead: not this call's decisions.
+        if committed == Committed::Applied {
+            self.count(&labels);
+        }
+        Ok(committed)
+    }
+
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        self.inner.outbox(filter).await
     }
 }

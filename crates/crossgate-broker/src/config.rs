@@ -12,6 +12,21 @@ pub struct BrokerConfig {
     /// Where the broker listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Also answer `grpc.health.v1` in plain text here, and nothing else:
+    /// for probes that cannot present a client certificate (Kubernetes'
+    /// gRPC probes). Off unless set.
+    #[serde(default)]
+    pub health_listen: Option<SocketAddr>,
+    /// Prometheus metrics (`GET /metrics`, plain HTTP) on this address, or
+    /// `"off"`. One that cannot be bound is reported and left off: the
+    /// gateway does not stop for its metrics.
+    #[serde(default = "default_metrics")]
+    pub metrics_listen: String,
+    /// Where operators' live limit changes are kept [default:
+    /// limits.overrides.toml in the config folder]; a writable place when
+    /// the config folder is not (a ConfigMap).
+    #[serde(default)]
+    pub limits_overrides: Option<PathBuf>,
     /// Folder with `ca.pem`, `broker.pem`/`broker.key` and the parties' certificates.
     #[serde(default = "default_certs")]
     pub certs: PathBuf,
@@ -47,6 +62,10 @@ pub struct BrokerConfig {
     /// Connection, stream and time limits of the broker's server.
     #[serde(default)]
     pub server: crossgate_tls::serving::ServerLimits,
+    /// Several replicas: limits and change notices shared through Redis.
+    /// Without it, limits are this process's own.
+    #[serde(default)]
+    pub cluster: Option<crossgate_cluster::ClusterConfig>,
 }
 
 /// `[delivery]` of broker.toml: how the outbox retries a receiver.
@@ -72,6 +91,15 @@ pub struct DeliveryConfig {
     /// within this window is recognised.
     #[serde(default = "default_keep", with = "crossgate_config::duration")]
     pub keep_delivered: Duration,
+    /// Replicas sharing a PostgreSQL store: how long a replica holds the
+    /// queued items it took (renewed while it lives). A replica that dies
+    /// leaves its items to the others after this long.
+    #[serde(default = "default_lease", with = "crossgate_config::duration")]
+    pub lease: Duration,
+}
+
+fn default_lease() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_retry() -> Vec<Duration> {
@@ -101,6 +129,7 @@ impl Default for DeliveryConfig {
             concurrency: default_concurrency(),
             memory_items: default_memory_items(),
             keep_delivered: default_keep(),
+            lease: default_lease(),
         }
     }
 }
@@ -160,6 +189,11 @@ impl Default for AuditConfig {
 }
 
 impl AuditConfig {
+    /// Whether the store may be shared by replicas (PostgreSQL).
+    pub fn shares_store(&self) -> bool {
+        self.store.starts_with("postgres://") || self.store.starts_with("postgresql://")
+    }
+
     /// Start the log's writer for this broker.
     pub fn start(&self) -> Result<crossgate_audit::Writer, BrokerError> {
         let durability = match self.durability.as_str() {
@@ -174,6 +208,10 @@ impl AuditConfig {
             4096,
         )?)
     }
+}
+
+fn default_metrics() -> String {
+    "127.0.0.1:9464".into()
 }
 
 fn default_listen() -> SocketAddr {
@@ -202,6 +240,9 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: default_listen(),
+            health_listen: None,
+            metrics_listen: default_metrics(),
+            limits_overrides: None,
             certs: default_certs(),
             crls: Vec::new(),
             max_message_bytes: default_max_message(),
@@ -212,6 +253,7 @@ impl Default for BrokerConfig {
             audit: AuditConfig::default(),
             delivery: DeliveryConfig::default(),
             server: crossgate_tls::serving::ServerLimits::default(),
+            cluster: None,
         }
     }
 }
@@ -220,15 +262,42 @@ impl BrokerConfig {
     /// Read `<dir>/broker.toml`; a missing file means the defaults.
     pub fn load(dir: &Path) -> Result<Self, BrokerError> {
         let path = dir.join("broker.toml");
-        let Some(text) = read_optional(&path)? else {
-            return Ok(Self::default());
+        let mut config: Self = match read_optional(&path)? {
+            None => Self::default(),
+            Some(text) => {
+                let file = path.display().to_string();
+                crossgate_config::Source::new(&file, &text).parse()?
+            }
         };
-        let file = path.display().to_string();
-        Ok(crossgate_config::Source::new(&file, &text).parse()?)
+        config.apply_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+        Ok(config)
+    }
+
+    /// What differs between replicas sharing one broker.toml (a
+    /// ConfigMap), and secrets kept out of it, from the environment:
+    /// `CROSSGATE_AUDIT_WRITER` (each replica's own chain, e.g. the pod's
+    /// name), `CROSSGATE_AUDIT_STORE` and `CROSSGATE_REDIS_URL` (URLs that
+    /// may hold a password).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
+        if let Some(writer) = var("CROSSGATE_AUDIT_WRITER") {
+            self.audit.writer = writer;
+        }
+        if let Some(store) = var("CROSSGATE_AUDIT_STORE") {
+            self.audit.store = store;
+        }
+        if let (Some(redis), Some(cluster)) = (var("CROSSGATE_REDIS_URL"), &mut self.cluster) {
+            cluster.redis = redis;
+        }
     }
 
     pub fn default_deadline(&self) -> Duration {
         self.default_deadline
+    }
+
+    /// Where metrics are served; `None`: off. An address that does not
+    /// parse is refused when the deployment is loaded.
+    pub fn metrics_address(&self) -> Option<SocketAddr> {
+        self.metrics_listen.parse().ok()
     }
 
     pub fn delivery_timeout(&self) -> Duration {

@@ -51,6 +51,50 @@ impl Deployment {
         let text = read(catalog.clone())?;
         let policy =
             crossgate_policy::compile(&catalog.display().to_string(), &text, &ids, &registry)?;
+        let lease = config.delivery.lease;
+        let least = (config.delivery_timeout + Duration::from_secs(1)) * 2;
+        if lease < least || lease > Duration::from_secs(3600) {
+            return Err(DeploymentError::Cluster {
+                file: dir.join("broker.toml"),
+                message: format!(
+                    "[delivery] lease = {lease:?}: between {least:?} (twice delivery_timeout \
+                     and a second: a replica stops sending its deliveries that long before its \
+                     lease runs out) and 1h"
+                ),
+            });
+        }
+        if config.metrics_listen != "off" && config.metrics_address().is_none() {
+            return Err(DeploymentError::Cluster {
+                file: dir.join("broker.toml"),
+                message: format!(
+                    "metrics_listen = {:?}: write host:port (e.g. \"127.0.0.1:9464\") or \"off\"",
+                    config.metrics_listen
+                ),
+            });
+        }
+        let writer = &config.audit.writer;
+        if writer.is_empty()
+            || writer.len() > 64
+            || !writer
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(DeploymentError::Cluster {
+                file: dir.join("broker.toml"),
+                message: format!(
+                    "[audit] writer = {writer:?}: 1 to 64 letters, digits, '.', '_' or '-' \
+                     (each replica's own, e.g. its pod's name)"
+                ),
+            });
+        }
+        if let Some(cluster) = &config.cluster {
+            cluster
+                .check(&ids)
+                .map_err(|message| DeploymentError::Cluster {
+                    file: dir.join("broker.toml"),
+                    message,
+                })?;
+        }
         Ok(Deployment {
             dir: dir.to_path_buf(),
             config,
@@ -74,6 +118,10 @@ pub(crate) fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// How long a limit decision waits for Redis before the partner's fail
+/// mode decides.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// Where the broker writes its audit log.
 pub enum AuditChoice {
     /// A durable store (`sqlite:PATH`, `postgres://...`); the `Audit`
@@ -96,6 +144,9 @@ pub struct Wiring {
     pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     /// Test knob: this limiter instead of limits.toml.
     pub limiter: Option<Arc<dyn Limiter>>,
+    /// Count into these metrics (shared with adapters in the same
+    /// process); `None`: the broker's own.
+    pub metrics: Option<Arc<crossgate_metrics::Metrics>>,
 }
 
 impl Broker {
@@ -107,17 +158,46 @@ impl Broker {
             crossgate_tls::revocation::Revocation::load(&wiring.tls.ca_pem, &dep.config.crls)?
                 .map(Arc::new);
         let ids = dep.partner_ids();
+        let cluster = match &dep.config.cluster {
+            Some(c) => Some(Arc::new(
+                crossgate_cluster::Redis::new(
+                    &c.redis,
+                    &c.namespace,
+                    &dep.config.audit.writer,
+                    c.pool,
+                    REDIS_TIMEOUT,
+                )
+                .map_err(|e| DeploymentError::Cluster {
+                    file: dep.dir.join("broker.toml"),
+                    message: e.to_string(),
+                })?,
+            )),
+            None => None,
+        };
         let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
             Some(l) => (l, None),
             None => match open_limits(&dep.dir, &wiring.overrides_file, &ids)? {
-                Some(limits) => (
-                    limits.clone() as Arc<dyn Limiter>,
-                    Some(LimitsAdmin {
-                        limits,
-                        config_dir: dep.dir.clone(),
-                        overrides_file: wiring.overrides_file.clone(),
-                    }),
-                ),
+                Some(limits) => {
+                    // With replicas, a partner's limit holds across all of them.
+                    let limiter = match (&cluster, &dep.config.cluster) {
+                        (Some(redis), Some(c)) => Arc::new(crossgate_cluster::SharedLimits::new(
+                            limits.clone(),
+                            redis.clone(),
+                            c.clone(),
+                        )) as Arc<dyn Limiter>,
+                        _ => limits.clone() as Arc<dyn Limiter>,
+                    };
+                    (
+                        limiter,
+                        Some(LimitsAdmin {
+                            limits,
+                            config_dir: dep.dir.clone(),
+                            overrides_file: wiring.overrides_file.clone(),
+                            shared: cluster.clone(),
+                            changes: tokio::sync::Mutex::new(()),
+                        }),
+                    )
+                }
                 None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
             },
         };
@@ -138,6 +218,40 @@ impl Broker {
             }
             AuditChoice::Sink(sink) => (sink, None, ApprovalUses::default()),
         };
+        // Counted for Prometheus: label values only from this deployment.
+        let metrics = wiring.metrics.clone().unwrap_or_else(|| {
+            crossgate_metrics::Metrics::new(
+                dep.partners.iter().map(|p| p.id.clone()),
+                dep.registry
+                    .record_types()
+                    .map(|t| t.record_type.to_owned()),
+            )
+        });
+        let audit: Arc<dyn AuditSink> = Arc::new(crate::audit::Counted {
+            inner: audit,
+            metrics: metrics.clone(),
+        });
+        if let Some(admin) = &admin {
+            let limits = admin.limits.clone();
+            let partners: Vec<String> = dep
+                .partners
+                .iter()
+                .filter(|p| p.role == crossgate_policy::Role::Partner)
+                .map(|p| p.id.clone())
+                .collect();
+            metrics.on_scrape(move |m| {
+                for partner in &partners {
+                    for mode in [
+                        crossgate_limits::Mode::Publish,
+                        crossgate_limits::Mode::Query,
+                    ] {
+                        let q = limits.quota_now(partner, mode);
+                        let per_second = f64::from(q.count) / q.per.as_secs_f64().max(1e-9);
+                        m.limit_in_force(partner, mode.as_str(), per_second);
+                    }
+                }
+            });
+        }
         // Every partner with an adapter may receive.
         let receivers = dep
             .partners
@@ -150,8 +264,14 @@ impl Broker {
             audit.clone(),
             dep.config.delivery.clone(),
             dep.config.delivery_timeout(),
+            // Items are leased where replicas may share the store.
+            dep.config
+                .audit
+                .shares_store()
+                .then(|| dep.config.audit.writer.clone()),
+            Some(metrics.clone()),
         );
-        Ok(Broker::new(Parts {
+        let broker = Broker::new(Parts {
             outbox,
             config: dep.config,
             registry: dep.registry,
@@ -167,6 +287,12 @@ impl Broker {
             catalog_file: Some(dep.dir.join("catalog.toml")),
             checkpoints: wiring.checkpoints,
             revocation,
-        }))
+            cluster: cluster.clone(),
+            metrics: Some(metrics),
+        });
+        if let Some(redis) = cluster {
+            broker.follow(redis);
+        }
+        Ok(broker)
     }
 }

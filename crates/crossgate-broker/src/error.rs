@@ -40,6 +40,8 @@ pub enum BrokerError {
     NoLimits,
     #[error("this broker was not started from a catalog file: nothing to reload")]
     NoCatalogFile,
+    #[error("{file}: {message}")]
+    Cluster { file: PathBuf, message: String },
 }
 
 /// Read a file that may be missing: `None` when it is.

@@ -18,6 +18,7 @@ mod outbox_admin;
 mod outcome;
 mod pipeline;
 pub mod release;
+mod replicas;
 mod service;
 mod throttle_log;
 
@@ -46,39 +47,73 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// The limit step's interface: `Err` is the call's answer
-/// (`RESOURCE_EXHAUSTED` with how long to wait).
+/// The limit step's answer: `Err` is the call's answer
+/// (`RESOURCE_EXHAUSTED` with how long to wait, or `UNAVAILABLE`).
+pub enum LimitCheck<'a> {
+    /// Decided in-process.
+    Now(Result<(), Status>),
+    /// Decided by a store the replicas share.
+    Later(futures_util::future::BoxFuture<'a, Result<(), Status>>),
+}
+
+/// The limit step's interface.
 pub trait Limiter: Send + Sync + 'static {
-    fn check(&self, partner: &str, mode: Mode) -> Result<(), Status>;
+    fn check<'a>(&'a self, partner: &'a str, mode: Mode) -> LimitCheck<'a>;
 }
 
 /// No limits.
 pub struct Unlimited;
 
 impl Limiter for Unlimited {
-    fn check(&self, _: &str, _: Mode) -> Result<(), Status> {
-        Ok(())
+    fn check<'a>(&'a self, _: &'a str, _: Mode) -> LimitCheck<'a> {
+        LimitCheck::Now(Ok(()))
     }
 }
 
-/// Per-partner limits: a throttled call gets `RESOURCE_EXHAUSTED` with a
+/// A throttled call's answer: `RESOURCE_EXHAUSTED` with a
 /// `google.rpc.RetryInfo` saying how long to wait.
+fn throttled(partner: &str, retry_after: std::time::Duration) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "{partner} is over its rate limit; retry in {} ms",
+            retry_after.as_millis().max(1)
+        ),
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+/// Per-partner limits held in this process.
 impl<C> Limiter for crossgate_limits::Limits<C>
 where
     C: governor_clock::Clock + Clone + Send + Sync + 'static,
 {
-    fn check(&self, partner: &str, mode: Mode) -> Result<(), Status> {
-        crossgate_limits::Limits::check(self, partner, mode).map_err(|t| {
-            use tonic_types::{ErrorDetails, StatusExt};
-            Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!(
-                    "{partner} is over its rate limit; retry in {} ms",
-                    t.retry_after.as_millis().max(1)
-                ),
-                ErrorDetails::with_retry_info(Some(t.retry_after)),
-            )
-        })
+    fn check<'a>(&'a self, partner: &'a str, mode: Mode) -> LimitCheck<'a> {
+        LimitCheck::Now(
+            crossgate_limits::Limits::check(self, partner, mode)
+                .map_err(|t| throttled(partner, t.retry_after)),
+        )
+    }
+}
+
+/// Per-partner limits held across replicas (Redis): in-process while this
+/// replica holds tokens, else one round trip.
+impl Limiter for crossgate_cluster::SharedLimits {
+    fn check<'a>(&'a self, partner: &'a str, mode: Mode) -> LimitCheck<'a> {
+        fn answer(partner: &str, d: crossgate_cluster::Decision) -> Result<(), Status> {
+            match d {
+                crossgate_cluster::Decision::Allowed => Ok(()),
+                crossgate_cluster::Decision::Throttled(wait) => Err(throttled(partner, wait)),
+                crossgate_cluster::Decision::Unavailable(why) => Err(Status::unavailable(why)),
+            }
+        }
+        match self.check_local(partner, mode) {
+            Some(d) => LimitCheck::Now(answer(partner, d)),
+            None => LimitCheck::Later(Box::pin(async move {
+                answer(partner, self.check_shared(partner, mode).await)
+            })),
+        }
     }
 }
 
@@ -107,6 +142,10 @@ pub struct Parts {
     pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     /// The CA's revocation lists (`crls` in broker.toml); `None`: none given.
     pub revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
+    /// The other replicas' Redis (`[cluster]`); `None`: a single broker.
+    pub cluster: Option<Arc<crossgate_cluster::Redis>>,
+    /// What the broker counts for Prometheus; `None`: nothing.
+    pub metrics: Option<Arc<crossgate_metrics::Metrics>>,
 }
 
 #[derive(Clone)]
@@ -126,6 +165,8 @@ struct Inner {
     audit: Arc<dyn audit::AuditSink>,
     limiter: Arc<dyn Limiter>,
     admin: Option<admin::LimitsAdmin>,
+    cluster: Option<Arc<crossgate_cluster::Redis>>,
+    metrics: Option<Arc<crossgate_metrics::Metrics>>,
     audit_reader: Option<audit_service::AuditReader>,
     checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     /// Who each client certificate names (and whether it is revoked),
@@ -180,6 +221,8 @@ impl Broker {
                 audit: parts.audit,
                 limiter: parts.limiter,
                 admin: parts.admin,
+                cluster: parts.cluster,
+                metrics: parts.metrics,
                 audit_reader: parts.audit_reader,
                 checkpoints: parts.checkpoints,
                 identities: crossgate_tls::peers::Identities::new(parts.revocation),
@@ -193,6 +236,12 @@ impl Broker {
                 last_checkpoint: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// What this broker counts for Prometheus (shared with adapters run in
+    /// the same process).
+    pub fn metrics(&self) -> Option<Arc<crossgate_metrics::Metrics>> {
+        self.inner.metrics.clone()
     }
 
     /// The catalog in force now; a call keeps its snapshot to the end.
@@ -256,9 +305,51 @@ pub async fn serve(
             tokio::time::sleep(notice).await;
         }
     };
+    // Health alone in plain text, for probes without a certificate: it
+    // says SERVING or NOT_SERVING and holds nothing else.
+    let health_only = match broker.inner.config.health_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::HealthListen { address, source })?;
+            let health = health.clone();
+            Some(tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                // Bounded: probes need one call at a time.
+                if let Err(e) = tonic::transport::Server::builder()
+                    .concurrency_limit_per_connection(4)
+                    .max_concurrent_streams(4)
+                    .timeout(std::time::Duration::from_secs(5))
+                    .add_service(health)
+                    .serve_with_incoming(incoming)
+                    .await
+                {
+                    tracing::error!(error = %e, "the health listener stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+    // Prometheus metrics on their own address, if set and free.
+    let metrics_task = match (
+        broker.inner.config.metrics_address(),
+        broker.inner.metrics.clone(),
+    ) {
+        (Some(address), Some(metrics)) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(tokio::spawn(crossgate_metrics::serve(listener, metrics))),
+            Err(e) => {
+                tracing::error!(%address, error = %e, "metrics are off: cannot listen for them (set metrics_listen in broker.toml)");
+                None
+            }
+        },
+        _ => None,
+    };
     let limits = broker.inner.config.server.clone();
     let server = limits
         .builder()
+        .layer(crossgate_metrics::GrpcLayer::new(
+            broker.inner.metrics.clone(),
+        ))
         .tls_config(limits.tls(tls.server()))?
         .add_service(health)
         .add_service(reflection)
@@ -306,6 +397,12 @@ pub async fn serve(
         }
     }
     counting.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    if let Some(task) = health_only {
+        task.abort();
+    }
     if let Some(task) = checkpointing {
         task.abort();
     }

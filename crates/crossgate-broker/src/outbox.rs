@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -91,9 +91,26 @@ impl Outbox {
         journal: Arc<dyn AuditSink>,
         config: DeliveryConfig,
         timeout: Duration,
+        leases: Option<String>,
+        metrics: Option<Arc<crossgate_metrics::Metrics>>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let config = Arc::new(config);
+        // Shared by replicas: items are leased, and lanes look for items
+        // whose holder's lease ran out (a replica died) every half lease.
+        let sweep = match &leases {
+            Some(_) => (config.lease / 2).clamp(Duration::from_millis(100), SWEEP),
+            None => SWEEP,
+        };
+        let hold = leases.map(|owner| {
+            Arc::new(Hold {
+                owner,
+                renewed_ms: AtomicI64::new(0),
+                lease: config.lease,
+                margin: timeout + Duration::from_secs(1),
+                turns: watch::channel(0).0,
+            })
+        });
         let mut lanes = HashMap::new();
         let mut tasks = Vec::new();
         for receiver in receivers {
@@ -115,6 +132,11 @@ impl Outbox {
                 overflow: overflow.clone(),
                 jitter: std::collections::hash_map::RandomState::new(),
                 draws: 0,
+                hold: hold.clone(),
+                sweep,
+                take_over_due: false,
+                turn: 0,
+                metrics: metrics.clone(),
             };
             tasks.push(tokio::spawn(lane.run(rx, stopped.clone())));
             lanes.insert(receiver, LaneHandle { tx, overflow });
@@ -124,8 +146,49 @@ impl Outbox {
             stop: Arc::new(stop),
             tasks: Arc::new(Mutex::new(tasks)),
         };
-        outbox.prune_daily(journal, config.keep_delivered);
+        outbox.prune_daily(journal.clone(), config.keep_delivered);
+        if let Some(hold) = hold {
+            outbox.renew_lease(journal, hold);
+        }
         outbox
+    }
+
+    /// While this replica lives, the items it holds stay its own: its lease
+    /// is renewed at once and then every third of a lease.
+    fn renew_lease(&self, journal: Arc<dyn AuditSink>, hold: Arc<Hold>) {
+        let mut stopped = self.stop.subscribe();
+        let every = (hold.lease / 3).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                let issued = chrono::Utc::now();
+                let commit = Commit {
+                    ops: vec![Op::Renew {
+                        owner: hold.owner.clone(),
+                        until: rfc3339(after(issued, hold.lease)),
+                    }],
+                    ..Commit::default()
+                };
+                match journal.commit(commit).await {
+                    Ok(_) => {
+                        let issued = issued.timestamp_millis();
+                        let before = hold.renewed_ms.swap(issued, Ordering::SeqCst);
+                        // After a lapse (or the first): a new turn. Lanes
+                        // let go of what they held in the last one, then
+                        // claim again.
+                        if issued.saturating_sub(before) >= hold.safe_ms() {
+                            hold.turns.send_modify(|t| *t += 1);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot renew this replica's lease on its deliveries")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+        });
     }
 
     /// Hand committed items to their lanes; each answer says how its first
@@ -221,7 +284,10 @@ pub(crate) fn ago(d: Duration) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// `d` after `t` (far in the future when that overflows).
-fn after(t: chrono::DateTime<chrono::Utc>, d: Duration) -> chrono::DateTime<chrono::Utc> {
+pub(crate) fn after(
+    t: chrono::DateTime<chrono::Utc>,
+    d: Duration,
+) -> chrono::DateTime<chrono::Utc> {
     chrono::Duration::from_std(d)
         .ok()
         .and_then(|d| t.checked_add_signed(d))
@@ -266,6 +332,60 @@ struct Lane {
     overflow: Arc<AtomicBool>,
     jitter: std::collections::hash_map::RandomState,
     draws: u64,
+    /// This replica's lease, when items are leased (a store shared by replicas).
+    hold: Option<Arc<Hold>>,
+    /// How often an idle lane looks for items it was not handed (and a
+    /// lane on a shared store for items a dead replica held).
+    sweep: Duration,
+    /// A look for a dead replica's items is due, busy or not.
+    take_over_due: bool,
+    /// The turn of this replica's lease the lane holds its items in.
+    turn: u64,
+    /// Delivery attempts counted by outcome.
+    metrics: Option<Arc<crossgate_metrics::Metrics>>,
+}
+
+/// This replica's lease on the items it holds (a store shared by replicas).
+struct Hold {
+    owner: String,
+    /// When the last renewal that was kept was issued (ms since 1970; 0: none yet).
+    renewed_ms: AtomicI64,
+    lease: Duration,
+    /// Room kept before the lease runs out: an attempt's longest time and a
+    /// second (for the clocks of replicas, which must be kept in step).
+    margin: Duration,
+    /// Turns of the lease: a new one starts with the first renewal kept
+    /// after a lapse. A lane that held items in an older turn lets go.
+    turns: watch::Sender<u64>,
+}
+
+impl Hold {
+    /// How old the last kept renewal may be while items held are safe.
+    fn safe_ms(&self) -> i64 {
+        self.lease.saturating_sub(self.margin).as_millis() as i64
+    }
+
+    /// Whether this replica may no longer count on its lease: the last
+    /// renewal kept is so old that an attempt started now might outlive it
+    /// (the store is slow or unreachable), and other replicas may take its
+    /// items. It then lets go of what it holds in memory rather than send
+    /// what another replica may be sending too.
+    fn lapsing(&self) -> bool {
+        let renewed = self.renewed_ms.load(Ordering::SeqCst);
+        chrono::Utc::now()
+            .timestamp_millis()
+            .saturating_sub(renewed)
+            >= self.safe_ms()
+    }
+
+    /// When the lease starts lapsing, from now.
+    fn lapses_in(&self) -> Duration {
+        let renewed = self.renewed_ms.load(Ordering::SeqCst);
+        let left = renewed
+            .saturating_add(self.safe_ms())
+            .saturating_sub(chrono::Utc::now().timestamp_millis());
+        Duration::from_millis(left.max(0) as u64)
+    }
 }
 
 /// Which record an item is a version of (a hash: two records sharing one
@@ -293,31 +413,66 @@ fn refused_for_good(code: Code) -> bool {
 impl Lane {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, mut stop: watch::Receiver<bool>) {
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Flight>> = FuturesUnordered::new();
+        let mut sweep = tokio::time::interval_at(Instant::now() + self.sweep, self.sweep);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut turns = match &self.hold {
+            Some(hold) => hold.turns.subscribe(),
+            None => watch::channel(0).1,
+        };
         loop {
             let stopping = *stop.borrow();
             if stopping {
                 if in_flight.is_empty() {
                     return;
                 }
+            } else if self.lost_hold() {
+                self.let_go();
+                if self.hold.as_ref().is_some_and(|h| !h.lapsing()) {
+                    // A new turn of a healthy lease: claim again at once.
+                    continue;
+                }
             } else {
                 if self.queue.is_empty()
                     && in_flight.is_empty()
                     && (self.spilled || self.overflow.swap(false, Ordering::SeqCst))
                 {
-                    self.reload(false).await;
+                    self.reload(false, false).await;
+                } else if self.take_over_due && self.queue.len() < self.config.memory_items.get() {
+                    // Under steady load too: a dead replica's items are
+                    // taken over (they queue behind what is in memory).
+                    self.take_over_due = false;
+                    self.reload(false, true).await;
                 }
-                self.dispatch(&mut in_flight);
+                // A slow store may have cost the lease meanwhile.
+                if self.lost_hold() {
+                    self.let_go();
+                } else {
+                    self.dispatch(&mut in_flight);
+                }
             }
             let backoff = self.retry_at;
             let idle = self.queue.is_empty() && in_flight.is_empty();
+            // Wake when the lease starts lapsing, to let go in time.
+            let lapse = self
+                .hold
+                .as_ref()
+                .filter(|_| !self.queue.is_empty())
+                .map(|h| Instant::now() + h.lapses_in());
             tokio::select! {
+                _ = sleep_until(lapse), if lapse.is_some() && !stopping => {}
+                _ = turns.changed(), if !stopping => {}
                 msg = rx.recv(), if !stopping => match msg {
                     Some(msg) => self.receive(msg).await,
                     None => return,
                 },
                 Some(sent) = in_flight.next(), if !in_flight.is_empty() => self.finish(sent).await,
                 _ = sleep_until(backoff), if backoff.is_some() && !stopping => self.retry_at = None,
-                _ = tokio::time::sleep(SWEEP), if idle && !stopping => self.spilled = true,
+                _ = sweep.tick(), if !stopping => {
+                    if idle {
+                        self.spilled = true;
+                    }
+                    self.take_over_due = self.hold.is_some();
+                }
                 _ = stop.changed(), if !stopping => {}
             }
         }
@@ -348,7 +503,7 @@ impl Lane {
                     self.failures = 0;
                     self.retry_at = None;
                 }
-                self.reload(reset).await;
+                self.reload(reset, false).await;
             }
             Msg::Purged(ids) => {
                 let ids: HashSet<String> = ids.into_iter().collect();
@@ -363,6 +518,38 @@ impl Lane {
         }
     }
 
+    /// Whether this lane may no longer send what it holds: the lease is
+    /// lapsing, or a new turn began (the lease lapsed and came back, and
+    /// another replica may have taken items meanwhile).
+    fn lost_hold(&mut self) -> bool {
+        let Some(hold) = &self.hold else {
+            return false;
+        };
+        let turn = *hold.turns.borrow();
+        if turn != self.turn {
+            self.turn = turn;
+            return true;
+        }
+        hold.lapsing()
+    }
+
+    /// This replica's lease is lapsing: what waits in memory goes back to
+    /// the store (attempts under way finish), to be read back by whichever
+    /// replica holds it once the lease is sure again.
+    fn let_go(&mut self) {
+        if self.queue.is_empty() && self.spilled {
+            return;
+        }
+        tracing::warn!(receiver = %self.receiver, "this replica's lease on its deliveries is lapsing (the store is slow or unreachable); they wait in the store");
+        for mut p in self.queue.drain(..) {
+            self.known.remove(&p.item.delivery_id);
+            p.tell(Attempt::Queued(
+                "kept in the store; this replica cannot renew its hold on it".into(),
+            ));
+        }
+        self.spilled = true;
+    }
+
     /// What a publisher hears while the lane backs off.
     fn waiting(&self) -> Attempt {
         Attempt::Queued(format!(
@@ -374,25 +561,40 @@ impl Lane {
     /// Read back what the store owes this receiver and memory lacks; with
     /// `refresh`, items already held take the store's attempts and times
     /// (a replay restarted their schedule).
-    async fn reload(&mut self, refresh: bool) {
+    ///
+    /// `take_over`: a look for a dead replica's items while the lane is
+    /// busy: what does not fit in memory stays in the store for later, and
+    /// new items keep coming straight to the lane.
+    async fn reload(&mut self, refresh: bool, take_over: bool) {
         let limit = self.config.memory_items.get();
         let filter = OutboxFilter {
             receiver: Some(self.receiver.clone()),
             state: Some(State::Queued),
             limit,
+            lease: self.hold.as_ref().map(|hold| crate::audit::Lease {
+                owner: hold.owner.clone(),
+                now: rfc3339(chrono::Utc::now()),
+            }),
             ..OutboxFilter::default()
         };
         match self.journal.outbox(filter).await {
             Ok(items) => {
-                self.spilled = items.len() >= limit;
+                let full = items.len() >= limit;
+                let mut left_out = false;
                 let mut fresh: HashMap<String, Item> = HashMap::new();
                 for item in items {
-                    if self.known.insert(item.delivery_id.clone()) {
+                    if self.known.contains(&item.delivery_id) {
+                        if refresh {
+                            fresh.insert(item.delivery_id.clone(), item);
+                        }
+                    } else if self.queue.len() >= limit {
+                        left_out = true;
+                    } else {
+                        self.known.insert(item.delivery_id.clone());
                         self.queue.push_back(Pending { item, notify: None });
-                    } else if refresh {
-                        fresh.insert(item.delivery_id.clone(), item);
                     }
                 }
+                self.spilled = left_out || (full && !take_over);
                 for p in &mut self.queue {
                     if let Some(item) = fresh.remove(&p.item.delivery_id) {
                         p.item.attempts = item.attempts;
@@ -467,6 +669,18 @@ impl Lane {
             pending.tell(Attempt::Queued("purged by an operator".into()));
             return;
         }
+        if let Some(m) = &self.metrics {
+            m.delivery(
+                &self.receiver,
+                match &result {
+                    Ok(()) => crossgate_metrics::DeliveryOutcome::Delivered,
+                    Err(s) if refused_for_good(s.code()) => {
+                        crossgate_metrics::DeliveryOutcome::Dead
+                    }
+                    Err(_) => crossgate_metrics::DeliveryOutcome::Failed,
+                },
+            );
+        }
         let status = match result {
             Ok(()) => {
                 if let Err(e) = kept {
@@ -484,6 +698,20 @@ impl Lane {
             }
             Err(status) => status,
         };
+        if self
+            .hold
+            .as_ref()
+            .is_some_and(|h| h.lapsing() || *h.turns.borrow() != self.turn)
+        {
+            // Another replica may hold it now: this lane neither records
+            // the failure nor tries again; the store has it.
+            self.known.remove(&id);
+            self.spilled = true;
+            pending.tell(Attempt::Queued(
+                "kept in the store; this replica cannot renew its hold on it".into(),
+            ));
+            return;
+        }
         // The receiver's own words stay at the broker: they may quote its records.
         let error = format!("{}'s adapter answered {:?}", self.receiver, status.code());
         let now = chrono::Utc::now();

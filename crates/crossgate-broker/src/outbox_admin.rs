@@ -244,6 +244,10 @@ impl Broker {
         .await?;
         let receivers: HashSet<String> = items.iter().map(|i| i.receiver.clone()).collect();
         self.inner.outbox.replayed(&receivers);
+        self.tell_replicas(crossgate_cluster::Notice::Replayed {
+            receivers: receivers.iter().cloned().collect(),
+        })
+        .await;
         Ok(ReplayResponse {
             requeued: items.len() as u32,
             delivery_ids: items.into_iter().map(|i| i.delivery_id).collect(),
@@ -287,14 +291,39 @@ impl Broker {
             },
         )
         .await?;
+        let mut by_receiver: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for i in &items {
-            self.inner
-                .outbox
-                .purged(&i.receiver, vec![i.delivery_id.clone()]);
+            by_receiver
+                .entry(&i.receiver)
+                .or_default()
+                .push(i.delivery_id.clone());
+        }
+        for (receiver, ids) in by_receiver {
+            self.inner.outbox.purged(receiver, ids.clone());
+            // A replica holding one of them in memory drops it too.
+            self.tell_replicas(crossgate_cluster::Notice::Purged {
+                receiver: receiver.to_owned(),
+                ids,
+            })
+            .await;
         }
         Ok(PurgeResponse {
             purged: items.len() as u32,
             delivery_ids: items.into_iter().map(|i| i.delivery_id).collect(),
         })
+    }
+}
+
+impl Broker {
+    /// Tell the other replicas of an operator's replay or purge (their
+    /// lanes may hold the items in memory). Not told (Redis unreachable):
+    /// a replay still reaches them at their next look at the store; a
+    /// purged item another replica holds may still go out once.
+    async fn tell_replicas(&self, notice: crossgate_cluster::Notice) {
+        if let Some(redis) = &self.inner.cluster
+            && let Err(e) = redis.announce(&notice).await
+        {
+            tracing::warn!(error = %e, "the other replicas were not told of an operator's replay or purge");
+        }
     }
 }

@@ -138,6 +138,19 @@ impl Broker {
             Err(Refusal::Recorded(status)) => Err(status),
             // Answered at once; counted into one entry per partner and second.
             Err(Refusal::Throttled(status)) => {
+                if let Some(m) = &self.inner.metrics {
+                    let mode = match entry.kind {
+                        crate::audit::Kind::Publish => "publish",
+                        _ => "query",
+                    };
+                    m.throttled(&entry.consumer, mode);
+                    m.decision(
+                        &entry.consumer,
+                        &entry.provider,
+                        &entry.record_type,
+                        crate::audit::Decision::Throttled.as_str(),
+                    );
+                }
                 self.inner
                     .throttles
                     .count(&entry.consumer, entry.kind, status.message());

@@ -105,11 +105,21 @@ impl Broker {
 
     /// Step 2 — limit: checked before the record is parsed, so a throttled
     /// call costs next to nothing.
-    pub(crate) fn limit(&self, caller: &Caller, mode: Mode) -> Result<(), Refusal> {
-        self.inner
-            .limiter
-            .check(&caller.id, mode)
-            .map_err(Refusal::Throttled)
+    pub(crate) async fn limit(&self, caller: &Caller, mode: Mode) -> Result<(), Refusal> {
+        let start = Instant::now();
+        let answer = match self.inner.limiter.check(&caller.id, mode) {
+            crate::LimitCheck::Now(answer) => answer,
+            crate::LimitCheck::Later(answer) => answer.await,
+        };
+        self.timed("limit", start);
+        answer.map_err(Refusal::Throttled)
+    }
+
+    /// Count one step's time (`crossgate_step_seconds{step}`).
+    pub(crate) fn timed(&self, step: &'static str, start: Instant) {
+        if let Some(m) = &self.inner.metrics {
+            m.step(step, start.elapsed());
+        }
     }
 
     /// Step 3a — bounds: what a caller writes into fields the audit log
@@ -162,7 +172,7 @@ impl Broker {
     /// Step 4 — authorise a query: the grant, its lookups, the approval and
     /// (for a counted approval) one of its uses, reserved until the answer
     /// is released.
-    pub(crate) fn authorise_query<'p>(
+    pub(crate) async fn authorise_query<'p>(
         &self,
         policy: &'p Policy,
         caller: &Caller,
@@ -182,9 +192,21 @@ impl Broker {
             criteria: &criteria,
         };
         let release = policy.decide_query(&ask, today(policy))?;
-        let reservation = match release.approval {
-            Some(approval) => self.inner.approval_uses.reserve(approval)?,
-            None => None,
+        let reservation = match (release.approval, &self.inner.cluster) {
+            (None, _) => None,
+            (Some(approval), None) => self.inner.approval_uses.reserve(approval)?,
+            (Some(approval), Some(redis)) => self
+                .inner
+                .approval_uses
+                .reserve_shared(approval, redis)
+                .await
+                .map_err(|why| Refusal::Failed {
+                    status: Status::unavailable(why),
+                    logged: format!(
+                        "approval {}: uses counted in Redis, which cannot be reached",
+                        approval.reference
+                    ),
+                })??,
         };
         Ok((release, reservation))
     }

@@ -58,7 +58,7 @@ impl Broker {
     ) -> Result<Answer<PublishResponse>, Refusal> {
         // A throttled entry names the caller held back in `consumer`, as
         // for queries; past the limit the caller is this record's provider.
-        if let Err(throttled) = self.limit(caller, Mode::Publish) {
+        if let Err(throttled) = self.limit(caller, Mode::Publish).await {
             entry.consumer = caller.id.clone();
             return Err(throttled);
         }
@@ -159,6 +159,9 @@ impl Broker {
                 created: now.clone(),
                 next_attempt: now.clone(),
                 last_error: String::new(),
+                // This replica's lane delivers it; if this replica dies,
+                // another takes it once the lease runs out.
+                lease_owner: self.inner.config.audit.writer.clone(),
             });
             entries.push(e);
         }
@@ -338,7 +341,7 @@ impl Broker {
         q: &QueryRequest,
         entry: &mut Entry,
     ) -> Result<Answer<QueryResponse>, Refusal> {
-        self.limit(caller, Mode::Query)?;
+        self.limit(caller, Mode::Query).await?;
         self.bounds(&[
             ("provider", &q.provider, MAX_NAME),
             ("record_type", &q.record_type, MAX_NAME),
@@ -371,10 +374,14 @@ impl Broker {
             )));
         }
         let policy = self.policy();
-        let (release, reservation) = self.authorise_query(&policy, caller, q)?;
+        let start = std::time::Instant::now();
+        let (release, reservation) = self.authorise_query(&policy, caller, q).await?;
+        self.timed("authorise", start);
+        let start = std::time::Instant::now();
         let answer = self
             .fetch(call, caller, q, release.grant.max_records)
             .await
+            .inspect(|_| self.timed("forward", start))
             .map_err(|status| Refusal::Failed {
                 logged: format!(
                     "grant {}; provider answered {:?}",

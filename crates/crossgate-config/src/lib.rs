@@ -342,3 +342,52 @@ mod tests {
         }
     }
 }
+
+/// A URL fit to print: a password in it (`scheme://user:password@host`)
+/// shown as `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?', '#']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let hidden = if userinfo.contains(':') { ":***" } else { "" };
+            format!("{scheme}://{user}{hidden}@{host}{tail}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn a_password_in_a_url_is_never_printed() {
+        assert_eq!(
+            redact_url("postgres://crossgate:s3cr3t@db:5432/crossgate?sslmode=require"),
+            "postgres://crossgate:***@db:5432/crossgate?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("redis://:p@ss@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(
+            redact_url("sqlite:.crossgate/audit.db"),
+            "sqlite:.crossgate/audit.db"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379?x=a@b"),
+            "redis://127.0.0.1:6379?x=a@b"
+        );
+    }
+}

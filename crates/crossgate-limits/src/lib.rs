@@ -111,6 +111,42 @@ impl PartnerLimits {
         }
     }
 
+    /// An operator's override as one line (`publish 100/s 10 query 200/s 20`),
+    /// as replicas share it; an override has no schedule.
+    pub fn to_line(&self) -> String {
+        format!(
+            "publish {} {} query {} {}",
+            self.publish.rate.text, self.publish.burst, self.query.rate.text, self.query.burst
+        )
+    }
+
+    /// Read back [`PartnerLimits::to_line`].
+    pub fn from_line(line: &str) -> Result<Self, String> {
+        let words: Vec<&str> = line.split(' ').collect();
+        let bad = || format!("{line:?} is not `publish RATE BURST query RATE BURST`");
+        let [p, p_rate, p_burst, q, q_rate, q_burst] = words.as_slice() else {
+            return Err(bad());
+        };
+        if *p != "publish" || *q != "query" {
+            return Err(bad());
+        }
+        let limit = |rate: &str, burst: &str| -> Result<Limit, String> {
+            let burst: u32 = burst.parse().map_err(|_| bad())?;
+            if burst == 0 {
+                return Err(bad());
+            }
+            Ok(Limit {
+                rate: Rate::parse(rate)?,
+                burst,
+            })
+        };
+        Ok(PartnerLimits {
+            publish: limit(p_rate, p_burst)?,
+            query: limit(q_rate, q_burst)?,
+            schedule: Vec::new(),
+        })
+    }
+
     /// The limit in force for `mode` at local time `t`, and the window it comes from.
     pub fn effective(&self, mode: Mode, t: NaiveTime) -> (&Limit, Option<&Window>) {
         if let Some(w) = self.schedule.iter().find(|w| w.contains(t)) {
@@ -120,6 +156,21 @@ impl PartnerLimits {
             Mode::Publish => (&self.publish, None),
             Mode::Query => (&self.query, None),
         }
+    }
+}
+
+/// A limit as numbers: `count` calls per `per`, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota3 {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+impl Quota3 {
+    /// The time between two calls at the steady rate, in microseconds (at least 1).
+    pub fn interval_micros(&self) -> u64 {
+        (self.per.as_micros() as u64 / u64::from(self.count.max(1))).max(1)
     }
 }
 
@@ -286,6 +337,35 @@ impl<C: Clock + Clone> Limits<C> {
         let now = (self.wall)().timestamp();
         let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         counts.get(partner).map_or((0, 0), |c| c.last_minute(now))
+    }
+
+    /// The limit in force now for `partner` and `mode` as numbers, without
+    /// copying it (for limiters that keep their own state, e.g. a shared one).
+    pub fn quota_now(&self, partner: &str, mode: Mode) -> Quota3 {
+        self.with_effective(partner, mode, |limit, _| Quota3 {
+            count: limit.rate.count,
+            per: limit.rate.per,
+            burst: limit.burst.max(1),
+        })
+    }
+
+    /// Count one call of `partner` decided elsewhere, for [`Limits::last_minute`].
+    pub fn count(&self, partner: &str, allowed: bool) {
+        let now = (self.wall)().timestamp();
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        match counts.get_mut(partner) {
+            Some(c) => c.add(now, allowed),
+            None => {
+                let mut c = Counts::default();
+                c.add(now, allowed);
+                counts.insert(partner.to_owned(), c);
+            }
+        }
+    }
+
+    /// Every operator's override.
+    pub fn overrides(&self) -> BTreeMap<String, PartnerLimits> {
+        read(&self.overrides).clone()
     }
 
     /// One call by `partner`: `Ok` if within its limit, else how long to wait.

@@ -249,3 +249,28 @@ fn the_former_timezone_key_is_still_read() {
     .unwrap();
     assert_eq!(format!("{config:?}"), format!("{again:?}"));
 }
+
+#[test]
+fn an_override_travels_as_one_line_and_comes_back_the_same() {
+    let limit = |rate: &str, burst| Limit {
+        rate: Rate::parse(rate).unwrap(),
+        burst,
+    };
+    let o = PartnerLimits {
+        publish: limit("100/s", 10),
+        query: limit("12000/min", 3),
+        schedule: Vec::new(),
+    };
+    assert_eq!(o.to_line(), "publish 100/s 10 query 12000/min 3");
+    assert_eq!(PartnerLimits::from_line(&o.to_line()), Ok(o));
+    for bad in [
+        "",
+        "publish 100/s 10",
+        "publish 100/s 0 query 1/s 1",
+        "query 100/s 1 publish 1/s 1",
+        "publish 100/x 1 query 1/s 1",
+        "publish 100/s 1 query 1/s 1 extra",
+    ] {
+        assert!(PartnerLimits::from_line(bad).is_err(), "{bad:?}");
+    }
+}

@@ -6,7 +6,7 @@
 
 use crossgate_adapter::seen::Seen;
 use crossgate_adapter::system::ReferenceSystem;
-use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
+use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system};
 use crossgate_broker::audit::{AuditSink, MemorySink};
 use crossgate_broker::config::AuditConfig;
 use crossgate_broker::deployment::{AuditChoice, Deployment, Wiring};
@@ -120,6 +120,8 @@ struct Departments {
     stopped: watch::Receiver<bool>,
     /// broker.toml's `crls`, checked by each adapter too.
     revocation: Option<Arc<crossgate_tls::revocation::Revocation>>,
+    /// One set of metrics for the broker and the adapters of this process.
+    metrics: Arc<crossgate_metrics::Metrics>,
 }
 
 impl Departments {
@@ -173,7 +175,13 @@ impl Departments {
             adapter = adapter.with_seen(seen);
         }
         let (al, aaddr) = listener;
-        tokio::spawn(serve_tls(adapter, al, Some(tls.server()), shutdown()));
+        tokio::spawn(crossgate_adapter::serve_counted(
+            adapter,
+            al,
+            Some(tls.server()),
+            shutdown(),
+            Some(self.metrics.clone()),
+        ));
         Ok((system, aaddr))
     }
 }
@@ -260,7 +268,12 @@ impl LocalSystem {
                 .as_ref()
                 .is_none_or(|d| d.iter().any(|x| x == id))
         };
+        let metrics = crossgate_metrics::Metrics::new(
+            dep.partners.iter().map(|p| p.id.clone()),
+            registry.record_types().map(|t| t.record_type.to_owned()),
+        );
         let departments = Departments {
+            metrics: metrics.clone(),
             config: opts.config.clone(),
             registry: registry.clone(),
             certs: certs.clone(),
@@ -354,6 +367,7 @@ impl LocalSystem {
                 audit,
                 overrides_file,
                 limiter: opts.limiter,
+                metrics: Some(metrics),
             },
         )?;
         let broker_task = tokio::spawn(crossgate_broker::serve(

@@ -31,6 +31,11 @@ pub mod standard {
         Transport(#[from] tonic::transport::Error),
         #[error("server reflection: {0}")]
         Reflection(#[from] ReflectionError),
+        #[error("cannot listen on {address} for health checks: {source}")]
+        HealthListen {
+            address: std::net::SocketAddr,
+            source: std::io::Error,
+        },
     }
 
     /// Server reflection (v1) over crossgate's contract and the health service.

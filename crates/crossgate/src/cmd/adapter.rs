@@ -6,7 +6,7 @@ use crate::{CliError, CliResult, ExitCode};
 use clap::Args;
 use crossgate_adapter::seen::Seen;
 use crossgate_adapter::system::ReferenceSystem;
-use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_tls_channel, serve_system, serve_tls};
+use crossgate_adapter::{Adapter, Peers, lazy_channel, lazy_replicas, serve_system};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,7 +26,9 @@ pub struct AdapterArgs {
     /// adapter address in partners.toml]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// The broker's address [default: https://<listen of broker.toml>]
+    /// The broker's address [default: https://<listen of broker.toml>];
+    /// several replicas separated by commas: calls go to each in turn, and
+    /// one that stops answering is left out for a few seconds
     #[arg(long)]
     pub broker: Option<String>,
     /// Certificate folder: ca.pem, <department>.pem and .key
@@ -44,9 +46,14 @@ pub struct AdapterArgs {
     /// on (<department>.delivered.db), so a repeated delivery is passed on once
     #[arg(long, value_name = "DIR", default_value = ".crossgate/adapters")]
     pub state: PathBuf,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this address
+    /// [default: none; the broker's default port is 9464]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 pub async fn run(args: AdapterArgs) -> CliResult {
+    let stop = crate::cmd::stop_signal();
     let registry = Arc::new(load(&args.dir).map_err(CliError::exit)?);
     let mapping =
         crossgate_adapter::config::load_department(&args.config, &args.department, &registry)?;
@@ -82,7 +89,7 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         Some(uri) => uri.clone(),
         None => reference_system(&args).await?,
     };
-    let broker = lazy_tls_channel(&broker_uri, Some(tls.client_for("broker")))
+    let broker = lazy_replicas(&broker_uri, Some(tls.client_for("broker")))
         .map_err(|e| format!("bad broker address {broker_uri}: {e}"))?;
     let system =
         lazy_channel(&system_uri).map_err(|e| format!("bad system address {system_uri}: {e}"))?;
@@ -96,14 +103,30 @@ pub async fn run(args: AdapterArgs) -> CliResult {
         crossgate_adapter::seen::DEFAULT_CAPACITY,
     )
     .map_err(|e| format!("{e}; choose another --state folder"))?;
-    let adapter = Adapter::new(mapping, registry, broker, system)
+    let adapter = Adapter::new(mapping, registry.clone(), broker, system)
         .with_peers(Peers::new(
             "broker",
             crossgate_tls::revocation::Revocation::load(&tls.ca_pem, &broker_config.crls)?
                 .map(Arc::new),
         ))
         .with_seen(seen);
-    serve_tls(adapter, listener, Some(tls.server()), shutdown_signal())
+    let metrics = match args.metrics_listen {
+        Some(address) => {
+            let partners = crossgate_broker::deployment::read_partners(&args.config)?;
+            let metrics = crossgate_metrics::Metrics::new(
+                partners.into_iter().map(|p| p.id),
+                registry.record_types().map(|t| t.record_type.to_owned()),
+            );
+            let metrics_listener = TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on {address} for metrics: {e}"))?;
+            println!("metrics: http://{address}/metrics (Prometheus)");
+            tokio::spawn(crossgate_metrics::serve(metrics_listener, metrics.clone()));
+            Some(metrics)
+        }
+        None => None,
+    };
+    crossgate_adapter::serve_counted(adapter, listener, Some(tls.server()), stop, metrics)
         .await
         .map_err(|e| CliError {
             code: ExitCode::Failed,
@@ -138,10 +161,6 @@ async fn reference_system(args: &AdapterArgs) -> Result<String, CliError> {
         "reference department system for {}: {uri} ({seeded} records)",
         args.department
     );
-    tokio::spawn(serve_system(system, listener, shutdown_signal()));
+    tokio::spawn(serve_system(system, listener, crate::cmd::stop_signal()));
     Ok(uri)
-}
-
-async fn shutdown_signal() {
-    crate::cmd::stop_signal().await;
 }

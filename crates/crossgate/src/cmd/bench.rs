@@ -171,12 +171,19 @@ pub async fn run(args: BenchArgs) -> CliResult {
     cpu_ticks(&load.pid)?;
     let (party, server, address, label) = target_of(&args)?;
     // A server that stops answering shows as DeadlineExceeded, not a hang.
-    let endpoint = args
+    // Several replicas: connections are spread over them in turn.
+    let endpoints: Vec<_> = args
         .connection
-        .endpoint(&party, &server, address)?
-        .timeout(Duration::from_secs(10));
+        .endpoints(&party, &server, address)?
+        .into_iter()
+        .map(|e| e.timeout(Duration::from_secs(10)))
+        .collect();
+    if endpoints.is_empty() {
+        return Err("--broker names no address".to_owned().into());
+    }
     let mut channels = Vec::with_capacity(load.conns);
-    for _ in 0..load.conns {
+    for i in 0..load.conns {
+        let endpoint = &endpoints[i % endpoints.len()];
         // Each connect opens its own connection.
         channels.push(
             endpoint

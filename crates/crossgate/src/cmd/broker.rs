@@ -38,6 +38,12 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     let tls = crossgate_tls::Bundle::load(&config.certs, "broker")?;
     let references = crossgate_broker::config::load_reference_key(&config.certs)?;
     let checkpoints = crossgate_broker::config::load_checkpoint_signer(&config.certs)?;
+    // Signals are registered before the port opens: one sent as soon as it
+    // answers is handled, not the default action (which ends the process).
+    let stop = crate::cmd::stop_signal();
+    #[cfg(unix)]
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
@@ -51,8 +57,12 @@ pub async fn run(args: BrokerArgs) -> CliResult {
             references,
             checkpoints: Some(checkpoints.clone()),
             audit: AuditChoice::Store(config.audit.clone()),
-            overrides_file: crossgate_broker::config::overrides_file(&args.config),
+            overrides_file: config
+                .limits_overrides
+                .clone()
+                .unwrap_or_else(|| crossgate_broker::config::overrides_file(&args.config)),
             limiter: None,
+            metrics: None,
         },
     )?;
     println!(
@@ -62,8 +72,45 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     );
     println!(
         "audit log: {} ({}, chain {})",
-        config.audit.store, config.audit.durability, config.audit.writer
+        crossgate_config::redact_url(&config.audit.store),
+        config.audit.durability,
+        config.audit.writer
     );
+    if let Some(cluster) = &config.cluster {
+        println!(
+            "replicas: limits and operators' changes shared through {} (namespace {}, {} replicas, \
+             partners fail {} while it is unreachable{})",
+            crossgate_config::redact_url(&cluster.redis),
+            cluster.namespace,
+            cluster.replicas,
+            cluster.on_redis_down.as_str(),
+            if cluster.on_redis_down_for.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {}",
+                    cluster
+                        .on_redis_down_for
+                        .iter()
+                        .map(|(p, m)| format!("{p} {}", m.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    if config.audit.shares_store() {
+        println!(
+            "deliveries: leased to this replica for {:?} at a time (another takes them over if it dies)",
+            config.delivery.lease
+        );
+    }
+    if let Some(metrics) = config.metrics_address() {
+        println!("metrics: http://{metrics}/metrics (Prometheus)");
+    }
+    if let Some(health) = config.health_listen {
+        println!("health (grpc.health.v1 only, plain text) on {health}");
+    }
     println!(
         "checkpoints signed by {} ({}), every {:?} into {}",
         checkpoints.public_key(),
@@ -79,12 +126,8 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     #[cfg(unix)]
     {
         let reloader = broker.clone();
+        let mut hangups = hangups;
         tokio::spawn(async move {
-            let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                return;
-            };
             while hangups.recv().await.is_some() {
                 for said in reloader.reload_on_signal().await {
                     eprintln!("crossgate: {said}");
@@ -94,7 +137,7 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     }
     // SIGTERM or Ctrl-C: drain within broker.toml's shutdown_grace, exit 0.
     crossgate_broker::serve(broker, tls, listener, async {
-        crate::cmd::stop_signal().await;
+        stop.await;
         eprintln!(
             "crossgate: stopping (up to {:?}): calls in flight finish, deliveries under way are recorded",
             config.shutdown_grace

@@ -7,7 +7,8 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Debug, Args)]
 /// How to reach the broker with a certificate (an operator's or an auditor's).
 pub struct Connection {
-    /// The broker [default: https://<listen of broker.toml>]
+    /// The broker [default: https://<listen of broker.toml>]; several
+    /// replicas separated by commas: the first that answers
     #[arg(long, global = true)]
     pub broker: Option<String>,
     /// Your certificate [default: <certs of broker.toml>/operations.pem for limits,
@@ -33,12 +34,37 @@ pub struct Connection {
 impl Connection {
     /// A mutual-TLS channel to the broker, as party `default_id` unless
     /// `--cert` names another certificate.
+    ///
+    /// With several replicas (`--broker A,B`), the first that answers, in
+    /// the order given.
     pub async fn channel(&self, default_id: &str) -> Result<Channel, String> {
-        let endpoint = self.endpoint(default_id, "broker", None)?;
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| format!("cannot reach the broker at {}: {e}", endpoint.uri()))
+        let mut failed = Vec::new();
+        for endpoint in self.endpoints(default_id, "broker", None)? {
+            match endpoint.connect().await {
+                Ok(channel) => return Ok(channel),
+                Err(e) => failed.push(format!("{}: {e}", endpoint.uri())),
+            }
+        }
+        Err(format!("cannot reach the broker at {}", failed.join("; ")))
+    }
+
+    /// One endpoint per address of `address` (or `--broker`), which may
+    /// name several replicas separated by commas.
+    pub fn endpoints(
+        &self,
+        default_id: &str,
+        server: &str,
+        address: Option<String>,
+    ) -> Result<Vec<Endpoint>, String> {
+        match address.or_else(|| self.broker.clone()) {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| self.endpoint(default_id, server, Some(a.to_owned())))
+                .collect(),
+            None => Ok(vec![self.endpoint(default_id, server, None)?]),
+        }
     }
 
     /// Where to reach party `server` (the broker at `--broker` unless

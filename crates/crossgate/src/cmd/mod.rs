@@ -14,17 +14,22 @@ pub mod submit;
 pub mod up;
 
 /// Until Ctrl-C or SIGTERM: how a running server is asked to stop.
-pub async fn stop_signal() {
+///
+/// SIGTERM is registered when this is called, not when the future is first
+/// polled: call it before opening a port, so a signal sent as soon as the
+/// port answers is never missed (and never kills the process instead).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }

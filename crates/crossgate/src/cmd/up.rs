@@ -15,6 +15,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> CliResult {
+    let stop = crate::cmd::stop_signal();
     let config = crossgate_broker::BrokerConfig::load(&args.config)?;
     let partners = crossgate_broker::deployment::read_partners(&args.config)?;
     if !config.certs.join("ca.pem").exists() {
@@ -46,7 +47,13 @@ pub async fn run(args: UpArgs) -> CliResult {
     for (id, addr) in adapters {
         println!("  adapter {id:<18} https://{addr}   (department system: {id}.pem)");
     }
-    println!("  audit log          {}", config.audit.store);
+    println!(
+        "  audit log          {}",
+        crossgate_config::redact_url(&config.audit.store)
+    );
+    if let Some(metrics) = config.metrics_address() {
+        println!("  metrics            http://{metrics}/metrics (Prometheus; broker and adapters)");
+    }
     for p in partners.iter().filter(|p| p.role != Role::Partner) {
         println!(
             "  {:<18} {}/{}.pem",
@@ -56,7 +63,7 @@ pub async fn run(args: UpArgs) -> CliResult {
         );
     }
     println!("Ctrl-C stops it.");
-    crate::cmd::stop_signal().await;
+    stop.await;
     println!(
         "stopping (up to {:?}): in-flight calls finish, deliveries under way are recorded",
         config.shutdown_grace

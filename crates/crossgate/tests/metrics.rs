@@ -1,0 +1,266 @@
+//! `crossgate up` counts for Prometheus: after known traffic, `/metrics`
+//! (scraped over HTTP, parsed with a Prometheus text parser) shows exactly
+//! the calls the clients saw answered — the standard gRPC server series of
+//! the broker and of the adapters, the decisions, the throttled calls, the
+//! limit in force, the deliveries — and no label value a caller made up.
+
+mod common;
+
+use common::{ROOT, config_copy, wait_for};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::{Criterion, PublishRequest, QueryRequest, Record};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Up(Child);
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("the exposition parses")
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}]}"#;
+
+#[test]
+fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() {
+    let dir = crossgate_testing::TempDir::new("metrics");
+    let (broker_port, adapters) = config_copy(&dir);
+    crossgate_testing::copy_dir(
+        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
+        &dir.join("fixtures"),
+    );
+    let metrics_port = crossgate_testing::free_port();
+    std::fs::write(
+        dir.join("broker.toml"),
+        format!(
+            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             [audit]\nstore = \"sqlite:{}\"\n",
+            dir.join("certs").display(),
+            dir.join("audit.db").display()
+        ),
+    )
+    .unwrap();
+    // Education: 20/s with a burst of 10, so that a quick run is throttled.
+    std::fs::write(
+        dir.join("limits.toml"),
+        "[default]\nrate = \"1000/s\"\nburst = 1000\n[partner.education]\nrate = \"20/s\"\nburst = 10\n",
+    )
+    .unwrap();
+    let config = dir.to_str().unwrap();
+    let _up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["up", "--config", config])
+        .current_dir(ROOT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for(broker_port);
+    for (_, port) in &adapters {
+        wait_for(*port);
+    }
+    wait_for(metrics_port);
+
+    let certs = dir.join("certs");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen: HashMap<tonic::Code, u32> = runtime.block_on(async {
+        let client = |party: &str| {
+            let tls = crossgate_tls::Bundle::load(&certs, party).unwrap();
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{broker_port}"))
+                    .unwrap()
+                    .tls_config(tls.client_for("broker"))
+                    .unwrap()
+                    .connect_lazy();
+            BrokerClient::new(channel)
+        };
+        let mut education = client("education");
+        let mut seen = HashMap::new();
+        let lookup = |provider: &str, purpose: &str| QueryRequest {
+            provider: provider.into(),
+            record_type: "person.v1".into(),
+            purpose: purpose.into(),
+            approval_reference: String::new(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: "110105198405049582".into(),
+            }],
+        };
+        // 30 lookups at once: the first ten or so pass, the rest are throttled.
+        for _ in 0..30 {
+            let code = match education
+                .query(lookup("public-security", "school-enrolment"))
+                .await
+            {
+                Ok(_) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            };
+            *seen.entry(code).or_insert(0) += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        // A purpose no grant serves, and a provider nobody knows: denied.
+        for provider in ["public-security", "nobody-by-this-name"] {
+            let code = match education.query(lookup(provider, "curiosity")).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            };
+            *seen.entry(code).or_insert(0) += 1;
+        }
+        // One declaration from customs: border inspection and commerce receive it.
+        client("customs")
+            .publish(PublishRequest {
+                record: Some(Record {
+                    record_type: "customs-declaration.v1".into(),
+                    record_id: "E-metrics-1".into(),
+                    json: DECLARATION.as_bytes().to_vec(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        seen
+    });
+    let ok = f64::from(seen.get(&tonic::Code::Ok).copied().unwrap_or(0));
+    let throttled = f64::from(
+        seen.get(&tonic::Code::ResourceExhausted)
+            .copied()
+            .unwrap_or(0),
+    );
+    let denied = f64::from(
+        seen.get(&tonic::Code::PermissionDenied)
+            .copied()
+            .unwrap_or(0),
+    );
+    assert!(ok >= 10.0 && throttled >= 1.0 && denied == 2.0, "{seen:?}");
+
+    let m = scrape(metrics_port);
+    let broker_query = [
+        ("grpc_service", "crossgate.v1.Broker"),
+        ("grpc_method", "Query"),
+    ];
+    assert_eq!(value(&m, "grpc_server_started_total", &broker_query), 32.0);
+    for (code, n) in [
+        ("OK", ok),
+        ("ResourceExhausted", throttled),
+        ("PermissionDenied", denied),
+    ] {
+        let mut labels = broker_query.to_vec();
+        labels.push(("grpc_code", code));
+        assert_eq!(value(&m, "grpc_server_handled_total", &labels), n, "{code}");
+    }
+    assert_eq!(
+        value(&m, "grpc_server_handling_seconds_count", &broker_query),
+        32.0
+    );
+    // The adapter side of the same lookups, in the same process.
+    assert_eq!(
+        value(
+            &m,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", "crossgate.v1.Department"),
+                ("grpc_method", "Fetch"),
+                ("grpc_code", "OK")
+            ]
+        ),
+        ok
+    );
+    let education = [("consumer", "education")];
+    let decided = |decision: &str| {
+        let mut labels = education.to_vec();
+        labels.push(("decision", decision));
+        value(&m, "crossgate_decisions_total", &labels)
+    };
+    assert_eq!(decided("allowed"), ok);
+    assert_eq!(decided("throttled"), throttled);
+    assert_eq!(decided("denied"), denied);
+    assert_eq!(
+        value(
+            &m,
+            "crossgate_decisions_total",
+            &[
+                ("consumer", "education"),
+                ("provider", "other"),
+                ("decision", "denied")
+            ]
+        ),
+        1.0,
+        "a provider nobody knows is counted as other"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "crossgate_throttled_total",
+            &[("partner", "education"), ("mode", "query")]
+        ),
+        throttled
+    );
+    assert_eq!(
+        value(
+            &m,
+            "crossgate_limit_rate",
+            &[("partner", "education"), ("mode", "query")]
+        ),
+        20.0
+    );
+    for receiver in ["border-inspection", "commerce"] {
+        assert_eq!(
+            value(
+                &m,
+                "crossgate_deliveries_total",
+                &[("receiver", receiver), ("outcome", "delivered")]
+            ),
+            1.0,
+            "{receiver}"
+        );
+    }
+    assert!(value(&m, "crossgate_audit_append_seconds_count", &[]) >= ok + denied);
+    // Bounded: every partner-like label value is a party of partners.toml or "other".
+    let partners = std::fs::read_to_string(dir.join("partners.toml")).unwrap();
+    for sample in &m.samples {
+        for key in ["consumer", "provider", "partner", "receiver"] {
+            if let Some(v) = sample.labels.get(key) {
+                assert!(
+                    v == "other" || partners.contains(&format!("id = \"{v}\"")),
+                    "{key}={v} in {}",
+                    sample.metric
+                );
+            }
+        }
+    }
+}
