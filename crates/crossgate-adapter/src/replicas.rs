@@ -73,7 +73,9 @@ impl tonic::codegen::Service<http::Request<Body>> for Replicas {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The calling span's traceparent, for the broker's span of this call.
+        crossgate_telemetry::inject_headers(request.headers_mut());
         let i = self.pick();
         let mut channel = self.channels[i].clone();
         let me = self.clone();

@@ -14,11 +14,13 @@ use crossgate_proto::{
     QueryRequest, ReceiveRequest, Record, SubmitRequest, SubmitResponse,
 };
 use crossgate_schema::{Registry, parse_document};
+use crossgate_telemetry::{client_step, server_span, step};
 use serde_json::Value;
 use std::sync::Arc;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tracing::Instrument;
 
 /// One department's adapter.
 #[derive(Clone)]
@@ -222,6 +224,25 @@ impl Ingress for Adapter {
         &self,
         request: Request<SubmitRequest>,
     ) -> Result<Response<SubmitResponse>, Status> {
+        let span = server_span("crossgate.v1.Ingress/Submit", request.metadata());
+        self.submit_record(request).instrument(span).await
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let span = server_span("crossgate.v1.Ingress/Lookup", request.metadata());
+        self.lookup_records(request).instrument(span).await
+    }
+}
+
+impl Adapter {
+    /// Map a record from the department's system and publish it.
+    async fn submit_record(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
         self.check_peer(&request, self.department())?;
         let SubmitRequest {
             record,
@@ -257,7 +278,7 @@ impl Ingress for Adapter {
         }
         .map_err(|s| upstream("broker", s))?
         .into_inner();
-        tracing::info!(
+        tracing::debug!(
             department = %self.department(),
             record_type = %mapped.record_type,
             receivers = reply.deliveries.len(),
@@ -281,7 +302,8 @@ impl Ingress for Adapter {
         }))
     }
 
-    async fn lookup(
+    /// Ask the broker for another department's records and map them back.
+    async fn lookup_records(
         &self,
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
@@ -361,6 +383,25 @@ impl Department for Adapter {
         &self,
         request: Request<DeliverRequest>,
     ) -> Result<Response<DeliverResponse>, Status> {
+        let span = server_span("crossgate.v1.Department/Deliver", request.metadata());
+        self.deliver_record(request).instrument(span).await
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let span = server_span("crossgate.v1.Department/Fetch", request.metadata());
+        self.fetch_records(request).instrument(span).await
+    }
+}
+
+impl Adapter {
+    /// Hand a delivered record to the system, once per delivery id.
+    async fn deliver_record(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
         self.check_peer(&request, self.broker_id())?;
         let req = request.into_inner();
         let Some(seen) = self
@@ -386,24 +427,18 @@ impl Department for Adapter {
         // In a task of its own: a broker that gives up on the call (its
         // timeout) cancels its wait, not the hand-over and its record.
         let adapter = self.clone();
-        tokio::spawn(async move {
-            let result = adapter.deliver_once(&handing.seen, req).await;
-            drop(handing);
-            result
-        })
+        tokio::spawn(
+            async move {
+                let result = adapter.deliver_once(&handing.seen, req).await;
+                drop(handing);
+                result
+            }
+            .in_current_span(),
+        )
         .await
         .map_err(|_| Status::internal("the delivery failed inside the adapter"))?
     }
 
-    async fn fetch(
-        &self,
-        request: Request<FetchRequest>,
-    ) -> Result<Response<FetchResponse>, Status> {
-        self.fetch_records(request).await
-    }
-}
-
-impl Adapter {
     /// A delivery id passed on before is acknowledged without passing it on
     /// again; a new one is remembered once the system has taken it.
     async fn deliver_once(
@@ -438,19 +473,23 @@ impl Adapter {
             .mapping
             .canonical(&record_type)
             .filter(|m| m.outbound);
-        let native = to_native(back, record)?;
+        let native = step("map").in_scope(|| to_native(back, record))?;
+        let mut receive = Request::new(ReceiveRequest {
+            provider: req.provider,
+            record_type: record_type.clone(),
+            record: Some(native),
+            delivery_id: req.delivery_id,
+        });
+        let span = client_step("system");
+        span.in_scope(|| crossgate_telemetry::inject(receive.metadata_mut()));
         self.inner
             .system
             .clone()
-            .receive(ReceiveRequest {
-                provider: req.provider,
-                record_type: record_type.clone(),
-                record: Some(native),
-                delivery_id: req.delivery_id,
-            })
+            .receive(receive)
+            .instrument(span)
             .await
             .map_err(|s| upstream("department system", s))?;
-        tracing::info!(department = %self.department(), %record_type, request_id = %req.request_id, "delivered");
+        tracing::debug!(department = %self.department(), %record_type, request_id = %req.request_id, "delivered");
         Ok(Response::new(DeliverResponse {}))
     }
 
@@ -472,19 +511,24 @@ impl Adapter {
                     req.record_type
                 ))
             })?;
+        let mut find = Request::new(FindRequest {
+            native_type: mapping.native_type.clone(),
+            criteria: native_criteria(mapping, &req)?,
+            limit: req.limit,
+        });
+        let span = client_step("system");
+        span.in_scope(|| crossgate_telemetry::inject(find.metadata_mut()));
         let found = self
             .inner
             .system
             .clone()
-            .find(FindRequest {
-                native_type: mapping.native_type.clone(),
-                criteria: native_criteria(mapping, &req)?,
-                limit: req.limit,
-            })
+            .find(find)
+            .instrument(span)
             .await
             .map_err(|s| upstream("department system", s))?
             .into_inner();
-        let answer = self.canonical_answer(mapping, found.records, req.limit)?;
+        let answer =
+            step("map").in_scope(|| self.canonical_answer(mapping, found.records, req.limit))?;
         if answer.records.is_empty() && answer.withheld_records == 0 {
             return Err(Status::not_found(format!(
                 "no {} record matches",

@@ -22,6 +22,11 @@ pub struct BrokerConfig {
     /// gateway does not stop for its metrics.
     #[serde(default = "default_metrics")]
     pub metrics_listen: String,
+    /// Traces over OTLP/gRPC to this collector, e.g.
+    /// `"http://127.0.0.1:4317"` [default: `OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// without either, no traces].
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
     /// Where operators' live limit changes are kept [default:
     /// limits.overrides.toml in the config folder]; a writable place when
     /// the config folder is not (a ConfigMap).
@@ -242,6 +247,7 @@ impl Default for BrokerConfig {
             listen: default_listen(),
             health_listen: None,
             metrics_listen: default_metrics(),
+            otlp_endpoint: None,
             limits_overrides: None,
             certs: default_certs(),
             crls: Vec::new(),

@@ -253,10 +253,17 @@ impl Broker {
             .clone()
     }
 
-    /// A request id unique to this broker process.
+    /// A request id unique to this broker process; with traces on, it ends
+    /// in the call's trace id (32 hex digits), so an audit entry leads to
+    /// its trace. The id is also put on the call's span.
     fn request_id(&self) -> String {
         let n = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
-        format!("{:x}-{n}", self.inner.epoch)
+        let id = match crossgate_telemetry::current_trace_id() {
+            Some(trace) => format!("{:x}-{n}-{trace}", self.inner.epoch),
+            None => format!("{:x}-{n}", self.inner.epoch),
+        };
+        tracing::Span::current().record("request_id", id.as_str());
+        id
     }
 }
 

@@ -13,10 +13,12 @@ use crate::{Broker, Caller};
 use crossgate_policy::{Ask, Mode, Policy, Release, Role};
 use crossgate_proto::{QueryRequest, Record};
 use crossgate_schema::Rejection;
+use crossgate_telemetry::step;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tonic::{Code, Request, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tracing::Instrument;
 
 /// A request's running context: its id, when it started, and its deadline.
 pub struct Call {
@@ -109,7 +111,7 @@ impl Broker {
         let start = Instant::now();
         let answer = match self.inner.limiter.check(&caller.id, mode) {
             crate::LimitCheck::Now(answer) => answer,
-            crate::LimitCheck::Later(answer) => answer.await,
+            crate::LimitCheck::Later(answer) => answer.instrument(step("limit")).await,
         };
         self.timed("limit", start);
         answer.map_err(Refusal::Throttled)
@@ -146,6 +148,7 @@ impl Broker {
     /// The sender hears every fault with its values; the log keeps them
     /// without.
     pub(crate) fn validate(&self, record: &Record) -> Result<Value, Refusal> {
+        let _span = step("validate").entered();
         self.inner
             .registry
             .parse_and_validate(&record.record_type, &record.json)
@@ -166,6 +169,7 @@ impl Broker {
         caller: &Caller,
         record_type: &str,
     ) -> Result<Vec<Release<'p>>, Refusal> {
+        let _span = step("authorise").entered();
         Ok(policy.publish_routes(&caller.id, record_type, today(policy))?)
     }
 
@@ -178,6 +182,7 @@ impl Broker {
         caller: &Caller,
         q: &QueryRequest,
     ) -> Result<(Release<'p>, Option<Reservation>), Refusal> {
+        let span = step("authorise");
         let criteria: Vec<(&str, &str)> = q
             .criteria
             .iter()
@@ -191,7 +196,7 @@ impl Broker {
             approval: (!q.approval_reference.is_empty()).then_some(q.approval_reference.as_str()),
             criteria: &criteria,
         };
-        let release = policy.decide_query(&ask, today(policy))?;
+        let release = span.in_scope(|| policy.decide_query(&ask, today(policy)))?;
         let reservation = match (release.approval, &self.inner.cluster) {
             (None, _) => None,
             (Some(approval), None) => self.inner.approval_uses.reserve(approval)?,
@@ -199,6 +204,7 @@ impl Broker {
                 .inner
                 .approval_uses
                 .reserve_shared(approval, redis)
+                .instrument(span)
                 .await
                 .map_err(|why| Refusal::Failed {
                     status: Status::unavailable(why),
@@ -217,11 +223,16 @@ impl Broker {
         entry.request_id = call.id.clone();
         entry.latency_micros = call.elapsed_micros();
         let decision = entry.decision;
-        self.inner.audit.append(entry).await.map_err(|e| {
-            tracing::error!(request_id = %call.id, error = %e, "audit log unavailable");
-            Status::unavailable("the audit log cannot be written; try again later")
-        })?;
-        tracing::info!(request_id = %call.id, decision = decision.as_str(), "audited");
+        self.inner
+            .audit
+            .append(entry)
+            .instrument(step("audit"))
+            .await
+            .map_err(|e| {
+                tracing::error!(request_id = %call.id, error = %e, "audit log unavailable");
+                Status::unavailable("the audit log cannot be written; try again later")
+            })?;
+        tracing::debug!(request_id = %call.id, decision = decision.as_str(), "audited");
         Ok(())
     }
 }

@@ -17,11 +17,13 @@ use crossgate_proto::{
     ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Record,
     SchemaInfo,
 };
+use crossgate_telemetry::{server_span, step};
 use prost::Message;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 impl Broker {
     fn start<T>(&self, request: &Request<T>) -> Call {
@@ -78,7 +80,13 @@ impl Broker {
         let policy = self.policy();
         let routes = self.authorise_publish(&policy, caller, &record.record_type)?;
         let (commit, items) = self.record(call, caller, &record, &document, &routes, entry, key);
-        match self.inner.audit.commit(commit).await {
+        match self
+            .inner
+            .audit
+            .commit(commit)
+            .instrument(step("record"))
+            .await
+        {
             Err(e) => {
                 tracing::error!(request_id = %call.id, error = %e, "audit log unavailable");
                 Err(Refusal::Recorded(Status::unavailable(
@@ -91,7 +99,7 @@ impl Broker {
             Ok(Committed::Applied) => Ok(Answer {
                 reply: PublishResponse {
                     request_id: call.id.clone(),
-                    deliveries: self.forward(call, items).await,
+                    deliveries: self.forward(call, items).instrument(step("forward")).await,
                     repeat: false,
                 },
                 entries: vec![],
@@ -380,6 +388,7 @@ impl Broker {
         let start = std::time::Instant::now();
         let answer = self
             .fetch(call, caller, q, release.grant.max_records)
+            .instrument(crossgate_telemetry::client_step("forward"))
             .await
             .inspect(|_| self.timed("forward", start))
             .map_err(|status| Refusal::Failed {
@@ -390,13 +399,15 @@ impl Broker {
                 ),
                 status,
             })?;
-        let mut screened = screen(
-            &self.inner.registry,
-            &release,
-            &self.inner.references,
-            q,
-            answer.records,
-        );
+        let mut screened = step("screen").in_scope(|| {
+            screen(
+                &self.inner.registry,
+                &release,
+                &self.inner.references,
+                q,
+                answer.records,
+            )
+        });
         screened.withheld_at_adapter = answer.withheld_records;
         // An answer with more matches than the grant allows releases
         // nothing. Records that do not equal the lookup are not matches.
@@ -483,7 +494,8 @@ impl BrokerService for Broker {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let broker = self.clone();
-        detached(async move { broker.publish_steps(request).await }).await
+        let span = server_span("crossgate.v1.Broker/Publish", request.metadata());
+        detached(async move { broker.publish_steps(request).await }.instrument(span)).await
     }
 
     async fn query(
@@ -491,7 +503,8 @@ impl BrokerService for Broker {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let broker = self.clone();
-        detached(async move { broker.query_steps(request).await }).await
+        let span = server_span("crossgate.v1.Broker/Query", request.metadata());
+        detached(async move { broker.query_steps(request).await }.instrument(span)).await
     }
 
     async fn list_schemas(
@@ -532,6 +545,7 @@ impl Broker {
             limit: u32::try_from(max_records.saturating_add(1)).unwrap_or(u32::MAX),
         });
         req.set_timeout(remaining);
+        crossgate_telemetry::inject(req.metadata_mut());
         match tokio::time::timeout(remaining, client.fetch(req)).await {
             Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(match status.code() {

@@ -71,8 +71,32 @@ pub enum ExitCode {
     about = "Cross-department data-sharing gateway"
 )]
 struct Cli {
+    /// How log lines are written to stderr: text or json (one object per
+    /// line); levels come from RUST_LOG [default: info]
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text")]
+    log_format: crossgate_telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--log-format`, for the commands that set up logging.
+static LOG_FORMAT: std::sync::OnceLock<crossgate_telemetry::LogFormat> = std::sync::OnceLock::new();
+
+/// Logs (and, with an endpoint, traces) for a command that serves; call
+/// on the runtime. `service` names the process in traces.
+pub async fn telemetry(
+    service: &str,
+    otlp_endpoint: Option<String>,
+) -> Result<crossgate_telemetry::Telemetry, CliError> {
+    let telemetry = crossgate_telemetry::init(crossgate_telemetry::Settings {
+        log_format: LOG_FORMAT.get().copied().unwrap_or_default(),
+        service: service.to_owned(),
+        otlp_endpoint,
+    })?;
+    if let Some(endpoint) = telemetry.endpoint() {
+        println!("traces: OTLP to {endpoint} (service {service})");
+    }
+    Ok(telemetry)
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +134,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let _ = LOG_FORMAT.set(cli.log_format);
     let outcome = match cli.command {
         Command::Schema(c) => Ok(cmd::schema::run(c)),
         Command::Map(args) => cmd::map::run(args),

@@ -58,6 +58,11 @@ pub async fn run(args: AdapterArgs) -> CliResult {
     let mapping =
         crossgate_adapter::config::load_department(&args.config, &args.department, &registry)?;
     let broker_config = crossgate_broker::BrokerConfig::load(&args.config)?;
+    let telemetry = crate::telemetry(
+        &format!("crossgate-adapter-{}", args.department),
+        broker_config.otlp_endpoint.clone(),
+    )
+    .await?;
     let certs = args.certs.clone().unwrap_or(broker_config.certs.clone());
     let tls = crossgate_tls::Bundle::load(&certs, &args.department)?;
     let listen = match args.listen {
@@ -132,6 +137,7 @@ pub async fn run(args: AdapterArgs) -> CliResult {
             code: ExitCode::Failed,
             message: format!("adapter stopped: {e}"),
         })?;
+    telemetry.shutdown().await;
     Ok(ExitCode::Ok)
 }
 

@@ -35,6 +35,7 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         dep.config.certs = c;
     }
     let config = dep.config.clone();
+    let telemetry = crate::telemetry("crossgate-broker", config.otlp_endpoint.clone()).await?;
     let tls = crossgate_tls::Bundle::load(&config.certs, "broker")?;
     let references = crossgate_broker::config::load_reference_key(&config.certs)?;
     let checkpoints = crossgate_broker::config::load_checkpoint_signer(&config.certs)?;
@@ -130,7 +131,7 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 for said in reloader.reload_on_signal().await {
-                    eprintln!("crossgate: {said}");
+                    tracing::info!("{said}");
                 }
             }
         });
@@ -138,8 +139,8 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     // SIGTERM or Ctrl-C: drain within broker.toml's shutdown_grace, exit 0.
     crossgate_broker::serve(broker, tls, listener, async {
         stop.await;
-        eprintln!(
-            "crossgate: stopping (up to {:?}): calls in flight finish, deliveries under way are recorded",
+        tracing::info!(
+            "stopping (up to {:?}): calls in flight finish, deliveries under way are recorded",
             config.shutdown_grace
         );
     })
@@ -148,5 +149,6 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         code: ExitCode::Failed,
         message: format!("broker stopped: {e}"),
     })?;
+    telemetry.shutdown().await;
     Ok(ExitCode::Ok)
 }

@@ -17,6 +17,7 @@ pub struct UpArgs {
 pub async fn run(args: UpArgs) -> CliResult {
     let stop = crate::cmd::stop_signal();
     let config = crossgate_broker::BrokerConfig::load(&args.config)?;
+    let telemetry = crate::telemetry("crossgate", config.otlp_endpoint.clone()).await?;
     let partners = crossgate_broker::deployment::read_partners(&args.config)?;
     if !config.certs.join("ca.pem").exists() {
         let mut ids = vec!["broker"];
@@ -69,5 +70,6 @@ pub async fn run(args: UpArgs) -> CliResult {
         config.shutdown_grace
     );
     sys.stop().await;
+    telemetry.shutdown().await;
     Ok(ExitCode::Ok)
 }

@@ -1,0 +1,292 @@
+//! Traces over OTLP: a broker and an adapter, each its own process, export
+//! to a collector run by the test (a tonic server implementing the OTLP
+//! trace service). One Query, sent with the caller's own `traceparent`,
+//! arrives as one trace: the caller's span is the parent of the broker's
+//! call span, its steps are the call span's children, the adapter's Fetch
+//! span is a child of the broker's forward step, and the adapter's call to
+//! the department system is a child of that. The audit entry's request id
+//! ends in the trace id.
+
+mod common;
+
+use common::{ROOT, TempDir, config_copy, wait_for};
+use crossgate_proto::broker_client::BrokerClient;
+use crossgate_proto::{Criterion, QueryRequest};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// One exported span, as the collector received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    service: String,
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+}
+
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<Seen>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut seen = self.0.lock().unwrap();
+        for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(AnyValue::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                seen.push(Seen {
+                    service: service.clone(),
+                    name: span.name,
+                    trace: hex(&span.trace_id),
+                    id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                });
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Running(Vec<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn crossgate(dir: &TempDir, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_crossgate"));
+    c.args(args)
+        .current_dir(dir.path())
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const CALLER_SPAN: &str = "b7ad6b7169203331";
+
+#[test]
+fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let collector = Collector::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let collector_port = listener.local_addr().unwrap().port();
+    runtime.spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let dir = TempDir::new("traces");
+    let (broker_port, adapters) = config_copy(&dir);
+    crossgate_testing::copy_dir(
+        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
+        &dir.join("fixtures"),
+    );
+    // The endpoint from broker.toml, which the adapter reads as well.
+    std::fs::write(
+        dir.join("broker.toml"),
+        format!(
+            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"certs\"\nmetrics_listen = \"off\"\n\
+             otlp_endpoint = \"http://127.0.0.1:{collector_port}\"\n\
+             [audit]\nstore = \"sqlite:audit.db\"\n"
+        ),
+    )
+    .unwrap();
+    let made = crossgate(&dir, &["certs", "dev", "--config", ".", "--out", "certs"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let adapter_port = adapters
+        .iter()
+        .find(|(id, _)| id == "public-security")
+        .unwrap()
+        .1;
+    let mut running = Running(vec![]);
+    running.0.push(
+        crossgate(&dir, &["broker", "--config", "."])
+            .spawn()
+            .unwrap(),
+    );
+    running.0.push(
+        crossgate(
+            &dir,
+            &[
+                "adapter",
+                "--config",
+                ".",
+                "--department",
+                "public-security",
+                "--state",
+                "state",
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    );
+    wait_for(broker_port);
+    wait_for(adapter_port);
+
+    let certs = dir.join("certs");
+    let query = |traceparent: &'static str| {
+        let certs = certs.clone();
+        async move {
+            let tls = crossgate_tls::Bundle::load(&certs, "education").unwrap();
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{broker_port}"))
+                    .unwrap()
+                    .tls_config(tls.client_for("broker"))
+                    .unwrap()
+                    .connect_lazy();
+            let mut request = tonic::Request::new(QueryRequest {
+                provider: "public-security".into(),
+                record_type: "person.v1".into(),
+                purpose: "school-enrolment".into(),
+                approval_reference: String::new(),
+                criteria: vec![Criterion {
+                    path: "/id_number".into(),
+                    value: "110105198405049582".into(),
+                }],
+            });
+            request
+                .metadata_mut()
+                .insert("traceparent", traceparent.parse().unwrap());
+            BrokerClient::new(channel).query(request).await
+        }
+    };
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let answer = runtime
+        .block_on(query(traceparent))
+        .expect("the query is answered")
+        .into_inner();
+    assert_eq!(answer.records.len(), 1);
+    assert!(
+        answer.request_id.ends_with(&format!("-{CALLER_TRACE}")),
+        "the request id ends in the caller's trace id: {}",
+        answer.request_id
+    );
+
+    // A forged traceparent is ignored: the call is answered and starts a
+    // trace of its own.
+    let forged = runtime
+        .block_on(query("00-not-a-trace-id-01"))
+        .expect("a forged traceparent does not fail the call")
+        .into_inner();
+    let own_trace = forged.request_id.rsplit('-').next().unwrap().to_owned();
+    assert_eq!(own_trace.len(), 32, "{}", forged.request_id);
+    assert!(own_trace.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_ne!(own_trace, CALLER_TRACE);
+
+    // Both processes export within a moment (batches every 100 ms).
+    let wanted = |spans: &[Seen]| {
+        spans
+            .iter()
+            .any(|s| s.trace == CALLER_TRACE && s.name == "crossgate.v1.Department/Fetch")
+            && spans
+                .iter()
+                .any(|s| s.trace == CALLER_TRACE && s.name == "audit")
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while !wanted(&collector.0.lock().unwrap()) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let spans: Vec<Seen> = collector
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace == CALLER_TRACE)
+        .cloned()
+        .collect();
+    let one = |service: &str, name: &str| -> Seen {
+        let found: Vec<&Seen> = spans
+            .iter()
+            .filter(|s| s.service == service && s.name == name)
+            .collect();
+        assert_eq!(found.len(), 1, "one {name} span of {service} in {spans:#?}");
+        found[0].clone()
+    };
+    let call = one("crossgate-broker", "crossgate.v1.Broker/Query");
+    assert_eq!(call.parent, CALLER_SPAN, "the caller's span is the parent");
+    for step in ["authorise", "screen", "audit"] {
+        assert_eq!(
+            one("crossgate-broker", step).parent,
+            call.id,
+            "{step} is a step of the call"
+        );
+    }
+    let forward = one("crossgate-broker", "forward");
+    assert_eq!(forward.parent, call.id);
+    let fetch = one(
+        "crossgate-adapter-public-security",
+        "crossgate.v1.Department/Fetch",
+    );
+    assert_eq!(fetch.parent, forward.id, "the adapter's span is linked");
+    assert_eq!(
+        one("crossgate-adapter-public-security", "system").parent,
+        fetch.id
+    );
+    assert_eq!(
+        one("crossgate-adapter-public-security", "map").parent,
+        fetch.id
+    );
+
+    // The auditor's entry leads to the trace.
+    let out = crossgate(
+        &dir,
+        &[
+            "audit",
+            "search",
+            "--store",
+            "sqlite:audit.db",
+            "--format",
+            "jsonl",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .output()
+    .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    let entry: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["request_id"] == answer.request_id.as_str())
+        .unwrap_or_else(|| panic!("the entry of {} in {log}", answer.request_id));
+    assert_eq!(entry["decision"], "allowed");
+}
