@@ -10,8 +10,9 @@ use crossgate_policy::Role;
 use crossgate_proto::admin_server::Admin;
 use crossgate_proto::{
     GetLimitRequest, ListLimitsRequest, ListLimitsResponse, ListUndeliveredRequest,
-    ListUndeliveredResponse, PartnerLimit, PurgeRequest, PurgeResponse, Rate as RateMsg,
-    ReloadRequest, ReloadResponse, ReplayRequest, ReplayResponse, SetLimitRequest,
+    ListUndeliveredResponse, PartnerActivity, PartnerLimit, PurgeRequest, PurgeResponse,
+    Rate as RateMsg, ReloadRequest, ReloadResponse, ReplayRequest, ReplayResponse, SetLimitRequest,
+    TopRequest, TopResponse,
 };
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -402,6 +403,43 @@ impl Admin for Broker {
         let operator = self.authenticate(&request, Role::Operator)?;
         let reply = self.purge_items(&operator, request.into_inner()).await?;
         Ok(Response::new(reply))
+    }
+
+    async fn top(&self, request: Request<TopRequest>) -> Result<Response<TopResponse>, Status> {
+        self.authenticate(&request, Role::Operator)?;
+        let mut ids: Vec<&String> = self
+            .inner
+            .partners
+            .values()
+            .filter(|p| p.role == Role::Partner)
+            .map(|p| &p.id)
+            .collect();
+        ids.sort();
+        let partners = ids
+            .into_iter()
+            .map(|id| {
+                let recent = self.inner.activity.now(id).unwrap_or_default();
+                PartnerActivity {
+                    limit: Some(match &self.inner.admin {
+                        Some(admin) => self.partner_limit(admin, id),
+                        None => PartnerLimit {
+                            partner: id.clone(),
+                            source: "none".into(),
+                            ..PartnerLimit::default()
+                        },
+                    }),
+                    calls_per_second: recent.calls_per_second,
+                    throttled_per_second: recent.throttled_per_second,
+                    errors_per_second: recent.errors_per_second,
+                    p99_millis: recent.p99.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    answered: recent.answered,
+                }
+            })
+            .collect();
+        Ok(Response::new(TopResponse {
+            partners,
+            p99_window_seconds: crate::activity::P99_SECONDS as u32,
+        }))
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`outcome.rs`).
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 pub mod approvals;
 pub mod audit;
@@ -180,6 +181,8 @@ struct Inner {
     draining: std::sync::atomic::AtomicBool,
     /// Throttled calls, counted until their entry is written.
     throttles: throttle_log::ThrottleLog,
+    /// Each partner's calls over the last seconds, for `crossgate top`.
+    activity: activity::Activity,
     /// The digest of each reloadable file as last applied.
     in_force: std::sync::Mutex<HashMap<std::path::PathBuf, String>>,
     /// The last checkpoint signed (or found in the folder): the next is
@@ -204,6 +207,13 @@ impl Broker {
                 .iter()
                 .cloned()
                 .chain(parts.admin.iter().map(|a| a.config_dir.join("limits.toml"))),
+        );
+        let activity = activity::Activity::new(
+            parts
+                .partners
+                .iter()
+                .filter(|p| p.role == Role::Partner)
+                .map(|p| p.id.as_str()),
         );
         Broker {
             inner: Arc::new(Inner {
@@ -232,6 +242,7 @@ impl Broker {
                 epoch,
                 draining: std::sync::atomic::AtomicBool::new(false),
                 throttles: throttle_log::ThrottleLog::default(),
+                activity,
                 in_force: std::sync::Mutex::new(in_force),
                 last_checkpoint: std::sync::Mutex::new(None),
             }),

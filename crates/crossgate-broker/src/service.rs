@@ -45,7 +45,9 @@ impl Broker {
         let outcome = self
             .publish_record(&call, &caller, request.into_inner(), &mut entry)
             .await;
-        self.finish(&call, entry, outcome).await
+        let answer = self.finish(&call, entry, outcome).await;
+        self.counted(&call, &caller, &answer);
+        answer
     }
 
     /// limit → validate → authorise → record → forward. The call is
@@ -337,7 +339,20 @@ impl Broker {
         let outcome = self
             .query_records(&call, &caller, &request.into_inner(), &mut entry)
             .await;
-        self.finish(&call, entry, outcome).await
+        let answer = self.finish(&call, entry, outcome).await;
+        self.counted(&call, &caller, &answer);
+        answer
+    }
+
+    /// The call in its partner's activity (`crossgate top`).
+    fn counted<T>(&self, call: &Call, caller: &Caller, answer: &Result<T, Status>) {
+        let code = match answer {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.inner
+            .activity
+            .record(&caller.id, code, call.started.elapsed());
     }
 
     /// limit → check the ask → authorise (grant, lookups, approval) →

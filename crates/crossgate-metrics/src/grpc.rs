@@ -24,6 +24,7 @@ const SERVICES: [(&str, &[&str]); 8] = [
             "ListUndelivered",
             "Replay",
             "Purge",
+            "Top",
         ],
     ),
     (

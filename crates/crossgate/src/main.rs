@@ -117,6 +117,9 @@ enum Command {
     Broker(cmd::broker::BrokerArgs),
     /// Per-partner rate limits, live, through the broker (operator role).
     Limits(cmd::limits::LimitsArgs),
+    /// A live view per partner: calls/s, throttled/s, errors/s, p99 and the
+    /// limit in force, redrawn every second (operator role).
+    Top(cmd::top::TopArgs),
     /// Deliveries the broker still owes receivers: list, replay, purge (operator role).
     Deliveries(cmd::deliveries::DeliveriesArgs),
     /// Run the broker and every department's adapter and system until Ctrl-C.
@@ -147,6 +150,7 @@ fn main() -> std::process::ExitCode {
         Command::Submit(args) => on_runtime(cmd::submit::run(args)),
         Command::Broker(args) => on_runtime(cmd::broker::run(args)),
         Command::Limits(args) => on_runtime(cmd::limits::run(args)),
+        Command::Top(args) => on_runtime(cmd::top::run(args)),
         Command::Deliveries(args) => on_runtime(cmd::deliveries::run(args)),
         Command::Audit(args) if args.through_broker() => {
             on_runtime(async { Ok(cmd::audit::through_broker(args).await) })

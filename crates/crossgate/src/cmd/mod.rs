@@ -11,6 +11,7 @@ pub mod map;
 pub mod policy;
 pub mod schema;
 pub mod submit;
+pub mod top;
 pub mod up;
 
 /// Until Ctrl-C or SIGTERM: how a running server is asked to stop.
