@@ -264,3 +264,112 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
         }
     }
 }
+
+/// The issue's check: `crossgate demo --running` plays its scenarios
+/// against a running `crossgate up`; then `/metrics` counts exactly the
+/// decisions the audit log holds (per consumer and decision), and the
+/// throttled calls exactly as many as the demo saw throttled.
+#[test]
+fn the_demo_against_a_running_up_is_counted_exactly() {
+    let dir = crossgate_testing::TempDir::new("metrics_demo");
+    let (broker_port, adapters) = config_copy(&dir);
+    let local = std::path::Path::new(ROOT).join("deploy/local");
+    crossgate_testing::copy_dir(&local.join("fixtures"), &dir.join("fixtures"));
+    std::fs::copy(local.join("limits.toml"), dir.join("limits.toml")).unwrap();
+    let metrics_port = crossgate_testing::free_port();
+    let store = format!("sqlite:{}", dir.join("audit.db").display());
+    std::fs::write(
+        dir.join("broker.toml"),
+        format!(
+            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+             [audit]\nstore = \"{store}\"\n",
+            dir.join("certs").display(),
+        ),
+    )
+    .unwrap();
+    let config = dir.to_str().unwrap();
+    let _up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["up", "--config", config])
+        .current_dir(ROOT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for(broker_port);
+    for (_, port) in &adapters {
+        wait_for(*port);
+    }
+    wait_for(metrics_port);
+
+    let demo = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["demo", "--running", "--config", config])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&demo.stdout).into_owned();
+    assert_eq!(
+        demo.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&demo.stderr)
+    );
+    assert!(
+        said.contains("all six scenarios behaved as expected"),
+        "{said}"
+    );
+    // "(e)": "N queries at education's limit of …: K throttled", twice.
+    let throttled_seen: f64 = said
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(" throttled"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(throttled_seen > 0.0, "{said}");
+
+    // Throttled calls are written as one entry per partner and second:
+    // wait until the last is in the log, then read it.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["audit", "search", "--store", &store, "--format", "jsonl"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let mut logged: HashMap<(String, String), f64> = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let decision = e["decision"].as_str().unwrap().to_owned();
+        if decision == "throttled" {
+            continue;
+        }
+        let consumer = e["consumer"].as_str().unwrap().to_owned();
+        *logged.entry((consumer, decision)).or_default() += 1.0;
+    }
+    assert!(logged.len() >= 3, "{logged:?}");
+
+    let m = scrape(metrics_port);
+    let mut counted: HashMap<(String, String), f64> = HashMap::new();
+    for s in m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "crossgate_decisions_total")
+    {
+        let decision = s.labels.get("decision").unwrap().to_owned();
+        if decision == "throttled" {
+            continue;
+        }
+        let consumer = s.labels.get("consumer").unwrap().to_owned();
+        if let prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) = s.value {
+            *counted.entry((consumer, decision)).or_default() += v;
+        }
+    }
+    counted.retain(|_, v| *v > 0.0);
+    assert_eq!(counted, logged, "per consumer and decision");
+    assert_eq!(
+        value(
+            &m,
+            "crossgate_decisions_total",
+            &[("decision", "throttled")]
+        ),
+        throttled_seen
+    );
+}

@@ -23,6 +23,93 @@ pub struct DemoArgs {
     /// The audit log is broker.toml's `[audit] store`.
     #[arg(long, value_name = "DIR", default_value = ".crossgate/demo")]
     pub state: PathBuf,
+    /// Play the scenarios against the `crossgate up` already running from
+    /// --config (its broker, adapters and certificates) instead of
+    /// starting one in this process
+    #[arg(long)]
+    pub running: bool,
+}
+
+/// Where the scenarios are played: a system started in this process, or a
+/// `crossgate up` already running from the same config folder.
+enum Target {
+    Local(Box<LocalSystem>),
+    Running {
+        broker_addr: String,
+        adapter_addrs: std::collections::HashMap<String, String>,
+        certs: PathBuf,
+    },
+}
+
+impl Target {
+    /// The running system's addresses and certificates, from --config.
+    fn running(config: &std::path::Path) -> Result<Target, crate::CliError> {
+        let broker = crossgate_broker::BrokerConfig::load(config)?;
+        let partners = crossgate_broker::deployment::read_partners(config)?;
+        let certs = broker.certs.clone();
+        if !certs.join("ca.pem").exists() {
+            return Err(format!(
+                "no certificates in {}: start `crossgate up --config {}` first, or leave out --running",
+                certs.display(),
+                config.display()
+            )
+            .into());
+        }
+        Ok(Target::Running {
+            broker_addr: broker.listen.to_string(),
+            adapter_addrs: partners
+                .into_iter()
+                .filter_map(|p| Some((p.id, p.adapter?)))
+                .collect(),
+            certs,
+        })
+    }
+
+    fn broker_addr(&self) -> &str {
+        match self {
+            Target::Local(sys) => &sys.broker_addr,
+            Target::Running { broker_addr, .. } => broker_addr,
+        }
+    }
+
+    fn adapter_addr(&self, dept: &str) -> Option<&String> {
+        match self {
+            Target::Local(sys) => sys.adapter_addrs.get(dept),
+            Target::Running { adapter_addrs, .. } => adapter_addrs.get(dept),
+        }
+    }
+
+    /// A mutual-TLS channel to `addr` as party `id`.
+    async fn channel(&self, addr: &str, id: &str) -> Result<tonic::transport::Channel, String> {
+        match self {
+            Target::Local(sys) => sys.channel(addr, id).await.map_err(|e| e.to_string()),
+            Target::Running { certs, .. } => {
+                let bundle = crossgate_tls::Bundle::load(certs, id).map_err(|e| e.to_string())?;
+                let endpoint = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(std::time::Duration::from_secs(2))
+                    .tls_config(bundle.client())
+                    .map_err(|e| e.to_string())?;
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| format!("cannot reach {addr} (is `crossgate up` running?): {e}"))
+            }
+        }
+    }
+
+    /// The fields the receiver's system got last, when it runs in this
+    /// process.
+    fn received_fields(&self, receiver: &str) -> Option<String> {
+        match self {
+            Target::Local(sys) => sys
+                .systems
+                .get(receiver)
+                .and_then(|s| s.received().last().cloned())
+                .map(|r| keys(r.document.to_string().as_bytes())),
+            Target::Running { .. } => None,
+        }
+    }
 }
 
 /// A failed expectation: what was expected and what happened.
@@ -54,6 +141,14 @@ fn keys(json: &[u8]) -> String {
 }
 
 pub async fn run(args: DemoArgs) -> CliResult {
+    if args.running {
+        let target = Target::running(&args.config)?;
+        println!(
+            "playing against the running broker at https://{}\n",
+            target.broker_addr()
+        );
+        return play(&target, &args.config, "the running broker's").await;
+    }
     let _ = std::fs::remove_dir_all(&args.state);
     std::fs::create_dir_all(&args.state)
         .map_err(|e| format!("cannot create {}: {e}", args.state.display()))?;
@@ -73,17 +168,25 @@ pub async fn run(args: DemoArgs) -> CliResult {
         "starting the broker, {} department adapters and their systems on loopback (mutual TLS)...",
         10
     );
-    let sys = LocalSystem::start(opts).await?;
-    println!("broker at https://{}\n", sys.broker_addr);
+    let sys = Target::Local(Box::new(LocalSystem::start(opts).await?));
+    println!("broker at https://{}\n", sys.broker_addr());
+    let code = play(&sys, &args.config, &log).await;
+    if let Target::Local(sys) = &sys {
+        sys.shutdown();
+    }
+    code
+}
+
+/// The six scenarios, then the verdict.
+async fn play(sys: &Target, config: &std::path::Path, log: &str) -> CliResult {
     let steps: [(&str, Step); 6] = [
-        ("(a) the land port", land_port(&sys, &args.config).await),
-        ("(b) newborn", newborn(&sys, &args.config).await),
-        ("(c) school enrolment", school_enrolment(&sys).await),
-        ("(d) a bad record", bad_record(&sys, &args.config).await),
-        ("(e) a burst over the limit", burst(&sys).await),
-        ("(f) the auditor", auditor(&sys).await),
+        ("(a) the land port", land_port(sys, config).await),
+        ("(b) newborn", newborn(sys, config).await),
+        ("(c) school enrolment", school_enrolment(sys).await),
+        ("(d) a bad record", bad_record(sys, config).await),
+        ("(e) a burst over the limit", burst(sys).await),
+        ("(f) the auditor", auditor(sys).await),
     ];
-    sys.shutdown();
     println!();
     let mut ok = true;
     for (name, result) in &steps {
@@ -104,20 +207,17 @@ pub async fn run(args: DemoArgs) -> CliResult {
 }
 
 async fn ingress(
-    sys: &LocalSystem,
+    sys: &Target,
     dept: &str,
 ) -> Result<IngressClient<tonic::transport::Channel>, String> {
     let addr = sys
-        .adapter_addrs
-        .get(dept)
+        .adapter_addr(dept)
         .ok_or_else(|| format!("no adapter for {dept}"))?;
-    Ok(IngressClient::new(
-        sys.channel(addr, dept).await.map_err(|e| e.to_string())?,
-    ))
+    Ok(IngressClient::new(sys.channel(addr, dept).await?))
 }
 
 async fn submit(
-    sys: &LocalSystem,
+    sys: &Target,
     dept: &str,
     native_type: &str,
     json: Vec<u8>,
@@ -139,15 +239,11 @@ async fn submit(
 }
 
 /// Print what each receiver's system got and check who got it.
-fn show_receipts(sys: &LocalSystem, reply: &SubmitResponse, expected: &[&str]) -> Step {
+fn show_receipts(sys: &Target, reply: &SubmitResponse, expected: &[&str]) -> Step {
     for d in &reply.deliveries {
-        let got = sys
-            .systems
-            .get(&d.receiver)
-            .and_then(|s| s.received().last().cloned());
-        let fields = got
-            .map(|r| keys(r.document.to_string().as_bytes()))
-            .unwrap_or_default();
+        let fields = sys
+            .received_fields(&d.receiver)
+            .unwrap_or_else(|| d.released_fields.join(", "));
         println!(
             "    -> {:<18} {:<9} fields: {fields}",
             d.receiver, d.outcome
@@ -172,7 +268,7 @@ fn show_receipts(sys: &LocalSystem, reply: &SubmitResponse, expected: &[&str]) -
     }
 }
 
-async fn land_port(sys: &LocalSystem, config: &std::path::Path) -> Step {
+async fn land_port(sys: &Target, config: &std::path::Path) -> Step {
     println!(
         "(a) the land port: customs publishes one declaration; border inspection and commerce each get their part"
     );
@@ -191,7 +287,7 @@ async fn land_port(sys: &LocalSystem, config: &std::path::Path) -> Step {
     show_receipts(sys, &reply, &["border-inspection", "commerce"])
 }
 
-async fn newborn(sys: &LocalSystem, config: &std::path::Path) -> Step {
+async fn newborn(sys: &Target, config: &std::path::Path) -> Step {
     println!(
         "(b) newborn: health publishes a birth; public security and medical insurance receive theirs"
     );
@@ -206,7 +302,7 @@ async fn newborn(sys: &LocalSystem, config: &std::path::Path) -> Step {
     show_receipts(sys, &reply, &["public-security", "medical-insurance"])
 }
 
-async fn school_enrolment(sys: &LocalSystem) -> Step {
+async fn school_enrolment(sys: &Target) -> Step {
     println!(
         "(c) school enrolment: education looks up a child and a household at public security, with purpose and approval"
     );
@@ -334,7 +430,7 @@ async fn refused(
     }
 }
 
-async fn bad_record(sys: &LocalSystem, config: &std::path::Path) -> Step {
+async fn bad_record(sys: &Target, config: &std::path::Path) -> Step {
     println!(
         "(d) a bad record: public security submits a person with a wrong identity check character and no name"
     );
@@ -374,12 +470,12 @@ async fn bad_record(sys: &LocalSystem, config: &std::path::Path) -> Step {
     }
 }
 
-async fn burst(sys: &LocalSystem) -> Step {
+async fn burst(sys: &Target) -> Step {
     println!(
         "(e) a burst: education queries faster than its limit; an operator raises it; the burst passes"
     );
     let chan = sys
-        .channel(&sys.broker_addr, "operations")
+        .channel(sys.broker_addr(), "operations")
         .await
         .map_err(|e| e.to_string())?;
     let mut admin = AdminClient::new(chan);
@@ -392,7 +488,7 @@ async fn burst(sys: &LocalSystem) -> Step {
         .into_inner();
     let burst = before.query.as_ref().map_or(10, |r| r.burst) as usize * 2 + 10;
     let education = BrokerClient::new(
-        sys.channel(&sys.broker_addr, "education")
+        sys.channel(sys.broker_addr(), "education")
             .await
             .map_err(|e| e.to_string())?,
     );
@@ -458,10 +554,10 @@ async fn burst(sys: &LocalSystem) -> Step {
     }
 }
 
-async fn auditor(sys: &LocalSystem) -> Step {
+async fn auditor(sys: &Target) -> Step {
     println!("(f) the auditor: what did education receive, and is the log intact?");
     let mut audit = AuditClient::new(
-        sys.channel(&sys.broker_addr, "audit-office")
+        sys.channel(sys.broker_addr(), "audit-office")
             .await
             .map_err(|e| e.to_string())?,
     );

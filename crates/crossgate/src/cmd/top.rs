@@ -95,15 +95,8 @@ pub fn render(top: &TopResponse, broker: &str, now: &str) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<20} {:>8} {:>11} {:>9} {:>9}  {:<16} {:<16} {}",
-        "PARTNER",
-        "CALLS/s",
-        "THROTTLED/s",
-        "ERRORS/s",
-        "P99",
-        "QUERY LIMIT",
-        "PUBLISH LIMIT",
-        "SOURCE"
+        "{:<20} {:>8} {:>11} {:>9} {:>9}  {:<16} {:<16} SOURCE",
+        "PARTNER", "CALLS/s", "THROTTLED/s", "ERRORS/s", "P99", "QUERY LIMIT", "PUBLISH LIMIT"
     );
     for p in &top.partners {
         let _ = writeln!(s, "{}", row(p));
