@@ -222,6 +222,11 @@ impl Writer {
 
     /// Commit what is queued, close the store and let go of the chain.
     /// Returns once every clone of this writer is gone and the thread ended.
+    /// Entries (and other jobs) waiting for the writer thread.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     pub fn close(self) {
         let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(self);

@@ -201,6 +201,7 @@ impl Broker {
                 None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
             },
         };
+        let mut writer_queue = None;
         let (audit, audit_reader, approval_uses): (Arc<dyn AuditSink>, _, _) = match wiring.audit {
             AuditChoice::Store(log) => {
                 let (spent, writer) = off_runtime(|| {
@@ -208,6 +209,7 @@ impl Broker {
                         .map_err(DeploymentError::ApprovalUses)?;
                     Ok::<_, DeploymentError>((spent, log.start()?))
                 })?;
+                writer_queue = Some(writer.clone());
                 (
                     Arc::new(writer),
                     Some(AuditReader {
@@ -231,6 +233,9 @@ impl Broker {
             inner: audit,
             metrics: metrics.clone(),
         });
+        if let Some(writer) = writer_queue {
+            metrics.on_scrape(move |m| m.audit_queue_depth(writer.queue_depth()));
+        }
         if let Some(admin) = &admin {
             let limits = admin.limits.clone();
             let partners: Vec<String> = dep
@@ -253,11 +258,13 @@ impl Broker {
             });
         }
         // Every partner with an adapter may receive.
-        let receivers = dep
+        let receivers: Vec<String> = dep
             .partners
             .iter()
             .filter(|p| p.adapter.is_some())
-            .map(|p| p.id.clone());
+            .map(|p| p.id.clone())
+            .collect();
+        count_dead_letters(&receivers, audit.clone(), metrics.clone());
         let outbox = Outbox::start(
             receivers,
             adapters.clone(),
@@ -295,4 +302,45 @@ impl Broker {
         }
         Ok(broker)
     }
+}
+
+/// Every 15 s, the dead items owed to each receiver, from the store (all
+/// replicas' together): `crossgate_outbox_items{state="dead"}`. Dead items
+/// wait for an operator's replay or purge, so there are few; at most
+/// `MAX_DEAD_COUNTED` are read.
+fn count_dead_letters(
+    receivers: &[String],
+    audit: Arc<dyn AuditSink>,
+    metrics: Arc<crossgate_metrics::Metrics>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+    const MAX_DEAD_COUNTED: usize = 100_000;
+    let levels: Vec<(String, crossgate_metrics::Level)> = receivers
+        .iter()
+        .map(|r| (r.clone(), metrics.outbox_items(r, "dead")))
+        .collect();
+    // Weak: the count stops with the broker, and keeps no log open.
+    let audit = Arc::downgrade(&audit);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(audit) = audit.upgrade() else { return };
+            let dead = audit
+                .outbox(crate::audit::OutboxFilter {
+                    state: Some(crate::audit::State::Dead),
+                    undelivered: true,
+                    limit: MAX_DEAD_COUNTED,
+                    ..Default::default()
+                })
+                .await;
+            // A store that cannot be read now is read at the next tick; the
+            // gauges keep their last value.
+            let Ok(dead) = dead else { continue };
+            for (receiver, level) in &levels {
+                level.set(dead.iter().filter(|i| &i.receiver == receiver).count());
+            }
+        }
+    });
 }

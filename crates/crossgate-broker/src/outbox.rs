@@ -136,6 +136,7 @@ impl Outbox {
                 sweep,
                 take_over_due: false,
                 turn: 0,
+                held: metrics.as_ref().map(|m| m.outbox_items(&receiver, "held")),
                 metrics: metrics.clone(),
             };
             tasks.push(tokio::spawn(lane.run(rx, stopped.clone())));
@@ -343,6 +344,8 @@ struct Lane {
     turn: u64,
     /// Delivery attempts counted by outcome.
     metrics: Option<Arc<crossgate_metrics::Metrics>>,
+    /// `crossgate_outbox_items{state="held"}`: waiting, in backoff or being sent.
+    held: Option<crossgate_metrics::Level>,
 }
 
 /// This replica's lease on the items it holds (a store shared by replicas).
@@ -451,6 +454,9 @@ impl Lane {
                 }
             }
             let backoff = self.retry_at;
+            if let Some(held) = &self.held {
+                held.set(self.queue.len() + in_flight.len());
+            }
             let idle = self.queue.is_empty() && in_flight.is_empty();
             // Wake when the lease starts lapsing, to let go in time.
             let lapse = self

@@ -97,6 +97,8 @@ pub struct Metrics {
     steps: Histograms<Step>,
     partners: HashSet<String>,
     record_types: HashSet<String>,
+    outbox: Family<OutboxLabels, Gauge>,
+    audit_queue: Gauge,
     /// Run before each scrape (e.g. to read the limits in force).
     refresh: Mutex<Vec<Refresh>>,
 }
@@ -104,6 +106,22 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    receiver: String,
+    state: &'static str,
+}
+
+/// A gauge to set: a count that goes up and down.
+#[derive(Clone, Debug, Default)]
+pub struct Level(Gauge);
+
+impl Level {
+    pub fn set(&self, n: usize) {
+        self.0.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
@@ -143,6 +161,8 @@ impl Metrics {
         let audit_append = latency();
         let audit_failures = Counter::default();
         let steps = Histograms::<Step>::new_with_constructor(latency);
+        let outbox = Family::<OutboxLabels, Gauge>::default();
+        let audit_queue = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register(
             "grpc_server_started",
             "RPCs started on the server",
@@ -196,8 +216,21 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             steps.clone(),
         );
+        registry.register(
+            "crossgate_outbox_items",
+            "Deliveries owed to each receiver: held (waiting, in backoff or being sent) by this \
+             replica, and dead (given up, in the store, read every 15 s)",
+            outbox.clone(),
+        );
+        registry.register(
+            "crossgate_audit_queue_depth",
+            "Audit entries waiting for the log's writer",
+            audit_queue.clone(),
+        );
         Arc::new(Metrics {
             registry,
+            outbox,
+            audit_queue,
             started,
             handled,
             handling,
@@ -228,6 +261,24 @@ impl Metrics {
         } else {
             "other".to_owned()
         }
+    }
+
+    /// A receiver's outbox items in `state` ("held" or "dead"), as a
+    /// handle to set again and again without a lookup.
+    pub fn outbox_items(&self, receiver: &str, state: &'static str) -> Level {
+        Level(
+            self.outbox
+                .get_or_create(&OutboxLabels {
+                    receiver: self.partner(receiver),
+                    state,
+                })
+                .clone(),
+        )
+    }
+
+    /// Entries waiting for the audit log's writer.
+    pub fn audit_queue_depth(&self, n: usize) {
+        self.audit_queue.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// One decision written to the audit log.

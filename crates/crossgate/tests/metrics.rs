@@ -250,6 +250,36 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
         );
     }
     assert!(value(&m, "crossgate_audit_append_seconds_count", &[]) >= ok + denied);
+    // Everything delivered: nothing held, nothing dead, nothing waiting
+    // for the log's writer — and the series are there to alert on.
+    for receiver in ["border-inspection", "commerce"] {
+        for state in ["held", "dead"] {
+            let series = m.samples.iter().find(|s| {
+                s.metric == "crossgate_outbox_items"
+                    && s.labels.get("receiver") == Some(receiver)
+                    && s.labels.get("state") == Some(state)
+            });
+            assert!(
+                series.is_some(),
+                "crossgate_outbox_items {receiver} {state}"
+            );
+            assert_eq!(
+                value(
+                    &m,
+                    "crossgate_outbox_items",
+                    &[("receiver", receiver), ("state", state)]
+                ),
+                0.0
+            );
+        }
+    }
+    assert!(
+        m.samples
+            .iter()
+            .any(|s| s.metric == "crossgate_audit_queue_depth"),
+        "the audit queue depth is exported"
+    );
+    assert_eq!(value(&m, "crossgate_audit_queue_depth", &[]), 0.0);
     // Bounded: every partner-like label value is a party of partners.toml or "other".
     let partners = std::fs::read_to_string(dir.join("partners.toml")).unwrap();
     for sample in &m.samples {
