@@ -12,9 +12,9 @@ EXPORTED = {
     "grpc_server_handling_seconds_bucket", "crossgate_decisions_total",
     "crossgate_throttled_total", "crossgate_limit_rate", "crossgate_deliveries_total",
     "crossgate_audit_append_seconds_bucket", "crossgate_audit_failures_total",
-    "crossgate_step_seconds_bucket",
+    "crossgate_step_seconds_bucket", "crossgate_outbox_items", "crossgate_audit_queue_depth",
 }
-FUNCTIONS = {"increase", "rate", "sum", "by", "histogram_quantile", "label_replace"}
+FUNCTIONS = {"increase", "rate", "sum", "by", "histogram_quantile", "label_replace", "max", "delta"}
 
 
 def series(expr):
