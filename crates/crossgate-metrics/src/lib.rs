@@ -247,8 +247,10 @@ impl Metrics {
         })
     }
 
+    /// A known partner, empty (no provider: an auditor's search, an
+    /// operator's change) or `other`.
     fn partner(&self, id: &str) -> String {
-        if self.partners.contains(id) {
+        if id.is_empty() || self.partners.contains(id) {
             id.to_owned()
         } else {
             "other".to_owned()

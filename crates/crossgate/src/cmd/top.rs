@@ -29,11 +29,16 @@ const EVERY: Duration = Duration::from_secs(1);
 pub async fn run(args: TopArgs) -> CliResult {
     let stop = crate::cmd::stop_signal();
     tokio::pin!(stop);
-    let broker = args
-        .conn
-        .broker
-        .clone()
-        .unwrap_or_else(|| "the broker".into());
+    let broker = match &args.conn.broker {
+        Some(list) => list.clone(),
+        None => args
+            .conn
+            .endpoint("operations", "broker", None)?
+            .uri()
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned(),
+    };
     let mut admin = AdminClient::new(args.conn.channel("operations").await?);
     let frames = if args.once { Some(1) } else { args.frames };
     let terminal = std::io::stdout().is_terminal();
