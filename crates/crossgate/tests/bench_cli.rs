@@ -5,17 +5,8 @@
 
 mod common;
 
-use common::{ROOT, config_copy, wait_for};
-use std::process::{Child, Command, Output, Stdio};
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{ROOT, Up};
+use std::process::{Command, Output};
 
 fn bench(config: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_crossgate"))
@@ -53,32 +44,14 @@ const LOOKUP: [&str; 8] = [
 
 #[test]
 fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
-    let dir = crossgate_testing::TempDir::new("bench");
-    let (broker_port, adapters) = config_copy(&dir);
-    // The reference systems answer from the shipped fixtures.
-    crossgate_testing::copy_dir(
-        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
-        &dir.join("fixtures"),
-    );
     // Limits out of the way: the load is what is measured.
-    std::fs::write(
-        dir.join("limits.toml"),
+    let mut up = Up::start(
+        "bench",
+        "",
         "[default]\nrate = \"100000/s\"\nburst = 100000\n",
-    )
-    .unwrap();
-    let config = dir.to_str().unwrap();
-    let up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", config])
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_for(broker_port);
-    for (_, port) in &adapters {
-        wait_for(*port);
-    }
-    let pid = up.0.id().to_string();
+    );
+    let config = &up.config().to_owned();
+    let pid = up.child.id().to_string();
     let short = [
         "--secs",
         "0.6",
@@ -170,7 +143,7 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     assert!(j["ok"].as_u64().unwrap() > 0, "{j}");
 
     // Publishes from customs: each a new record, delivered to its receivers.
-    let record = dir.join("declaration.json");
+    let record = up.dir.join("declaration.json");
     std::fs::write(&record, DECLARATION).unwrap();
     let record = record.to_str().unwrap();
     let mut publish = vec![
@@ -231,7 +204,7 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     let out = bench(config, &bad);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PATH=VALUE"));
-    drop(up);
+    up.kill();
     let mut gone = vec!["query"];
     gone.extend(LOOKUP);
     let out = bench(config, &gone);

@@ -6,22 +6,12 @@
 
 mod common;
 
-use common::{ROOT, config_copy, wait_for};
-use crossgate_proto::broker_client::BrokerClient;
-use crossgate_proto::{Criterion, PublishRequest, QueryRequest, Record};
+use common::{ROOT, Up, person_lookup, wait_for};
+use crossgate_proto::{PublishRequest, Record};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn scrape(port: u16) -> prometheus_parse::Scrape {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -55,71 +45,23 @@ const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction
 
 #[test]
 fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() {
-    let dir = crossgate_testing::TempDir::new("metrics");
-    let (broker_port, adapters) = config_copy(&dir);
-    crossgate_testing::copy_dir(
-        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
-        &dir.join("fixtures"),
-    );
     let metrics_port = crossgate_testing::free_port();
-    std::fs::write(
-        dir.join("broker.toml"),
-        format!(
-            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             [audit]\nstore = \"sqlite:{}\"\n",
-            dir.join("certs").display(),
-            dir.join("audit.db").display()
-        ),
-    )
-    .unwrap();
     // Education: 20/s with a burst of 10, so that a quick run is throttled.
-    std::fs::write(
-        dir.join("limits.toml"),
+    let up = Up::start(
+        "metrics",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
         "[default]\nrate = \"1000/s\"\nburst = 1000\n[partner.education]\nrate = \"20/s\"\nburst = 10\n",
-    )
-    .unwrap();
-    let config = dir.to_str().unwrap();
-    let _up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", config])
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_for(broker_port);
-    for (_, port) in &adapters {
-        wait_for(*port);
-    }
+    );
     wait_for(metrics_port);
-
-    let certs = dir.join("certs");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     let seen: HashMap<tonic::Code, u32> = runtime.block_on(async {
-        let client = |party: &str| {
-            let tls = crossgate_tls::Bundle::load(&certs, party).unwrap();
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{broker_port}"))
-                    .unwrap()
-                    .tls_config(tls.client_for("broker"))
-                    .unwrap()
-                    .connect_lazy();
-            BrokerClient::new(channel)
-        };
+        let client = |party: &str| up.client(party);
         let mut education = client("education");
         let mut seen = HashMap::new();
-        let lookup = |provider: &str, purpose: &str| QueryRequest {
-            provider: provider.into(),
-            record_type: "person.v1".into(),
-            purpose: purpose.into(),
-            approval_reference: String::new(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: "110105198405049582".into(),
-            }],
-        };
+        let lookup = person_lookup;
         // 30 lookups at once: the first ten or so pass, the rest are throttled.
         for _ in 0..30 {
             let code = match education
@@ -281,7 +223,7 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
     );
     assert_eq!(value(&m, "crossgate_audit_queue_depth", &[]), 0.0);
     // Bounded: every partner-like label value is a party of partners.toml or "other".
-    let partners = std::fs::read_to_string(dir.join("partners.toml")).unwrap();
+    let partners = std::fs::read_to_string(up.dir.join("partners.toml")).unwrap();
     for sample in &m.samples {
         for key in ["consumer", "provider", "partner", "receiver"] {
             if let Some(v) = sample.labels.get(key) {
@@ -301,35 +243,16 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
 /// throttled calls exactly as many as the demo saw throttled.
 #[test]
 fn the_demo_against_a_running_up_is_counted_exactly() {
-    let dir = crossgate_testing::TempDir::new("metrics_demo");
-    let (broker_port, adapters) = config_copy(&dir);
-    let local = std::path::Path::new(ROOT).join("deploy/local");
-    crossgate_testing::copy_dir(&local.join("fixtures"), &dir.join("fixtures"));
-    std::fs::copy(local.join("limits.toml"), dir.join("limits.toml")).unwrap();
     let metrics_port = crossgate_testing::free_port();
-    let store = format!("sqlite:{}", dir.join("audit.db").display());
-    std::fs::write(
-        dir.join("broker.toml"),
-        format!(
-            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
-             [audit]\nstore = \"{store}\"\n",
-            dir.join("certs").display(),
-        ),
-    )
-    .unwrap();
-    let config = dir.to_str().unwrap();
-    let _up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", config])
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_for(broker_port);
-    for (_, port) in &adapters {
-        wait_for(*port);
-    }
+    let up = Up::start(
+        "metrics_demo",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+        &std::fs::read_to_string(std::path::Path::new(ROOT).join("deploy/local/limits.toml"))
+            .unwrap(),
+    );
     wait_for(metrics_port);
+    let config = up.config();
+    let store = up.store();
 
     let demo = Command::new(env!("CARGO_BIN_EXE_crossgate"))
         .args(["demo", "--running", "--config", config])

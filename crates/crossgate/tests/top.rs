@@ -6,22 +6,11 @@
 
 mod common;
 
-use common::{ROOT, config_copy, wait_for};
-use crossgate_proto::broker_client::BrokerClient;
-use crossgate_proto::{Criterion, QueryRequest};
-use std::process::{Child, Command, Stdio};
+use common::{ROOT, Up, broker_client, person_lookup};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-struct Up(Child);
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Education's row of one frame, split at whitespace:
 /// partner, calls/s, throttled/s, errors/s, p99, then the limits.
@@ -54,74 +43,31 @@ fn number(s: &str) -> f64 {
 
 #[test]
 fn top_shows_a_partner_throttled_and_the_effect_of_a_new_limit_at_once() {
-    let dir = crossgate_testing::TempDir::new("top");
-    let (broker_port, adapters) = config_copy(&dir);
-    crossgate_testing::copy_dir(
-        &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
-        &dir.join("fixtures"),
-    );
-    std::fs::write(
-        dir.join("broker.toml"),
-        format!(
-            "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\nmetrics_listen = \"off\"\n\
-             [audit]\nstore = \"sqlite:{}\"\n",
-            dir.join("certs").display(),
-            dir.join("audit.db").display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("limits.toml"),
+    let up = Up::start(
+        "top",
+        "metrics_listen = \"off\"",
         "[default]\nrate = \"1000/s\"\nburst = 1000\n[partner.education]\nrate = \"20/s\"\nburst = 10\n",
-    )
-    .unwrap();
-    let config = dir.to_str().unwrap().to_owned();
-    let _up = Up(Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", &config])
-        .current_dir(ROOT)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_for(broker_port);
-    for (_, port) in &adapters {
-        wait_for(*port);
-    }
+    );
+    let config = up.config().to_owned();
 
     // Education asks about 60 times a second until the test ends.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
-        let certs = dir.join("certs");
+        let certs = up.dir.join("certs");
+        let port = up.broker_port;
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             runtime.block_on(async {
-                let tls = crossgate_tls::Bundle::load(&certs, "education").unwrap();
-                let channel = tonic::transport::Endpoint::from_shared(format!(
-                    "https://127.0.0.1:{broker_port}"
-                ))
-                .unwrap()
-                .tls_config(tls.client_for("broker"))
-                .unwrap()
-                .connect_lazy();
-                let mut client = BrokerClient::new(channel);
+                let mut client = broker_client(&certs, "education", port);
                 let mut tick = tokio::time::interval(Duration::from_millis(16));
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
                     let _ = client
-                        .query(QueryRequest {
-                            provider: "public-security".into(),
-                            record_type: "person.v1".into(),
-                            purpose: "school-enrolment".into(),
-                            approval_reference: String::new(),
-                            criteria: vec![Criterion {
-                                path: "/id_number".into(),
-                                value: "110105198405049582".into(),
-                            }],
-                        })
+                        .query(person_lookup("public-security", "school-enrolment"))
                         .await;
                 }
             });

@@ -9,9 +9,7 @@
 
 mod common;
 
-use common::{ROOT, TempDir, config_copy, wait_for};
-use crossgate_proto::broker_client::BrokerClient;
-use crossgate_proto::{Criterion, QueryRequest};
+use common::{ROOT, TempDir, broker_client, config_copy, person_lookup, wait_for};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -167,27 +165,14 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
     let query = |traceparent: &'static str| {
         let certs = certs.clone();
         async move {
-            let tls = crossgate_tls::Bundle::load(&certs, "education").unwrap();
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{broker_port}"))
-                    .unwrap()
-                    .tls_config(tls.client_for("broker"))
-                    .unwrap()
-                    .connect_lazy();
-            let mut request = tonic::Request::new(QueryRequest {
-                provider: "public-security".into(),
-                record_type: "person.v1".into(),
-                purpose: "school-enrolment".into(),
-                approval_reference: String::new(),
-                criteria: vec![Criterion {
-                    path: "/id_number".into(),
-                    value: "110105198405049582".into(),
-                }],
-            });
+            let mut request =
+                tonic::Request::new(person_lookup("public-security", "school-enrolment"));
             request
                 .metadata_mut()
                 .insert("traceparent", traceparent.parse().unwrap());
-            BrokerClient::new(channel).query(request).await
+            broker_client(&certs, "education", broker_port)
+                .query(request)
+                .await
         }
     };
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

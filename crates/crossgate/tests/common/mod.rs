@@ -15,3 +15,114 @@ pub fn crossgate(args: &[&str]) -> Command {
         .stderr(Stdio::null());
     c
 }
+
+/// `crossgate up` from a copy of `deploy/local` on free loopback ports, its
+/// reference systems seeded from the shipped fixtures; killed when dropped.
+pub struct Up {
+    pub dir: TempDir,
+    pub broker_port: u16,
+    pub child: std::process::Child,
+}
+
+impl Up {
+    /// `broker_extra`: lines for broker.toml besides listen, certs and the
+    /// audit store (SQLite in the folder); `limits`: limits.toml's text.
+    pub fn start(name: &str, broker_extra: &str, limits: &str) -> Up {
+        let dir = TempDir::new(name);
+        let (broker_port, adapters) = config_copy(&dir);
+        crossgate_testing::copy_dir(
+            &std::path::Path::new(ROOT).join("deploy/local/fixtures"),
+            &dir.join("fixtures"),
+        );
+        std::fs::write(
+            dir.join("broker.toml"),
+            format!(
+                "listen = \"127.0.0.1:{broker_port}\"\ncerts = \"{}\"\n{broker_extra}\n\
+                 [audit]\nstore = \"sqlite:{}\"\n",
+                dir.join("certs").display(),
+                dir.join("audit.db").display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("limits.toml"), limits).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+            .args(["up", "--config", dir.to_str().unwrap()])
+            .current_dir(ROOT)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = Up {
+            dir,
+            broker_port,
+            child,
+        };
+        wait_for(broker_port);
+        for (_, port) in &adapters {
+            wait_for(*port);
+        }
+        up
+    }
+
+    /// Kill the processes; the folder stays until the end.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The config folder, for `--config`.
+    pub fn config(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+
+    /// The audit store, for `audit --store`.
+    pub fn store(&self) -> String {
+        format!("sqlite:{}", self.dir.join("audit.db").display())
+    }
+
+    /// A Broker client over mutual TLS as `party` (connects on first use).
+    /// Call inside a tokio runtime.
+    pub fn client(
+        &self,
+        party: &str,
+    ) -> crossgate_proto::broker_client::BrokerClient<tonic::transport::Channel> {
+        broker_client(&self.dir.join("certs"), party, self.broker_port)
+    }
+}
+
+/// A Broker client over mutual TLS as `party` with the certificates in
+/// `certs` (connects on first use); call inside a tokio runtime.
+pub fn broker_client(
+    certs: &std::path::Path,
+    party: &str,
+    port: u16,
+) -> crossgate_proto::broker_client::BrokerClient<tonic::transport::Channel> {
+    let tls = crossgate_tls::Bundle::load(certs, party).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls.client_for("broker"))
+        .unwrap()
+        .connect_lazy();
+    crossgate_proto::broker_client::BrokerClient::new(channel)
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Education's lookup of one person at public security, for `purpose`.
+pub fn person_lookup(provider: &str, purpose: &str) -> crossgate_proto::QueryRequest {
+    crossgate_proto::QueryRequest {
+        provider: provider.into(),
+        record_type: "person.v1".into(),
+        purpose: purpose.into(),
+        approval_reference: String::new(),
+        criteria: vec![crossgate_proto::Criterion {
+            path: "/id_number".into(),
+            value: "110105198405049582".into(),
+        }],
+    }
+}
