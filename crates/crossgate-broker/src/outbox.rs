@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 /// What a publisher hears of its delivery within its call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +57,8 @@ enum Msg {
 struct Pending {
     item: Item,
     notify: Option<oneshot::Sender<Attempt>>,
+    /// The publish's trace, when it was accepted by this process.
+    trace: crossgate_telemetry::TraceParent,
 }
 
 impl Pending {
@@ -208,6 +211,7 @@ impl Outbox {
                 let pending = Box::new(Pending {
                     item,
                     notify: Some(notify),
+                    trace: crossgate_telemetry::TraceParent::current(),
                 });
                 if let Err(e) = lane.tx.try_send(Msg::New(pending)) {
                     // The item is in the store; the lane reads it back.
@@ -597,7 +601,11 @@ impl Lane {
                         left_out = true;
                     } else {
                         self.known.insert(item.delivery_id.clone());
-                        self.queue.push_back(Pending { item, notify: None });
+                        self.queue.push_back(Pending {
+                            item,
+                            notify: None,
+                            trace: Default::default(),
+                        });
                     }
                 }
                 self.spilled = left_out || (full && !take_over);
@@ -852,7 +860,9 @@ async fn send(
             Ok(mut client) => {
                 let mut req = tonic::Request::new(request);
                 req.set_timeout(timeout);
-                match tokio::time::timeout(timeout, client.deliver(req)).await {
+                let span = pending.trace.client_step("deliver");
+                span.in_scope(|| crossgate_telemetry::inject(req.metadata_mut()));
+                match tokio::time::timeout(timeout, client.deliver(req).instrument(span)).await {
                     Ok(result) => result.map(|_| ()),
                     Err(_) => Err(Status::deadline_exceeded("no answer in time")),
                 }

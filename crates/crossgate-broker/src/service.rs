@@ -17,7 +17,7 @@ use crossgate_proto::{
     ListSchemasResponse, PublishRequest, PublishResponse, QueryRequest, QueryResponse, Record,
     SchemaInfo,
 };
-use crossgate_telemetry::{server_span, step};
+use crossgate_telemetry::{edge_span, step};
 use prost::Message;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -509,7 +509,7 @@ impl BrokerService for Broker {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         let broker = self.clone();
-        let span = server_span("crossgate.v1.Broker/Publish", request.metadata());
+        let span = edge_span("crossgate.v1.Broker/Publish", request.metadata());
         detached(async move { broker.publish_steps(request).await }.instrument(span)).await
     }
 
@@ -518,7 +518,7 @@ impl BrokerService for Broker {
         request: Request<QueryRequest>,
     ) -> Result<Response<QueryResponse>, Status> {
         let broker = self.clone();
-        let span = server_span("crossgate.v1.Broker/Query", request.metadata());
+        let span = edge_span("crossgate.v1.Broker/Query", request.metadata());
         detached(async move { broker.query_steps(request).await }.instrument(span)).await
     }
 

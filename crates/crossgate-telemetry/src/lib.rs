@@ -5,10 +5,16 @@
 //!   and record types, never a record's contents or a secret.
 //! - **Traces** go to an OpenTelemetry collector over OTLP/gRPC when an
 //!   endpoint is set (configuration, or `OTEL_EXPORTER_OTLP_ENDPOINT`);
-//!   otherwise no span is even built. A call's span takes its parent from
-//!   the caller's W3C `traceparent` ([`server_span`]) and the broker passes
-//!   its own on to the adapter, and the adapter to the department system
-//!   ([`inject`]). Each pipeline step is a child span ([`step`]).
+//!   otherwise no span is even built. Each pipeline step is a child span
+//!   ([`step`]); a call to another process carries the W3C `traceparent`
+//!   of the step that makes it ([`inject`]).
+//! - **Department boundaries.** A call from a partner starts a trace of the
+//!   broker's own, *linked* to the caller's span ([`edge_span`]): the
+//!   caller's trace id, sampling flag and `tracestate` never reach another
+//!   department, and a partner cannot choose the trace the gateway's spans
+//!   land in. Within the gateway (broker → adapter) and within a department
+//!   (its system → its adapter, its adapter → its system) a call's span is
+//!   the child of the caller's ([`server_span`]).
 //!
 //! Only spans with the target [`TRACE`] are exported: log events never
 //! become span events, so nothing a log line holds leaves through traces.
@@ -97,11 +103,11 @@ impl Telemetry {
         let Some(provider) = self.provider else {
             return;
         };
+        // Bounded inside too: the runtime waits for this thread as it stops.
         let flush = tokio::task::spawn_blocking(move || {
-            let _ = provider.force_flush();
-            let _ = provider.shutdown();
+            let _ = provider.shutdown_with_timeout(Duration::from_secs(3));
         });
-        let _ = tokio::time::timeout(Duration::from_secs(5), flush).await;
+        let _ = tokio::time::timeout(Duration::from_secs(4), flush).await;
     }
 }
 
@@ -196,8 +202,9 @@ fn exporter(endpoint: &str, service: &str) -> Result<SdkTracerProvider, Telemetr
         .build())
 }
 
-/// The span of one gRPC call this process serves, a child of the caller's
-/// `traceparent` if it sent a valid one. `name` is `package.Service/Method`.
+/// The span of one gRPC call from a trusted caller (the broker, or the
+/// department's own system), a child of its `traceparent` if it sent a
+/// valid one. `name` is `package.Service/Method`.
 pub fn server_span(name: &'static str, metadata: &MetadataMap) -> Span {
     let span = tracing::info_span!(
         target: TRACE,
@@ -214,6 +221,61 @@ pub fn server_span(name: &'static str, metadata: &MetadataMap) -> Span {
         }
     }
     span
+}
+
+/// The span of one gRPC call from a partner department: the root of a
+/// trace of the broker's own, linked to the caller's span if it sent a
+/// valid `traceparent` (its tracing can find the gateway's trace; nothing
+/// of it is passed on).
+pub fn edge_span(name: &'static str, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        target: TRACE,
+        "rpc",
+        otel.name = name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        request_id = tracing::field::Empty,
+    );
+    if !span.is_disabled() {
+        // An explicit empty parent: a root, whatever span is current.
+        let _ = span.set_parent(opentelemetry::Context::new());
+        let caller = TraceContextPropagator::new().extract(&Metadata(metadata));
+        let caller = caller.span().span_context().clone();
+        if caller.is_valid() {
+            span.add_link(caller);
+        }
+    }
+    span
+}
+
+/// Where a piece of work started, to continue its trace later in another
+/// task (a delivery sent by the outbox after the publish was accepted).
+#[derive(Clone, Debug, Default)]
+pub struct TraceParent(Option<opentelemetry::Context>);
+
+impl TraceParent {
+    /// The current span's context (nothing when traces are off).
+    pub fn current() -> Self {
+        let span = Span::current();
+        if span.is_disabled() {
+            return TraceParent(None);
+        }
+        let cx = span.context();
+        if cx.span().span_context().is_valid() {
+            TraceParent(Some(cx))
+        } else {
+            TraceParent(None)
+        }
+    }
+
+    /// A client step under this parent (or a new trace without one).
+    pub fn client_step(&self, name: &'static str) -> Span {
+        let span = client_step(name);
+        if !span.is_disabled() {
+            let _ = span.set_parent(self.0.clone().unwrap_or_default());
+        }
+        span
+    }
 }
 
 /// A pipeline step's span, a child of the current one.

@@ -1,15 +1,20 @@
-//! Traces over OTLP: a broker and an adapter, each its own process, export
-//! to a collector run by the test (a tonic server implementing the OTLP
-//! trace service). One Query, sent with the caller's own `traceparent`,
-//! arrives as one trace: the caller's span is the parent of the broker's
-//! call span, its steps are the call span's children, the adapter's Fetch
-//! span is a child of the broker's forward step, and the adapter's call to
-//! the department system is a child of that. The audit entry's request id
-//! ends in the trace id.
+//! Traces over OTLP: a broker and three adapters, each its own process,
+//! export to a collector run by the test (a tonic server implementing the
+//! OTLP trace service).
+//!
+//! - One Query, sent with the caller's own `traceparent`, is one trace of
+//!   the broker's own, linked to the caller's span (the caller's trace id
+//!   reaches no other process): its steps are the call span's children, the
+//!   provider adapter's Fetch span is a child of the broker's forward step,
+//!   and the adapter's call to the department system a child of that.
+//! - One Publish: each delivery is a child of the publish's forward step,
+//!   and each receiver adapter's Deliver span a child of its delivery.
+//! - The audit entry's request id ends in the trace id.
 
 mod common;
 
 use common::{ROOT, TempDir, broker_client, config_copy, person_lookup, wait_for};
+use crossgate_proto::{PublishRequest, Record};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -29,6 +34,8 @@ struct Seen {
     trace: String,
     id: String,
     parent: String,
+    /// (trace, span) of each linked span.
+    links: Vec<(String, String)>,
 }
 
 #[derive(Clone, Default)]
@@ -59,6 +66,11 @@ impl TraceService for Collector {
                     trace: hex(&span.trace_id),
                     id: hex(&span.span_id),
                     parent: hex(&span.parent_span_id),
+                    links: span
+                        .links
+                        .iter()
+                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
+                        .collect(),
                 });
             }
         }
@@ -94,11 +106,13 @@ fn crossgate(dir: &TempDir, args: &[&str]) -> Command {
     c
 }
 
+const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}]}"#;
+
 const CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
 
 #[test]
-fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
+fn a_query_and_a_publish_are_each_one_trace_across_the_broker_and_the_adapters() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let collector = Collector::default();
     let listener = runtime
@@ -131,35 +145,33 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
         .status()
         .unwrap();
     assert!(made.success());
-    let adapter_port = adapters
-        .iter()
-        .find(|(id, _)| id == "public-security")
-        .unwrap()
-        .1;
     let mut running = Running(vec![]);
     running.0.push(
         crossgate(&dir, &["broker", "--config", "."])
             .spawn()
             .unwrap(),
     );
-    running.0.push(
-        crossgate(
-            &dir,
-            &[
-                "adapter",
-                "--config",
-                ".",
-                "--department",
-                "public-security",
-                "--state",
-                "state",
-            ],
-        )
-        .spawn()
-        .unwrap(),
-    );
     wait_for(broker_port);
-    wait_for(adapter_port);
+    // The provider of the query, and the receivers of a declaration.
+    for dept in ["public-security", "border-inspection", "commerce"] {
+        running.0.push(
+            crossgate(
+                &dir,
+                &[
+                    "adapter",
+                    "--config",
+                    ".",
+                    "--department",
+                    dept,
+                    "--state",
+                    "state",
+                ],
+            )
+            .spawn()
+            .unwrap(),
+        );
+        wait_for(adapters.iter().find(|(id, _)| id == dept).unwrap().1);
+    }
 
     let certs = dir.join("certs");
     let query = |traceparent: &'static str| {
@@ -181,10 +193,16 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
         .expect("the query is answered")
         .into_inner();
     assert_eq!(answer.records.len(), 1);
-    assert!(
-        answer.request_id.ends_with(&format!("-{CALLER_TRACE}")),
-        "the request id ends in the caller's trace id: {}",
+    let trace = answer.request_id.rsplit('-').next().unwrap().to_owned();
+    assert_eq!(
+        trace.len(),
+        32,
+        "the request id ends in a trace id: {}",
         answer.request_id
+    );
+    assert_ne!(
+        trace, CALLER_TRACE,
+        "the broker's own trace, not the caller's"
     );
 
     // A forged traceparent is ignored: the call is answered and starts a
@@ -198,27 +216,59 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
     assert!(own_trace.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(own_trace, CALLER_TRACE);
 
-    // Both processes export within a moment (batches every 100 ms).
-    let wanted = |spans: &[Seen]| {
-        spans
+    // Customs publishes a declaration: border inspection and commerce get it.
+    let published = runtime
+        .block_on(async {
+            broker_client(&certs, "customs", broker_port)
+                .publish(PublishRequest {
+                    record: Some(Record {
+                        record_type: "customs-declaration.v1".into(),
+                        record_id: "E-traces-1".into(),
+                        json: DECLARATION.as_bytes().to_vec(),
+                    }),
+                    ..Default::default()
+                })
+                .await
+        })
+        .expect("the publish is accepted")
+        .into_inner();
+    assert_eq!(published.deliveries.len(), 2);
+    let publish_trace = published.request_id.rsplit('-').next().unwrap().to_owned();
+
+    // Every process exports within a moment (batches every 100 ms).
+    let spans_of = |trace: &str| -> Vec<Seen> {
+        collector
+            .0
+            .lock()
+            .unwrap()
             .iter()
-            .any(|s| s.trace == CALLER_TRACE && s.name == "crossgate.v1.Department/Fetch")
-            && spans
+            .filter(|s| s.trace == trace)
+            .cloned()
+            .collect()
+    };
+    let wanted = || {
+        let query = spans_of(&trace);
+        let publish = spans_of(&publish_trace);
+        query
+            .iter()
+            .any(|s| s.name == "crossgate.v1.Department/Fetch")
+            && query.iter().any(|s| s.name == "audit")
+            && publish
                 .iter()
-                .any(|s| s.trace == CALLER_TRACE && s.name == "audit")
+                .filter(|s| s.name == "crossgate.v1.Department/Deliver")
+                .count()
+                == 2
     };
     let until = Instant::now() + Duration::from_secs(20);
-    while !wanted(&collector.0.lock().unwrap()) && Instant::now() < until {
+    while !wanted() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let spans: Vec<Seen> = collector
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.trace == CALLER_TRACE)
-        .cloned()
-        .collect();
+    assert!(
+        spans_of(CALLER_TRACE).is_empty(),
+        "the caller's trace id is in no span: {:#?}",
+        spans_of(CALLER_TRACE)
+    );
+    let spans = spans_of(&trace);
     let one = |service: &str, name: &str| -> Seen {
         let found: Vec<&Seen> = spans
             .iter()
@@ -228,7 +278,15 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
         found[0].clone()
     };
     let call = one("crossgate-broker", "crossgate.v1.Broker/Query");
-    assert_eq!(call.parent, CALLER_SPAN, "the caller's span is the parent");
+    assert_eq!(
+        call.parent, "",
+        "a partner's call starts the broker's own trace"
+    );
+    assert_eq!(
+        call.links,
+        vec![(CALLER_TRACE.to_owned(), CALLER_SPAN.to_owned())],
+        "linked to the caller's span"
+    );
     for step in ["authorise", "screen", "audit"] {
         assert_eq!(
             one("crossgate-broker", step).parent,
@@ -251,6 +309,42 @@ fn one_query_is_one_trace_across_the_broker_and_the_adapter() {
         one("crossgate-adapter-public-security", "map").parent,
         fetch.id
     );
+    let forged_call: Vec<Seen> = spans_of(&own_trace)
+        .into_iter()
+        .filter(|s| s.name == "crossgate.v1.Broker/Query")
+        .collect();
+    assert_eq!(forged_call.len(), 1);
+    assert!(
+        forged_call[0].links.is_empty(),
+        "a forged traceparent links nothing"
+    );
+
+    // The publish: each delivery under the publish's forward step, each
+    // receiver's Deliver span under its delivery.
+    let publish = spans_of(&publish_trace);
+    let named = |name: &str| -> Vec<&Seen> { publish.iter().filter(|s| s.name == name).collect() };
+    let call = named("crossgate.v1.Broker/Publish");
+    assert_eq!(call.len(), 1, "{publish:#?}");
+    let forward = named("forward");
+    assert_eq!(forward.len(), 1);
+    assert_eq!(forward[0].parent, call[0].id);
+    let deliveries = named("deliver");
+    assert_eq!(deliveries.len(), 2, "{publish:#?}");
+    for d in &deliveries {
+        assert_eq!(d.parent, forward[0].id);
+    }
+    for receiver in ["border-inspection", "commerce"] {
+        let service = format!("crossgate-adapter-{receiver}");
+        let delivered: Vec<&Seen> = named("crossgate.v1.Department/Deliver")
+            .into_iter()
+            .filter(|s| s.service == service)
+            .collect();
+        assert_eq!(delivered.len(), 1, "{receiver}: {publish:#?}");
+        assert!(
+            deliveries.iter().any(|d| d.id == delivered[0].parent),
+            "{receiver}'s Deliver span is a child of a delivery"
+        );
+    }
 
     // The auditor's entry leads to the trace.
     let out = crossgate(
