@@ -452,7 +452,7 @@ impl Adapter {
             Status::unavailable("the adapter cannot check for repeated deliveries; try again")
         };
         if seen.contains(&id).map_err(unreadable)? {
-            tracing::info!(department = %self.department(), delivery = %id, "repeated delivery acknowledged");
+            tracing::debug!(department = %self.department(), delivery = %id, "repeated delivery acknowledged");
             return Ok(Response::new(DeliverResponse {}));
         }
         let reply = self.hand_over(req).await?;

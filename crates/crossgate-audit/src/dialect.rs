@@ -332,6 +332,14 @@ CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (receiver, lease_owner) WHERE
         )
     }
 
+    /// Items per receiver in one state; argument: the state.
+    pub(crate) fn count_outbox(self) -> String {
+        format!(
+            "SELECT receiver, COUNT(*) FROM outbox WHERE state = {} GROUP BY receiver",
+            self.placeholder(1)
+        )
+    }
+
     /// The query selecting `filter`'s outbox items, oldest first.
     pub(crate) fn select_outbox(self, filter: &OutboxFilter) -> (String, Vec<String>) {
         let mut sql = String::from("SELECT * FROM outbox WHERE 1 = 1");

@@ -92,6 +92,10 @@ pub trait Store: Send + 'static {
     fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError>;
     /// The request that claimed `key` for `provider`, if any.
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError>;
+    /// How many outbox items each receiver has in `state` (receivers with
+    /// none are left out): one counting query, no item is read.
+    fn count_outbox(&mut self, state: State) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Visit matching outbox items, oldest first, until `visit` returns false.
     fn scan_outbox(
         &mut self,

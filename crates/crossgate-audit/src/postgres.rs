@@ -4,7 +4,7 @@
 
 use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
-use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior};
+use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
 use postgres::{Client, NoTls};
 use std::collections::BTreeMap;
@@ -294,6 +294,23 @@ impl Store for PostgresStore {
             })
         })
         .transpose()
+    }
+
+    fn count_outbox(&mut self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self
+            .live()?
+            .query(
+                Dialect::Postgres.count_outbox().as_str(),
+                &[&state.as_str()],
+            )
+            .map_err(err)?;
+        rows.iter()
+            .map(|row| {
+                let receiver: String = row.try_get(0).map_err(err)?;
+                let n: i64 = row.try_get(1).map_err(err)?;
+                Ok((receiver, n.max(0) as u64))
+            })
+            .collect()
     }
 
     fn scan_outbox(

@@ -2,7 +2,7 @@
 
 use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
-use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior};
+use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -247,6 +247,23 @@ impl Store for SqliteStore {
                 .optional()
             })
             .map_err(err)
+    }
+
+    fn count_outbox(&mut self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&Dialect::Sqlite.count_outbox())
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([state.as_str()], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
+            .map_err(err)?;
+        rows.map(|r| {
+            r.map(|(receiver, n)| (receiver, n.max(0) as u64))
+                .map_err(err)
+        })
+        .collect()
     }
 
     fn scan_outbox(

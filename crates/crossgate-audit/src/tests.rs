@@ -512,6 +512,15 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
             })
             .unwrap();
         assert_eq!(undelivered.len(), 1);
+        // Counted per receiver and state, without reading items.
+        assert_eq!(
+            store.count_outbox(State::Queued).unwrap(),
+            vec![("tax".to_owned(), 1)],
+            "{}",
+            b.name()
+        );
+        assert_eq!(store.count_outbox(State::Delivered).unwrap().len(), 1);
+        assert!(store.count_outbox(State::Dead).unwrap().is_empty());
         // The repeat's entry replaced the commit's own.
         let mut reasons = Vec::new();
         store

@@ -43,7 +43,8 @@ pub struct Recent {
     pub calls_per_second: f64,
     pub throttled_per_second: f64,
     pub errors_per_second: f64,
-    /// `None` when no call was answered in the last ten seconds.
+    /// `None` when no call was answered in the last ten seconds;
+    /// `Duration::MAX` when it is slower than the last bound (10 s).
     pub p99: Option<Duration>,
     /// Answered calls the p99 is taken over.
     pub answered: u64,
@@ -144,8 +145,12 @@ impl Activity {
             for (i, n) in latency.iter().enumerate() {
                 seen += n;
                 if seen >= wanted {
-                    let bound = BOUNDS_MICROS.get(i).copied().unwrap_or(u64::MAX);
-                    recent.p99 = Some(Duration::from_micros(bound));
+                    // Past the last bound: `Duration::MAX`, "slower than 10 s".
+                    recent.p99 = Some(
+                        BOUNDS_MICROS
+                            .get(i)
+                            .map_or(Duration::MAX, |&b| Duration::from_micros(b)),
+                    );
                     break;
                 }
             }
@@ -228,6 +233,11 @@ mod tests {
         let r = a.at("education", t0 + ms(1000)).unwrap();
         assert_eq!(r.answered, 102);
         assert_eq!(r.p99, Some(ms(50)));
+        for _ in 0..10 {
+            a.record_at("education", Code::Ok, Duration::from_secs(60), t0);
+        }
+        let r = a.at("education", t0 + ms(1000)).unwrap();
+        assert_eq!(r.p99, Some(Duration::MAX), "slower than every bound");
     }
 
     #[test]

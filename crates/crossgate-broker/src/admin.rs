@@ -225,7 +225,8 @@ impl Broker {
 
     /// SIGHUP: reload limits.toml and catalog.toml, each audited as the
     /// signal's doing. Returns what happened, for the broker's output.
-    pub async fn reload_on_signal(&self) -> Vec<String> {
+    /// Each file's outcome: `Ok` what was applied, `Err` why it was refused.
+    pub async fn reload_on_signal(&self) -> Vec<Result<String, String>> {
         let signal = Caller {
             id: "signal:SIGHUP".into(),
             role: Role::Operator,
@@ -236,8 +237,8 @@ impl Broker {
             Broker::reload_catalog_file,
         ] {
             said.push(match self.reload_audited(&signal, apply).await {
-                Ok((_, message)) => message,
-                Err(status) => status.message().to_owned(),
+                Ok((_, message)) => Ok(message),
+                Err(status) => Err(status.message().to_owned()),
             });
         }
         said
@@ -431,7 +432,13 @@ impl Admin for Broker {
                     calls_per_second: recent.calls_per_second,
                     throttled_per_second: recent.throttled_per_second,
                     errors_per_second: recent.errors_per_second,
-                    p99_millis: recent.p99.map_or(0.0, |d| d.as_secs_f64() * 1000.0),
+                    p99_millis: recent.p99.map_or(0.0, |d| {
+                        if d == std::time::Duration::MAX {
+                            f64::INFINITY
+                        } else {
+                            d.as_secs_f64() * 1000.0
+                        }
+                    }),
                     answered: recent.answered,
                 }
             })

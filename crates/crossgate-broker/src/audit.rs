@@ -23,6 +23,22 @@ pub trait AuditSink: Send + Sync + 'static {
     async fn commit(&self, commit: Commit) -> Result<Committed, StoreError>;
     /// Outbox items, oldest first, reading what was committed before.
     async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError>;
+    /// Items per receiver in `state`. The durable log counts in the store;
+    /// other sinks count what they hold.
+    async fn outbox_counts(&self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        let items = self
+            .outbox(OutboxFilter {
+                state: Some(state),
+                limit: usize::MAX,
+                ..OutboxFilter::default()
+            })
+            .await?;
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for item in items {
+            *counts.entry(item.receiver).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
 }
 
 /// Keeps entries and the outbox in memory (tests).
@@ -184,6 +200,9 @@ impl<T: AuditSink> AuditSink for std::sync::Arc<T> {
     async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
         (**self).outbox(filter).await
     }
+    async fn outbox_counts(&self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        (**self).outbox_counts(state).await
+    }
 }
 
 /// The durable, hash-chained log and its outbox.
@@ -197,6 +216,9 @@ impl AuditSink for crossgate_audit::Writer {
     }
     async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
         self.read(move |store| store.outbox(&filter)).await
+    }
+    async fn outbox_counts(&self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(move |store| store.count_outbox(state)).await
     }
 }
 
@@ -270,5 +292,8 @@ impl AuditSink for Counted {
 
     async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
         self.inner.outbox(filter).await
+    }
+    async fn outbox_counts(&self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.outbox_counts(state).await
     }
 }

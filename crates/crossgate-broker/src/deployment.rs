@@ -264,7 +264,9 @@ impl Broker {
             .filter(|p| p.adapter.is_some())
             .map(|p| p.id.clone())
             .collect();
-        count_dead_letters(&receivers, audit.clone(), metrics.clone());
+        if dep.config.metrics_address().is_some() {
+            count_dead_letters(&receivers, audit.clone(), metrics.clone());
+        }
         let outbox = Outbox::start(
             receivers,
             adapters.clone(),
@@ -304,17 +306,16 @@ impl Broker {
     }
 }
 
-/// Every 15 s, the dead items owed to each receiver, from the store (all
-/// replicas' together): `crossgate_outbox_items{state="dead"}`. Dead items
-/// wait for an operator's replay or purge, so there are few; at most
-/// `MAX_DEAD_COUNTED` are read.
+/// Every 15 s, the dead items owed to each receiver, counted in the store
+/// (all replicas' together, one counting query): the gauge
+/// `crossgate_outbox_items{state="dead"}`. A store that cannot be read
+/// leaves the last count until the next tick.
 fn count_dead_letters(
     receivers: &[String],
     audit: Arc<dyn AuditSink>,
     metrics: Arc<crossgate_metrics::Metrics>,
 ) {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(15);
-    const MAX_DEAD_COUNTED: usize = 100_000;
     let levels: Vec<(String, crossgate_metrics::Level)> = receivers
         .iter()
         .map(|r| (r.clone(), metrics.outbox_items(r, "dead")))
@@ -327,19 +328,15 @@ fn count_dead_letters(
         loop {
             tick.tick().await;
             let Some(audit) = audit.upgrade() else { return };
-            let dead = audit
-                .outbox(crate::audit::OutboxFilter {
-                    state: Some(crate::audit::State::Dead),
-                    undelivered: true,
-                    limit: MAX_DEAD_COUNTED,
-                    ..Default::default()
-                })
-                .await;
-            // A store that cannot be read now is read at the next tick; the
-            // gauges keep their last value.
-            let Ok(dead) = dead else { continue };
+            let Ok(dead) = audit.outbox_counts(crate::audit::State::Dead).await else {
+                continue;
+            };
             for (receiver, level) in &levels {
-                level.set(dead.iter().filter(|i| &i.receiver == receiver).count());
+                let n = dead
+                    .iter()
+                    .find(|(r, _)| r == receiver)
+                    .map_or(0, |(_, n)| *n);
+                level.set(usize::try_from(n).unwrap_or(usize::MAX));
             }
         }
     });

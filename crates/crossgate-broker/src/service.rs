@@ -398,22 +398,24 @@ impl Broker {
         }
         let policy = self.policy();
         let start = std::time::Instant::now();
-        let (release, reservation) = self.authorise_query(&policy, caller, q).await?;
+        let authorised = self.authorise_query(&policy, caller, q).await;
+        // Timed whatever the outcome: a denial takes this step too.
         self.timed("authorise", start);
+        let (release, reservation) = authorised?;
         let start = std::time::Instant::now();
-        let answer = self
+        let fetched = self
             .fetch(call, caller, q, release.grant.max_records)
             .instrument(crossgate_telemetry::client_step("forward"))
-            .await
-            .inspect(|_| self.timed("forward", start))
-            .map_err(|status| Refusal::Failed {
-                logged: format!(
-                    "grant {}; provider answered {:?}",
-                    release.grant.id,
-                    status.code()
-                ),
-                status,
-            })?;
+            .await;
+        self.timed("forward", start);
+        let answer = fetched.map_err(|status| Refusal::Failed {
+            logged: format!(
+                "grant {}; provider answered {:?}",
+                release.grant.id,
+                status.code()
+            ),
+            status,
+        })?;
         let mut screened = step("screen").in_scope(|| {
             screen(
                 &self.inner.registry,

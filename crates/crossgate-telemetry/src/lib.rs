@@ -92,9 +92,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Where traces go, if anywhere.
-    pub fn endpoint(&self) -> Option<&str> {
-        self.endpoint.as_deref()
+    /// Where traces go, if anywhere, without a password the URL holds.
+    pub fn endpoint(&self) -> Option<String> {
+        self.endpoint.as_deref().map(crossgate_config::redact_url)
     }
 
     /// Send the spans still buffered (waiting at most 5 s for the
@@ -175,7 +175,8 @@ fn log_filter() -> Result<EnvFilter, TelemetryError> {
 
 fn exporter(endpoint: &str, service: &str) -> Result<SdkTracerProvider, TelemetryError> {
     let refuse = |reason: &str| TelemetryError::Endpoint {
-        endpoint: endpoint.to_owned(),
+        // A password in the URL is not repeated.
+        endpoint: crossgate_config::redact_url(endpoint),
         reason: reason.to_owned(),
     };
     if endpoint.starts_with("https://") {

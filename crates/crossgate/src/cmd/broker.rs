@@ -131,7 +131,10 @@ pub async fn run(args: BrokerArgs) -> CliResult {
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
                 for said in reloader.reload_on_signal().await {
-                    tracing::info!("{said}");
+                    match said {
+                        Ok(applied) => tracing::info!("{applied}"),
+                        Err(refused) => tracing::warn!("{refused}"),
+                    }
                 }
             }
         });

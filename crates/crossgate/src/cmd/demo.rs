@@ -541,12 +541,27 @@ async fn burst(sys: &Target) -> Step {
     println!("    operations sets education to 500/s burst 200");
     let second = fire(burst).await;
     println!("    {burst} queries again: {second} throttled");
-    admin
-        .reset_limit(GetLimitRequest {
-            partner: "education".into(),
-        })
-        .await
-        .map_err(|s| s.message().to_owned())?;
+    // Back to what was in force: an operator's own override on a running
+    // system is put back, not dropped.
+    if before.source == "override" {
+        for (mode, limit) in [("publish", &before.publish), ("query", &before.query)] {
+            admin
+                .set_limit(SetLimitRequest {
+                    partner: "education".into(),
+                    mode: mode.into(),
+                    limit: limit.clone(),
+                })
+                .await
+                .map_err(|s| s.message().to_owned())?;
+        }
+    } else {
+        admin
+            .reset_limit(GetLimitRequest {
+                partner: "education".into(),
+            })
+            .await
+            .map_err(|s| s.message().to_owned())?;
+    }
     if first > 0 && second == 0 {
         Ok(())
     } else {

@@ -117,6 +117,8 @@ fn row(p: &PartnerActivity) -> String {
     };
     let p99 = if p.answered == 0 {
         "-".to_owned()
+    } else if p.p99_millis.is_infinite() {
+        ">10s".to_owned()
     } else if p.p99_millis < 1.0 {
         format!("≤{:.1}ms", p.p99_millis)
     } else {
@@ -178,6 +180,7 @@ mod tests {
     fn a_frame_shows_each_partner_with_its_rates_p99_and_limits() {
         let top = TopResponse {
             partners: vec![
+                partner("commerce", "100/s", 3.0, 0.0, f64::INFINITY, 30),
                 partner("customs", "100/s", 0.0, 0.0, 0.0, 0),
                 partner("education", "20/s", 61.0, 41.0, 0.5, 198),
             ],
@@ -190,6 +193,7 @@ mod tests {
              rates: the last second; p99: calls answered in the last 10 s\n\
              \n\
              PARTNER               CALLS/s THROTTLED/s  ERRORS/s       P99  QUERY LIMIT      PUBLISH LIMIT    SOURCE\n\
+             commerce                    3           0         0      >10s  100/s burst 10   100/s burst 50   config\n\
              customs                     0           0         0         -  100/s burst 10   100/s burst 50   config\n\
              education                  61          41         0    ≤0.5ms  20/s burst 10    100/s burst 50   config\n"
         );
