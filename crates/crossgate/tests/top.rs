@@ -139,6 +139,26 @@ fn top_shows_a_partner_throttled_and_the_effect_of_a_new_limit_at_once() {
     }
     let live_after = screen();
     let _ = tmux(&["kill-server"]);
+
+    // A partner's certificate is refused: Top is for operators, and says
+    // nothing of other partners to anyone else.
+    let certs = up.dir.join("certs");
+    let as_partner = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["top", "--once", "--config", &config, "--cert"])
+        .arg(certs.join("education.pem"))
+        .arg("--key")
+        .arg(certs.join("education.key"))
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert_eq!(as_partner.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&as_partner.stderr);
+    assert!(said.contains("PermissionDenied"), "{said}");
+    assert!(
+        as_partner.stdout.is_empty(),
+        "no frame for a partner: {}",
+        String::from_utf8_lossy(&as_partner.stdout)
+    );
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 
