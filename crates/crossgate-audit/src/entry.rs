@@ -254,6 +254,51 @@ impl Stored {
         })
         .to_string()
     }
+
+    /// The entry as one CSV row under [`CSV_HEADER`]; every cell escaped by
+    /// [`csv_cell`].
+    pub fn to_csv_line(&self) -> String {
+        let e = &self.entry;
+        [
+            e.time.as_str(),
+            self.writer.as_str(),
+            &self.sequence.to_string(),
+            e.kind.as_str(),
+            &e.consumer,
+            &e.provider,
+            &e.record_type,
+            &e.record_id,
+            &e.purpose,
+            &e.approval_reference,
+            e.decision.as_str(),
+            &e.reason,
+            &e.released_fields.join(" "),
+            &e.record_digest,
+        ]
+        .iter()
+        .map(|f| csv_cell(f))
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+}
+
+/// The header row of [`Stored::to_csv_line`].
+pub const CSV_HEADER: &str = "time,writer,sequence,kind,consumer,provider,record_type,record_id,purpose,\
+                              approval_reference,decision,reason,released_fields,record_digest";
+
+/// One CSV cell: always quoted, quotes doubled; a cell a spreadsheet would
+/// read as a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
+/// return) gets a leading `'` (OWASP's advice on CSV injection).
+pub fn csv_cell(text: &str) -> String {
+    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    let mut out = String::with_capacity(text.len() + 3);
+    out.push('"');
+    if formula {
+        out.push('\'');
+    }
+    out.push_str(&text.replace('"', "\"\""));
+    out.push('"');
+    out
 }
 
 /// Lower-case hex.

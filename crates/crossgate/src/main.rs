@@ -128,6 +128,8 @@ enum Command {
     Demo(cmd::demo::DemoArgs),
     /// The audit log: search it, verify its chains.
     Audit(cmd::audit::AuditArgs),
+    /// The auditor's read-only web console over the audit log (loopback).
+    Console(cmd::console::ConsoleArgs),
     /// Load the broker or an adapter in a closed loop and measure it.
     Bench(cmd::bench::BenchArgs),
     /// Certificates: make development ones.
@@ -157,6 +159,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Audit(args) => cmd::audit::on_store(args),
         Command::Demo(args) => on_runtime(cmd::demo::run(args)),
+        Command::Console(args) => on_runtime(cmd::console::run(args)),
         Command::Up(args) => on_runtime(cmd::up::run(args)),
         Command::Bench(args) => on_runtime(cmd::bench::run(args)),
     };

@@ -16,24 +16,12 @@ pub fn printable(text: &str) -> String {
     out
 }
 
-/// One CSV cell: always quoted, quotes doubled; a cell a spreadsheet would
-/// read as a formula (starting with `=`, `+`, `-`, `@`, tab or carriage
-/// return) gets a leading `'` (OWASP's advice on CSV injection).
-pub fn csv_cell(text: &str) -> String {
-    let formula = text.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    let mut out = String::with_capacity(text.len() + 3);
-    out.push('"');
-    if formula {
-        out.push('\'');
-    }
-    out.push_str(&text.replace('"', "\"\""));
-    out.push('"');
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    // The CSV escaping lives with the log's entries (the console writes
+    // the same); checked here as the CLI's output.
+    use crossgate_audit::entry::csv_cell;
 
     #[test]
     fn a_newline_or_an_escape_cannot_forge_a_row_or_drive_a_terminal() {

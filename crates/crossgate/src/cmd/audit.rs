@@ -206,7 +206,7 @@ pub struct FilterArgs {
     decision: Option<String>,
 }
 
-use crate::output::{csv_cell, printable};
+use crate::output::printable;
 
 impl FilterArgs {
     fn to_filter(&self) -> Filter {
@@ -489,9 +489,7 @@ fn write_header(out: &mut impl Write, format: Format) {
             "{:<27} {:<6} {:<18} {:<18} {:<22} {:<18} {:<10} RELEASED",
             "TIME", "KIND", "CONSUMER", "PROVIDER", "TYPE", "PURPOSE", "DECISION"
         ),
-        Format::Csv => "time,writer,sequence,kind,consumer,provider,record_type,record_id,purpose,\
-                        approval_reference,decision,reason,released_fields,record_digest"
-            .to_owned(),
+        Format::Csv => crossgate_audit::entry::CSV_HEADER.to_owned(),
         Format::Jsonl => return,
     };
     let _ = writeln!(out, "{header}");
@@ -513,25 +511,6 @@ fn entry_line(format: Format, s: &Stored) -> String {
             e.decision.as_str(),
             printable(&e.released_fields.join(" "))
         ),
-        Format::Csv => [
-            e.time.clone(),
-            s.writer.clone(),
-            s.sequence.to_string(),
-            e.kind.as_str().to_owned(),
-            e.consumer.clone(),
-            e.provider.clone(),
-            e.record_type.clone(),
-            e.record_id.clone(),
-            e.purpose.clone(),
-            e.approval_reference.clone(),
-            e.decision.as_str().to_owned(),
-            e.reason.clone(),
-            e.released_fields.join(" "),
-            e.record_digest.clone(),
-        ]
-        .iter()
-        .map(|f| csv_cell(f))
-        .collect::<Vec<_>>()
-        .join(","),
+        Format::Csv => s.to_csv_line(),
     }
 }

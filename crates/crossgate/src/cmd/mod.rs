@@ -4,6 +4,7 @@ pub mod bench;
 pub mod broker;
 pub mod certs;
 pub mod connect;
+pub mod console;
 pub mod deliveries;
 pub mod demo;
 pub mod limits;

@@ -1,0 +1,237 @@
+//! The auditor's console: read-only web pages over the access log.
+//!
+//! - `/` search: time range, consumer, provider, record type, record id,
+//!   purpose, decision; 50 entries a page; the URL carries the filters, so
+//!   a link can be shared;
+//! - `/entry?writer=W&sequence=N`: every field of one entry, its place in
+//!   its chain, its hash and the previous hash;
+//! - `/received?record_id=X`: who received record X, when, for what
+//!   purpose, under which grant;
+//! - `/partners`: per partner, its decisions as consumer and as provider;
+//! - `/charts`: accesses per day by consumer and by provider, decisions by
+//!   kind, denials and throttles per day (SVG drawn by the server);
+//! - `/verify`: every chain checked, with the first bad entry;
+//! - `/export.csv`, `/export.jsonl`: the current filter, escaped as
+//!   `crossgate audit search` escapes it.
+//!
+//! Read-only, always: only GET (and HEAD) are answered, and the store is
+//! only read. Served on loopback for an auditor's workstation; a request
+//! whose `Host` is not a loopback name is refused (a web page elsewhere
+//! cannot reach the console through DNS rebinding). Pages send a strict
+//! Content-Security-Policy: no script, nothing from elsewhere.
+#![forbid(unsafe_code)]
+
+mod charts;
+mod pages;
+mod query;
+
+pub use query::Query;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Entries on a search page.
+pub const PAGE_SIZE: usize = 50;
+
+/// What the console reads: an audit store (`sqlite:…` or `postgres://…`).
+#[derive(Clone, Debug)]
+pub struct Console {
+    pub store: String,
+}
+
+/// An answer: status, content type, body and, for a download, its file name.
+pub struct Page {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub body: String,
+    pub download: Option<&'static str>,
+}
+
+impl Page {
+    fn html(status: StatusCode, body: String) -> Page {
+        Page {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body,
+            download: None,
+        }
+    }
+}
+
+impl Console {
+    /// The page for `path` and its query string; reads the store on this
+    /// thread (call off the async runtime).
+    pub fn page(&self, path: &str, query: &str) -> Page {
+        let q = Query::parse(query);
+        let mut store = match crossgate_audit::open(&self.store) {
+            Ok(store) => store,
+            Err(e) => {
+                return Page::html(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    pages::problem(&format!("the audit log cannot be opened: {e}")),
+                );
+            }
+        };
+        let store = store.as_mut();
+        let answer = match path {
+            "/" => pages::search(store, &q).map(|b| Page::html(StatusCode::OK, b)),
+            "/entry" => pages::entry(store, &q).map(|b| match b {
+                Some(b) => Page::html(StatusCode::OK, b),
+                None => Page::html(
+                    StatusCode::NOT_FOUND,
+                    pages::problem("no such entry: follow a link from the search page"),
+                ),
+            }),
+            "/received" => pages::received(store, &q).map(|b| Page::html(StatusCode::OK, b)),
+            "/partners" => pages::partners(store, &q).map(|b| Page::html(StatusCode::OK, b)),
+            "/charts" => pages::charts(store, &q).map(|b| Page::html(StatusCode::OK, b)),
+            "/verify" => pages::verify(store).map(|b| Page::html(StatusCode::OK, b)),
+            "/export.csv" => pages::export_csv(store, &q).map(|body| Page {
+                status: StatusCode::OK,
+                content_type: "text/csv; charset=utf-8",
+                body,
+                download: Some("crossgate-audit.csv"),
+            }),
+            "/export.jsonl" => pages::export_jsonl(store, &q).map(|body| Page {
+                status: StatusCode::OK,
+                content_type: "application/jsonl; charset=utf-8",
+                body,
+                download: Some("crossgate-audit.jsonl"),
+            }),
+            _ => Ok(Page::html(
+                StatusCode::NOT_FOUND,
+                pages::problem("no such page"),
+            )),
+        };
+        answer.unwrap_or_else(|e| {
+            // A damaged row is a finding for verify, not a server fault.
+            let status = match e {
+                crossgate_audit::StoreError::Damaged { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            Page::html(
+                status,
+                pages::problem(&format!(
+                    "the audit log could not be read: {e}; the verify page checks every chain"
+                )),
+            )
+        })
+    }
+}
+
+/// Whether `host` (a `Host` header) names this machine's loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [::1]:port
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+}
+
+fn respond(page: Page) -> Response<Full<Bytes>> {
+    let mut response = Response::builder()
+        .status(page.status)
+        .header("content-type", page.content_type)
+        .header(
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        )
+        .header("x-content-type-options", "nosniff")
+        .header("referrer-policy", "no-referrer")
+        .header("cache-control", "no-store");
+    if let Some(name) = page.download {
+        response = response.header(
+            "content-disposition",
+            format!("attachment; filename=\"{name}\""),
+        );
+    }
+    response
+        .body(Full::new(Bytes::from(page.body)))
+        .unwrap_or_default()
+}
+
+async fn answer(
+    console: Arc<Console>,
+    request: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if !loopback_host(host) {
+        return respond(Page::html(
+            StatusCode::MISDIRECTED_REQUEST,
+            pages::problem("the console answers only on this machine's loopback (localhost)"),
+        ));
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut r = respond(Page::html(
+            StatusCode::METHOD_NOT_ALLOWED,
+            pages::problem("the console is read-only"),
+        ));
+        r.headers_mut().insert(
+            "allow",
+            hyper::header::HeaderValue::from_static("GET, HEAD"),
+        );
+        return r;
+    }
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or_default().to_owned();
+    let started = std::time::Instant::now();
+    let page = tokio::task::spawn_blocking(move || console.page(&path, &query)).await;
+    let page = page.unwrap_or_else(|_| {
+        Page::html(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            pages::problem("the page failed inside the console"),
+        )
+    });
+    tracing::info!(
+        path = %request.uri().path(),
+        status = page.status.as_u16(),
+        micros = started.elapsed().as_micros() as u64,
+        "page viewed"
+    );
+    respond(page)
+}
+
+/// Serve the console on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, console: Console, shutdown: impl Future<Output = ()>) {
+    let console = Arc::new(console);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the console could not accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let console = console.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let console = console.clone();
+                async move { Ok::<_, Infallible>(answer(console, request).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(120), serving).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;
