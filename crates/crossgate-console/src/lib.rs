@@ -24,8 +24,10 @@
 mod charts;
 mod pages;
 mod query;
+mod source;
 
 pub use query::Query;
+pub use source::{BrokerLog, Log};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -38,10 +40,58 @@ use tokio::net::TcpListener;
 /// Entries on a search page.
 pub const PAGE_SIZE: usize = 50;
 
-/// What the console reads: an audit store (`sqlite:…` or `postgres://…`).
+/// What the console reads.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// An audit store (`sqlite:…` or `postgres://…`), read directly.
+    Store(String),
+    /// The broker's Audit service, as an auditor: the broker writes each
+    /// reading to the log.
+    Broker(crossgate_proto::audit_client::AuditClient<tonic::transport::Channel>),
+}
+
+/// The console over its source.
 #[derive(Clone, Debug)]
 pub struct Console {
-    pub store: String,
+    pub source: Source,
+    /// The runtime a broker source is called on (pages are built on
+    /// blocking threads).
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Console {
+    /// Over a store.
+    pub fn over_store(store: impl Into<String>) -> Console {
+        Console {
+            source: Source::Store(store.into()),
+            runtime: None,
+        }
+    }
+
+    /// Over the broker's Audit service; call inside the runtime.
+    pub fn over_broker(
+        client: crossgate_proto::audit_client::AuditClient<tonic::transport::Channel>,
+    ) -> Console {
+        Console {
+            source: Source::Broker(client),
+            runtime: Some(tokio::runtime::Handle::current()),
+        }
+    }
+
+    fn open(&self) -> Result<Box<dyn Log>, String> {
+        match &self.source {
+            Source::Store(store) => crossgate_audit::open(store)
+                .map(|s| Box::new(s) as Box<dyn Log>)
+                .map_err(|e| format!("the audit log cannot be opened: {e}")),
+            Source::Broker(client) => match &self.runtime {
+                Some(runtime) => Ok(Box::new(BrokerLog {
+                    client: client.clone(),
+                    runtime: runtime.clone(),
+                })),
+                None => Err("the console has no runtime to call the broker on".into()),
+            },
+        }
+    }
 }
 
 /// An answer: status, content type, body and, for a download, its file name.
@@ -68,16 +118,11 @@ impl Console {
     /// thread (call off the async runtime).
     pub fn page(&self, path: &str, query: &str) -> Page {
         let q = Query::parse(query);
-        let mut store = match crossgate_audit::open(&self.store) {
-            Ok(store) => store,
-            Err(e) => {
-                return Page::html(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    pages::problem(&format!("the audit log cannot be opened: {e}")),
-                );
-            }
+        let mut log = match self.open() {
+            Ok(log) => log,
+            Err(e) => return Page::html(StatusCode::SERVICE_UNAVAILABLE, pages::problem(&e)),
         };
-        let store = store.as_mut();
+        let store = log.as_mut();
         let answer = match path {
             "/" => pages::search(store, &q).map(|b| Page::html(StatusCode::OK, b)),
             "/entry" => pages::entry(store, &q).map(|b| match b {

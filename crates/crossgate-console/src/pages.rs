@@ -3,8 +3,9 @@
 use crate::PAGE_SIZE;
 use crate::charts;
 use crate::query::{Query, entry_href, received_href};
+use crate::source::Log;
 use crossgate_audit::entry::hex;
-use crossgate_audit::{Filter, Store, StoreError, Stored};
+use crossgate_audit::{Filter, StoreError, Stored};
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use std::collections::BTreeMap;
 
@@ -99,7 +100,7 @@ fn decision(d: &str) -> Markup {
 
 /// Every entry `filter` matches, in order.
 fn scan(
-    store: &mut dyn Store,
+    store: &mut dyn Log,
     filter: &Filter,
     mut visit: impl FnMut(Stored),
 ) -> Result<(), StoreError> {
@@ -142,7 +143,7 @@ fn filters_form(q: &Query) -> Markup {
 
 /// Search: the form, one page of matching entries, links to the others and
 /// to the export of everything the filter matches.
-pub fn search(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn search(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let skip = (q.page - 1).saturating_mul(PAGE_SIZE);
     let mut total = 0usize;
     let mut rows = Vec::with_capacity(PAGE_SIZE);
@@ -194,7 +195,7 @@ pub fn search(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
 }
 
 /// One entry: every field, its place in its chain, its hashes.
-pub fn entry(store: &mut dyn Store, q: &Query) -> Result<Option<String>, StoreError> {
+pub fn entry(store: &mut dyn Log, q: &Query) -> Result<Option<String>, StoreError> {
     if q.writer.is_empty() || q.sequence == 0 {
         return Ok(None);
     }
@@ -252,7 +253,7 @@ pub fn entry(store: &mut dyn Store, q: &Query) -> Result<Option<String>, StoreEr
 
 /// Who received record X: the entries that released it, and every other
 /// decision about it.
-pub fn received(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn received(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let form = html! {
         form.filters method="get" action="/received" {
             label { "record id" input type="text" name="record_id" value=(q.record_id); }
@@ -305,7 +306,7 @@ pub fn received(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> 
 }
 
 /// Decisions per partner, as consumer and as provider.
-pub fn partners(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn partners(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let time = Filter {
         since: q.to_filter().since,
         until: q.to_filter().until,
@@ -350,7 +351,7 @@ pub fn partners(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> 
 }
 
 /// Charts over the filter's time range.
-pub fn charts(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn charts(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let time = Filter {
         since: q.to_filter().since,
         until: q.to_filter().until,
@@ -408,8 +409,8 @@ pub fn charts(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
 }
 
 /// Every chain verified from its start to its head.
-pub fn verify(store: &mut dyn Store) -> Result<String, StoreError> {
-    let reports = crossgate_audit::verify_range(store, 0, 0)?;
+pub fn verify(store: &mut dyn Log) -> Result<String, StoreError> {
+    let reports = store.verify()?;
     let intact = reports.iter().all(|r| r.broken.is_none());
     let body = html! {
         h1 { "Verify" }
@@ -445,7 +446,7 @@ pub fn verify(store: &mut dyn Store) -> Result<String, StoreError> {
 }
 
 /// The filter's entries as CSV, the header first.
-pub fn export_csv(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn export_csv(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let mut out = String::from(crossgate_audit::entry::CSV_HEADER);
     out.push('\n');
     scan(store, &q.to_filter(), |s| {
@@ -456,7 +457,7 @@ pub fn export_csv(store: &mut dyn Store, q: &Query) -> Result<String, StoreError
 }
 
 /// The filter's entries as JSON Lines.
-pub fn export_jsonl(store: &mut dyn Store, q: &Query) -> Result<String, StoreError> {
+pub fn export_jsonl(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let mut out = String::new();
     scan(store, &q.to_filter(), |s| {
         out.push_str(&s.to_json_line());

@@ -136,10 +136,7 @@ fn log() -> Log {
 }
 
 fn page(log: &Log, path: &str, query: &str) -> Page {
-    Console {
-        store: log.store.clone(),
-    }
-    .page(path, query)
+    Console::over_store(log.store.clone()).page(path, query)
 }
 
 #[test]
@@ -337,9 +334,7 @@ fn over_http_only_loopback_hosts_and_only_reading() {
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(serve(
             listener,
-            Console {
-                store: log.store.clone(),
-            },
+            Console::over_store(log.store.clone()),
             std::future::pending(),
         ));
         let ask = |request: String| async move {

@@ -1,0 +1,118 @@
+//! `crossgate console` as an auditor runs it: over the store of a running
+//! `up`, and through the broker with the auditor's certificate (where each
+//! page's reading is written to the log). Pages are fetched over HTTP.
+
+mod common;
+
+use common::{ROOT, Up, person_lookup};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+
+struct Console(Child);
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn console(args: &[&str]) -> (Console, u16) {
+    let port = crossgate_testing::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .arg("console")
+        .args(args)
+        .args(["--listen", &listen])
+        .current_dir(ROOT)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for(port);
+    (Console(child), port)
+}
+
+fn get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_page() {
+    let up = Up::start(
+        "console",
+        "metrics_listen = \"off\"",
+        "[default]\nrate = \"1000/s\"\nburst = 1000\n",
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut education = up.client("education");
+        for _ in 0..3 {
+            education
+                .query(person_lookup("public-security", "school-enrolment"))
+                .await
+                .unwrap();
+        }
+        let denied = education
+            .query(person_lookup("public-security", "curiosity"))
+            .await;
+        assert_eq!(denied.unwrap_err().code(), tonic::Code::PermissionDenied);
+    });
+
+    // Over the store.
+    let store = up.store();
+    let (_c, port) = console(&["--store", &store]);
+    let page = get(port, "/?consumer=education");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("4 entries match"), "{page}");
+    let verify = get(port, "/verify");
+    assert!(verify.contains("Every chain verifies"), "{verify}");
+
+    // Through the broker, as the audit office: the same entries, and each
+    // page's reading is in the log.
+    let broker = format!("https://127.0.0.1:{}", up.broker_port);
+    let (_b, port) = console(&["--broker", &broker, "--config", up.config()]);
+    let page = get(port, "/?consumer=education&decision=allowed");
+    assert!(page.contains("3 entries match"), "{page}");
+    let verify = get(port, "/verify");
+    assert!(verify.contains("Every chain verifies"), "{verify}");
+    let audited = get(port, "/?consumer=audit-office");
+    assert!(
+        audited.contains("entries match") && !audited.contains("0 entries match"),
+        "the console's own readings are in the log: {audited}"
+    );
+
+    // Not on a network address: refused at start, exit 2.
+    let out = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["console", "--store", &store, "--listen", "0.0.0.0:7499"])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"));
+    // A partner's certificate gets no page of the log.
+    let certs = up.dir.join("certs");
+    let (_p, port) = console(&[
+        "--broker",
+        &broker,
+        "--config",
+        up.config(),
+        "--cert",
+        certs.join("education.pem").to_str().unwrap(),
+    ]);
+    let refused = get(port, "/");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(refused.contains("PermissionDenied"), "{refused}");
+    assert!(!refused.contains("entries match"));
+}
