@@ -50,7 +50,7 @@ button { font: inherit; padding: 5px 14px; background: #1d3557; color: #fff; bor
 dl.entry { display: grid; grid-template-columns: 180px 1fr; background: #fff; padding: 12px; border: 1px solid #e3e6ea; }
 dl.entry dt { color: #52606d; }
 dl.entry dd { margin: 0 0 6px; word-break: break-all; font-family: ui-monospace, monospace; }
-.charts svg { background: #fff; border: 1px solid #e3e6ea; margin: 0 16px 16px 0; }
+.charts svg { background: #fff; border: 1px solid #e3e6ea; margin: 0 16px 16px 0; vertical-align: top; }
 ";
 
 /// The frame of every page: the navigation, then `body`.
@@ -366,7 +366,13 @@ pub fn charts(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
         let day = e.time.get(..10).unwrap_or(&e.time).to_owned();
         let d = e.decision.as_str();
         *decisions.entry(d).or_default() += 1;
-        if matches!(d, "allowed" | "delivered") {
+        // Accesses: records released to a department (not an auditor's
+        // reading or an operator's change).
+        let access = matches!(
+            e.kind,
+            crossgate_audit::Kind::Query | crossgate_audit::Kind::Publish
+        );
+        if access && matches!(d, "allowed" | "delivered") && !e.provider.is_empty() {
             *by_consumer
                 .entry(day.clone())
                 .or_default()
@@ -403,7 +409,7 @@ pub fn charts(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
             (charts::bars("Decisions by kind", &decisions))
             (charts::stacked_days("Denials and throttles per day", &refused))
         }
-        p.muted { "Accesses are entries that released records (allowed, delivered). A throttled entry stands for every call refused in its second." }
+        p.muted { "Accesses are queries answered and records delivered (allowed, delivered). A throttled entry stands for every call refused in its second." }
     };
     Ok(layout("Charts", "/charts", body))
 }

@@ -85,6 +85,34 @@ fn the_demo_plays_every_scenario_and_the_auditor_can_check_it() {
         household.contains("school-enrolment") && household.contains("/members/-/id_number"),
         "{household}"
     );
+    // The burst's throttled calls are in the log too: the demo waits for
+    // the broker to write what it holds before it exits.
+    let said_throttled: u64 = text
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(" throttled"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(said_throttled > 0, "{text}");
+    let (code, throttled, _) = crossgate(&[
+        "audit",
+        "search",
+        "--decision",
+        "throttled",
+        "--format",
+        "jsonl",
+        "--config",
+        config,
+    ]);
+    assert_eq!(code, Some(0));
+    let logged: u64 = throttled
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let reason = e["reason"].as_str().unwrap().to_owned();
+            reason.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(logged, said_throttled, "{throttled}");
     let (code, verified, _) = crossgate(&["audit", "verify", "--config", config]);
     assert_eq!(code, Some(0), "{verified}");
 

@@ -171,8 +171,10 @@ pub async fn run(args: DemoArgs) -> CliResult {
     let sys = Target::Local(Box::new(LocalSystem::start(opts).await?));
     println!("broker at https://{}\n", sys.broker_addr());
     let code = play(&sys, &args.config, &log).await;
+    // Stopped and waited for: the broker writes what it still holds (the
+    // throttled calls' entries) before the process ends.
     if let Target::Local(sys) = &sys {
-        sys.shutdown();
+        sys.stop().await;
     }
     code
 }
