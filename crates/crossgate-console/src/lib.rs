@@ -15,10 +15,14 @@
 //!   `crossgate audit search` escapes it.
 //!
 //! Read-only, always: only GET (and HEAD) are answered, and the store is
-//! only read. Served on loopback for an auditor's workstation; a request
-//! whose `Host` is not a loopback name is refused (a web page elsewhere
-//! cannot reach the console through DNS rebinding). Pages send a strict
-//! Content-Security-Policy: no script, nothing from elsewhere.
+//! only read. Pages send a strict Content-Security-Policy: no script,
+//! nothing from elsewhere. Two ways to serve it:
+//! - [`serve`], plain HTTP on loopback for an auditor's workstation; a
+//!   request whose `Host` is not a loopback name is refused (a web page
+//!   elsewhere cannot reach the console through DNS rebinding);
+//! - [`serve_tls`], HTTPS for a network: the client must present a
+//!   certificate of the deployment's CA, and `admit` must accept it (an
+//!   auditor's); anyone else is answered 403 on every page.
 #![forbid(unsafe_code)]
 
 mod charts;
@@ -201,20 +205,53 @@ fn respond(page: Page) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// Who may read, decided per connection.
+#[derive(Clone, Debug)]
+enum Gate {
+    /// Plain HTTP on loopback: the `Host` must name loopback.
+    Loopback,
+    /// HTTPS: the client certificate's party, admitted.
+    Admitted(Arc<str>),
+    /// HTTPS: refused, and why.
+    Refused(Arc<str>),
+}
+
+/// Decides from a client's verified certificate chain who it is (`Ok`, an
+/// auditor) or why it may not read (`Err`).
+pub type Admit = Arc<
+    dyn Fn(&[tokio_rustls::rustls::pki_types::CertificateDer<'_>]) -> Result<String, String>
+        + Send
+        + Sync,
+>;
+
 async fn answer(
     console: Arc<Console>,
+    gate: Gate,
     request: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
-    let host = request
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or_default();
-    if !loopback_host(host) {
-        return respond(Page::html(
-            StatusCode::MISDIRECTED_REQUEST,
-            pages::problem("the console answers only on this machine's loopback (localhost)"),
-        ));
+    match &gate {
+        Gate::Loopback => {
+            let host = request
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            if !loopback_host(host) {
+                return respond(Page::html(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    pages::problem(
+                        "the console answers only on this machine's loopback (localhost)",
+                    ),
+                ));
+            }
+        }
+        Gate::Refused(why) => {
+            return respond(Page::html(
+                StatusCode::FORBIDDEN,
+                pages::problem(&format!("the console is for auditors: {why}")),
+            ));
+        }
+        Gate::Admitted(_) => {}
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut r = respond(Page::html(
@@ -238,6 +275,10 @@ async fn answer(
         )
     });
     tracing::info!(
+        reader = match &gate {
+            Gate::Admitted(who) => who.as_ref(),
+            _ => "loopback",
+        },
         path = %request.uri().path(),
         status = page.status.as_u16(),
         micros = started.elapsed().as_micros() as u64,
@@ -246,9 +287,32 @@ async fn answer(
     respond(page)
 }
 
-/// Serve the console on `listener` until `shutdown`.
+/// Serve the console in plain HTTP on `listener` (a loopback address)
+/// until `shutdown`.
 pub async fn serve(listener: TcpListener, console: Console, shutdown: impl Future<Output = ()>) {
+    serving(listener, console, None, shutdown).await
+}
+
+/// Serve the console over HTTPS on `listener` until `shutdown`: `tls`
+/// requires a client certificate of the CA, `admit` names the auditor.
+pub async fn serve_tls(
+    listener: TcpListener,
+    console: Console,
+    tls: Arc<tokio_rustls::rustls::ServerConfig>,
+    admit: Admit,
+    shutdown: impl Future<Output = ()>,
+) {
+    serving(listener, console, Some((tls, admit)), shutdown).await
+}
+
+async fn serving(
+    listener: TcpListener,
+    console: Console,
+    tls: Option<(Arc<tokio_rustls::rustls::ServerConfig>, Admit)>,
+    shutdown: impl Future<Output = ()>,
+) {
     let console = Arc::new(console);
+    let tls = tls.map(|(config, admit)| (tokio_rustls::TlsAcceptor::from(config), admit));
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -263,17 +327,50 @@ pub async fn serve(listener: TcpListener, console: Console, shutdown: impl Futur
             },
         };
         let console = console.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let console = console.clone();
-                async move { Ok::<_, Infallible>(answer(console, request).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let serving = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(io, service);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(120), serving).await;
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            let service = |gate: Gate| {
+                hyper::service::service_fn(move |request| {
+                    let console = console.clone();
+                    let gate = gate.clone();
+                    async move { Ok::<_, Infallible>(answer(console, gate, request).await) }
+                })
+            };
+            let limit = std::time::Duration::from_secs(120);
+            match tls {
+                Some((acceptor, admit)) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(stream),
+                    );
+                    // No certificate of the CA, or no handshake in time:
+                    // nothing is served.
+                    let Ok(Ok(stream)) = handshake.await else {
+                        return;
+                    };
+                    let gate =
+                        match admit(stream.get_ref().1.peer_certificates().unwrap_or_default()) {
+                            Ok(who) => Gate::Admitted(who.into()),
+                            Err(why) => Gate::Refused(why.into()),
+                        };
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ =
+                        tokio::time::timeout(limit, builder.serve_connection(io, service(gate)))
+                            .await;
+                }
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = tokio::time::timeout(
+                        limit,
+                        builder.serve_connection(io, service(Gate::Loopback)),
+                    )
+                    .await;
+                }
+            }
         });
     }
 }

@@ -55,6 +55,10 @@ pub enum TlsError {
         "{path}: not a usable certificate revocation list ({why}); give the CA's CRL files (PEM or DER) in broker.toml's crls or the adapter's --crl"
     )]
     Crl { path: PathBuf, why: String },
+    #[error(
+        "not a usable TLS server identity ({0}): give a PEM certificate and its key, signed by the deployment's CA"
+    )]
+    Https(String),
 }
 
 /// The file, beside the broker's certificate, holding the secret behind
@@ -387,6 +391,38 @@ impl Bundle {
         ServerTlsConfig::new()
             .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
             .client_ca_root(Certificate::from_pem(&self.ca_pem))
+    }
+
+    /// A rustls server configuration for HTTPS (the auditor's console on a
+    /// network): present this certificate, require a client certificate
+    /// signed by the CA (`http/1.1` only).
+    pub fn https_server(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |e: &dyn std::fmt::Display| TlsError::Https(e.to_string());
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(&e))?;
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| bad(&e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(config))
     }
 
     /// Client side towards party `expected`: present this certificate, trust

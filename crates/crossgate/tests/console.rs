@@ -115,4 +115,86 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("PermissionDenied"), "{refused}");
     assert!(!refused.contains("entries match"));
+
+    // HTTPS for a network: the auditor's certificate reads, a partner's is
+    // refused on every page, no certificate gets no connection.
+    let certs_dir = certs.to_str().unwrap().to_owned();
+    let (_t, port) = console(&[
+        "--store",
+        &store,
+        "--config",
+        up.config(),
+        "--tls-cert",
+        &format!("{certs_dir}/broker.pem"),
+        "--tls-key",
+        &format!("{certs_dir}/broker.key"),
+    ]);
+    runtime.block_on(async {
+        let page = https_get(port, &certs, Some("audit-office"), "/?consumer=education")
+            .await
+            .unwrap();
+        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+        assert!(page.contains("4 entries match"), "{page}");
+        let partner = https_get(port, &certs, Some("education"), "/")
+            .await
+            .unwrap();
+        assert!(partner.starts_with("HTTP/1.1 403"), "{partner}");
+        assert!(partner.contains("education is not an auditor"), "{partner}");
+        assert!(!partner.contains("entries match"));
+        let anonymous = https_get(port, &certs, None, "/").await;
+        assert!(
+            anonymous.as_ref().map_or(true, |a| a.is_empty()),
+            "no page without a certificate: {anonymous:?}"
+        );
+    });
+}
+
+/// GET `path` over HTTPS as `party` (or with no client certificate).
+async fn https_get(
+    port: u16,
+    certs: &std::path::Path,
+    party: Option<&str>,
+    path: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match party {
+        Some(id) => {
+            let chain = CertificateDer::pem_file_iter(certs.join(format!("{id}.pem")))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(certs.join(format!("{id}.key"))).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(crossgate_tls::server_name("broker")).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: console\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }

@@ -14,9 +14,17 @@ pub struct ConsoleArgs {
     /// through the broker
     #[arg(long)]
     pub store: Option<String>,
-    /// Where to serve the pages: a loopback address
+    /// Where to serve the pages: a loopback address, or any address with
+    /// --tls-cert (HTTPS for auditors' certificates)
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate (PEM, signed by the deployment's
+    /// CA); clients must present an auditor's certificate of that CA
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The key of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub conn: crate::cmd::connect::Connection,
 }
@@ -24,14 +32,19 @@ pub struct ConsoleArgs {
 pub async fn run(args: ConsoleArgs) -> CliResult {
     let stop = crate::cmd::stop_signal();
     let telemetry = crate::telemetry("crossgate-console", None).await?;
-    if !args.listen.ip().is_loopback() {
+    if !args.listen.ip().is_loopback() && args.tls_cert.is_none() {
         return Err(format!(
-            "--listen {}: the console serves this machine's loopback only (e.g. 127.0.0.1:7400); \
-             serving it to a network, over HTTPS with auditors' client certificates, is not built yet",
+            "--listen {}: in plain HTTP the console serves this machine's loopback only (e.g. \
+             127.0.0.1:7400); for a network give --tls-cert and --tls-key (HTTPS, auditors' \
+             client certificates of the deployment's CA)",
             args.listen
         )
         .into());
     }
+    let https = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(https(&args, cert, key)?),
+        _ => None,
+    };
     let (console, over) = match (&args.store, &args.conn.broker) {
         (Some(_), Some(_)) => {
             return Err("give --store or --broker, not both".into());
@@ -73,12 +86,66 @@ pub async fn run(args: ConsoleArgs) -> CliResult {
                 args.listen
             )
         })?;
-    println!(
-        "audit console: http://{}/ (read-only) over {over}",
-        listener.local_addr()?
-    );
-    println!("Ctrl-C stops it.");
-    crossgate_console::serve(listener, console, stop).await;
+    let address = listener.local_addr()?;
+    match https {
+        Some((tls, admit)) => {
+            println!(
+                "audit console: https://{address}/ (read-only; auditors' client certificates) over {over}"
+            );
+            println!("Ctrl-C stops it.");
+            crossgate_console::serve_tls(listener, console, tls, admit, stop).await;
+        }
+        None => {
+            println!("audit console: http://{address}/ (read-only) over {over}");
+            println!("Ctrl-C stops it.");
+            crossgate_console::serve(listener, console, stop).await;
+        }
+    }
     telemetry.shutdown().await;
     Ok(ExitCode::Ok)
+}
+
+/// The HTTPS configuration (client certificates of the CA required) and
+/// who is admitted: a party of partners.toml with the auditor role,
+/// identified from its verified certificate (and, with broker.toml's crls,
+/// not revoked).
+fn https(
+    args: &ConsoleArgs,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<
+    (
+        std::sync::Arc<tokio_rustls::rustls::ServerConfig>,
+        crossgate_console::Admit,
+    ),
+    crate::CliError,
+> {
+    let broker = crossgate_broker::BrokerConfig::load(&args.conn.config)?;
+    let ca = args
+        .conn
+        .ca
+        .clone()
+        .unwrap_or_else(|| broker.certs.join("ca.pem"));
+    let bundle = crossgate_tls::Bundle::from_files(cert, key, &ca)?;
+    let tls = bundle.https_server()?;
+    let revocation = crossgate_tls::revocation::Revocation::load(&bundle.ca_pem, &broker.crls)?
+        .map(std::sync::Arc::new);
+    let identities = crossgate_tls::peers::Identities::new(revocation);
+    let auditors: std::collections::HashSet<String> =
+        crossgate_broker::deployment::read_partners(&args.conn.config)?
+            .into_iter()
+            .filter(|p| p.role == crossgate_policy::Role::Auditor)
+            .map(|p| p.id)
+            .collect();
+    let admit: crossgate_console::Admit = std::sync::Arc::new(move |chain| {
+        let id = identities
+            .identify(Some(chain))
+            .map_err(|why| why.to_string())?;
+        if auditors.contains(id.as_ref()) {
+            Ok(id.to_string())
+        } else {
+            Err(format!("{id} is not an auditor in partners.toml"))
+        }
+    });
+    Ok((tls, admit))
 }
