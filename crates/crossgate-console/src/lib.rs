@@ -55,13 +55,29 @@ pub enum Source {
 }
 
 /// The console over its source.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Console {
     pub source: Source,
     /// The runtime a broker source is called on (pages are built on
     /// blocking threads).
     pub runtime: Option<tokio::runtime::Handle>,
+    /// Over a store: each page view is written to the log, as the broker
+    /// writes each reading through its Audit service (a chain of the
+    /// console's own). A view that cannot be written is not shown.
+    pub readings: Option<crossgate_audit::Writer>,
 }
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console")
+            .field("source", &self.source)
+            .field("audits_readings", &self.readings.is_some())
+            .finish()
+    }
+}
+
+/// The longest description of a reading kept in its entry.
+const MAX_READING: usize = 512;
 
 impl Console {
     /// Over a store.
@@ -69,7 +85,14 @@ impl Console {
         Console {
             source: Source::Store(store.into()),
             runtime: None,
+            readings: None,
         }
+    }
+
+    /// Write each page view to the log with `writer` (a chain of its own).
+    pub fn auditing_readings(mut self, writer: crossgate_audit::Writer) -> Console {
+        self.readings = Some(writer);
+        self
     }
 
     /// Over the broker's Audit service; call inside the runtime.
@@ -79,6 +102,7 @@ impl Console {
         Console {
             source: Source::Broker(client),
             runtime: Some(tokio::runtime::Handle::current()),
+            readings: None,
         }
     }
 
@@ -266,6 +290,44 @@ async fn answer(
     }
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
+    let reader = match &gate {
+        Gate::Admitted(who) => who.to_string(),
+        _ => "console@loopback".to_owned(),
+    };
+    if let Some(readings) = &console.readings {
+        let mut what: String = format!("console {path}?{query}")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(MAX_READING)
+            .collect();
+        what.shrink_to_fit();
+        let mut e = crossgate_audit::Entry {
+            time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            request_id: String::new(),
+            kind: crossgate_audit::Kind::Audit,
+            consumer: reader.clone(),
+            provider: String::new(),
+            record_type: String::new(),
+            record_id: String::new(),
+            purpose: String::new(),
+            approval_reference: String::new(),
+            decision: crossgate_audit::Decision::Allowed,
+            reason: what,
+            released_fields: Vec::new(),
+            record_digest: String::new(),
+            latency_micros: 0,
+        };
+        e.request_id = format!("console-{}", e.time);
+        if let Err(e) = readings.append(e).await {
+            tracing::error!(error = %e, "a page view could not be written to the log");
+            return respond(Page::html(
+                StatusCode::SERVICE_UNAVAILABLE,
+                pages::problem(
+                    "this reading cannot be written to the audit log, so the page is not shown; try again later",
+                ),
+            ));
+        }
+    }
     let started = std::time::Instant::now();
     let page = tokio::task::spawn_blocking(move || console.page(&path, &query)).await;
     let page = page.unwrap_or_else(|_| {
@@ -275,10 +337,7 @@ async fn answer(
         )
     });
     tracing::info!(
-        reader = match &gate {
-            Gate::Admitted(who) => who.as_ref(),
-            _ => "loopback",
-        },
+        reader = %reader,
         path = %request.uri().path(),
         status = page.status.as_u16(),
         micros = started.elapsed().as_micros() as u64,

@@ -78,6 +78,18 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
     assert!(page.contains("4 entries match"), "{page}");
     let verify = get(port, "/verify");
     assert!(verify.contains("Every chain verifies"), "{verify}");
+    // Each view is in the log, in the console's own chain.
+    let views = get(port, "/export.jsonl?consumer=console%40loopback");
+    assert!(
+        views.contains("\"reason\":\"console /?consumer=education\""),
+        "{views}"
+    );
+    assert!(views.contains("\"reason\":\"console /verify?\""), "{views}");
+    assert!(
+        views.contains("\"writer\":\"console\""),
+        "the console's own chain: {views}"
+    );
+    assert!(views.contains("\"kind\":\"audit\""), "{views}");
 
     // Through the broker, as the audit office: the same entries, and each
     // page's reading is in the log.
@@ -124,6 +136,8 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
         &store,
         "--config",
         up.config(),
+        "--writer",
+        "console-https",
         "--tls-cert",
         &format!("{certs_dir}/broker.pem"),
         "--tls-key",
@@ -135,6 +149,19 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
             .unwrap();
         assert!(page.starts_with("HTTP/1.1 200"), "{page}");
         assert!(page.contains("4 entries match"), "{page}");
+        // The auditor's views are written under its name.
+        let views = https_get(
+            port,
+            &certs,
+            Some("audit-office"),
+            "/export.jsonl?consumer=audit-office",
+        )
+        .await
+        .unwrap();
+        assert!(
+            views.contains("\"reason\":\"console /?consumer=education\""),
+            "{views}"
+        );
         let partner = https_get(port, &certs, Some("education"), "/")
             .await
             .unwrap();

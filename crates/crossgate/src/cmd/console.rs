@@ -22,6 +22,11 @@ pub struct ConsoleArgs {
     /// CA); clients must present an auditor's certificate of that CA
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
+    /// Over a store, each page view is written to the log in a chain of
+    /// this name (as the broker writes each reading through its Audit
+    /// service); two consoles on one log need two names
+    #[arg(long, default_value = "console")]
+    pub writer: String,
     /// The key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
@@ -67,15 +72,30 @@ pub async fn run(args: ConsoleArgs) -> CliResult {
                         .store
                 }
             };
-            // Opened once now, so that a wrong store is said at once.
-            crossgate_audit::open(&store).map_err(|e| {
+            // Opened now, so that a wrong store is said at once; page
+            // views are written to the console's own chain.
+            let opened = crossgate_audit::open(&store).map_err(|e| {
                 format!(
                     "cannot open the audit log {}: {e}",
                     crossgate_config::redact_url(&store)
                 )
             })?;
-            let over = crossgate_config::redact_url(&store);
-            (crossgate_console::Console::over_store(store), over)
+            let readings = crossgate_audit::Writer::start(
+                opened,
+                args.writer.clone(),
+                crossgate_audit::Durability::Durable,
+                64,
+            )
+            .map_err(|e| format!("{e}; or give this console another --writer"))?;
+            let over = format!(
+                "{} (page views written to chain {})",
+                crossgate_config::redact_url(&store),
+                args.writer
+            );
+            (
+                crossgate_console::Console::over_store(store).auditing_readings(readings),
+                over,
+            )
         }
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
