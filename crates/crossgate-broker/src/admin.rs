@@ -71,6 +71,19 @@ impl Broker {
         })
     }
 
+    /// Every partner's id (not auditors' or operators'), sorted.
+    fn partner_ids(&self) -> Vec<&String> {
+        let mut ids: Vec<&String> = self
+            .inner
+            .partners
+            .values()
+            .filter(|p| p.role == Role::Partner)
+            .map(|p| &p.id)
+            .collect();
+        ids.sort();
+        ids
+    }
+
     fn known_partner(&self, id: &str) -> Result<(), Status> {
         match self.inner.partners.get(id) {
             Some(p) if p.role == Role::Partner => Ok(()),
@@ -261,14 +274,7 @@ impl Admin for Broker {
     ) -> Result<Response<ListLimitsResponse>, Status> {
         self.authenticate(&request, Role::Operator)?;
         let admin = self.admin()?;
-        let mut ids: Vec<&String> = self
-            .inner
-            .partners
-            .values()
-            .filter(|p| p.role == Role::Partner)
-            .map(|p| &p.id)
-            .collect();
-        ids.sort();
+        let ids = self.partner_ids();
         let limits = ids
             .into_iter()
             .map(|id| self.partner_limit(admin, id))
@@ -408,14 +414,7 @@ impl Admin for Broker {
 
     async fn top(&self, request: Request<TopRequest>) -> Result<Response<TopResponse>, Status> {
         self.authenticate(&request, Role::Operator)?;
-        let mut ids: Vec<&String> = self
-            .inner
-            .partners
-            .values()
-            .filter(|p| p.role == Role::Partner)
-            .map(|p| &p.id)
-            .collect();
-        ids.sort();
+        let ids = self.partner_ids();
         let partners = ids
             .into_iter()
             .map(|id| {

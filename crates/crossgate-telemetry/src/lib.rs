@@ -207,14 +207,7 @@ fn exporter(endpoint: &str, service: &str) -> Result<SdkTracerProvider, Telemetr
 /// department's own system), a child of its `traceparent` if it sent a
 /// valid one. `name` is `package.Service/Method`.
 pub fn server_span(name: &'static str, metadata: &MetadataMap) -> Span {
-    let span = tracing::info_span!(
-        target: TRACE,
-        "rpc",
-        otel.name = name,
-        otel.kind = "server",
-        rpc.system = "grpc",
-        request_id = tracing::field::Empty,
-    );
+    let span = rpc_span(name);
     if !span.is_disabled() {
         let parent = TraceContextPropagator::new().extract(&Metadata(metadata));
         if parent.span().span_context().is_valid() {
@@ -229,14 +222,7 @@ pub fn server_span(name: &'static str, metadata: &MetadataMap) -> Span {
 /// valid `traceparent` (its tracing can find the gateway's trace; nothing
 /// of it is passed on).
 pub fn edge_span(name: &'static str, metadata: &MetadataMap) -> Span {
-    let span = tracing::info_span!(
-        target: TRACE,
-        "rpc",
-        otel.name = name,
-        otel.kind = "server",
-        rpc.system = "grpc",
-        request_id = tracing::field::Empty,
-    );
+    let span = rpc_span(name);
     if !span.is_disabled() {
         // An explicit empty parent: a root, whatever span is current.
         let _ = span.set_parent(opentelemetry::Context::new());
@@ -277,6 +263,18 @@ impl TraceParent {
         }
         span
     }
+}
+
+/// A served call's span, its parent not set yet.
+fn rpc_span(name: &'static str) -> Span {
+    tracing::info_span!(
+        target: TRACE,
+        "rpc",
+        otel.name = name,
+        otel.kind = "server",
+        rpc.system = "grpc",
+        request_id = tracing::field::Empty,
+    )
 }
 
 /// A pipeline step's span, a child of the current one.

@@ -11,12 +11,10 @@
 mod common;
 
 use common::{TempDir, config_copy, wait_for};
-use crossgate_proto::broker_client::BrokerClient;
-use crossgate_proto::{PublishRequest, Record};
+use crossgate_proto::Record;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const RECORDS: u32 = 1000;
@@ -216,36 +214,7 @@ async fn publish_all(rig: &Rig) -> u32 {
             .tls_config(tls.client())
             .unwrap()
             .connect_lazy();
-    let retries = Arc::new(std::sync::atomic::AtomicU32::new(0));
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    let mut calls = Vec::new();
-    for record in declarations() {
-        tick.tick().await;
-        let mut client = BrokerClient::new(channel.clone());
-        let retries = retries.clone();
-        calls.push(tokio::spawn(async move {
-            let until = Instant::now() + Duration::from_secs(90);
-            loop {
-                let mut request = tonic::Request::new(PublishRequest {
-                    record: Some(record.clone()),
-                    ..Default::default()
-                });
-                request.set_timeout(Duration::from_secs(5));
-                match client.publish(request).await {
-                    Ok(_) => return,
-                    Err(status) => {
-                        assert!(Instant::now() < until, "no OK for 90 s: {status:?}");
-                        retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        }));
-    }
-    for call in calls {
-        call.await.unwrap();
-    }
-    retries.load(std::sync::atomic::Ordering::Relaxed)
+    common::publish_until_ok(channel, declarations(), Duration::from_secs(90)).await
 }
 
 fn start_all(rig: &mut Rig) {

@@ -11,12 +11,11 @@
 mod common;
 
 use common::{ROOT, TempDir, config_copy, wait_for};
+use crossgate_proto::Record;
 use crossgate_proto::broker_client::BrokerClient;
-use crossgate_proto::{PublishRequest, Record};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const REPLICAS: usize = 3;
@@ -721,38 +720,11 @@ async fn killed_under_load(mut rig: Rig) {
     };
     // 100/s; a call that gets no OK is made again (the same record: the
     // replica that answers recognises a repeat) until one does.
-    let publisher = async {
-        let mut tick = tokio::time::interval(Duration::from_millis(10));
-        let mut calls = Vec::new();
-        let retries = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        for record in declarations(RECORDS) {
-            tick.tick().await;
-            let mut client = BrokerClient::new(channel.clone());
-            let retries = retries.clone();
-            calls.push(tokio::spawn(async move {
-                let until = Instant::now() + Duration::from_secs(60);
-                loop {
-                    let mut request = tonic::Request::new(PublishRequest {
-                        record: Some(record.clone()),
-                        ..Default::default()
-                    });
-                    request.set_timeout(Duration::from_secs(5));
-                    match client.publish(request).await {
-                        Ok(_) => return,
-                        Err(status) => {
-                            assert!(Instant::now() < until, "no OK for 60 s: {status:?}");
-                            retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            }));
-        }
-        for call in calls {
-            call.await.unwrap();
-        }
-        retries.load(std::sync::atomic::Ordering::Relaxed)
-    };
+    let publisher = common::publish_until_ok(
+        channel.clone(),
+        declarations(RECORDS),
+        Duration::from_secs(60),
+    );
     let (retries, ()) = tokio::join!(publisher, killer);
     let published = Instant::now();
     eprintln!("{retries} calls were made again");

@@ -126,3 +126,53 @@ pub fn person_lookup(provider: &str, purpose: &str) -> crossgate_proto::QueryReq
         }],
     }
 }
+
+/// Publish each record at 100/s over `channel`; a call that gets no OK is
+/// made again (the same record, after 200 ms: whichever broker answers
+/// recognises a repeat) until one does, failing the test after `give_up`.
+/// Returns how many calls were made again.
+pub async fn publish_until_ok<T>(
+    channel: T,
+    records: Vec<crossgate_proto::Record>,
+    give_up: std::time::Duration,
+) -> u32
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, Instant};
+    let retries = std::sync::Arc::new(AtomicU32::new(0));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut calls = Vec::new();
+    for record in records {
+        tick.tick().await;
+        let mut client = crossgate_proto::broker_client::BrokerClient::new(channel.clone());
+        let retries = retries.clone();
+        calls.push(tokio::spawn(async move {
+            let until = Instant::now() + give_up;
+            loop {
+                let mut request = tonic::Request::new(crossgate_proto::PublishRequest {
+                    record: Some(record.clone()),
+                    ..Default::default()
+                });
+                request.set_timeout(Duration::from_secs(5));
+                match client.publish(request).await {
+                    Ok(_) => return,
+                    Err(status) => {
+                        assert!(Instant::now() < until, "no OK for {give_up:?}: {status:?}");
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    retries.load(Ordering::Relaxed)
+}
