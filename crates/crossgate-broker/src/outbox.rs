@@ -470,7 +470,9 @@ impl Lane {
                 .map(|h| Instant::now() + h.lapses_in());
             tokio::select! {
                 _ = sleep_until(lapse), if lapse.is_some() && !stopping => {}
-                _ = turns.changed(), if !stopping => {}
+                // Without a lease (one broker) there are no turns; the
+                // sender is gone and `changed` would answer at once, spinning.
+                _ = turns.changed(), if self.hold.is_some() && !stopping => {}
                 msg = rx.recv(), if !stopping => match msg {
                     Some(msg) => self.receive(msg).await,
                     None => return,
