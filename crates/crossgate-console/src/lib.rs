@@ -65,7 +65,14 @@ pub struct Console {
     /// writes each reading through its Audit service (a chain of the
     /// console's own). A view that cannot be written is not shown.
     pub readings: Option<crossgate_audit::Writer>,
+    /// Pages being built at once, at most [`PAGES_AT_ONCE`].
+    building: Arc<tokio::sync::Semaphore>,
+    /// Numbers the readings' request ids.
+    views: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// Pages built at once; more wait their turn.
+pub const PAGES_AT_ONCE: usize = 4;
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +93,8 @@ impl Console {
             source: Source::Store(store.into()),
             runtime: None,
             readings: None,
+            building: Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)),
+            views: Arc::default(),
         }
     }
 
@@ -103,6 +112,8 @@ impl Console {
             source: Source::Broker(client),
             runtime: Some(tokio::runtime::Handle::current()),
             readings: None,
+            building: Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)),
+            views: Arc::default(),
         }
     }
 
@@ -197,6 +208,39 @@ impl Console {
     }
 }
 
+/// Why a request came from another site's page, if it did: a browser
+/// says so in `Sec-Fetch-Site` (and `Origin`). Another page must not make
+/// an auditor's browser read the log (each view is an entry in the log, an
+/// export a scan of it) with the auditor's certificate.
+fn cross_site(request: &Request<hyper::body::Incoming>) -> Option<&'static str> {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    if let Some(site) = header("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Some(
+            "the console answers its own pages and typed addresses, not other sites' pages",
+        );
+    }
+    if let Some(origin) = header("origin") {
+        let host = header("host").unwrap_or_default();
+        let origin_host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .unwrap_or_default();
+        if origin_host != host {
+            return Some("the console answers requests from its own pages only");
+        }
+    }
+    None
+}
+
 /// Whether `host` (a `Host` header) names this machine's loopback.
 fn loopback_host(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
@@ -277,6 +321,9 @@ async fn answer(
         }
         Gate::Admitted(_) => {}
     }
+    if let Some(why) = cross_site(&request) {
+        return respond(Page::html(StatusCode::FORBIDDEN, pages::problem(why)));
+    }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut r = respond(Page::html(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -317,7 +364,10 @@ async fn answer(
             record_digest: String::new(),
             latency_micros: 0,
         };
-        e.request_id = format!("console-{}", e.time);
+        let n = console
+            .views
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e.request_id = format!("console-{}-{n}", e.time);
         if let Err(e) = readings.append(e).await {
             tracing::error!(error = %e, "a page view could not be written to the log");
             return respond(Page::html(
@@ -329,6 +379,13 @@ async fn answer(
         }
     }
     let started = std::time::Instant::now();
+    // A few pages built at once: each may scan the whole log.
+    let Ok(_building) = console.building.clone().acquire_owned().await else {
+        return respond(Page::html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            pages::problem("the console is stopping"),
+        ));
+    };
     let page = tokio::task::spawn_blocking(move || console.page(&path, &query)).await;
     let page = page.unwrap_or_else(|_| {
         Page::html(

@@ -98,6 +98,27 @@ fn decision(d: &str) -> Markup {
     html! { span class={ "decision d-" (d) } { (d) } }
 }
 
+/// Whether `s` released a record to a department: a query answered, or a
+/// published record delivered (a publish's `allowed` only queues it; its
+/// delivery is the release, and a delivery given up on is none).
+fn released(s: &Stored) -> bool {
+    use crossgate_audit::{Decision, Kind};
+    !s.entry.consumer.is_empty()
+        && matches!(
+            (s.entry.kind, s.entry.decision),
+            (Kind::Query, Decision::Allowed) | (Kind::Publish, Decision::Delivered)
+        )
+}
+
+/// Whether `s` is a department's exchange (a query or a publish), not an
+/// auditor's reading or an operator's change.
+fn exchange(s: &Stored) -> bool {
+    matches!(
+        s.entry.kind,
+        crossgate_audit::Kind::Query | crossgate_audit::Kind::Publish
+    )
+}
+
 /// Every entry `filter` matches, in order.
 fn scan(
     store: &mut dyn Log,
@@ -187,7 +208,7 @@ pub fn search(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
             }
         }
         div.pager {
-            @if q.page > 1 { a href=(q.href("/", q.page - 1)) { "← newer pages" } }
+            @if q.page > 1 { a href=(q.href("/", q.page - 1)) { "← previous page" } }
             @if q.page < pages { a href=(q.href("/", q.page + 1)) { "next page →" } }
         }
     };
@@ -243,7 +264,9 @@ pub fn entry(store: &mut dyn Log, q: &Query) -> Result<Option<String>, StoreErro
         }
         p.pager {
             @if s.sequence > 1 { a href=(entry_href(&s.writer, s.sequence - 1)) { "← previous in chain" } }
-            a href=(entry_href(&s.writer, s.sequence + 1)) { "next in chain →" }
+            @if let Some(next) = s.sequence.checked_add(1) {
+                a href=(entry_href(&s.writer, next)) { "next in chain →" }
+            }
             @if !e.record_id.is_empty() { a href=(received_href(&e.record_id)) { "who received this record" } }
         }
         p.muted { "The entry hash covers every field above and the previous hash: the verify page recomputes the chain." }
@@ -267,14 +290,18 @@ pub fn received(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
             html! { h1 { "Who received a record" } (form) },
         ));
     }
-    let filter = Filter {
-        record_id: Some(q.record_id.clone()),
-        ..Filter::default()
-    };
-    let (mut released, mut other) = (Vec::new(), Vec::new());
-    scan(store, &filter, |s| match s.entry.decision.as_str() {
-        "allowed" | "delivered" => released.push(s),
-        _ => other.push(s),
+    // An answer of several records names them all, comma-separated, in
+    // one entry: every entry is read and its ids compared one by one.
+    let (mut releases, mut other) = (Vec::new(), Vec::new());
+    scan(store, &Filter::default(), |s| {
+        if !s.entry.record_id.split(',').any(|id| id == q.record_id) {
+            return;
+        }
+        if released(&s) {
+            releases.push(s);
+        } else {
+            other.push(s);
+        }
     })?;
     let table = |rows: &[Stored]| {
         html! {
@@ -297,8 +324,9 @@ pub fn received(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     let body = html! {
         h1 { "Who received record " (q.record_id) }
         (form)
-        h2 { (released.len()) " releases" }
-        (table(&released))
+        h2 { (releases.len()) " releases" }
+        p.muted { "A release is a query answered with the record, or the record delivered to a receiver." }
+        (table(&releases))
         h2 { (other.len()) " other decisions about it" }
         (table(&other))
     };
@@ -315,6 +343,9 @@ pub fn partners(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
     // partner -> (as consumer, as provider) -> decision -> count
     let mut table: BTreeMap<String, [BTreeMap<&'static str, u64>; 2]> = BTreeMap::new();
     scan(store, &time, |s| {
+        if !exchange(&s) {
+            return;
+        }
         let d = s.entry.decision.as_str();
         if !s.entry.consumer.is_empty() {
             *table.entry(s.entry.consumer.clone()).or_default()[0]
@@ -366,13 +397,8 @@ pub fn charts(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
         let day = e.time.get(..10).unwrap_or(&e.time).to_owned();
         let d = e.decision.as_str();
         *decisions.entry(d).or_default() += 1;
-        // Accesses: records released to a department (not an auditor's
-        // reading or an operator's change).
-        let access = matches!(
-            e.kind,
-            crossgate_audit::Kind::Query | crossgate_audit::Kind::Publish
-        );
-        if access && matches!(d, "allowed" | "delivered") && !e.provider.is_empty() {
+        // Accesses: records released to a department.
+        if released(&s) {
             *by_consumer
                 .entry(day.clone())
                 .or_default()

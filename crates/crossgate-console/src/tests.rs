@@ -44,7 +44,8 @@ fn entry(
 }
 
 /// 20 education lookups allowed on the 21st and 20 on the 22nd, 5 denied,
-/// 6 deliveries to commerce, and one entry a hostile partner wrote into.
+/// a declaration queued and 6 deliveries to commerce, a lookup by tax
+/// answered with two records, and one entry a hostile partner wrote into.
 fn log() -> Log {
     let dir = std::env::temp_dir().join(format!(
         "crossgate-console-{}-{}",
@@ -114,6 +115,28 @@ fn log() -> Log {
             e.record_type = "customs-declaration.v1".into();
             entries.push(e);
         }
+        // Queued for commerce, then delivered (above): one release, not two.
+        let mut queued = entry(
+            22,
+            29,
+            "commerce",
+            "customs",
+            Decision::Allowed,
+            "trade-statistics",
+            "D-9",
+        );
+        queued.kind = Kind::Publish;
+        entries.push(queued);
+        // An answer of two records names both.
+        entries.push(entry(
+            22,
+            40,
+            "tax",
+            "public-security",
+            Decision::Allowed,
+            "tax-audit",
+            "P-7,D-9",
+        ));
         entries.push(entry(
             22,
             50,
@@ -145,7 +168,7 @@ fn search_filters_pages_and_links_keep_the_filters() {
     let all = page(&log, "/", "");
     assert_eq!(all.status, StatusCode::OK);
     assert!(
-        all.body.contains("52 entries match; page 1 of 2"),
+        all.body.contains("54 entries match; page 1 of 2"),
         "{}",
         all.body
     );
@@ -153,7 +176,7 @@ fn search_filters_pages_and_links_keep_the_filters() {
 
     let second = page(&log, "/", "page=2");
     assert!(second.body.contains("page 2 of 2"));
-    assert_eq!(second.body.matches("class=\"entry-link\"").count(), 2);
+    assert_eq!(second.body.matches("class=\"entry-link\"").count(), 4);
 
     let denied = page(&log, "/", "consumer=education&decision=denied");
     assert!(denied.body.contains("5 entries match"), "{}", denied.body);
@@ -173,7 +196,7 @@ fn search_filters_pages_and_links_keep_the_filters() {
         "/",
         "since=2026-11-22&until=2026-11-23&provider=public-security",
     );
-    assert!(day.body.contains("26 entries match"), "{}", day.body);
+    assert!(day.body.contains("27 entries match"), "{}", day.body);
     let nothing = page(&log, "/", "consumer=nobody");
     assert!(nothing.body.contains("0 entries match"));
 }
@@ -246,8 +269,11 @@ fn an_entry_shows_every_field_its_place_and_its_hashes() {
 fn who_received_a_record_lists_its_releases_apart_from_other_decisions() {
     let log = log();
     let body = page(&log, "/received", "record_id=D-9").body;
-    assert!(body.contains("6 releases"), "{body}");
-    assert!(body.contains("0 other decisions"), "{body}");
+    // Six deliveries and the answer naming it among two; the queued
+    // publish is not a release.
+    assert!(body.contains("7 releases"), "{body}");
+    assert!(body.contains("1 other decisions"), "{body}");
+    assert!(body.contains("tax-audit"));
     assert!(body.contains("trade-statistics"));
     let asks = page(&log, "/received", "").body;
     assert!(asks.contains("name=\"record_id\""));
@@ -275,7 +301,10 @@ fn partners_and_charts_count_the_log() {
     // Two days of accesses by education, with their counts in the tooltips.
     assert!(charts.contains("2026-11-21 education: 20"), "{charts}");
     assert!(charts.contains("2026-11-22 education: 20"));
-    assert!(charts.contains("2026-11-22 commerce: 6"));
+    assert!(
+        charts.contains("2026-11-22 commerce: 6"),
+        "deliveries, not the queued publish"
+    );
     assert!(charts.contains("2026-11-22 denied: 5"));
     let range = page(&log, "/charts", "since=2026-11-22").body;
     assert!(!range.contains("2026-11-21 education"));
@@ -286,7 +315,7 @@ fn verify_says_intact_then_names_the_first_edited_entry() {
     let log = log();
     let body = page(&log, "/verify", "").body;
     assert!(body.contains("Every chain verifies"), "{body}");
-    assert!(body.contains(">52<"), "entries checked: {body}");
+    assert!(body.contains(">54<"), "entries checked: {body}");
     let db = rusqlite::Connection::open(&log.db).unwrap();
     db.execute(
         "UPDATE audit_entries SET purpose = 'tax-audit' WHERE sequence = 7",
@@ -311,7 +340,7 @@ fn exports_hold_exactly_the_filtered_entries() {
     let lines: Vec<&str> = csv.body.lines().collect();
     assert_eq!(lines[0], crossgate_audit::entry::CSV_HEADER);
     assert_eq!(lines.len(), 6);
-    let jsonl = page(&log, "/export.jsonl", "consumer=commerce");
+    let jsonl = page(&log, "/export.jsonl", "consumer=commerce&decision=delivered");
     let entries: Vec<serde_json::Value> = jsonl
         .body
         .lines()
@@ -364,6 +393,22 @@ fn over_http_only_loopback_hosts_and_only_reading() {
         .await;
         assert!(post.starts_with("HTTP/1.1 405"), "{post}");
         assert!(post.contains("allow: GET, HEAD"));
+        let cross = ask(format!(
+            "GET /export.csv HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(cross.starts_with("HTTP/1.1 403"), "{cross}");
+        assert!(!cross.contains("time,writer"), "no export for another site's page");
+        let foreign = ask(format!(
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://evil.example\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+        let own = ask(format!(
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\nConnection: close\r\n\r\n"
+        ))
+        .await;
+        assert!(own.starts_with("HTTP/1.1 200"), "{own}");
         let download = ask(format!(
             "GET /export.csv HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n"
         ))

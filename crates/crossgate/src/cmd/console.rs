@@ -54,6 +54,14 @@ pub async fn run(args: ConsoleArgs) -> CliResult {
         (Some(_), Some(_)) => {
             return Err("give --store or --broker, not both".into());
         }
+        (None, Some(_)) if https.is_some() => {
+            return Err(
+                "over HTTPS give --store: the console then writes each auditor's page views under \
+                 their name; through --broker every view would be logged under the console's own \
+                 certificate"
+                    .into(),
+            );
+        }
         (None, Some(broker)) => {
             let channel = args.conn.channel("audit-office").await?;
             (
