@@ -340,7 +340,11 @@ fn exports_hold_exactly_the_filtered_entries() {
     let lines: Vec<&str> = csv.body.lines().collect();
     assert_eq!(lines[0], crossgate_audit::entry::CSV_HEADER);
     assert_eq!(lines.len(), 6);
-    let jsonl = page(&log, "/export.jsonl", "consumer=commerce&decision=delivered");
+    let jsonl = page(
+        &log,
+        "/export.jsonl",
+        "consumer=commerce&decision=delivered",
+    );
     let entries: Vec<serde_json::Value> = jsonl
         .body
         .lines()
