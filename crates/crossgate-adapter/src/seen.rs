@@ -8,19 +8,71 @@
 //! `ReceiveRequest` to dedupe on its side). Bounded: the oldest ids beyond
 //! `capacity` are forgotten; the broker stops retrying an id once it is
 //! acknowledged, so only recent ids can come again.
+//!
+//! Every remembered id is also held in memory (read from the file at open),
+//! so checking a delivery reads no file; ids are written by one thread of
+//! the store's own, which commits whatever has queued up in one transaction
+//! (as the broker's audit log does) and answers each waiting delivery once
+//! its id is in the file.
 
-use rusqlite::{Connection, OptionalExtension};
-use std::collections::HashSet;
+use rusqlite::{Connection, params};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
 
 /// The remembered delivery ids.
 pub struct Seen {
-    conn: Mutex<Connection>,
+    known: Arc<Mutex<Known>>,
     /// Ids being handed to the system right now.
     in_flight: Mutex<HashSet<String>>,
     capacity: u64,
+    /// The file's writer thread; `None`: remembered in memory only.
+    file: Option<(String, mpsc::UnboundedSender<Job>)>,
 }
+
+/// Every id remembered, with its position in the order of remembering.
+#[derive(Default)]
+struct Known {
+    ids: HashMap<Box<str>, u64>,
+    last: u64,
+}
+
+impl Known {
+    /// Positions for those of `ids` not yet known, and, when the count
+    /// passes a step of a tenth of `capacity`, the position up to which the
+    /// oldest are then forgotten (trimmed in steps, not on every id).
+    fn plan<'a>(
+        &self,
+        ids: impl Iterator<Item = &'a str>,
+        capacity: u64,
+    ) -> (Vec<(&'a str, u64)>, Option<u64>) {
+        let mut last = self.last;
+        let mut batch = HashSet::new();
+        let mut added = Vec::new();
+        for id in ids {
+            if !self.ids.contains_key(id) && batch.insert(id) {
+                last += 1;
+                added.push((id, last));
+            }
+        }
+        let step = (capacity / 10).max(1);
+        let cutoff = (last > capacity && self.last / step != last / step).then(|| last - capacity);
+        (added, cutoff)
+    }
+
+    fn apply(&mut self, added: &[(&str, u64)], cutoff: Option<u64>) {
+        for (id, at) in added {
+            self.ids.insert((*id).into(), *at);
+            self.last = self.last.max(*at);
+        }
+        if let Some(cutoff) = cutoff {
+            self.ids.retain(|_, at| *at > cutoff);
+        }
+    }
+}
+
+type Job = (String, oneshot::Sender<Result<(), String>>);
 
 /// Why the store of delivery ids cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,73 +85,75 @@ pub struct SeenError {
 /// How many ids are remembered by default.
 pub const DEFAULT_CAPACITY: u64 = 100_000;
 
+/// The most ids written in one transaction.
+const MAX_BATCH: usize = 1024;
+
 impl Seen {
     /// Open (creating if needed) the file at `path`.
     pub fn open(path: &Path, capacity: u64) -> Result<Self, SeenError> {
+        let shown = path.display().to_string();
         let fail = |reason: String| SeenError {
-            path: path.display().to_string(),
+            path: shown.clone(),
             reason,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
         }
         let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
-        Self::with(conn, capacity).map_err(|e| fail(e.to_string()))
+        let known = read(&conn).map_err(|e| fail(e.to_string()))?;
+        let mut seen = Self::memory(capacity);
+        seen.known = Arc::new(Mutex::new(known));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let known = seen.known.clone();
+        let capacity = seen.capacity;
+        std::thread::Builder::new()
+            .name("delivered-ids".into())
+            .spawn(move || write_batches(conn, known, capacity, rx))
+            .map_err(|e| fail(format!("cannot start its writer: {e}")))?;
+        seen.file = Some((shown, tx));
+        Ok(seen)
     }
 
     /// Remembered in memory only (tests, and adapters run without a state folder).
-    pub fn memory(capacity: u64) -> Result<Self, SeenError> {
-        Connection::open_in_memory()
-            .and_then(|conn| Self::with(conn, capacity))
-            .map_err(|e| SeenError {
-                path: ":memory:".into(),
-                reason: e.to_string(),
-            })
-    }
-
-    fn with(conn: Connection, capacity: u64) -> rusqlite::Result<Self> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
-             CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at)",
-        )?;
-        Ok(Seen {
-            conn: Mutex::new(conn),
+    pub fn memory(capacity: u64) -> Self {
+        Seen {
+            known: Arc::default(),
             in_flight: Mutex::new(HashSet::new()),
             capacity: capacity.max(1),
-        })
+            file: None,
+        }
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        lock(&self.known)
     }
 
     /// Whether `id` was passed on before.
-    pub fn contains(&self, id: &str) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn()
-            .prepare_cached("SELECT 1 FROM delivered WHERE delivery_id = ?1")?
-            .query_row([id], |_| Ok(()))
-            .optional()?
-            .is_some())
+    pub fn contains(&self, id: &str) -> bool {
+        self.known().ids.contains_key(id)
     }
 
-    /// Remember `id`; forget the oldest beyond the capacity.
-    pub fn remember(&self, id: &str) -> rusqlite::Result<()> {
-        let conn = self.conn();
-        let n: i64 = conn
-            .prepare_cached("INSERT OR IGNORE INTO delivered (delivery_id, at) VALUES (?1, (SELECT COALESCE(MAX(at), 0) + 1 FROM delivered)) RETURNING at")?
-            .query_row([id], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let capacity = i64::try_from(self.capacity).unwrap_or(i64::MAX);
-        // Trim in steps of a tenth, not on every insert.
-        if n > capacity && n % (capacity / 10).max(1) == 0 {
-            conn.prepare_cached("DELETE FROM delivered WHERE at <= ?1")?
-                .execute([n - capacity])?;
-        }
-        Ok(())
+    /// Remember `id` (forgetting the oldest beyond the capacity); returns
+    /// once it is in the file.
+    pub async fn remember(&self, id: &str) -> Result<(), SeenError> {
+        let Some((path, writer)) = &self.file else {
+            let mut known = self.known();
+            let (added, cutoff) = known.plan(std::iter::once(id), self.capacity);
+            known.apply(&added, cutoff);
+            return Ok(());
+        };
+        let fail = |reason: String| SeenError {
+            path: path.clone(),
+            reason,
+        };
+        let (reply, written) = oneshot::channel();
+        writer
+            .send((id.to_owned(), reply))
+            .map_err(|_| fail("its writer has stopped".into()))?;
+        written
+            .await
+            .map_err(|_| fail("its writer has stopped".into()))?
+            .map_err(fail)
     }
 
     /// Mark `id` as being handed over; `false` when it already is.
@@ -116,6 +170,86 @@ impl Seen {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
     }
+}
+
+fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    known.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Prepare the file and read what it remembers.
+fn read(conn: &Connection) -> rusqlite::Result<Known> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // Only this adapter writes the file: a lock held for long is a fault
+    // to report, not to wait out.
+    conn.busy_timeout(std::time::Duration::from_secs(1))?;
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at)",
+    )?;
+    let mut known = Known::default();
+    let mut stmt = conn.prepare("SELECT delivery_id, at FROM delivered")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let (id, at): (String, i64) = (row.get(0)?, row.get(1)?);
+        let at = u64::try_from(at).unwrap_or(0);
+        known.last = known.last.max(at);
+        known.ids.insert(id.into(), at);
+    }
+    Ok(known)
+}
+
+/// The writer thread: each turn commits every id queued so far in one
+/// transaction, then answers their callers; ends when the store is dropped.
+fn write_batches(
+    mut conn: Connection,
+    known: Arc<Mutex<Known>>,
+    capacity: u64,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // Memory learns the ids once the file holds them; only this thread
+        // adds to it, so the plan made before the write still stands after.
+        let (added, cutoff) = lock(&known).plan(batch.iter().map(|(id, _)| id.as_str()), capacity);
+        let written = write(&mut conn, &added, cutoff);
+        if written.is_ok() {
+            lock(&known).apply(&added, cutoff);
+        }
+        let answer = written.map_err(|e| e.to_string());
+        for (_, reply) in batch.drain(..) {
+            let _ = reply.send(answer.clone());
+        }
+    }
+}
+
+fn write(
+    conn: &mut Connection,
+    added: &[(&str, u64)],
+    cutoff: Option<u64>,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert =
+            tx.prepare_cached("INSERT OR IGNORE INTO delivered (delivery_id, at) VALUES (?1, ?2)")?;
+        for (id, at) in added {
+            insert.execute(params![id, i64::try_from(*at).unwrap_or(i64::MAX)])?;
+        }
+    }
+    if let Some(cutoff) = cutoff {
+        tx.execute(
+            "DELETE FROM delivered WHERE at <= ?1",
+            [i64::try_from(cutoff).unwrap_or(i64::MAX)],
+        )?;
+    }
+    tx.commit()
 }
 
 /// A hand-over under way: `id` is released when this is dropped, however
@@ -135,29 +269,83 @@ impl Drop for Handing {
 mod tests {
     use super::*;
 
-    #[test]
-    fn ids_survive_a_reopen_and_the_oldest_are_forgotten_beyond_the_capacity() {
+    #[tokio::test]
+    async fn ids_survive_a_reopen_and_the_oldest_are_forgotten_beyond_the_capacity() {
         let dir = crossgate_testing::TempDir::new("seen");
         let path = dir.join("delivered.db");
         {
             let seen = Seen::open(&path, 10).unwrap();
             for i in 0..10 {
-                seen.remember(&format!("d{i}")).unwrap();
+                seen.remember(&format!("d{i}")).await.unwrap();
             }
-            seen.remember("d0").unwrap();
-            assert!(seen.contains("d0").unwrap());
+            seen.remember("d0").await.unwrap();
+            assert!(seen.contains("d0"));
         }
         let seen = Seen::open(&path, 10).unwrap();
-        assert!(seen.contains("d9").unwrap(), "kept across a restart");
-        assert!(!seen.contains("x").unwrap());
+        assert!(seen.contains("d9"), "kept across a restart");
+        assert!(!seen.contains("x"));
         for i in 10..20 {
-            seen.remember(&format!("d{i}")).unwrap();
+            seen.remember(&format!("d{i}")).await.unwrap();
         }
-        assert!(!seen.contains("d0").unwrap(), "the oldest are forgotten");
-        assert!(seen.contains("d19").unwrap());
+        assert!(!seen.contains("d0"), "the oldest are forgotten");
+        assert!(seen.contains("d19"));
         assert!(seen.begin("d5"));
         assert!(!seen.begin("d5"), "one hand-over at a time");
         seen.end("d5");
         assert!(seen.begin("d5"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ids_remembered_at_once_share_commits_and_are_all_in_the_file() {
+        let dir = crossgate_testing::TempDir::new("seen-batch");
+        let path = dir.join("delivered.db");
+        {
+            let seen = Arc::new(Seen::open(&path, 100_000).unwrap());
+            let tasks: Vec<_> = (0..500)
+                .map(|i| {
+                    let seen = seen.clone();
+                    tokio::spawn(async move { seen.remember(&format!("id-{i}")).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        // Read back by a new process's view of the file, not from memory.
+        let conn = Connection::open(&path).unwrap();
+        let (rows, distinct): (i64, i64) = conn
+            .query_row(
+                "SELECT COUNT(*), COUNT(DISTINCT at) FROM delivered",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((rows, distinct), (500, 500));
+        let seen = Seen::open(&path, 100_000).unwrap();
+        assert!((0..500).all(|i| seen.contains(&format!("id-{i}"))));
+    }
+
+    #[tokio::test]
+    async fn a_file_that_cannot_be_written_fails_the_remember_and_memory_does_not_keep_it() {
+        let dir = crossgate_testing::TempDir::new("seen-fail");
+        let path = dir.join("delivered.db");
+        let seen = Seen::open(&path, 10).unwrap();
+        seen.remember("kept").await.unwrap();
+        // Another connection takes the write lock and holds it.
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let refused = seen.remember("not-kept").await.unwrap_err();
+        assert!(
+            refused.to_string().contains("delivery-id store"),
+            "{refused}"
+        );
+        assert!(
+            !seen.contains("not-kept"),
+            "memory holds only what the file holds"
+        );
+        assert!(seen.contains("kept"));
+        blocker.execute_batch("ROLLBACK").unwrap();
+        seen.remember("not-kept").await.unwrap();
+        assert!(seen.contains("not-kept"));
     }
 }

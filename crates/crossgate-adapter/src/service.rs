@@ -80,13 +80,7 @@ impl Adapter {
                 broker: BrokerClient::new(broker.into()),
                 system: DepartmentSystemClient::new(system),
                 peers: None,
-                seen: match Seen::memory(crate::seen::DEFAULT_CAPACITY) {
-                    Ok(seen) => Some(Arc::new(seen)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "repeated deliveries will not be recognised");
-                        None
-                    }
-                },
+                seen: Some(Arc::new(Seen::memory(crate::seen::DEFAULT_CAPACITY))),
             }),
         }
     }
@@ -447,18 +441,17 @@ impl Adapter {
         req: DeliverRequest,
     ) -> Result<Response<DeliverResponse>, Status> {
         let id = req.delivery_id.clone();
-        let unreadable = |e: rusqlite::Error| {
-            tracing::error!(error = %e, "delivery-id store failed");
-            Status::unavailable("the adapter cannot check for repeated deliveries; try again")
-        };
-        if seen.contains(&id).map_err(unreadable)? {
+        if seen.contains(&id) {
             tracing::debug!(department = %self.department(), delivery = %id, "repeated delivery acknowledged");
             return Ok(Response::new(DeliverResponse {}));
         }
         let reply = self.hand_over(req).await?;
         // If this fails the system has the record but the id is not kept:
         // the broker retries and the system sees the same delivery id.
-        seen.remember(&id).map_err(unreadable)?;
+        seen.remember(&id).await.map_err(|e| {
+            tracing::error!(error = %e, "delivery-id store failed");
+            Status::unavailable("the adapter cannot keep the delivery id; try again")
+        })?;
         Ok(reply)
     }
 
