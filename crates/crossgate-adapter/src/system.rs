@@ -26,10 +26,14 @@ pub struct Received {
     pub document: Value,
 }
 
+/// How many received records the system keeps in memory.
+pub const KEPT: usize = 10_000;
+
 #[derive(Debug, Default)]
 struct State {
     records: HashMap<String, Vec<Value>>,
-    received: Vec<Received>,
+    /// The newest `KEPT` records received (the inbox file, when set, has all).
+    received: std::collections::VecDeque<Received>,
 }
 
 /// An in-memory department system.
@@ -96,10 +100,12 @@ impl ReferenceSystem {
             .push(doc);
     }
 
-    /// Everything received so far, oldest first.
+    /// What was received, oldest first: everything, or the newest
+    /// [`KEPT`] once more have come (a long-running `crossgate up` under
+    /// load must not keep every record in memory).
     pub fn received(&self) -> Vec<Received> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.received.clone()
+        state.received.iter().cloned().collect()
     }
 }
 
@@ -132,7 +138,10 @@ impl DepartmentSystem for ReferenceSystem {
                 .and_then(|mut f| f.write_all(line.as_bytes()));
             written.map_err(|e| Status::unavailable(format!("cannot write the inbox: {e}")))?;
         }
-        state.received.push(Received {
+        if state.received.len() >= KEPT {
+            state.received.pop_front();
+        }
+        state.received.push_back(Received {
             provider: req.provider,
             record_type: req.record_type,
             native_type: record.native_type,
@@ -171,5 +180,32 @@ impl DepartmentSystem for ReferenceSystem {
             })
             .unwrap_or_default();
         Ok(Response::new(FindResponse { records }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_newest_records_are_kept_in_memory() {
+        let system = ReferenceSystem::new();
+        for i in 0..KEPT + 5 {
+            let request = ReceiveRequest {
+                provider: "customs".into(),
+                record_type: "declaration".into(),
+                record: Some(NativeRecord {
+                    native_type: "declaration".into(),
+                    record_id: format!("r{i}"),
+                    json: br#"{"n": 1}"#.to_vec(),
+                }),
+                delivery_id: format!("d{i}"),
+            };
+            system.receive(Request::new(request)).await.unwrap();
+        }
+        let received = system.received();
+        assert_eq!(received.len(), KEPT);
+        assert_eq!(received[0].delivery_id, "d5", "the oldest go first");
+        assert_eq!(received[KEPT - 1].delivery_id, format!("d{}", KEPT + 4));
     }
 }
