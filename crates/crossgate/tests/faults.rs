@@ -118,6 +118,31 @@ impl Rig {
         handed
     }
 
+    /// Take `who` out of the rig; the returned future kills it (SIGKILL)
+    /// at a random moment 1–8 s on, and half a second later starts `again`
+    /// in its place.
+    fn kill_and_restart(
+        &mut self,
+        who: &str,
+        mut again: Command,
+    ) -> impl std::future::Future<Output = Child> + use<> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let at = Duration::from_millis(1000 + u64::from(nanos % 7000));
+        eprintln!("killing {who} after {at:?}");
+        let mut child = self.running.remove(who).unwrap();
+        again.stderr(self.log(who));
+        async move {
+            tokio::time::sleep(at).await;
+            child.kill().unwrap();
+            child.wait().unwrap();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            again.spawn().unwrap()
+        }
+    }
+
     /// `dept`'s system has every record, each once.
     fn check_receiver(&self, dept: &str) {
         let (ids, lines) = self.received(dept);
@@ -296,24 +321,8 @@ async fn a_receiver_down_for_30_seconds_under_load_gets_everything_once() {
 async fn the_broker_killed_at_a_random_moment_loses_nothing_and_doubles_nothing() {
     let mut rig = Rig::new("faults_broker_killed", None);
     start_all(&mut rig);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let at = Duration::from_millis(1000 + u64::from(nanos % 7000));
-    eprintln!("killing the broker after {at:?}");
-    let mut broker = rig.running.remove("broker").unwrap();
-    let (dir, log) = (rig.dir.to_path_buf(), rig.log("broker"));
-    let killer = async move {
-        tokio::time::sleep(at).await;
-        broker.kill().unwrap();
-        broker.wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        crossgate(&dir, &["broker", "--config", "."])
-            .stderr(log)
-            .spawn()
-            .unwrap()
-    };
+    let again = crossgate(&rig.dir, &["broker", "--config", "."]);
+    let killer = rig.kill_and_restart("broker", again);
     let (retries, restarted) = tokio::join!(publish_all(&rig), killer);
     rig.running.insert("broker".into(), restarted);
     assert!(
@@ -333,22 +342,8 @@ async fn a_receiving_adapter_killed_at_a_random_moment_loses_nothing_and_repeats
  {
     let mut rig = Rig::new("faults_adapter_killed", None);
     start_all(&mut rig);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let at = Duration::from_millis(1000 + u64::from(nanos % 7000));
     let dept = RECEIVERS[0];
-    eprintln!("killing {dept}'s adapter after {at:?}");
-    let mut killed = rig.running.remove(dept).unwrap();
-    let (dir, log) = (rig.dir.to_path_buf(), rig.log(dept));
-    let killer = async move {
-        tokio::time::sleep(at).await;
-        killed.kill().unwrap();
-        killed.wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        adapter(&dir, dept).stderr(log).spawn().unwrap()
-    };
+    let killer = rig.kill_and_restart(dept, adapter(&rig.dir, dept));
     let (_, restarted) = tokio::join!(publish_all(&rig), killer);
     rig.running.insert(dept.into(), restarted);
     rig.wait_for_everything();
