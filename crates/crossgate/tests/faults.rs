@@ -75,7 +75,7 @@ impl Rig {
     }
 
     fn start_adapter(&mut self, dept: &str) {
-        let child = adapter(&self.dir, dept)
+        let child = common::adapter_in(&self.dir, dept)
             .stderr(self.log(dept))
             .spawn()
             .unwrap();
@@ -193,25 +193,6 @@ impl Drop for Rig {
             let _ = child.wait();
         }
     }
-}
-
-/// `dept`'s adapter, its system's inbox and its delivery ids in `dir`.
-fn adapter(dir: &std::path::Path, dept: &str) -> Command {
-    let inbox = format!("{dept}.inbox.jsonl");
-    crossgate(
-        dir,
-        &[
-            "adapter",
-            "--config",
-            ".",
-            "--department",
-            dept,
-            "--inbox",
-            &inbox,
-            "--state",
-            "state",
-        ],
-    )
 }
 
 /// The crossgate binary, run in `dir`.
@@ -343,7 +324,7 @@ async fn a_receiving_adapter_killed_at_a_random_moment_loses_nothing_and_repeats
     let mut rig = Rig::new("faults_adapter_killed", None);
     start_all(&mut rig);
     let dept = RECEIVERS[0];
-    let killer = rig.kill_and_restart(dept, adapter(&rig.dir, dept));
+    let killer = rig.kill_and_restart(dept, common::adapter_in(&rig.dir, dept));
     let (_, restarted) = tokio::join!(publish_all(&rig), killer);
     rig.running.insert(dept.into(), restarted);
     rig.wait_for_everything();

@@ -236,26 +236,11 @@ impl Rig {
     }
 
     fn start_adapter_via(&mut self, dept: &str, brokers: &str) {
-        let inbox = format!("{dept}.inbox.jsonl");
-        let child = crossgate(
-            &self.dir,
-            &[
-                "adapter",
-                "--config",
-                ".",
-                "--department",
-                dept,
-                "--inbox",
-                &inbox,
-                "--state",
-                "state",
-                "--broker",
-                brokers,
-            ],
-        )
-        .stderr(self.log(dept))
-        .spawn()
-        .unwrap();
+        let child = common::adapter_in(&self.dir, dept)
+            .args(["--broker", brokers])
+            .stderr(self.log(dept))
+            .spawn()
+            .unwrap();
         self.others.push(child);
         let port = self.adapters.iter().find(|(d, _)| d == dept).unwrap().1;
         wait_for(port);

@@ -16,6 +16,26 @@ pub fn crossgate(args: &[&str]) -> Command {
     c
 }
 
+/// `dept`'s adapter run in `dir` (a configuration folder): its reference
+/// system's inbox is `<dept>.inbox.jsonl` and its delivery ids are kept
+/// under `state/`, both in `dir`.
+pub fn adapter_in(dir: &std::path::Path, dept: &str) -> Command {
+    let inbox = format!("{dept}.inbox.jsonl");
+    let mut c = crossgate(&[
+        "adapter",
+        "--config",
+        ".",
+        "--department",
+        dept,
+        "--inbox",
+        &inbox,
+        "--state",
+        "state",
+    ]);
+    c.current_dir(dir);
+    c
+}
+
 /// `crossgate up` from a copy of `deploy/local` on free loopback ports, its
 /// reference systems seeded from the shipped fixtures; killed when dropped.
 pub struct Up {
