@@ -2,6 +2,9 @@
 //! the filtered select and the decoding of a row. The stores only run what
 //! it writes, so SQLite and PostgreSQL cannot drift apart.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use crate::entry::{Decision, Entry, Kind, Stored, hex, unhex32};
 use crate::outbox::{Claim, Item, Op, OutboxFilter, State};
 use crate::{Filter, StoreError};
@@ -11,6 +14,24 @@ use crate::{Filter, StoreError};
 pub(crate) enum Dialect {
     Sqlite,
     Postgres,
+}
+
+/// A statement and its arguments. The text of every statement on the write
+/// path is made once per dialect ([`Statements`]); the arguments borrow what
+/// is written, so a commit copies no record, field or payload to bind it.
+pub(crate) type Statement<'a> = (Cow<'static, str>, Vec<Param<'a>>);
+
+/// The texts of the statements a commit runs, made once per dialect.
+pub(crate) struct Statements {
+    insert: String,
+    move_head: String,
+    claim: String,
+    find_claim: String,
+    enqueue: String,
+    update: String,
+    requeue: String,
+    purge: String,
+    renew: String,
 }
 
 /// The columns of `audit_entries` after `writer` and `sequence`, in insert
@@ -37,6 +58,17 @@ const COLUMNS: [(&str, bool); 18] = [
 ];
 
 impl Dialect {
+    /// This dialect's write-path statements, made on first use.
+    fn statements(self) -> &'static Statements {
+        static SQLITE: OnceLock<Statements> = OnceLock::new();
+        static POSTGRES: OnceLock<Statements> = OnceLock::new();
+        let made = match self {
+            Dialect::Sqlite => &SQLITE,
+            Dialect::Postgres => &POSTGRES,
+        };
+        made.get_or_init(|| Statements::new(self))
+    }
+
     /// Placeholder `n` for an argument.
     fn placeholder(self, n: usize) -> String {
         match self {
@@ -142,7 +174,7 @@ CREATE TABLE IF NOT EXISTS publish_keys (
     }
 
     /// An outbox change as statements and their arguments.
-    pub(crate) fn outbox_op(self, op: &Op) -> Vec<(String, Vec<Param>)> {
+    pub(crate) fn outbox_op(self, op: &Op) -> Vec<Statement<'_>> {
         let p = |n| self.placeholder(n);
         if let Op::Prune { before } = op {
             // A key goes only when nothing of its request is still owed.
@@ -155,8 +187,8 @@ CREATE TABLE IF NOT EXISTS publish_keys (
             .into_iter()
             .map(|table| {
                 (
-                    format!("DELETE FROM {table} < {}", p(1)),
-                    vec![Param::Text(before.clone())],
+                    Cow::Owned(format!("DELETE FROM {table} < {}", p(1))),
+                    vec![text(before)],
                 )
             })
             .collect();
@@ -164,89 +196,36 @@ CREATE TABLE IF NOT EXISTS publish_keys (
         vec![self.outbox_change(op)]
     }
 
-    fn outbox_change(self, op: &Op) -> (String, Vec<Param>) {
-        let p = |n| self.placeholder(n);
-        match op {
-            Op::Enqueue(item) => {
-                let names: Vec<&str> = OUTBOX_COLUMNS.iter().map(|(n, _)| *n).collect();
-                let places: Vec<String> = (1..=names.len()).map(p).collect();
-                (
-                    format!(
-                        "INSERT INTO outbox ({}) VALUES ({}) ON CONFLICT (delivery_id) DO NOTHING",
-                        names.join(", "),
-                        places.join(", ")
-                    ),
-                    encode_item(item),
-                )
-            }
+    fn outbox_change(self, op: &Op) -> Statement<'_> {
+        let sql = self.statements();
+        let (statement, args) = match op {
+            Op::Enqueue(item) => (&sql.enqueue, encode_item(item)),
             Op::Update {
                 delivery_id,
                 state,
                 attempts,
                 next_attempt,
                 last_error,
-            } => {
-                let empty = match self {
-                    Dialect::Sqlite => "x''",
-                    Dialect::Postgres => "''::bytea",
-                };
-                (
-                    format!(
-                        "UPDATE outbox SET state = {s}, attempts = {a}, next_attempt = {n}, last_error = {e},
-                         payload = CASE WHEN {s} = 'delivered' THEN {empty} ELSE payload END
-                         WHERE delivery_id = {id} AND state <> 'delivered'",
-                        s = p(1),
-                        a = p(2),
-                        n = p(3),
-                        e = p(4),
-                        id = p(5)
-                    ),
-                    vec![
-                        Param::Text(state.as_str().into()),
-                        Param::Int(i64::from(*attempts)),
-                        Param::Text(next_attempt.clone()),
-                        Param::Text(last_error.clone()),
-                        Param::Text(delivery_id.clone()),
-                    ],
-                )
-            }
+            } => (
+                &sql.update,
+                vec![
+                    text(state.as_str()),
+                    Param::Int(i64::from(*attempts)),
+                    text(next_attempt),
+                    text(last_error),
+                    text(delivery_id),
+                ],
+            ),
             Op::Requeue {
                 delivery_id,
                 at,
                 note,
-            } => (
-                format!(
-                    "UPDATE outbox SET state = 'queued', attempts = 0, created = {at}, next_attempt = {at}, last_error = {n},
-                     lease_owner = CASE WHEN state = 'dead' THEN '' ELSE lease_owner END
-                     WHERE delivery_id = {id} AND state <> 'delivered'",
-                    at = p(1),
-                    n = p(2),
-                    id = p(3)
-                ),
-                vec![
-                    Param::Text(at.clone()),
-                    Param::Text(note.clone()),
-                    Param::Text(delivery_id.clone()),
-                ],
-            ),
-            Op::Purge { delivery_id } => (
-                format!(
-                    "DELETE FROM outbox WHERE delivery_id = {} AND state <> 'delivered'",
-                    p(1)
-                ),
-                vec![Param::Text(delivery_id.clone())],
-            ),
-            Op::Renew { owner, until } => (
-                format!(
-                    "INSERT INTO outbox_replicas (owner, until) VALUES ({}, {})
-                     ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
-                    p(1),
-                    p(2)
-                ),
-                vec![Param::Text(owner.clone()), Param::Text(until.clone())],
-            ),
-            Op::Prune { .. } => (String::new(), Vec::new()),
-        }
+            } => (&sql.requeue, vec![text(at), text(note), text(delivery_id)]),
+            Op::Purge { delivery_id } => (&sql.purge, vec![text(delivery_id)]),
+            Op::Renew { owner, until } => (&sql.renew, vec![text(owner), text(until)]),
+            Op::Prune { .. } => return (Cow::Borrowed(""), Vec::new()),
+        };
+        (Cow::Borrowed(statement.as_str()), args)
     }
 
     /// Columns added after the first release, for tables made before them.
@@ -299,17 +278,9 @@ CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (receiver, lease_owner) WHERE
     }
 
     /// Claim an idempotency key; a key claimed before keeps its first request.
-    pub(crate) fn claim(self, claim: &Claim) -> (String, Vec<Param>) {
+    pub(crate) fn claim(self, claim: &Claim) -> Statement<'_> {
         (
-            format!(
-                "INSERT INTO publish_keys (provider, key, request_id, record_digest, created)
-                 VALUES ({}, {}, {}, {}, {}) ON CONFLICT (provider, key) DO NOTHING",
-                self.placeholder(1),
-                self.placeholder(2),
-                self.placeholder(3),
-                self.placeholder(4),
-                self.placeholder(5)
-            ),
+            Cow::Borrowed(self.statements().claim.as_str()),
             [
                 &claim.provider,
                 &claim.key,
@@ -318,18 +289,14 @@ CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (receiver, lease_owner) WHERE
                 &claim.created,
             ]
             .into_iter()
-            .map(|s| Param::Text(s.clone()))
+            .map(|s| text(s))
             .collect(),
         )
     }
 
     /// Who claimed a key first; arguments: provider, key.
-    pub(crate) fn find_claim(self) -> String {
-        format!(
-            "SELECT request_id, record_digest FROM publish_keys WHERE provider = {} AND key = {}",
-            self.placeholder(1),
-            self.placeholder(2)
-        )
+    pub(crate) fn find_claim(self) -> &'static str {
+        &self.statements().find_claim
     }
 
     /// Items per receiver in one state; argument: the state.
@@ -385,25 +352,13 @@ DROP INDEX IF EXISTS audit_entries_chain"
     }
 
     /// Insert one entry; its arguments are [`encode`]'s, in order.
-    pub(crate) fn insert(self) -> String {
-        let names: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
-        let places: Vec<String> = (1..=COLUMNS.len()).map(|n| self.placeholder(n)).collect();
-        format!(
-            "INSERT INTO audit_entries ({}) VALUES ({})",
-            names.join(", "),
-            places.join(", ")
-        )
+    pub(crate) fn insert(self) -> &'static str {
+        &self.statements().insert
     }
 
     /// Move a chain's head; arguments: writer, sequence, entry hash.
-    pub(crate) fn move_head(self) -> String {
-        format!(
-            "INSERT INTO audit_heads (writer, sequence, entry_hash) VALUES ({}, {}, {})
-             ON CONFLICT (writer) DO UPDATE SET sequence = excluded.sequence, entry_hash = excluded.entry_hash",
-            self.placeholder(1),
-            self.placeholder(2),
-            self.placeholder(3)
-        )
+    pub(crate) fn move_head(self) -> &'static str {
+        &self.statements().move_head
     }
 
     /// The query selecting `filter`'s entries, and its text arguments.
@@ -449,11 +404,84 @@ DROP INDEX IF EXISTS audit_entries_chain"
     }
 }
 
-/// One insert argument.
-pub(crate) enum Param {
-    Text(String),
+impl Statements {
+    fn new(d: Dialect) -> Self {
+        let p = |n| d.placeholder(n);
+        let places = |count: usize| (1..=count).map(p).collect::<Vec<_>>().join(", ");
+        let names = |columns: &[&str]| columns.join(", ");
+        let entry_columns: Vec<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+        let outbox_columns: Vec<&str> = OUTBOX_COLUMNS.iter().map(|(n, _)| *n).collect();
+        let empty = match d {
+            Dialect::Sqlite => "x''",
+            Dialect::Postgres => "''::bytea",
+        };
+        Statements {
+            insert: format!(
+                "INSERT INTO audit_entries ({}) VALUES ({})",
+                names(&entry_columns),
+                places(COLUMNS.len())
+            ),
+            move_head: format!(
+                "INSERT INTO audit_heads (writer, sequence, entry_hash) VALUES ({})
+             ON CONFLICT (writer) DO UPDATE SET sequence = excluded.sequence, entry_hash = excluded.entry_hash",
+                places(3)
+            ),
+            claim: format!(
+                "INSERT INTO publish_keys (provider, key, request_id, record_digest, created)
+                 VALUES ({}) ON CONFLICT (provider, key) DO NOTHING",
+                places(5)
+            ),
+            find_claim: format!(
+                "SELECT request_id, record_digest FROM publish_keys WHERE provider = {} AND key = {}",
+                p(1),
+                p(2)
+            ),
+            enqueue: format!(
+                "INSERT INTO outbox ({}) VALUES ({}) ON CONFLICT (delivery_id) DO NOTHING",
+                names(&outbox_columns),
+                places(OUTBOX_COLUMNS.len())
+            ),
+            update: format!(
+                "UPDATE outbox SET state = {s}, attempts = {a}, next_attempt = {n}, last_error = {e},
+                 payload = CASE WHEN {s} = 'delivered' THEN {empty} ELSE payload END
+                 WHERE delivery_id = {id} AND state <> 'delivered'",
+                s = p(1),
+                a = p(2),
+                n = p(3),
+                e = p(4),
+                id = p(5)
+            ),
+            requeue: format!(
+                "UPDATE outbox SET state = 'queued', attempts = 0, created = {at}, next_attempt = {at}, last_error = {n},
+                 lease_owner = CASE WHEN state = 'dead' THEN '' ELSE lease_owner END
+                 WHERE delivery_id = {id} AND state <> 'delivered'",
+                at = p(1),
+                n = p(2),
+                id = p(3)
+            ),
+            purge: format!(
+                "DELETE FROM outbox WHERE delivery_id = {} AND state <> 'delivered'",
+                p(1)
+            ),
+            renew: format!(
+                "INSERT INTO outbox_replicas (owner, until) VALUES ({}, {})
+                 ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
+                p(1),
+                p(2)
+            ),
+        }
+    }
+}
+
+/// One statement argument, borrowed from what is written where it can be.
+pub(crate) enum Param<'a> {
+    Text(Cow<'a, str>),
     Int(i64),
-    Bytes(Vec<u8>),
+    Bytes(&'a [u8]),
+}
+
+fn text(v: &str) -> Param<'_> {
+    Param::Text(Cow::Borrowed(v))
 }
 
 /// A column's SQL type.
@@ -485,8 +513,7 @@ const OUTBOX_COLUMNS: [(&str, Col); 17] = [
 ];
 
 /// The insert arguments of an outbox item, in [`OUTBOX_COLUMNS`] order.
-fn encode_item(i: &Item) -> Vec<Param> {
-    let text = |v: &str| Param::Text(v.to_owned());
+fn encode_item(i: &Item) -> Vec<Param<'_>> {
     vec![
         text(&i.delivery_id),
         text(&i.request_id),
@@ -496,9 +523,9 @@ fn encode_item(i: &Item) -> Vec<Param> {
         text(&i.record_id),
         text(&i.grant),
         text(&i.purpose),
-        Param::Text(serde_json::to_string(&i.released_fields).unwrap_or_else(|_| "[]".into())),
+        released(&i.released_fields),
         text(&i.record_digest),
-        Param::Bytes(i.payload.clone()),
+        Param::Bytes(&i.payload),
         text(i.state.as_str()),
         Param::Int(i64::from(i.attempts)),
         text(&i.created),
@@ -542,9 +569,8 @@ pub(crate) fn decode_item(row: &dyn Columns) -> Result<Item, StoreError> {
 }
 
 /// The insert arguments of a sealed entry, in [`COLUMNS`] order.
-pub(crate) fn encode(s: &Stored) -> Vec<Param> {
+pub(crate) fn encode(s: &Stored) -> Vec<Param<'_>> {
     let e = &s.entry;
-    let text = |v: &str| Param::Text(v.to_owned());
     vec![
         text(&s.writer),
         Param::Int(s.sequence as i64),
@@ -559,13 +585,20 @@ pub(crate) fn encode(s: &Stored) -> Vec<Param> {
         text(&e.approval_reference),
         text(e.decision.as_str()),
         text(&e.reason),
-        // A list of strings always serialises.
-        Param::Text(serde_json::to_string(&e.released_fields).unwrap_or_else(|_| "[]".into())),
+        released(&e.released_fields),
         text(&e.record_digest),
         Param::Int(e.latency_micros as i64),
-        Param::Text(hex(&s.previous_hash)),
-        Param::Text(hex(&s.entry_hash)),
+        Param::Text(Cow::Owned(hex(&s.previous_hash))),
+        Param::Text(Cow::Owned(hex(&s.entry_hash))),
     ]
+}
+
+/// Released field paths as the JSON list the column holds.
+fn released(fields: &[String]) -> Param<'static> {
+    // A list of strings always serialises.
+    Param::Text(Cow::Owned(
+        serde_json::to_string(fields).unwrap_or_else(|_| "[]".into()),
+    ))
 }
 
 /// A row as either store hands it over.

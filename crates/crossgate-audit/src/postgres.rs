@@ -2,7 +2,7 @@
 //! appends to its own chain (its own head row), so replicas never wait for
 //! one another's entries.
 
-use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
+use crate::dialect::{Columns, Dialect, Param, Statement, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
 use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
@@ -193,7 +193,7 @@ fn take_lock(client: &mut Client, writer: &str) -> Result<(), StoreError> {
 
 type Arg<'a> = &'a (dyn postgres::types::ToSql + Sync);
 
-fn args(params: &[Param]) -> Vec<Arg<'_>> {
+fn args<'a>(params: &'a [Param<'_>]) -> Vec<Arg<'a>> {
     params
         .iter()
         .map(|p| match p {
@@ -204,11 +204,8 @@ fn args(params: &[Param]) -> Vec<Arg<'_>> {
         .collect()
 }
 
-fn run(
-    tx: &mut postgres::Transaction<'_>,
-    (sql, params): (String, Vec<Param>),
-) -> Result<(), StoreError> {
-    tx.execute(sql.as_str(), &args(&params))
+fn run(tx: &mut postgres::Transaction<'_>, (sql, params): Statement<'_>) -> Result<(), StoreError> {
+    tx.execute(sql.as_ref(), &args(&params))
         .map(|_| ())
         .map_err(err)
 }
@@ -263,14 +260,14 @@ impl Store for PostgresStore {
                 run(&mut tx, statement)?;
             }
         }
-        let insert = tx.prepare(&Dialect::Postgres.insert()).map_err(err)?;
+        let insert = tx.prepare(Dialect::Postgres.insert()).map_err(err)?;
         for s in batch {
             let params = encode(s);
             tx.execute(&insert, &args(&params)).map_err(err)?;
         }
         if let Some(last) = batch.last() {
             tx.execute(
-                &Dialect::Postgres.move_head(),
+                Dialect::Postgres.move_head(),
                 &[
                     &last.writer,
                     &(last.sequence as i64),
@@ -285,7 +282,7 @@ impl Store for PostgresStore {
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {
         let row = self
             .live()?
-            .query_opt(Dialect::Postgres.find_claim().as_str(), &[&provider, &key])
+            .query_opt(Dialect::Postgres.find_claim(), &[&provider, &key])
             .map_err(err)?;
         row.map(|r| {
             Ok(Prior {

@@ -1,6 +1,6 @@
 //! The embedded store: one SQLite file in WAL mode.
 
-use crate::dialect::{Columns, Dialect, Param, decode_item, encode, offer};
+use crate::dialect::{Columns, Dialect, Param, Statement, decode_item, encode, offer};
 use crate::entry::{Stored, hex, unhex32};
 use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
@@ -100,22 +100,22 @@ impl Columns for rusqlite::Row<'_> {
     }
 }
 
-fn sql_param(p: Param) -> rusqlite::types::Value {
-    match p {
-        Param::Text(t) => rusqlite::types::Value::Text(t),
-        Param::Int(i) => rusqlite::types::Value::Integer(i),
-        Param::Bytes(b) => rusqlite::types::Value::Blob(b),
+/// Bound as it is: text and bytes are borrowed, not copied.
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, ValueRef};
+        Ok(ToSqlOutput::Borrowed(match self {
+            Param::Text(t) => ValueRef::Text(t.as_bytes()),
+            Param::Int(i) => ValueRef::Integer(*i),
+            Param::Bytes(b) => ValueRef::Blob(b),
+        }))
     }
 }
 
-fn run(
-    tx: &rusqlite::Transaction<'_>,
-    (sql, args): (String, Vec<Param>),
-) -> Result<(), StoreError> {
+/// A statement run through the connection's cache of prepared statements.
+fn run(tx: &rusqlite::Transaction<'_>, (sql, args): Statement<'_>) -> Result<(), StoreError> {
     tx.prepare_cached(&sql)
-        .and_then(|mut stmt| {
-            stmt.execute(rusqlite::params_from_iter(args.into_iter().map(sql_param)))
-        })
+        .and_then(|mut stmt| stmt.execute(rusqlite::params_from_iter(args.iter())))
         .map(|_| ())
         .map_err(err)
 }
@@ -215,20 +215,22 @@ impl Store for SqliteStore {
             }
         }
         {
-            let mut insert = tx.prepare_cached(&Dialect::Sqlite.insert()).map_err(err)?;
+            let mut insert = tx.prepare_cached(Dialect::Sqlite.insert()).map_err(err)?;
             for s in batch {
                 insert
-                    .execute(rusqlite::params_from_iter(
-                        encode(s).into_iter().map(sql_param),
-                    ))
+                    .execute(rusqlite::params_from_iter(encode(s).iter()))
                     .map_err(err)?;
             }
             if let Some(last) = batch.last() {
-                tx.execute(
-                    &Dialect::Sqlite.move_head(),
-                    params![last.writer, last.sequence as i64, hex(&last.entry_hash)],
-                )
-                .map_err(err)?;
+                tx.prepare_cached(Dialect::Sqlite.move_head())
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            last.writer,
+                            last.sequence as i64,
+                            hex(&last.entry_hash)
+                        ])
+                    })
+                    .map_err(err)?;
             }
         }
         tx.commit().map_err(err)
@@ -236,7 +238,7 @@ impl Store for SqliteStore {
 
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {
         self.conn
-            .prepare_cached(&Dialect::Sqlite.find_claim())
+            .prepare_cached(Dialect::Sqlite.find_claim())
             .and_then(|mut stmt| {
                 stmt.query_row([provider, key], |r| {
                     Ok(Prior {

@@ -1035,3 +1035,13 @@ fn replicas_lease_queued_items_and_take_over_a_dead_ones_when_its_lease_runs_out
         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
         .unwrap();
 }
+
+#[test]
+fn a_hash_is_written_as_lower_case_hex_and_read_back_as_the_same_bytes() {
+    let bytes: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xa5);
+    let written = crate::entry::hex(&bytes);
+    assert_eq!(written.len(), 64);
+    assert_eq!(&written[..8], "a580efca");
+    assert_eq!(crate::entry::unhex32(&written), Some(bytes));
+    assert_eq!(crate::entry::hex(&[0x00, 0x0f, 0xf0, 0xff]), "000ff0ff");
+}
