@@ -43,6 +43,30 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 
 const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}]}"#;
 
+/// A scrape taken once both receivers' deliveries are counted: a delivery
+/// ends after the publisher's answer, later on a loaded machine (a scrape
+/// without them after 15 s is returned, for the assertions to name).
+fn delivered_to_both(port: u16) -> prometheus_parse::Scrape {
+    let delivered = |m: &prometheus_parse::Scrape, receiver: &str| {
+        value(
+            m,
+            "crossgate_deliveries_total",
+            &[("receiver", receiver), ("outcome", "delivered")],
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = scrape(port);
+        let done = ["border-inspection", "commerce"]
+            .iter()
+            .all(|r| delivered(&m, r) >= 1.0);
+        if done || std::time::Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() {
     let metrics_port = crossgate_testing::free_port();
@@ -94,7 +118,6 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
             })
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(500)).await;
         seen
     });
     let ok = f64::from(seen.get(&tonic::Code::Ok).copied().unwrap_or(0));
@@ -110,7 +133,7 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
     );
     assert!(ok >= 10.0 && throttled >= 1.0 && denied == 2.0, "{seen:?}");
 
-    let m = scrape(metrics_port);
+    let m = delivered_to_both(metrics_port);
     let broker_query = [
         ("grpc_service", "crossgate.v1.Broker"),
         ("grpc_method", "Query"),
