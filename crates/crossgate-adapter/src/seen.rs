@@ -14,13 +14,6 @@
 //! the store's own, which commits whatever has queued up in one transaction
 //! (as the broker's audit log does) and answers each waiting delivery once
 //! its id is in the file.
-//!
-//! Since memory answers every lookup, the file needs no index on the ids: it
-//! is one table keyed by the order of remembering, so a commit appends to its
-//! last page and a trim cuts its first ones. (Keyed by the id, as the first
-//! version was, every id of a batch landed on a page of its own at random,
-//! and each commit wrote and later checkpointed one page per id. A file in
-//! that form is moved into this one at open.)
 
 use rusqlite::{Connection, params};
 use std::collections::{HashMap, HashSet};
@@ -191,11 +184,11 @@ fn read(conn: &Connection) -> rusqlite::Result<Known> {
     // to report, not to wait out.
     conn.busy_timeout(std::time::Duration::from_secs(1))?;
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS remembered (at INTEGER PRIMARY KEY, delivery_id TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+         CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at)",
     )?;
-    move_first_form(conn)?;
     let mut known = Known::default();
-    let mut stmt = conn.prepare("SELECT delivery_id, at FROM remembered")?;
+    let mut stmt = conn.prepare("SELECT delivery_id, at FROM delivered")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let (id, at): (String, i64) = (row.get(0)?, row.get(1)?);
@@ -204,25 +197,6 @@ fn read(conn: &Connection) -> rusqlite::Result<Known> {
         known.ids.insert(id.into(), at);
     }
     Ok(known)
-}
-
-/// A file of the first form (`delivered`, keyed by the id) moved into
-/// `remembered`, keeping each id's position, in one transaction.
-fn move_first_form(conn: &Connection) -> rusqlite::Result<()> {
-    let first_form: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered')",
-        [],
-        |r| r.get(0),
-    )?;
-    if first_form {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             INSERT OR IGNORE INTO remembered (at, delivery_id) SELECT at, delivery_id FROM delivered;
-             DROP TABLE delivered;
-             COMMIT",
-        )?;
-    }
-    Ok(())
 }
 
 /// The writer thread: each turn commits every id queued so far in one
@@ -264,14 +238,14 @@ fn write(
     let tx = conn.transaction()?;
     {
         let mut insert =
-            tx.prepare_cached("INSERT INTO remembered (at, delivery_id) VALUES (?1, ?2)")?;
+            tx.prepare_cached("INSERT OR IGNORE INTO delivered (delivery_id, at) VALUES (?1, ?2)")?;
         for (id, at) in added {
-            insert.execute(params![i64::try_from(*at).unwrap_or(i64::MAX), id])?;
+            insert.execute(params![id, i64::try_from(*at).unwrap_or(i64::MAX)])?;
         }
     }
     if let Some(cutoff) = cutoff {
         tx.execute(
-            "DELETE FROM remembered WHERE at <= ?1",
+            "DELETE FROM delivered WHERE at <= ?1",
             [i64::try_from(cutoff).unwrap_or(i64::MAX)],
         )?;
     }
@@ -341,7 +315,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let (rows, distinct): (i64, i64) = conn
             .query_row(
-                "SELECT COUNT(*), COUNT(DISTINCT delivery_id) FROM remembered",
+                "SELECT COUNT(*), COUNT(DISTINCT at) FROM delivered",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -349,48 +323,6 @@ mod tests {
         assert_eq!((rows, distinct), (500, 500));
         let seen = Seen::open(&path, 100_000).unwrap();
         assert!((0..500).all(|i| seen.contains(&format!("id-{i}"))));
-    }
-
-    #[tokio::test]
-    async fn a_file_of_the_first_form_keeps_its_ids_and_their_order() {
-        let dir = crossgate_testing::TempDir::new("seen-first-form");
-        let path = dir.join("delivered.db");
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(
-                "CREATE TABLE delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
-                 CREATE INDEX delivered_at ON delivered (at);
-                 INSERT INTO delivered VALUES ('old-1', 1), ('old-2', 2), ('old-3', 3)",
-            )
-            .unwrap();
-        }
-        let seen = Seen::open(&path, 3).unwrap();
-        assert!(
-            ["old-1", "old-2", "old-3"]
-                .iter()
-                .all(|id| seen.contains(id))
-        );
-        // The fourth id goes after them, so the oldest is the one forgotten.
-        seen.remember("new-4").await.unwrap();
-        assert!(!seen.contains("old-1"));
-        assert!(seen.contains("old-2") && seen.contains("new-4"));
-        drop(seen);
-        let seen = Seen::open(&path, 3).unwrap();
-        assert!(!seen.contains("old-1"));
-        assert!(
-            ["old-2", "old-3", "new-4"]
-                .iter()
-                .all(|id| seen.contains(id))
-        );
-        let conn = Connection::open(&path).unwrap();
-        let first_form: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(first_form, 0, "the first form's table is gone");
     }
 
     #[tokio::test]
