@@ -14,8 +14,18 @@
 //! the store's own, which commits whatever has queued up in one transaction
 //! (as the broker's audit log does) and answers each waiting delivery once
 //! its id is in the file.
+//!
+//! Since memory answers every lookup, the file needs no index on the ids: it
+//! is one table in the order of remembering (SQLite numbers the rows), so a
+//! commit appends to its last page and a trim cuts its first ones. (Keyed by
+//! the id, as the first version was, every id of a batch landed on a page of
+//! its own at random, and each commit wrote and later checkpointed one page
+//! per id. A file in that form is moved into this one at open.) Positions in
+//! memory are this process's own: two processes sharing one file (adapters
+//! started from one folder) each append without colliding, and a reopen sees
+//! what both wrote.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -184,19 +194,37 @@ fn read(conn: &Connection) -> rusqlite::Result<Known> {
     // to report, not to wait out.
     conn.busy_timeout(std::time::Duration::from_secs(1))?;
     conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
-         CREATE INDEX IF NOT EXISTS delivered_at ON delivered (at)",
+        "CREATE TABLE IF NOT EXISTS remembered (at INTEGER PRIMARY KEY, delivery_id TEXT NOT NULL)",
     )?;
+    move_first_form(conn)?;
     let mut known = Known::default();
-    let mut stmt = conn.prepare("SELECT delivery_id, at FROM delivered")?;
+    let mut stmt = conn.prepare("SELECT delivery_id FROM remembered ORDER BY at")?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
-        let (id, at): (String, i64) = (row.get(0)?, row.get(1)?);
-        let at = u64::try_from(at).unwrap_or(0);
-        known.last = known.last.max(at);
-        known.ids.insert(id.into(), at);
+        let id: String = row.get(0)?;
+        known.last += 1;
+        known.ids.insert(id.into(), known.last);
     }
     Ok(known)
+}
+
+/// A file of the first form (`delivered`, keyed by the id) moved into
+/// `remembered`, keeping each id's position, in one transaction.
+fn move_first_form(conn: &Connection) -> rusqlite::Result<()> {
+    let first_form: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered')",
+        [],
+        |r| r.get(0),
+    )?;
+    if first_form {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             INSERT INTO remembered (delivery_id) SELECT delivery_id FROM delivered ORDER BY at;
+             DROP TABLE delivered;
+             COMMIT",
+        )?;
+    }
+    Ok(())
 }
 
 /// The writer thread: each turn commits every id queued so far in one
@@ -219,7 +247,7 @@ fn write_batches(
         // Memory learns the ids once the file holds them; only this thread
         // adds to it, so the plan made before the write still stands after.
         let (added, cutoff) = lock(&known).plan(batch.iter().map(|(id, _)| id.as_str()), capacity);
-        let written = write(&mut conn, &added, cutoff);
+        let written = write(&mut conn, &added, cutoff.map(|_| capacity));
         if written.is_ok() {
             lock(&known).apply(&added, cutoff);
         }
@@ -230,23 +258,20 @@ fn write_batches(
     }
 }
 
-fn write(
-    conn: &mut Connection,
-    added: &[(&str, u64)],
-    cutoff: Option<u64>,
-) -> rusqlite::Result<()> {
+/// Append `added` to the file; with `keep`, then forget all but the newest
+/// `keep` rows (when memory trims too).
+fn write(conn: &mut Connection, added: &[(&str, u64)], keep: Option<u64>) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut insert =
-            tx.prepare_cached("INSERT OR IGNORE INTO delivered (delivery_id, at) VALUES (?1, ?2)")?;
-        for (id, at) in added {
-            insert.execute(params![id, i64::try_from(*at).unwrap_or(i64::MAX)])?;
+        let mut insert = tx.prepare_cached("INSERT INTO remembered (delivery_id) VALUES (?1)")?;
+        for (id, _) in added {
+            insert.execute([id])?;
         }
     }
-    if let Some(cutoff) = cutoff {
+    if let Some(keep) = keep {
         tx.execute(
-            "DELETE FROM delivered WHERE at <= ?1",
-            [i64::try_from(cutoff).unwrap_or(i64::MAX)],
+            "DELETE FROM remembered WHERE at <= (SELECT MAX(at) FROM remembered) - ?1",
+            [i64::try_from(keep).unwrap_or(i64::MAX)],
         )?;
     }
     tx.commit()
@@ -315,7 +340,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         let (rows, distinct): (i64, i64) = conn
             .query_row(
-                "SELECT COUNT(*), COUNT(DISTINCT at) FROM delivered",
+                "SELECT COUNT(*), COUNT(DISTINCT delivery_id) FROM remembered",
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -323,6 +348,65 @@ mod tests {
         assert_eq!((rows, distinct), (500, 500));
         let seen = Seen::open(&path, 100_000).unwrap();
         assert!((0..500).all(|i| seen.contains(&format!("id-{i}"))));
+    }
+
+    #[tokio::test]
+    async fn a_file_of_the_first_form_keeps_its_ids_and_their_order() {
+        let dir = crossgate_testing::TempDir::new("seen-first-form");
+        let path = dir.join("delivered.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE delivered (delivery_id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+                 CREATE INDEX delivered_at ON delivered (at);
+                 INSERT INTO delivered VALUES ('old-1', 1), ('old-2', 2), ('old-3', 3)",
+            )
+            .unwrap();
+        }
+        let seen = Seen::open(&path, 3).unwrap();
+        assert!(
+            ["old-1", "old-2", "old-3"]
+                .iter()
+                .all(|id| seen.contains(id))
+        );
+        // The fourth id goes after them, so the oldest is the one forgotten.
+        seen.remember("new-4").await.unwrap();
+        assert!(!seen.contains("old-1"));
+        assert!(seen.contains("old-2") && seen.contains("new-4"));
+        drop(seen);
+        let seen = Seen::open(&path, 3).unwrap();
+        assert!(!seen.contains("old-1"));
+        assert!(
+            ["old-2", "old-3", "new-4"]
+                .iter()
+                .all(|id| seen.contains(id))
+        );
+        let conn = Connection::open(&path).unwrap();
+        let first_form: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(first_form, 0, "the first form's table is gone");
+    }
+
+    #[tokio::test]
+    async fn two_stores_sharing_one_file_both_write_and_a_reopen_knows_both() {
+        let dir = crossgate_testing::TempDir::new("seen-shared");
+        let path = dir.join("delivered.db");
+        let first = Seen::open(&path, 100).unwrap();
+        let second = Seen::open(&path, 100).unwrap();
+        for i in 0..5 {
+            first.remember(&format!("first-{i}")).await.unwrap();
+            second.remember(&format!("second-{i}")).await.unwrap();
+        }
+        assert!(first.contains("first-4") && !first.contains("second-4"));
+        drop((first, second));
+        let reopened = Seen::open(&path, 100).unwrap();
+        assert!((0..5).all(|i| reopened.contains(&format!("first-{i}"))
+            && reopened.contains(&format!("second-{i}"))));
     }
 
     #[tokio::test]
