@@ -209,22 +209,27 @@ fn read(conn: &Connection) -> rusqlite::Result<Known> {
 }
 
 /// A file of the first form (`delivered`, keyed by the id) moved into
-/// `remembered`, keeping each id's position, in one transaction.
+/// `remembered`, order kept, in one transaction that also makes the check: a
+/// second process opening the file at the same moment finds it moved.
 fn move_first_form(conn: &Connection) -> rusqlite::Result<()> {
-    let first_form: bool = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered')",
-        [],
-        |r| r.get(0),
-    )?;
-    if first_form {
-        conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             INSERT INTO remembered (delivery_id) SELECT delivery_id FROM delivered ORDER BY at;
-             DROP TABLE delivered;
-             COMMIT",
-        )?;
-    }
-    Ok(())
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered')",
+            [],
+            |r| r.get::<_, bool>(0),
+        )
+        .and_then(|first_form| {
+            if first_form {
+                conn.execute_batch(
+                    "INSERT INTO remembered (delivery_id) SELECT delivery_id FROM delivered ORDER BY at;
+                     DROP TABLE delivered",
+                )?;
+            }
+            Ok(())
+        });
+    conn.execute_batch(if moved.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+    moved
 }
 
 /// The writer thread: each turn commits every id queued so far in one
