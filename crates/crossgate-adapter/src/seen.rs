@@ -21,9 +21,11 @@
 //! the id, as the first version was, every id of a batch landed on a page of
 //! its own at random, and each commit wrote and later checkpointed one page
 //! per id. A file in that form is moved into this one at open.) Positions in
-//! memory are this process's own: two processes sharing one file (adapters
-//! started from one folder) each append without colliding, and a reopen sees
-//! what both wrote.
+//! memory are this process's own, so two processes sharing one file (adapters
+//! started from one folder) each append without failing, and a reopen sees
+//! what both wrote. Sharing is tolerated, not a way to run replicas: each
+//! process checks only the ids it knows, and the file keeps the newest
+//! `capacity` ids of both together.
 
 use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
@@ -190,8 +192,9 @@ fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
 fn read(conn: &Connection) -> rusqlite::Result<Known> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    // Only this adapter writes the file: a lock held for long is a fault
-    // to report, not to wait out.
+    // The file is this adapter's own (another process sharing it by mistake
+    // takes its lock only to commit): a lock held for long is a fault to
+    // report, not to wait out.
     conn.busy_timeout(std::time::Duration::from_secs(1))?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS remembered (at INTEGER PRIMARY KEY, delivery_id TEXT NOT NULL)",
@@ -209,27 +212,38 @@ fn read(conn: &Connection) -> rusqlite::Result<Known> {
 }
 
 /// A file of the first form (`delivered`, keyed by the id) moved into
-/// `remembered`, order kept, in one transaction that also makes the check: a
-/// second process opening the file at the same moment finds it moved.
+/// `remembered`, order kept. Only a file that has the old table takes the
+/// write lock; the check is made again under it, so a second process opening
+/// the file at the same moment finds it moved.
 fn move_first_form(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let moved = conn
-        .query_row(
+    let first_form = || {
+        conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'delivered')",
             [],
             |r| r.get::<_, bool>(0),
         )
-        .and_then(|first_form| {
-            if first_form {
-                conn.execute_batch(
-                    "INSERT INTO remembered (delivery_id) SELECT delivery_id FROM delivered ORDER BY at;
-                     DROP TABLE delivered",
-                )?;
-            }
-            Ok(())
-        });
-    conn.execute_batch(if moved.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
-    moved
+    };
+    if !first_form()? {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = first_form().and_then(|still| {
+        if still {
+            conn.execute_batch(
+                "INSERT INTO remembered (delivery_id) SELECT delivery_id FROM delivered ORDER BY at;
+                 DROP TABLE delivered",
+            )?;
+        }
+        Ok(())
+    });
+    match moved {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            // The failure is what to report; SQLite may have rolled back already.
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
 }
 
 /// The writer thread: each turn commits every id queued so far in one

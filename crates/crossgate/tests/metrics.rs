@@ -43,23 +43,29 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)])
 
 const DECLARATION: &str = r#"{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}]}"#;
 
-/// A scrape taken once both receivers' deliveries are counted: a delivery
-/// ends after the publisher's answer, later on a loaded machine (a scrape
-/// without them after 15 s is returned, for the assertions to name).
+/// A scrape taken once both receivers' deliveries are counted and their
+/// lanes hold nothing: a delivery ends after the publisher's answer, later on
+/// a loaded machine, and a lane reports what it holds on its next turn (a
+/// scrape short of that after 15 s is returned, for the assertions to name).
 fn delivered_to_both(port: u16) -> prometheus_parse::Scrape {
-    let delivered = |m: &prometheus_parse::Scrape, receiver: &str| {
+    let settled = |m: &prometheus_parse::Scrape, receiver: &str| {
         value(
             m,
             "crossgate_deliveries_total",
             &[("receiver", receiver), ("outcome", "delivered")],
-        )
+        ) >= 1.0
+            && value(
+                m,
+                "crossgate_outbox_items",
+                &[("receiver", receiver), ("state", "held")],
+            ) == 0.0
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let m = scrape(port);
         let done = ["border-inspection", "commerce"]
             .iter()
-            .all(|r| delivered(&m, r) >= 1.0);
+            .all(|r| settled(&m, r));
         if done || std::time::Instant::now() > deadline {
             return m;
         }
