@@ -45,12 +45,6 @@ pub async fn run(args: BrokerArgs) -> CliResult {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
-        format!(
-            "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
-            config.listen
-        )
-    })?;
     let broker = Broker::from_deployment(
         dep,
         Wiring {
@@ -66,6 +60,15 @@ pub async fn run(args: BrokerArgs) -> CliResult {
             metrics: None,
         },
     )?;
+    // The port opens once the broker is built: the configuration it holds
+    // (and the digests a reload compares with) is then what any caller or
+    // signal that sees the port open finds in force.
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e}; is another broker running? set listen in broker.toml or --listen",
+            config.listen
+        )
+    })?;
     println!(
         "broker listening on https://{} (mutual TLS; certificates in {})",
         config.listen,
