@@ -126,11 +126,7 @@ impl Rig {
         who: &str,
         mut again: Command,
     ) -> impl std::future::Future<Output = Child> + use<> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let at = Duration::from_millis(1000 + u64::from(nanos % 7000));
+        let at = common::random_moment(Duration::from_secs(1), Duration::from_secs(7));
         eprintln!("killing {who} after {at:?}");
         let mut child = self.running.remove(who).unwrap();
         again.stderr(self.log(who));

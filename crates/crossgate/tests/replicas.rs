@@ -689,13 +689,9 @@ async fn killed_under_load(mut rig: Rig) {
     // The adapters' client: each replica in turn, one that went away left out.
     let channel =
         crossgate_adapter::lazy_replicas(&rig.addresses(), Some(tls.client_for("broker"))).unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
     // Killed within the first 3 s of 10 s of publishing: its items must be
     // taken over while the load goes on (lease 3 s), not once it stops.
-    let kill_at = Duration::from_millis(1000 + u64::from(nanos % 2000));
+    let kill_at = common::random_moment(Duration::from_secs(1), Duration::from_secs(2));
     eprintln!("killing replica 0 after {kill_at:?}");
     let mut victim = rig.brokers[0].take().unwrap();
     let killer = async move {

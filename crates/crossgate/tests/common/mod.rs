@@ -16,6 +16,17 @@ pub fn crossgate(args: &[&str]) -> Command {
     c
 }
 
+/// A moment `from` to `from + span` on, different from run to run: when a
+/// kill test strikes, so that runs together cover the whole window.
+pub fn random_moment(from: std::time::Duration, span: std::time::Duration) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let span_ms = u64::try_from(span.as_millis()).unwrap().max(1);
+    from + std::time::Duration::from_millis(u64::from(nanos) % span_ms)
+}
+
 /// `dept`'s adapter run in `dir` (a configuration folder): its reference
 /// system's inbox is `<dept>.inbox.jsonl` and its delivery ids are kept
 /// under `state/`, both in `dir`.
