@@ -514,20 +514,6 @@ impl Broker {
     }
 }
 
-/// The digests of the configuration files a broker starts with, for the
-/// entry of their first reload ("old -> new").
-pub(crate) fn digests_at_start(
-    files: impl IntoIterator<Item = std::path::PathBuf>,
-) -> std::collections::HashMap<std::path::PathBuf, String> {
-    files
-        .into_iter()
-        .filter_map(|f| {
-            let text = std::fs::read(&f).ok()?;
-            Some((f, crate::audit::digest(&text)))
-        })
-        .collect()
-}
-
 /// A configuration file applied live.
 pub struct Reloaded {
     pub file: std::path::PathBuf,

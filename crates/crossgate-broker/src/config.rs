@@ -311,26 +311,31 @@ impl BrokerConfig {
     }
 }
 
-/// Read `<dir>/limits.toml`, checked against the partner ids; `None` when
-/// there is no such file (then nobody is limited).
+/// Read `<dir>/limits.toml`, checked against the partner ids, with the
+/// digest of the text read; `None` when there is no such file (then nobody
+/// is limited).
 pub fn load_limits(
     dir: &Path,
     partners: &[&str],
-) -> Result<Option<crossgate_limits::LimitsConfig>, BrokerError> {
+) -> Result<Option<(crossgate_limits::LimitsConfig, String)>, BrokerError> {
     let path = dir.join("limits.toml");
     let Some(text) = read_optional(&path)? else {
         return Ok(None);
     };
-    Ok(Some(crossgate_limits::parse_config(
-        &path.display().to_string(),
-        &text,
-        partners,
-    )?))
+    let config = crossgate_limits::parse_config(&path.display().to_string(), &text, partners)?;
+    Ok(Some((config, crate::audit::digest(text.as_bytes()))))
 }
 
 /// Where operators' live limit changes are kept, beside the config.
 pub fn overrides_file(dir: &Path) -> PathBuf {
     dir.join("limits.overrides.toml")
+}
+
+/// Limits as a broker starts with them.
+pub struct OpenedLimits {
+    pub limits: std::sync::Arc<crossgate_limits::Limits>,
+    /// SHA-256 of the limits.toml text they were made from.
+    pub digest: String,
 }
 
 /// The limits of a config folder: `limits.toml` with the operators'
@@ -340,8 +345,8 @@ pub fn open_limits(
     dir: &Path,
     overrides: &Path,
     partners: &[&str],
-) -> Result<Option<std::sync::Arc<crossgate_limits::Limits>>, BrokerError> {
-    let Some(config) = load_limits(dir, partners)? else {
+) -> Result<Option<OpenedLimits>, BrokerError> {
+    let Some((config, digest)) = load_limits(dir, partners)? else {
         return Ok(None);
     };
     let limits = crossgate_limits::Limits::new(config);
@@ -350,7 +355,10 @@ pub fn open_limits(
         let overrides = crossgate_limits::parse_config(&file, &text, partners)?;
         limits.set_overrides(overrides.partners);
     }
-    Ok(Some(std::sync::Arc::new(limits)))
+    Ok(Some(OpenedLimits {
+        limits: std::sync::Arc::new(limits),
+        digest,
+    }))
 }
 
 /// The broker's record-reference secret, `reference.key` in its certificate folder.

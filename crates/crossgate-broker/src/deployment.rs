@@ -12,6 +12,7 @@ use crate::outbox::Outbox;
 use crate::{Broker, Limiter, Parts, Unlimited};
 use crossgate_policy::{Partner, Policy, ReferenceKey};
 use crossgate_schema::Registry;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,9 @@ pub struct Deployment {
     pub registry: Arc<Registry>,
     pub partners: Vec<Partner>,
     pub policy: Policy,
+    /// SHA-256 of the catalog text `policy` was compiled from: the "old" of
+    /// its first reload's entry (the file may change after it was read).
+    pub catalog_digest: String,
 }
 
 impl Deployment {
@@ -51,6 +55,7 @@ impl Deployment {
         let text = read(catalog.clone())?;
         let policy =
             crossgate_policy::compile(&catalog.display().to_string(), &text, &ids, &registry)?;
+        let catalog_digest = crate::audit::digest(text.as_bytes());
         let lease = config.delivery.lease;
         let least = (config.delivery_timeout + Duration::from_secs(1)) * 2;
         if lease < least || lease > Duration::from_secs(3600) {
@@ -101,6 +106,7 @@ impl Deployment {
             registry,
             partners,
             policy,
+            catalog_digest,
         })
     }
 
@@ -174,10 +180,15 @@ impl Broker {
             )),
             None => None,
         };
+        let catalog_file = dep.dir.join("catalog.toml");
+        // What is in force is what was compiled, not what the files hold
+        // by now: the first reload's entry reports "old -> new" from these.
+        let mut in_force = HashMap::from([(catalog_file.clone(), dep.catalog_digest.clone())]);
         let (limiter, admin): (Arc<dyn Limiter>, _) = match wiring.limiter {
             Some(l) => (l, None),
             None => match open_limits(&dep.dir, &wiring.overrides_file, &ids)? {
-                Some(limits) => {
+                Some(crate::config::OpenedLimits { limits, digest }) => {
+                    in_force.insert(dep.dir.join("limits.toml"), digest);
                     // With replicas, a partner's limit holds across all of them.
                     let limiter = match (&cluster, &dep.config.cluster) {
                         (Some(redis), Some(c)) => Arc::new(crossgate_cluster::SharedLimits::new(
@@ -293,7 +304,8 @@ impl Broker {
             audit_reader,
             references: wiring.references,
             approval_uses,
-            catalog_file: Some(dep.dir.join("catalog.toml")),
+            catalog_file: Some(catalog_file),
+            in_force,
             checkpoints: wiring.checkpoints,
             revocation,
             cluster: cluster.clone(),

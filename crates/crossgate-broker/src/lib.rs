@@ -139,6 +139,9 @@ pub struct Parts {
     pub approval_uses: approvals::ApprovalUses,
     /// `catalog.toml`, re-read by `Admin.ReloadCatalog`; `None`: not reloadable.
     pub catalog_file: Option<std::path::PathBuf>,
+    /// The digest of each reloadable file's text as compiled into these
+    /// parts (the "old" of its first reload's entry).
+    pub in_force: HashMap<std::path::PathBuf, String>,
     /// The key that signs checkpoints of the log; `None`: no checkpoints.
     pub checkpoints: Option<Arc<crossgate_audit::checkpoint::Signer>>,
     /// The CA's revocation lists (`crls` in broker.toml); `None`: none given.
@@ -201,13 +204,6 @@ impl Broker {
         let mut random = std::collections::hash_map::RandomState::new().build_hasher();
         random.write_u64(micros);
         let epoch = micros ^ (random.finish() & 0xffff_ffff);
-        let in_force = admin::digests_at_start(
-            parts
-                .catalog_file
-                .iter()
-                .cloned()
-                .chain(parts.admin.iter().map(|a| a.config_dir.join("limits.toml"))),
-        );
         let activity = activity::Activity::new(
             parts
                 .partners
@@ -243,7 +239,7 @@ impl Broker {
                 draining: std::sync::atomic::AtomicBool::new(false),
                 throttles: throttle_log::ThrottleLog::default(),
                 activity,
-                in_force: std::sync::Mutex::new(in_force),
+                in_force: std::sync::Mutex::new(parts.in_force),
                 last_checkpoint: std::sync::Mutex::new(None),
             }),
         }
