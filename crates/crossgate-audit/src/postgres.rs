@@ -7,7 +7,7 @@ use crate::entry::{Stored, hex, unhex32};
 use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
 use postgres::{Client, NoTls};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub struct PostgresStore {
     client: Client,
@@ -15,7 +15,15 @@ pub struct PostgresStore {
     schema: Option<String>,
     /// Chains this session holds (advisory locks), taken again after a reconnect.
     writers: Vec<String>,
+    /// The commit's statements, prepared on this connection, by their text:
+    /// each is parsed once per connection instead of once per commit (a
+    /// round trip to the server each time).
+    prepared: HashMap<String, postgres::Statement>,
 }
+
+/// More distinct statement texts than commits use (the cache is cleared
+/// past it, so an unexpected text cannot grow it without bound).
+const MAX_PREPARED: usize = 64;
 
 fn err(e: postgres::Error) -> StoreError {
     StoreError::Failed(e.to_string())
@@ -31,6 +39,7 @@ impl PostgresStore {
             url: url.to_owned(),
             schema: schema.map(str::to_owned),
             writers: Vec::new(),
+            prepared: HashMap::new(),
         })
     }
 
@@ -136,6 +145,8 @@ impl PostgresStore {
                 take_lock(&mut client, writer)?;
             }
             self.client = client;
+            // Statements belong to the session that prepared them.
+            self.prepared.clear();
         }
         Ok(&mut self.client)
     }
@@ -204,10 +215,32 @@ fn args<'a>(params: &'a [Param<'_>]) -> Vec<Arg<'a>> {
         .collect()
 }
 
-fn run(tx: &mut postgres::Transaction<'_>, (sql, params): Statement<'_>) -> Result<(), StoreError> {
-    tx.execute(sql.as_ref(), &args(&params))
+fn run(
+    tx: &mut postgres::Transaction<'_>,
+    prepared: &mut HashMap<String, postgres::Statement>,
+    (sql, params): Statement<'_>,
+) -> Result<(), StoreError> {
+    let statement = prepare(tx, prepared, &sql)?;
+    tx.execute(&statement, &args(&params))
         .map(|_| ())
         .map_err(err)
+}
+
+/// `sql` prepared on this connection: from `prepared`, or now and kept there.
+fn prepare(
+    tx: &mut postgres::Transaction<'_>,
+    prepared: &mut HashMap<String, postgres::Statement>,
+    sql: &str,
+) -> Result<postgres::Statement, StoreError> {
+    if let Some(statement) = prepared.get(sql) {
+        return Ok(statement.clone());
+    }
+    if prepared.len() >= MAX_PREPARED {
+        prepared.clear();
+    }
+    let statement = tx.prepare(sql).map_err(err)?;
+    prepared.insert(sql.to_owned(), statement.clone());
+    Ok(statement)
 }
 
 impl Store for PostgresStore {
@@ -251,23 +284,28 @@ impl Store for PostgresStore {
         if batch.is_empty() && ops.is_empty() && claims.is_empty() {
             return Ok(());
         }
-        let mut tx = self.live()?.transaction().map_err(err)?;
+        self.live()?;
+        let PostgresStore {
+            client, prepared, ..
+        } = self;
+        let mut tx = client.transaction().map_err(err)?;
         for claim in claims {
-            run(&mut tx, Dialect::Postgres.claim(claim))?;
+            run(&mut tx, prepared, Dialect::Postgres.claim(claim))?;
         }
         for op in ops {
             for statement in Dialect::Postgres.outbox_op(op) {
-                run(&mut tx, statement)?;
+                run(&mut tx, prepared, statement)?;
             }
         }
-        let insert = tx.prepare(Dialect::Postgres.insert()).map_err(err)?;
+        let insert = prepare(&mut tx, prepared, Dialect::Postgres.insert())?;
         for s in batch {
             let params = encode(s);
             tx.execute(&insert, &args(&params)).map_err(err)?;
         }
         if let Some(last) = batch.last() {
+            let move_head = prepare(&mut tx, prepared, Dialect::Postgres.move_head())?;
             tx.execute(
-                Dialect::Postgres.move_head(),
+                &move_head,
                 &[
                     &last.writer,
                     &(last.sequence as i64),
