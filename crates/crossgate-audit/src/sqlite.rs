@@ -19,6 +19,16 @@ fn err(e: rusqlite::Error) -> StoreError {
     StoreError::Failed(e.to_string())
 }
 
+/// Pages written to the log between checkpoints (SQLite's default is
+/// 1,000). Measured with `deploy/bench-ab.sh`: publish +12 to +17 %
+/// against 1,000; 30,000 was faster still but doubled the pause a
+/// checkpoint makes (p99).
+const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Bytes the log file keeps after a checkpoint (about 1.6 checkpoints' worth
+/// of 4 KiB pages).
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
 impl SqliteStore {
     /// Open (creating if needed) the log at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -29,6 +39,16 @@ impl SqliteStore {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        // Checkpoints copy the log's pages into the file. Publishing
+        // rewrites the same pages (the tails of the tables and indexes, the
+        // outbox rows a delivery updates) in commit after commit: with a
+        // checkpoint every WAL_CHECKPOINT_PAGES instead of SQLite's 1,000,
+        // each is copied once per checkpoint rather than many times.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)
+            .map_err(err)?;
+        // The log file is cut back to this after a checkpoint.
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
             .map_err(err)?;
         // FULL: a committed batch survives a power cut, which is what "durable" promises.
         conn.pragma_update(None, "synchronous", "FULL")

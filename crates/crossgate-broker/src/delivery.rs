@@ -5,6 +5,7 @@ use crate::error::BrokerError;
 use crossgate_policy::{Partner, Role};
 use crossgate_proto::department_client::DepartmentClient;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
@@ -12,7 +13,9 @@ use tonic::transport::{Channel, Endpoint};
 /// Clients for every partner's adapter.
 #[derive(Clone)]
 pub struct Adapters {
-    clients: HashMap<String, DepartmentClient<Channel>>,
+    /// Shared: every delivery attempt holds the set, and copying ten
+    /// channels for each was measurable.
+    clients: Arc<HashMap<String, DepartmentClient<Channel>>>,
 }
 
 impl Adapters {
@@ -46,7 +49,9 @@ impl Adapters {
             }
             clients.insert(p.id.clone(), DepartmentClient::new(endpoint.connect_lazy()));
         }
-        Ok(Adapters { clients })
+        Ok(Adapters {
+            clients: Arc::new(clients),
+        })
     }
 
     pub fn get(&self, partner: &str) -> Result<DepartmentClient<Channel>, Status> {
