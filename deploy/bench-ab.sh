@@ -10,7 +10,9 @@
 # (build A first, e.g. `git stash; cargo build --release; cp target/release/crossgate /tmp/a`).
 # ROUNDS (4) rounds of RUNS (2) runs of SECS (5) seconds each; RATE (5000) for `rate`, which is
 # the query at a fixed rate. Prints every run, then per build the medians of req/s, server CPU
-# µs per request and p99. Exit 2 when it cannot start.
+# µs per request and p99. Exit 2 when it cannot start. AUDIT_STORE (e.g.
+# postgres://postgres@127.0.0.1:5432/cgbench) puts both builds' audit log there instead of a
+# fresh SQLite file per run; runs then add to the same tables.
 set -u
 A=${1:-}; B=${2:-}; WHAT=${3:-publish}
 ROUNDS=${ROUNDS:-4}; RUNS=${RUNS:-2}; SECS=${SECS:-5}; RATE=${RATE:-5000}
@@ -31,6 +33,7 @@ one_round() { # label binary
   rm -rf "$run"; mkdir -p "$run/deploy"
   cp -r "$PROJ/deploy/local" "$run/deploy/local"; ln -s "$PROJ/schemas" "$run/schemas"
   printf 'timezone = "+08:00"\n[default]\nrate = "1000000/s"\nburst = 1000000\n' > "$run/deploy/local/limits.toml"
+  [ -n "${AUDIT_STORE:-}" ] && sed -i "s|^store = .*|store = \"$AUDIT_STORE\"|" "$run/deploy/local/broker.toml"
   (cd "$run" && exec "$cg" up --config deploy/local > up.log 2>&1) & PID=$!
   for _ in $(seq 100); do grep -q "is up" "$run/up.log" 2>/dev/null && break; sleep 0.2; done
   grep -q "is up" "$run/up.log" || { tail -5 "$run/up.log" >&2; echo "$label: crossgate up did not start" >&2; exit 2; }
