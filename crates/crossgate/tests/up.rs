@@ -17,8 +17,10 @@ fn up_serves_every_party_and_stops_cleanly_on_ctrl_c() {
     )
     .unwrap();
     let config = dir.to_str().unwrap();
+    let state = dir.join("adapters");
     let mut up = Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", config])
+        .args(["up", "--config", config, "--state"])
+        .arg(&state)
         .current_dir(ROOT)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -47,7 +49,8 @@ fn up_serves_every_party_and_stops_cleanly_on_ctrl_c() {
 
     // A second `up` finds the ports taken and says so.
     let second = Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["up", "--config", config])
+        .args(["up", "--config", config, "--state"])
+        .arg(&state)
         .current_dir(ROOT)
         .output()
         .unwrap();
@@ -83,4 +86,12 @@ fn up_serves_every_party_and_stops_cleanly_on_ctrl_c() {
         "{text}"
     );
     assert!(text.contains("stopping"), "{text}");
+    // Each adapter kept its delivery ids in the folder given by --state.
+    for (id, _) in &adapters {
+        assert!(
+            state.join(format!("{id}.delivered.db")).exists(),
+            "{id}'s delivery ids in {}",
+            state.display()
+        );
+    }
 }

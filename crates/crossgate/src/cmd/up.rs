@@ -12,6 +12,11 @@ pub struct UpArgs {
     /// Configuration folder (broker.toml, partners.toml, catalog.toml, limits.toml, departments/)
     #[arg(long, value_name = "DIR", default_value = "deploy/local")]
     pub config: PathBuf,
+    /// Folder for the adapters' own state: the delivery ids each has passed
+    /// on (<department>.delivered.db). Two `up`s with one folder share these
+    /// files: give each its own.
+    #[arg(long, value_name = "DIR", default_value = ".crossgate/adapters")]
+    pub state: PathBuf,
 }
 
 pub async fn run(args: UpArgs) -> CliResult {
@@ -36,7 +41,7 @@ pub async fn run(args: UpArgs) -> CliResult {
     opts.certs = Some(config.certs.clone());
     opts.ephemeral_ports = false;
     opts.audit_store = Some(config.audit.store.clone());
-    opts.adapter_state = Some(PathBuf::from(".crossgate/adapters"));
+    opts.adapter_state = Some(args.state.clone());
     let sys = LocalSystem::start(opts).await?;
     println!(
         "crossgate is up (mutual TLS everywhere; certificates in {})",

@@ -78,6 +78,10 @@ impl Up {
         std::fs::write(dir.join("limits.toml"), limits).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_crossgate"))
             .args(["up", "--config", dir.to_str().unwrap()])
+            // Its own adapter state: not the project's `.crossgate/adapters`,
+            // which every test's `up` would otherwise share.
+            .arg("--state")
+            .arg(dir.join("adapters"))
             .current_dir(ROOT)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
