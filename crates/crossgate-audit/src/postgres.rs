@@ -6,6 +6,7 @@ use crate::dialect::{Columns, Dialect, Param, Statement, decode_item, encode, of
 use crate::entry::{Stored, hex, unhex32};
 use crate::outbox::{Claim, Item, Op, OutboxFilter, Prior, State};
 use crate::{Filter, Store, StoreError};
+use postgres::error::SqlState;
 use postgres::{Client, NoTls};
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,8 +26,17 @@ pub struct PostgresStore {
 /// past it, so an unexpected text cannot grow it without bound).
 const MAX_PREPARED: usize = 64;
 
+/// The server's own message and code when it gave one ("db error" alone
+/// says nothing). Only the message: its detail may quote a row's values.
 fn err(e: postgres::Error) -> StoreError {
-    StoreError::Failed(e.to_string())
+    match e.as_db_error() {
+        Some(db) => StoreError::Failed(format!(
+            "{e}: {} (SQLSTATE {})",
+            db.message(),
+            db.code().code()
+        )),
+        None => StoreError::Failed(e.to_string()),
+    }
 }
 
 impl PostgresStore {
@@ -151,6 +161,45 @@ impl PostgresStore {
         Ok(&mut self.client)
     }
 
+    /// One commit, through the statements prepared on this connection
+    /// (which `live` has checked).
+    fn commit_prepared(
+        &mut self,
+        batch: &[Stored],
+        ops: &[Op],
+        claims: &[Claim],
+    ) -> Result<(), postgres::Error> {
+        let PostgresStore {
+            client, prepared, ..
+        } = self;
+        let mut tx = client.transaction()?;
+        for claim in claims {
+            run(&mut tx, prepared, Dialect::Postgres.claim(claim))?;
+        }
+        for op in ops {
+            for statement in Dialect::Postgres.outbox_op(op) {
+                run(&mut tx, prepared, statement)?;
+            }
+        }
+        let insert = prepare(&mut tx, prepared, Dialect::Postgres.insert())?;
+        for s in batch {
+            let params = encode(s);
+            tx.execute(&insert, &args(&params))?;
+        }
+        if let Some(last) = batch.last() {
+            let move_head = prepare(&mut tx, prepared, Dialect::Postgres.move_head())?;
+            tx.execute(
+                &move_head,
+                &[
+                    &last.writer,
+                    &(last.sequence as i64),
+                    &hex(&last.entry_hash),
+                ],
+            )?;
+        }
+        tx.commit()
+    }
+
     /// Direct access, for tests that tamper with the table.
     pub fn client(&mut self) -> &mut Client {
         &mut self.client
@@ -219,11 +268,9 @@ fn run(
     tx: &mut postgres::Transaction<'_>,
     prepared: &mut HashMap<String, postgres::Statement>,
     (sql, params): Statement<'_>,
-) -> Result<(), StoreError> {
+) -> Result<(), postgres::Error> {
     let statement = prepare(tx, prepared, &sql)?;
-    tx.execute(&statement, &args(&params))
-        .map(|_| ())
-        .map_err(err)
+    tx.execute(&statement, &args(&params)).map(|_| ())
 }
 
 /// `sql` prepared on this connection: from `prepared`, or now and kept there.
@@ -231,14 +278,14 @@ fn prepare(
     tx: &mut postgres::Transaction<'_>,
     prepared: &mut HashMap<String, postgres::Statement>,
     sql: &str,
-) -> Result<postgres::Statement, StoreError> {
+) -> Result<postgres::Statement, postgres::Error> {
     if let Some(statement) = prepared.get(sql) {
         return Ok(statement.clone());
     }
     if prepared.len() >= MAX_PREPARED {
         prepared.clear();
     }
-    let statement = tx.prepare(sql).map_err(err)?;
+    let statement = tx.prepare(sql)?;
     prepared.insert(sql.to_owned(), statement.clone());
     Ok(statement)
 }
@@ -285,36 +332,24 @@ impl Store for PostgresStore {
             return Ok(());
         }
         self.live()?;
-        let PostgresStore {
-            client, prepared, ..
-        } = self;
-        let mut tx = client.transaction().map_err(err)?;
-        for claim in claims {
-            run(&mut tx, prepared, Dialect::Postgres.claim(claim))?;
-        }
-        for op in ops {
-            for statement in Dialect::Postgres.outbox_op(op) {
-                run(&mut tx, prepared, statement)?;
+        match self.commit_prepared(batch, ops, claims) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.prepared.clear();
+                if e.code() != Some(&SqlState::INVALID_SQL_STATEMENT_NAME) {
+                    return Err(err(e));
+                }
+                // The server dropped the statements while the connection
+                // stayed open (`DEALLOCATE`, a pooler that switched its
+                // server connection). Nothing of the transaction was
+                // committed: prepare them again and commit once more.
+                tracing::warn!(
+                    "PostgreSQL no longer knows the prepared statements; preparing them again"
+                );
+                self.live()?;
+                self.commit_prepared(batch, ops, claims).map_err(err)
             }
         }
-        let insert = prepare(&mut tx, prepared, Dialect::Postgres.insert())?;
-        for s in batch {
-            let params = encode(s);
-            tx.execute(&insert, &args(&params)).map_err(err)?;
-        }
-        if let Some(last) = batch.last() {
-            let move_head = prepare(&mut tx, prepared, Dialect::Postgres.move_head())?;
-            tx.execute(
-                &move_head,
-                &[
-                    &last.writer,
-                    &(last.sequence as i64),
-                    &hex(&last.entry_hash),
-                ],
-            )
-            .map_err(err)?;
-        }
-        tx.commit().map_err(err)
     }
 
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {

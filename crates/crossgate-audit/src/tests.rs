@@ -1045,3 +1045,48 @@ fn a_hash_is_written_as_lower_case_hex_and_read_back_as_the_same_bytes() {
     assert_eq!(crate::entry::unhex32(&written), Some(bytes));
     assert_eq!(crate::entry::hex(&[0x00, 0x0f, 0xf0, 0xff]), "000ff0ff");
 }
+
+/// The server forgets the statements the store prepared while the
+/// connection stays open (`DEALLOCATE ALL`, as a pooler that switches its
+/// server connection does): the next commit prepares them again and
+/// succeeds, and the chain goes on.
+#[test]
+fn a_server_that_forgot_the_prepared_statements_does_not_fail_the_next_commit() {
+    let Ok(url) = std::env::var("CROSSGATE_TEST_DATABASE_URL") else {
+        return;
+    };
+    let schema = format!("audit_deallocated_{}", std::process::id());
+    let mut admin = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .unwrap();
+    let mut store = PostgresStore::connect(&url, Some(&schema)).unwrap();
+    let first = Stored::seal("broker-a", 1, [0; 32], entry(1));
+    store
+        .commit(
+            std::slice::from_ref(&first),
+            &[Op::Enqueue(Box::new(item("d1", "tax")))],
+            &[],
+        )
+        .unwrap();
+    store.client().batch_execute("DEALLOCATE ALL").unwrap();
+    let second = Stored::seal("broker-a", 2, first.entry_hash, entry(2));
+    store
+        .commit(
+            std::slice::from_ref(&second),
+            &[Op::Enqueue(Box::new(item("d2", "tax")))],
+            &[],
+        )
+        .expect("prepared again");
+    assert_eq!(
+        store.head("broker-a").unwrap(),
+        Some((2, second.entry_hash))
+    );
+    let queued = store
+        .outbox(&OutboxFilter {
+            receiver: Some("tax".into()),
+            ..OutboxFilter::default()
+        })
+        .unwrap();
+    assert_eq!(queued.len(), 2);
+}
