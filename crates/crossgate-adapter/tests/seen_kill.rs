@@ -3,19 +3,23 @@
 //! form untouched (and moves it) or the move complete, never half of it.
 //!
 //! The test runs itself as the adapter: a child process of this test binary
-//! opens the file and is SIGKILLed at a random moment of the move.
+//! opens the file and is SIGKILLed inside the move: once the move's
+//! transaction has written a random share of the log it writes (the log
+//! grows while the transaction runs), or at a random moment of the whole
+//! open.
 
 use crossgate_adapter::seen::Seen;
 use rusqlite::Connection;
 use std::hash::{BuildHasher, Hasher};
-use std::path::Path;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Set in the child: the file it opens.
 const CHILD: &str = "CROSSGATE_TEST_SEEN_OPEN";
 const IDS: u64 = 150_000;
-const ROUNDS: usize = 6;
+const ROUNDS: usize = 8;
 
 fn id(n: u64) -> String {
     format!("delivery-{n:08}")
@@ -73,65 +77,111 @@ fn a_move_killed_at_any_moment_loses_no_id_and_keeps_the_order() {
     }
     let dir = crossgate_testing::TempDir::new("seen-kill");
 
-    // How long an open that moves the file takes, child start included.
+    // An open that moves the file, watched: how large its log grows and
+    // how long it takes, child start included. It must have moved the file
+    // (a child that ran no test would leave it for the parent's reopen).
     let path = dir.join("calibrate.db");
     first_form(&path);
     let started = Instant::now();
-    let status = open_in_child(&path).wait().unwrap();
-    assert!(status.success(), "the child's open failed: {status}");
+    let mut child = open_in_child(&path);
+    let mut largest = 0;
+    let status = loop {
+        largest = largest.max(wal_len(&path));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
     let whole = started.elapsed();
+    assert!(status.success(), "the child's open failed: {status}");
+    assert_moved(&path, "calibration");
+    assert!(largest > 0, "the move wrote no log");
 
-    let mut killed_midway = 0;
+    let mut inside = 0;
     for round in 0..ROUNDS {
         let path = dir.join(format!("round-{round}.db"));
         first_form(&path);
         let mut child = open_in_child(&path);
+        // Even rounds: once the log passes a random share of its size at
+        // the end of the move; odd rounds: at a random moment of the open.
+        let by_log = round % 2 == 0;
+        let share = random_below(largest);
         let at = Duration::from_micros(random_below(whole.as_micros() as u64));
-        std::thread::sleep(at);
+        let started = Instant::now();
+        let log_when_killed = loop {
+            let log = wal_len(&path);
+            let due = if by_log {
+                log > share
+            } else {
+                started.elapsed() >= at
+            };
+            if due || child.try_wait().unwrap().is_some() {
+                break log;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
         let _ = child.kill();
         let status = child.wait().unwrap();
-        if !status.success() {
-            killed_midway += 1;
+        // Killed before it finished, with the move begun (its log written to).
+        if status.signal() == Some(libc_sigkill()) && log_when_killed > 0 {
+            inside += 1;
+        } else {
+            assert!(
+                status.success(),
+                "round {round}: the child failed: {status}"
+            );
         }
 
-        // The next open: every id, in the order of the first form.
+        // The next open: every id once, in the order of the first form.
         let seen = Seen::open(&path, IDS * 2).expect("reopen");
         for n in [0, 1, IDS / 2, IDS - 1] {
             assert!(seen.contains(&id(n)), "round {round}: {} forgotten", id(n));
         }
         drop(seen);
-        let conn = Connection::open(&path).unwrap();
-        let old_table: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(old_table, 0, "round {round}: the first form is still there");
-        let mut stmt = conn
-            .prepare("SELECT delivery_id FROM remembered ORDER BY at")
-            .unwrap();
-        let ids: Vec<String> = stmt
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(
-            ids.len() as u64,
-            IDS,
-            "round {round} (killed after {at:?}): each id once"
-        );
-        // Oldest first: the first form's `at` ran backwards against the ids.
-        assert!(
-            ids.iter().zip((0..IDS).rev()).all(|(got, n)| *got == id(n)),
-            "round {round}: the order of remembering is lost"
-        );
+        assert_moved(&path, &format!("round {round} (killed: {status})"));
     }
-    // The moments fall within the open's duration: most kills land
-    // before the child is done (a kill after it is a round that proves less).
+    // Most kills land inside the move (a kill after it proves less).
     assert!(
-        killed_midway >= ROUNDS / 2,
-        "only {killed_midway} of {ROUNDS} kills landed before the open ended ({whole:?})"
+        inside >= ROUNDS / 2,
+        "only {inside} of {ROUNDS} kills landed inside the move (an open takes {whole:?}, its log {largest} bytes)"
+    );
+}
+
+fn wal_len(db: &Path) -> u64 {
+    let mut wal = PathBuf::from(db).into_os_string();
+    wal.push("-wal");
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+/// SIGKILL's number on Linux (the only platform these tests run on).
+fn libc_sigkill() -> i32 {
+    9
+}
+
+/// The file holds `IDS` ids once each in `remembered`, oldest first as the
+/// first form ordered them, and the first form's table is gone.
+fn assert_moved(path: &Path, when: &str) {
+    let conn = Connection::open(path).unwrap();
+    let old_table: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE name = 'delivered'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_table, 0, "{when}: the first form is still there");
+    let mut stmt = conn
+        .prepare("SELECT delivery_id FROM remembered ORDER BY at")
+        .unwrap();
+    let ids: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids.len() as u64, IDS, "{when}: each id once");
+    // Oldest first: the first form's `at` ran backwards against the ids.
+    assert!(
+        ids.iter().zip((0..IDS).rev()).all(|(got, n)| *got == id(n)),
+        "{when}: the order of remembering is lost"
     );
 }
