@@ -12,7 +12,8 @@
 # the query at a fixed rate. Prints every run, then per build the medians of req/s, server CPU
 # µs per request and p99. Exit 2 when it cannot start. AUDIT_STORE (e.g.
 # postgres://postgres@127.0.0.1:5432/cgbench) puts both builds' audit log there instead of a
-# fresh SQLite file per run; runs then add to the same tables.
+# fresh SQLite file per run. Runs then add to the same tables, so later runs (B after A in each
+# round) work on larger tables: use enough rounds, and compare with the order swapped.
 set -u
 A=${1:-}; B=${2:-}; WHAT=${3:-publish}
 ROUNDS=${ROUNDS:-4}; RUNS=${RUNS:-2}; SECS=${SECS:-5}; RATE=${RATE:-5000}
@@ -33,7 +34,13 @@ one_round() { # label binary
   rm -rf "$run"; mkdir -p "$run/deploy"
   cp -r "$PROJ/deploy/local" "$run/deploy/local"; ln -s "$PROJ/schemas" "$run/schemas"
   printf 'timezone = "+08:00"\n[default]\nrate = "1000000/s"\nburst = 1000000\n' > "$run/deploy/local/limits.toml"
-  [ -n "${AUDIT_STORE:-}" ] && sed -i "s|^store = .*|store = \"$AUDIT_STORE\"|" "$run/deploy/local/broker.toml"
+  # The store line replaced as text (a URL's & and | would mean something to sed).
+  [ -n "${AUDIT_STORE:-}" ] && STORE_URL="$AUDIT_STORE" python3 -c '
+import os, re, sys
+f = sys.argv[1]
+text = open(f).read()
+open(f, "w").write(re.sub(r"(?m)^store = .*$", lambda _: "store = \"%s\"" % os.environ["STORE_URL"], text))
+' "$run/deploy/local/broker.toml"
   (cd "$run" && exec "$cg" up --config deploy/local > up.log 2>&1) & PID=$!
   for _ in $(seq 100); do grep -q "is up" "$run/up.log" 2>/dev/null && break; sleep 0.2; done
   grep -q "is up" "$run/up.log" || { tail -5 "$run/up.log" >&2; echo "$label: crossgate up did not start" >&2; exit 2; }
