@@ -39,6 +39,11 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
+        // A second connection (a reader, another broker) waits for the
+        // writer's lock, or for another's recovery of a large log, instead
+        // of failing at once; from the first statement on.
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(err)?;
         // Checkpoints copy the log's pages into the file. Publishing
@@ -92,10 +97,6 @@ impl SqliteStore {
             conn.execute_batch(Dialect::Sqlite.plain_chain())
                 .map_err(err)?;
         }
-        // A second connection (a reader, another broker) waits for the
-        // writer's lock instead of failing at once.
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
