@@ -56,6 +56,12 @@ pub async fn serve_counted(
     reporter.set_serving::<IngressServer<Adapter>>().await;
     reporter.set_serving::<DepartmentServer<Adapter>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
+    // Delivery streams end when the drain starts; they would hold it open.
+    let closing = adapter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.close_streams();
+    };
     // The same connection, stream and time limits as the broker's defaults.
     let limits = crossgate_tls::serving::ServerLimits::default();
     let mut builder = limits

@@ -9,16 +9,20 @@ use crossgate_proto::department_server::Department;
 use crossgate_proto::department_system_client::DepartmentSystemClient;
 use crossgate_proto::ingress_server::Ingress;
 use crossgate_proto::{
-    Criterion, DeliverRequest, DeliverResponse, DeliveryOutcome, DeliveryReport, FetchRequest,
-    FetchResponse, FindRequest, LookupRequest, LookupResponse, NativeRecord, PublishRequest,
-    QueryRequest, ReceiveRequest, Record, SubmitRequest, SubmitResponse,
+    Criterion, DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, DeliveryOutcome,
+    DeliveryReport, FetchRequest, FetchResponse, FindRequest, LookupRequest, LookupResponse,
+    NativeRecord, PublishRequest, QueryRequest, ReceiveRequest, Record, SubmitRequest,
+    SubmitResponse,
 };
 use crossgate_schema::{Registry, parse_document};
 use crossgate_telemetry::{client_step, server_span, step};
 use serde_json::Value;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::transport::CertificateDer;
 use tonic::transport::Channel;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tracing::Instrument;
 
@@ -37,7 +41,15 @@ struct Inner {
     peers: Option<Peers>,
     /// Delivery ids already passed on to the system.
     seen: Option<Arc<Seen>>,
+    /// Set when the server shuts down: delivery streams stop taking
+    /// messages, answer those in hand and end, so the server's drain is not
+    /// held open by a stream the broker would keep forever.
+    closing: watch::Sender<bool>,
 }
+
+/// Deliveries of one stream handed over at once; the stream is not read
+/// further until one of them is answered (the broker's lanes send fewer).
+const STREAM_IN_FLIGHT: u32 = 256;
 
 /// Under mutual TLS, `Department` may be called only by the broker and
 /// `Ingress` only by the department's own system (its certificate names the
@@ -81,6 +93,7 @@ impl Adapter {
                 system: DepartmentSystemClient::new(system),
                 peers: None,
                 seen: Some(Arc::new(Seen::memory(crate::seen::DEFAULT_CAPACITY))),
+                closing: watch::channel(false).0,
             }),
         }
     }
@@ -109,18 +122,29 @@ impl Adapter {
 
     /// Under mutual TLS, the caller must be `expected`.
     fn check_peer<T>(&self, request: &Request<T>, expected: &str) -> Result<(), Status> {
+        if self.inner.peers.is_none() {
+            return Ok(());
+        }
+        self.check_certs(request.peer_certs().as_deref().map(Vec::as_slice), expected)
+    }
+
+    /// [`Self::check_peer`] for certificates kept from a stream's start:
+    /// each message of a delivery stream is checked as a call would be (a
+    /// certificate revoked while the stream is open is refused from then on).
+    fn check_certs(
+        &self,
+        certs: Option<&[CertificateDer<'static>]>,
+        expected: &str,
+    ) -> Result<(), Status> {
         let Some(peers) = &self.inner.peers else {
             return Ok(());
         };
-        let caller = peers
-            .identities
-            .identify(request.peer_certs().as_deref().map(Vec::as_slice))
-            .map_err(|why| match why {
-                crossgate_tls::peers::Unidentified::NoParty => {
-                    Status::unauthenticated("a client certificate is required")
-                }
-                revoked => Status::unauthenticated(revoked.to_string()),
-            })?;
+        let caller = peers.identities.identify(certs).map_err(|why| match why {
+            crossgate_tls::peers::Unidentified::NoParty => {
+                Status::unauthenticated("a client certificate is required")
+            }
+            revoked => Status::unauthenticated(revoked.to_string()),
+        })?;
         match caller {
             id if id.as_ref() == expected => Ok(()),
             id => Err(Status::permission_denied(format!(
@@ -128,6 +152,12 @@ impl Adapter {
                 self.department()
             ))),
         }
+    }
+
+    /// End the delivery streams (the server is shutting down): each stops
+    /// reading, answers the deliveries it has taken, and ends.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     fn broker_id(&self) -> &str {
@@ -381,6 +411,25 @@ impl Department for Adapter {
         self.deliver_record(request).instrument(span).await
     }
 
+    type DeliverStreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeliverAnswer, Status>> + Send>>;
+
+    async fn deliver_stream(
+        &self,
+        request: Request<Streaming<DeliverMessage>>,
+    ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+        self.check_peer(&request, self.broker_id())?;
+        let certs = request.peer_certs();
+        let (answers, rx) = mpsc::channel(STREAM_IN_FLIGHT as usize);
+        tokio::spawn(
+            self.clone()
+                .serve_deliveries(request.into_inner(), certs, answers),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn fetch(
         &self,
         request: Request<FetchRequest>,
@@ -398,6 +447,89 @@ impl Adapter {
     ) -> Result<Response<DeliverResponse>, Status> {
         self.check_peer(&request, self.broker_id())?;
         let req = request.into_inner();
+        // In a task of its own: a broker that gives up on the call (its
+        // timeout) cancels its wait, not the hand-over and its record.
+        let adapter = self.clone();
+        tokio::spawn(async move { adapter.deliver_one(req).await }.in_current_span())
+            .await
+            .map_err(|_| Status::internal("the delivery failed inside the adapter"))??;
+        Ok(Response::new(DeliverResponse {}))
+    }
+
+    /// One delivery stream: each message is handed over in a task of its
+    /// own (so answers go back in the order they finish, and a broker that
+    /// goes away cancels no hand-over), at most [`STREAM_IN_FLIGHT`] at once.
+    /// The stream ends when the broker ends it, it breaks, or the server
+    /// shuts down; the deliveries taken are answered first where the broker
+    /// still listens, and are handed over either way.
+    async fn serve_deliveries(
+        self,
+        mut incoming: Streaming<DeliverMessage>,
+        certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+        answers: mpsc::Sender<Result<DeliverAnswer, Status>>,
+    ) {
+        let slots = Arc::new(Semaphore::new(STREAM_IN_FLIGHT as usize));
+        let mut closing = self.inner.closing.subscribe();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = closing.wait_for(|c| *c) => break,
+                next = async {
+                    let slot = slots.clone().acquire_owned().await;
+                    (slot, incoming.message().await)
+                } => next,
+            };
+            let (Ok(slot), Ok(Some(message))) = next else {
+                // Ended by the broker (`None`) or broken (an error the
+                // broker no longer hears): nothing more comes.
+                break;
+            };
+            let DeliverMessage {
+                sequence,
+                delivery,
+                traceparent,
+            } = message;
+            let adapter = self.clone();
+            let certs = certs.clone();
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let span = server_span(
+                    "crossgate.v1.Department/Deliver",
+                    &trace_metadata(&traceparent),
+                );
+                let result = async {
+                    adapter
+                        .check_certs(certs.as_deref().map(Vec::as_slice), adapter.broker_id())?;
+                    let req =
+                        delivery.ok_or_else(|| Status::invalid_argument("delivery is required"))?;
+                    adapter.deliver_one(req).await
+                }
+                .instrument(span)
+                .await;
+                let (code, message) = match result {
+                    Ok(()) => (Code::Ok, String::new()),
+                    Err(status) => (status.code(), status.message().to_owned()),
+                };
+                // A broker gone away hears nothing; the hand-over stands
+                // and a retry is acknowledged as a repeat.
+                let _ = answers
+                    .send(Ok(DeliverAnswer {
+                        sequence,
+                        code: code as i32,
+                        message,
+                    }))
+                    .await;
+                drop(slot);
+            });
+        }
+        // Ending the answers (dropping the last sender) ends the stream
+        // with OK once every delivery taken has answered.
+        let _ = slots.acquire_many(STREAM_IN_FLIGHT).await;
+    }
+
+    /// One delivery, handed to the system once per delivery id: a repeat
+    /// that arrives while the first is with the system is told to come back.
+    async fn deliver_one(&self, req: DeliverRequest) -> Result<(), Status> {
         let Some(seen) = self
             .inner
             .seen
@@ -407,56 +539,36 @@ impl Adapter {
             return self.hand_over(req).await;
         };
         let id = req.delivery_id.clone();
-        // One hand-over per delivery id at a time: a repeat that arrives
-        // while the first is with the system is told to come back.
         if !seen.begin(&id) {
             return Err(Status::aborted(format!(
                 "delivery {id} is being handed over; try again"
             )));
         }
-        let handing = Handing {
-            seen: seen.clone(),
-            id,
-        };
-        // In a task of its own: a broker that gives up on the call (its
-        // timeout) cancels its wait, not the hand-over and its record.
-        let adapter = self.clone();
-        tokio::spawn(
-            async move {
-                let result = adapter.deliver_once(&handing.seen, req).await;
-                drop(handing);
-                result
-            }
-            .in_current_span(),
-        )
-        .await
-        .map_err(|_| Status::internal("the delivery failed inside the adapter"))?
+        let handing = Handing { seen, id };
+        let result = self.deliver_once(&handing.seen, req).await;
+        drop(handing);
+        result
     }
 
     /// A delivery id passed on before is acknowledged without passing it on
     /// again; a new one is remembered once the system has taken it.
-    async fn deliver_once(
-        &self,
-        seen: &Seen,
-        req: DeliverRequest,
-    ) -> Result<Response<DeliverResponse>, Status> {
+    async fn deliver_once(&self, seen: &Seen, req: DeliverRequest) -> Result<(), Status> {
         let id = req.delivery_id.clone();
         if seen.contains(&id) {
             tracing::debug!(department = %self.department(), delivery = %id, "repeated delivery acknowledged");
-            return Ok(Response::new(DeliverResponse {}));
+            return Ok(());
         }
-        let reply = self.hand_over(req).await?;
+        self.hand_over(req).await?;
         // If this fails the system has the record but the id is not kept:
         // the broker retries and the system sees the same delivery id.
         seen.remember(&id).await.map_err(|e| {
             tracing::error!(error = %e, "delivery-id store failed");
             Status::unavailable("the adapter cannot keep the delivery id; try again")
-        })?;
-        Ok(reply)
+        })
     }
 
     /// Map the delivered record to the department's format and hand it to its system.
-    async fn hand_over(&self, req: DeliverRequest) -> Result<Response<DeliverResponse>, Status> {
+    async fn hand_over(&self, req: DeliverRequest) -> Result<(), Status> {
         let record = req
             .record
             .ok_or_else(|| Status::invalid_argument("record is required"))?;
@@ -483,7 +595,7 @@ impl Adapter {
             .await
             .map_err(|s| upstream("department system", s))?;
         tracing::debug!(department = %self.department(), %record_type, request_id = %req.request_id, "delivered");
-        Ok(Response::new(DeliverResponse {}))
+        Ok(())
     }
 
     /// Answer a query from the department's own data.
@@ -597,4 +709,16 @@ impl Adapter {
         }
         Ok(answer)
     }
+}
+
+/// A delivery message's `traceparent` as the metadata a call would carry it
+/// in (empty when traces are off or it is not a valid header value).
+fn trace_metadata(traceparent: &str) -> tonic::metadata::MetadataMap {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    if !traceparent.is_empty()
+        && let Ok(value) = traceparent.parse()
+    {
+        metadata.insert("traceparent", value);
+    }
+    metadata
 }

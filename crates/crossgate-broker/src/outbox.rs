@@ -858,19 +858,15 @@ async fn send(
     mut pending: Pending,
 ) -> Sent {
     let result = match DeliverRequest::decode(pending.item.payload.as_slice()) {
-        Ok(request) => match adapters.get(&receiver) {
-            Ok(mut client) => {
-                let mut req = tonic::Request::new(request);
-                req.set_timeout(timeout);
-                let span = pending.trace.client_step("deliver");
-                span.in_scope(|| crossgate_telemetry::inject(req.metadata_mut()));
-                match tokio::time::timeout(timeout, client.deliver(req).instrument(span)).await {
-                    Ok(result) => result.map(|_| ()),
-                    Err(_) => Err(Status::deadline_exceeded("no answer in time")),
-                }
+        Ok(request) => {
+            let span = pending.trace.client_step("deliver");
+            let traceparent = span.in_scope(crossgate_telemetry::traceparent);
+            let attempt = adapters.deliver(&receiver, request, timeout, traceparent);
+            match tokio::time::timeout(timeout, attempt.instrument(span)).await {
+                Ok(result) => result,
+                Err(_) => Err(Status::deadline_exceeded("no answer in time")),
             }
-            Err(status) => Err(status),
-        },
+        }
         Err(_) => Err(Status::data_loss("the stored delivery cannot be read")),
     };
     let kept = match &result {

@@ -31,7 +31,10 @@ const SERVICES: [(&str, &[&str]); 8] = [
         "crossgate.v1.Audit",
         &["Search", "Verify", "Export", "Checkpoint"],
     ),
-    ("crossgate.v1.Department", &["Deliver", "Fetch"]),
+    (
+        "crossgate.v1.Department",
+        &["Deliver", "DeliverStream", "Fetch"],
+    ),
     ("crossgate.v1.Ingress", &["Submit", "Lookup"]),
     ("crossgate.v1.DepartmentSystem", &["Receive", "Find"]),
     ("grpc.health.v1.Health", &["Check", "Watch"]),
@@ -44,6 +47,9 @@ const SERVICES: [(&str, &[&str]); 8] = [
 /// Streaming methods (the rest are unary).
 const STREAMING: [&str; 4] = ["Search", "Export", "Watch", "ServerReflectionInfo"];
 
+/// Methods streaming both ways.
+const BIDI_STREAMING: [&str; 1] = ["DeliverStream"];
+
 /// `(service, method, type)` of a request path, from the known list.
 fn method_of(path: &str) -> (&'static str, &'static str, &'static str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
@@ -52,7 +58,9 @@ fn method_of(path: &str) -> (&'static str, &'static str, &'static str) {
         if s == service {
             for m in methods {
                 if *m == method {
-                    let kind = if STREAMING.contains(m) {
+                    let kind = if BIDI_STREAMING.contains(m) {
+                        "bidi_stream"
+                    } else if STREAMING.contains(m) {
                         "server_stream"
                     } else {
                         "unary"

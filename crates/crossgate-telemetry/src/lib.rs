@@ -301,6 +301,18 @@ pub fn inject(metadata: &mut MetadataMap) {
     }
 }
 
+/// The current span's `traceparent` as text, for a message that carries it
+/// in a field rather than in a call's metadata (empty when traces are off).
+pub fn traceparent() -> String {
+    let mut metadata = MetadataMap::new();
+    inject(&mut metadata);
+    metadata
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_default()
+}
+
 /// The same, for a call written as an HTTP request (a tower service in the
 /// client's stack).
 pub fn inject_headers(headers: &mut tonic::codegen::http::HeaderMap) {
