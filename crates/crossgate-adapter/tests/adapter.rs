@@ -70,6 +70,9 @@ impl Broker for FakeBroker {
 }
 
 struct Running {
+    /// Sent (or dropped): the adapter shuts down; `served` ends then.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<Result<(), crossgate_adapter::ServeError>>,
     channel: Channel,
     broker: FakeBroker,
     system: ReferenceSystem,
@@ -121,13 +124,18 @@ async fn start(department: &str, broker_down: bool) -> Running {
         lazy_channel(&system_uri).unwrap(),
     );
     let (al, adapter_uri) = listener().await;
-    tokio::spawn(serve(adapter, al, std::future::pending()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(adapter, al, async move {
+        let _ = stopped.await;
+    }));
     let channel = Channel::from_shared(adapter_uri)
         .unwrap()
         .connect()
         .await
         .unwrap();
     Running {
+        stop: Some(stop),
+        served,
         channel: channel.clone(),
         broker,
         system,
@@ -278,6 +286,70 @@ async fn deliveries_reach_the_system_in_its_own_format() {
     );
     assert_eq!(got[1].native_type, "person.v1");
     assert_eq!(got[1].document, person);
+}
+
+#[tokio::test]
+async fn a_delivery_stream_hands_each_record_over_once_and_ends_when_the_adapter_stops() {
+    let mut run = start("customs", false).await;
+    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
+    let mut answers = run
+        .department
+        .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+        .await
+        .expect("a stream")
+        .into_inner();
+    let person = json!({"name": "徐军"});
+    let message = |sequence: u64, id: &str, record: bool| DeliverMessage {
+        sequence,
+        delivery: Some(DeliverRequest {
+            request_id: format!("r-{sequence}"),
+            provider: "public-security".into(),
+            record: record.then(|| Record {
+                record_type: "person.v1".into(),
+                record_id: id.into(),
+                json: serde_json::to_vec(&person).unwrap(),
+            }),
+            delivery_id: id.into(),
+        }),
+        traceparent: String::new(),
+    };
+    let mut answer = async || {
+        let a = tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+            .await
+            .expect("an answer in time")
+            .expect("the stream holds")
+            .expect("not ended");
+        (a.sequence, Code::from(a.code), a.message)
+    };
+    send.send(message(7, "s-1", true)).await.unwrap();
+    send.send(message(8, "s-2", true)).await.unwrap();
+    send.send(message(9, "s-3", false)).await.unwrap();
+    let mut got = vec![answer().await, answer().await, answer().await];
+    got.sort_by_key(|a| a.0);
+    assert_eq!(got[0], (7, Code::Ok, String::new()));
+    assert_eq!(got[1], (8, Code::Ok, String::new()));
+    assert_eq!(
+        got[2],
+        (9, Code::InvalidArgument, "record is required".to_owned())
+    );
+    // The same delivery again (a retry after a lost answer): acknowledged,
+    // not handed over a second time.
+    send.send(message(10, "s-1", true)).await.unwrap();
+    assert_eq!(answer().await, (10, Code::Ok, String::new()));
+    assert_eq!(run.system.received().len(), 2);
+
+    // Stopping the adapter ends the stream (the broker would keep it open
+    // for ever), so the server's drain finishes.
+    let _ = run.stop.take().expect("running").send(());
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+        .await
+        .expect("the stream ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    tokio::time::timeout(std::time::Duration::from_secs(10), run.served)
+        .await
+        .expect("the adapter stops in time")
+        .expect("its task")
+        .expect("served without error");
 }
 
 #[tokio::test]

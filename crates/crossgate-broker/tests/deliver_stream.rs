@@ -1,0 +1,267 @@
+//! Deliveries over one stream per adapter, against adapters scripted to
+//! answer out of order, to answer what was never asked, to end the stream
+//! with deliveries in hand, and not to know the stream at all: each attempt
+//! hears exactly what a `Deliver` call would have answered.
+
+use crossgate_broker::delivery::Adapters;
+use crossgate_policy::{Partner, Role};
+use crossgate_proto::department_server::{Department, DepartmentServer};
+use crossgate_proto::{
+    DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, FetchRequest, FetchResponse,
+};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+#[derive(Clone, Copy)]
+enum Script {
+    /// Take this many messages, then answer them last first, after an
+    /// answer to a sequence never sent; then answer the first again; then
+    /// answer each further message as it comes.
+    Reversed(usize),
+    /// Take this many messages and end the stream without an answer.
+    EndAfter(usize),
+    /// Not implemented: `Deliver` calls only.
+    NoStream,
+    /// Answer nothing until this long has passed.
+    Slow(Duration),
+}
+
+#[derive(Clone)]
+struct Fake {
+    script: Arc<Mutex<Script>>,
+    opened: Arc<AtomicUsize>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+fn answer(m: &DeliverMessage) -> DeliverAnswer {
+    let id = m.delivery.as_ref().map_or("", |d| d.delivery_id.as_str());
+    let (code, message) = if id.starts_with("refuse") {
+        (Code::InvalidArgument, "the system refuses it".to_owned())
+    } else {
+        (Code::Ok, String::new())
+    };
+    DeliverAnswer {
+        sequence: m.sequence,
+        code: code as i32,
+        message,
+    }
+}
+
+#[tonic::async_trait]
+impl Department for Fake {
+    async fn deliver(
+        &self,
+        request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        let id = request.into_inner().delivery_id;
+        self.calls.lock().unwrap().push(id);
+        Ok(Response::new(DeliverResponse {}))
+    }
+
+    type DeliverStreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeliverAnswer, Status>> + Send>>;
+
+    async fn deliver_stream(
+        &self,
+        request: Request<Streaming<DeliverMessage>>,
+    ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        let script = *self.script.lock().unwrap();
+        if let Script::NoStream = script {
+            return Err(Status::unimplemented("no DeliverStream here"));
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            match script {
+                Script::Reversed(n) => {
+                    let mut taken = Vec::new();
+                    while taken.len() < n {
+                        match incoming.message().await {
+                            Ok(Some(m)) => taken.push(m),
+                            _ => return,
+                        }
+                    }
+                    let stray = DeliverAnswer {
+                        sequence: u64::MAX,
+                        code: Code::Ok as i32,
+                        message: String::new(),
+                    };
+                    let _ = tx.send(Ok(stray)).await;
+                    for m in taken.iter().rev() {
+                        let _ = tx.send(Ok(answer(m))).await;
+                    }
+                    let mut again = answer(&taken[0]);
+                    again.code = Code::Internal as i32;
+                    let _ = tx.send(Ok(again)).await;
+                    while let Ok(Some(m)) = incoming.message().await {
+                        let _ = tx.send(Ok(answer(&m))).await;
+                    }
+                }
+                Script::EndAfter(n) => {
+                    for _ in 0..n {
+                        if !matches!(incoming.message().await, Ok(Some(_))) {
+                            return;
+                        }
+                    }
+                    drop(tx);
+                }
+                Script::Slow(wait) => {
+                    while let Ok(Some(m)) = incoming.message().await {
+                        let tx = tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            let _ = tx.send(Ok(answer(&m))).await;
+                        });
+                    }
+                }
+                Script::NoStream => {}
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn fetch(
+        &self,
+        _request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+async fn start(script: Script) -> (Fake, Adapters) {
+    let fake = Fake {
+        script: Arc::new(Mutex::new(script)),
+        opened: Arc::new(AtomicUsize::new(0)),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let served = fake.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(DepartmentServer::new(served))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    let partners = [Partner {
+        id: "commerce".into(),
+        name: "Commerce".into(),
+        role: Role::Partner,
+        adapter: Some(addr.to_string()),
+    }];
+    let adapters = Adapters::new(&partners, None, Duration::from_secs(2)).expect("adapters");
+    (fake, adapters)
+}
+
+fn delivery(id: &str) -> DeliverRequest {
+    DeliverRequest {
+        request_id: format!("r-{id}"),
+        provider: "customs".into(),
+        record: None,
+        delivery_id: id.into(),
+    }
+}
+
+async fn deliver(adapters: &Adapters, id: &str) -> Result<(), Status> {
+    let attempt = adapters.deliver(
+        "commerce",
+        delivery(id),
+        Duration::from_secs(5),
+        String::new(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), attempt)
+        .await
+        .expect("every attempt is answered")
+}
+
+#[tokio::test]
+async fn answers_in_any_order_reach_their_own_attempts_over_one_stream() {
+    let (fake, adapters) = start(Script::Reversed(8)).await;
+    let ids: Vec<String> = (0..8)
+        .map(|i| {
+            if i == 3 {
+                "refuse-3".to_owned()
+            } else {
+                format!("d-{i}")
+            }
+        })
+        .collect();
+    let attempts = ids.iter().map(|id| deliver(&adapters, id));
+    let results = futures_util::future::join_all(attempts).await;
+    for (id, result) in ids.iter().zip(&results) {
+        match id.as_str() {
+            "refuse-3" => {
+                let status = result.as_ref().expect_err("refused");
+                assert_eq!(status.code(), Code::InvalidArgument, "{id}");
+                assert_eq!(status.message(), "the system refuses it");
+            }
+            _ => assert!(result.is_ok(), "{id}: {result:?}"),
+        }
+    }
+    // The stray and the repeated answers told nobody anything; the stream
+    // still carries the next delivery.
+    deliver(&adapters, "d-8").await.expect("the stream goes on");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1, "one stream for all");
+    assert!(fake.calls.lock().unwrap().is_empty(), "no Deliver calls");
+}
+
+#[tokio::test]
+async fn a_stream_that_ends_with_deliveries_in_hand_leaves_them_unavailable_and_the_next_opens_anew()
+ {
+    let (fake, adapters) = start(Script::EndAfter(3)).await;
+    let results =
+        futures_util::future::join_all(["d-1", "d-2", "d-3"].map(|id| deliver(&adapters, id)))
+            .await;
+    for result in results {
+        let status = result.expect_err("no answer came");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    *fake.script.lock().unwrap() = Script::Reversed(1);
+    deliver(&adapters, "d-1").await.expect("a new stream");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_attempt_that_gives_up_waiting_leaves_the_stream_to_the_others() {
+    let (fake, adapters) = start(Script::Slow(Duration::from_millis(300))).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        adapters.deliver(
+            "commerce",
+            delivery("d-1"),
+            Duration::from_secs(5),
+            String::new(),
+        ),
+    )
+    .await;
+    assert!(gave_up.is_err(), "no answer within 50 ms");
+    // Its late answer arrives while this one waits, and is not taken for it.
+    deliver(&adapters, "refuse-2")
+        .await
+        .expect_err("its own answer");
+    deliver(&adapters, "d-3").await.expect("delivered");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_adapter_without_delivery_streams_is_sent_calls() {
+    let (fake, adapters) = start(Script::NoStream).await;
+    for id in ["d-1", "d-2", "d-3"] {
+        deliver(&adapters, id).await.expect("delivered by a call");
+    }
+    assert_eq!(*fake.calls.lock().unwrap(), ["d-1", "d-2", "d-3"]);
+    assert_eq!(
+        fake.opened.load(Ordering::SeqCst),
+        1,
+        "asked once, not for every delivery"
+    );
+}
