@@ -19,7 +19,9 @@ use crossgate_telemetry::{client_step, server_span, step};
 use serde_json::Value;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tonic::transport::CertificateDer;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -48,8 +50,21 @@ struct Inner {
 }
 
 /// Deliveries of one stream handed over at once; the stream is not read
-/// further until one of them is answered (the broker's lanes send fewer).
+/// further until one of them is answered or its time is up.
 const STREAM_IN_FLIGHT: u32 = 256;
+
+/// How long a delivery message waits for its answer when the broker gave
+/// no time, and the most it may give.
+const STREAM_ANSWER_DEFAULT: Duration = Duration::from_secs(30);
+const STREAM_ANSWER_MAX: Duration = Duration::from_secs(600);
+
+/// The time a delivery message gives its answer.
+fn answer_within(timeout_millis: u32) -> Duration {
+    match timeout_millis {
+        0 => STREAM_ANSWER_DEFAULT,
+        ms => Duration::from_millis(u64::from(ms)).min(STREAM_ANSWER_MAX),
+    }
+}
 
 /// Under mutual TLS, `Department` may be called only by the broker and
 /// `Ingress` only by the department's own system (its certificate names the
@@ -488,7 +503,9 @@ impl Adapter {
                 sequence,
                 delivery,
                 traceparent,
+                timeout_millis,
             } = message;
+            let deadline = Instant::now() + answer_within(timeout_millis);
             let adapter = self.clone();
             let certs = certs.clone();
             let answers = answers.clone();
@@ -497,34 +514,52 @@ impl Adapter {
                     "crossgate.v1.Department/Deliver",
                     &trace_metadata(&traceparent),
                 );
-                let result = async {
-                    adapter
-                        .check_certs(certs.as_deref().map(Vec::as_slice), adapter.broker_id())?;
-                    let req =
-                        delivery.ok_or_else(|| Status::invalid_argument("delivery is required"))?;
-                    adapter.deliver_one(req).await
-                }
-                .instrument(span)
-                .await;
+                // The hand-over in a task of its own, as a call's: when the
+                // broker's time is up it is answered DEADLINE_EXCEEDED and
+                // its place on the stream is freed, while the hand-over and
+                // its record go on.
+                let handing = tokio::spawn(
+                    async move {
+                        adapter.check_certs(
+                            certs.as_deref().map(Vec::as_slice),
+                            adapter.broker_id(),
+                        )?;
+                        let req = delivery
+                            .ok_or_else(|| Status::invalid_argument("delivery is required"))?;
+                        adapter.deliver_one(req).await
+                    }
+                    .instrument(span),
+                );
+                let result = match tokio::time::timeout_at(deadline, handing).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(Status::internal("the delivery failed inside the adapter")),
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "the hand-over did not finish in the broker's time",
+                    )),
+                };
                 let (code, message) = match result {
                     Ok(()) => (Code::Ok, String::new()),
                     Err(status) => (status.code(), status.message().to_owned()),
                 };
-                // A broker gone away hears nothing; the hand-over stands
+                let answer = DeliverAnswer {
+                    sequence,
+                    code: code as i32,
+                    message,
+                };
+                // A broker gone away, or not reading, hears nothing after
+                // its time (it stopped waiting then): the hand-over stands
                 // and a retry is acknowledged as a repeat.
-                let _ = answers
-                    .send(Ok(DeliverAnswer {
-                        sequence,
-                        code: code as i32,
-                        message,
-                    }))
-                    .await;
+                let _ = tokio::time::timeout_at(deadline, answers.send(Ok(answer))).await;
                 drop(slot);
             });
         }
-        // Ending the answers (dropping the last sender) ends the stream
-        // with OK once every delivery taken has answered.
+        // The stream ends with OK when the last sender is dropped, that is
+        // once every delivery taken has answered or its time is up; the
+        // broker's side of it is kept open until then, so that their answers
+        // still reach it.
+        drop(answers);
         let _ = slots.acquire_many(STREAM_IN_FLIGHT).await;
+        drop(incoming);
     }
 
     /// One delivery, handed to the system once per delivery id: a repeat

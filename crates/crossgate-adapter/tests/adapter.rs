@@ -312,6 +312,7 @@ async fn a_delivery_stream_hands_each_record_over_once_and_ends_when_the_adapter
             delivery_id: id.into(),
         }),
         traceparent: String::new(),
+        timeout_millis: 10_000,
     };
     let mut answer = async || {
         let a = tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())

@@ -10,28 +10,50 @@
 //! - the adapter's answer to its message, whatever order answers come in;
 //! - `DEADLINE_EXCEEDED` when none comes within the attempt's time (the
 //!   adapter may still hand the record over; the retry is acknowledged as a
-//!   repeat of its delivery id);
+//!   repeat of its delivery id); the message carries that time, and the
+//!   adapter answers by then too;
 //! - `UNAVAILABLE` for every attempt still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown, so
 //!   the lane tries again, and the next attempt opens a new stream;
-//! - an adapter that does not implement `DeliverStream` (UNIMPLEMENTED) is
-//!   sent `Deliver` calls from then on.
+//! - the status the stream was refused with when it could not be opened (the
+//!   adapter is down, or refuses the broker's certificate), as a call's.
+//!
+//! Messages are sent as soon as the stream is asked for, without waiting for
+//! the adapter's headers (an adapter may send them with its first answer),
+//! and nothing waits on the network while holding the link. An adapter that
+//! answers the stream with UNIMPLEMENTED is sent `Deliver` calls for
+//! [`CALLS_FOR`], then asked again; the attempts waiting on that stream hear
+//! UNAVAILABLE and are retried as calls. A delivery too large for one
+//! message of the adapter's default limit goes as a call, which the adapter
+//! refuses (or takes) as it always has.
 
 use crate::error::BrokerError;
 use crossgate_policy::{Partner, Role};
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::{DeliverAnswer, DeliverMessage, DeliverRequest};
+use prost::Message;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
 /// Messages queued for one stream before a sender waits (the lanes'
 /// concurrency keeps far fewer in flight).
 const STREAM_QUEUE: usize = 256;
+
+/// How long an adapter that answered the stream with UNIMPLEMENTED is sent
+/// calls before it is asked again (it may have been upgraded).
+pub const CALLS_FOR: Duration = Duration::from_secs(600);
+
+/// The largest delivery sent as a message: gRPC's usual 4 MiB limit on one
+/// message, less room for the message's own fields. A larger one is sent as
+/// a call, so that the adapter answers it alone (OUT_OF_RANGE at the usual
+/// limit) instead of ending the stream for every delivery on it.
+const MESSAGE_MAX: usize = 4 * 1024 * 1024 - 1024;
 
 /// Clients for every partner's adapter.
 #[derive(Clone)]
@@ -43,10 +65,12 @@ pub struct Adapters {
 
 /// One adapter: its channel, and the delivery stream open on it.
 struct Link {
+    partner: String,
     client: DepartmentClient<Channel>,
-    stream: tokio::sync::Mutex<Option<Arc<Session>>>,
-    /// The adapter answered `DeliverStream` with UNIMPLEMENTED.
-    unary: AtomicBool,
+    stream: Mutex<Option<Arc<Session>>>,
+    /// Until when the adapter is sent calls (it answered the stream with
+    /// UNIMPLEMENTED).
+    calls_until: Arc<Mutex<Option<Instant>>>,
 }
 
 /// An open delivery stream. Dropping it (a broker that stops, or a stream
@@ -96,9 +120,10 @@ impl Adapters {
             links.insert(
                 p.id.clone(),
                 Link {
+                    partner: p.id.clone(),
                     client: DepartmentClient::new(endpoint.connect_lazy()),
-                    stream: tokio::sync::Mutex::new(None),
-                    unary: AtomicBool::new(false),
+                    stream: Mutex::new(None),
+                    calls_until: Arc::new(Mutex::new(None)),
                 },
             );
         }
@@ -117,8 +142,9 @@ impl Adapters {
         self.link(partner).map(|l| l.client.clone())
     }
 
-    /// Deliver `delivery` to `partner`'s adapter; the caller bounds the
-    /// wait. `traceparent`: the attempt's span, for the adapter's.
+    /// Deliver `delivery` to `partner`'s adapter, waiting at most `timeout`
+    /// (the caller bounds the wait as well). `traceparent`: the attempt's
+    /// span, for the adapter's.
     pub async fn deliver(
         &self,
         partner: &str,
@@ -127,15 +153,14 @@ impl Adapters {
         traceparent: String,
     ) -> Result<(), Status> {
         let link = self.link(partner)?;
-        if !link.unary.load(Ordering::Relaxed) {
-            match link.session().await {
-                Ok(session) => return session.deliver(partner, delivery, traceparent).await,
-                Err(status) if status.code() == Code::Unimplemented => {
-                    tracing::warn!(receiver = %partner, "the adapter has no DeliverStream; sending it Deliver calls");
-                    link.unary.store(true, Ordering::Relaxed);
-                }
-                Err(status) => return Err(status),
-            }
+        if link.streams() && delivery.encoded_len() <= MESSAGE_MAX {
+            let message = DeliverMessage {
+                sequence: 0,
+                delivery: Some(delivery),
+                traceparent,
+                timeout_millis: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            };
+            return link.session().deliver(partner, message).await;
         }
         let mut request = tonic::Request::new(delivery);
         request.set_timeout(timeout);
@@ -147,32 +172,46 @@ impl Adapters {
 }
 
 impl Link {
-    /// The open stream, or a new one.
-    async fn session(&self) -> Result<Arc<Session>, Status> {
-        let mut open = self.stream.lock().await;
-        if let Some(session) = open.as_ref().filter(|s| s.is_open()) {
-            return Ok(session.clone());
+    /// Whether deliveries go over the stream (not while the adapter is sent
+    /// calls for want of it).
+    fn streams(&self) -> bool {
+        let mut until = lock(&self.calls_until);
+        match *until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *until = None;
+                true
+            }
+            None => true,
         }
-        *open = None;
+    }
+
+    /// The open stream, or a new one: asked for in a task of its own, which
+    /// reads its answers, so that messages are sent at once.
+    fn session(&self) -> Arc<Session> {
+        let mut open = lock(&self.stream);
+        if let Some(session) = open.as_ref().filter(|s| s.is_open()) {
+            return session.clone();
+        }
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let answers = self
-            .client
-            .clone()
-            .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
         let waiting = Arc::new(Mutex::new(Waiting {
             open: true,
             answers: HashMap::new(),
         }));
-        tokio::spawn(read_answers(answers, waiting.clone()));
+        tokio::spawn(run_stream(
+            self.partner.clone(),
+            self.client.clone(),
+            rx,
+            waiting.clone(),
+            self.calls_until.clone(),
+        ));
         let session = Arc::new(Session {
             tx,
             waiting,
             next: AtomicU64::new(0),
         });
         *open = Some(session.clone());
-        Ok(session)
+        session
     }
 }
 
@@ -181,13 +220,9 @@ impl Session {
         lock(&self.waiting).open && !self.tx.is_closed()
     }
 
-    async fn deliver(
-        &self,
-        partner: &str,
-        delivery: DeliverRequest,
-        traceparent: String,
-    ) -> Result<(), Status> {
+    async fn deliver(&self, partner: &str, mut message: DeliverMessage) -> Result<(), Status> {
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        message.sequence = sequence;
         let (answer, heard) = oneshot::channel();
         {
             let mut waiting = lock(&self.waiting);
@@ -201,11 +236,6 @@ impl Session {
         let _forget = Forget {
             waiting: &self.waiting,
             sequence,
-        };
-        let message = DeliverMessage {
-            sequence,
-            delivery: Some(delivery),
-            traceparent,
         };
         if self.tx.send(message).await.is_err() {
             return Err(ended(partner));
@@ -226,26 +256,28 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Pass each answer to its attempt; when the stream ends, every attempt
-/// still waiting hears UNAVAILABLE.
-async fn read_answers(mut answers: Streaming<DeliverAnswer>, waiting: Arc<Mutex<Waiting>>) {
-    let end = loop {
-        match answers.message().await {
-            Ok(Some(answer)) => {
-                let Some(attempt) = lock(&waiting).answers.remove(&answer.sequence) else {
-                    // Its attempt gave up waiting (or the sequence is not
-                    // one of ours): nothing to tell.
-                    continue;
-                };
-                let result = match Code::from(answer.code) {
-                    Code::Ok => Ok(()),
-                    code => Err(Status::new(code, answer.message)),
-                };
-                let _ = attempt.send(result);
-            }
-            Ok(None) => break "the adapter ended the delivery stream".to_owned(),
-            Err(status) => break format!("the delivery stream broke: {:?}", status.code()),
+/// Ask for the stream and read its answers; when it cannot be opened, or
+/// ends, every attempt still waiting hears why.
+async fn run_stream(
+    partner: String,
+    mut client: DepartmentClient<Channel>,
+    messages: mpsc::Receiver<DeliverMessage>,
+    waiting: Arc<Mutex<Waiting>>,
+    calls_until: Arc<Mutex<Option<Instant>>>,
+) {
+    let opened = client
+        .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(messages))
+        .await;
+    let end = match opened {
+        Ok(answers) => read_answers(answers.into_inner(), &waiting).await,
+        Err(status) if status.code() == Code::Unimplemented => {
+            tracing::warn!(receiver = %partner, "the adapter has no DeliverStream; it is sent Deliver calls for {} s", CALLS_FOR.as_secs());
+            *lock(&calls_until) = Some(Instant::now() + CALLS_FOR);
+            Status::unavailable("the adapter has no DeliverStream; the next attempt is a call")
         }
+        // Refused as a call would have been (down, or the broker's
+        // certificate refused): the attempts hear it.
+        Err(status) => status,
     };
     let stranded: Vec<_> = {
         let mut waiting = lock(&waiting);
@@ -257,10 +289,38 @@ async fn read_answers(mut answers: Streaming<DeliverAnswer>, waiting: Arc<Mutex<
             .collect()
     };
     if !stranded.is_empty() {
-        tracing::debug!(attempts = stranded.len(), reason = %end, "delivery attempts left without an answer");
+        tracing::debug!(receiver = %partner, attempts = stranded.len(), code = ?end.code(), "delivery attempts left without an answer");
     }
     for attempt in stranded {
-        let _ = attempt.send(Err(Status::unavailable(end.clone())));
+        let _ = attempt.send(Err(Status::new(end.code(), end.message().to_owned())));
+    }
+}
+
+/// Pass each answer to its attempt until the stream ends; the status every
+/// attempt still waiting then hears.
+async fn read_answers(mut answers: Streaming<DeliverAnswer>, waiting: &Mutex<Waiting>) -> Status {
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => {
+                let Some(attempt) = lock(waiting).answers.remove(&answer.sequence) else {
+                    // Its attempt gave up waiting (or the sequence is not
+                    // one of ours): nothing to tell.
+                    continue;
+                };
+                let result = match Code::from(answer.code) {
+                    Code::Ok => Ok(()),
+                    code => Err(Status::new(code, answer.message)),
+                };
+                let _ = attempt.send(result);
+            }
+            Ok(None) => return Status::unavailable("the adapter ended the delivery stream"),
+            Err(status) => {
+                return Status::unavailable(format!(
+                    "the delivery stream broke: {:?}",
+                    status.code()
+                ));
+            }
+        }
     }
 }
 
@@ -268,6 +328,6 @@ fn ended(partner: &str) -> Status {
     Status::unavailable(format!("the delivery stream to {partner}'s adapter ended"))
 }
 
-fn lock(waiting: &Mutex<Waiting>) -> std::sync::MutexGuard<'_, Waiting> {
-    waiting.lock().unwrap_or_else(|p| p.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

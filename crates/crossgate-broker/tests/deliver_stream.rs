@@ -1,7 +1,8 @@
 //! Deliveries over one stream per adapter, against adapters scripted to
 //! answer out of order, to answer what was never asked, to end the stream
-//! with deliveries in hand, and not to know the stream at all: each attempt
-//! hears exactly what a `Deliver` call would have answered.
+//! with deliveries in hand, to send their headers only with their first
+//! answer, and not to know the stream at all: each attempt hears what a
+//! `Deliver` call would have answered.
 
 use crossgate_broker::delivery::Adapters;
 use crossgate_policy::{Partner, Role};
@@ -28,6 +29,10 @@ enum Script {
     NoStream,
     /// Answer nothing until this long has passed.
     Slow(Duration),
+    /// Read the first message before answering the call (its headers go
+    /// out with the first answer, as grpc-go and grpc-java servers do);
+    /// then answer each message as it comes.
+    HeadersWithFirstAnswer,
 }
 
 #[derive(Clone)]
@@ -76,6 +81,13 @@ impl Department for Fake {
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if let Script::HeadersWithFirstAnswer = script {
+            let first = incoming
+                .message()
+                .await?
+                .ok_or_else(|| Status::cancelled("ended before a message"))?;
+            tx.send(Ok(answer(&first))).await.expect("room");
+        }
         tokio::spawn(async move {
             match script {
                 Script::Reversed(n) => {
@@ -119,6 +131,11 @@ impl Department for Fake {
                         });
                     }
                 }
+                Script::HeadersWithFirstAnswer => {
+                    while let Ok(Some(m)) = incoming.message().await {
+                        let _ = tx.send(Ok(answer(&m))).await;
+                    }
+                }
                 Script::NoStream => {}
             }
         });
@@ -148,7 +165,7 @@ async fn start(script: Script) -> (Fake, Adapters) {
     let served = fake.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(DepartmentServer::new(served))
+            .add_service(DepartmentServer::new(served).max_decoding_message_size(16 << 20))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
     });
@@ -255,6 +272,11 @@ async fn an_attempt_that_gives_up_waiting_leaves_the_stream_to_the_others() {
 #[tokio::test]
 async fn an_adapter_without_delivery_streams_is_sent_calls() {
     let (fake, adapters) = start(Script::NoStream).await;
+    // The first attempt learns it and is retried (as a call, by the lane).
+    let first = deliver(&adapters, "d-1")
+        .await
+        .expect_err("the stream is refused");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
     for id in ["d-1", "d-2", "d-3"] {
         deliver(&adapters, id).await.expect("delivered by a call");
     }
@@ -264,4 +286,33 @@ async fn an_adapter_without_delivery_streams_is_sent_calls() {
         1,
         "asked once, not for every delivery"
     );
+}
+
+#[tokio::test]
+async fn an_adapter_that_sends_its_headers_with_its_first_answer_gets_every_delivery() {
+    let (fake, adapters) = start(Script::HeadersWithFirstAnswer).await;
+    for id in ["d-1", "refuse-2", "d-3"] {
+        let result = deliver(&adapters, id).await;
+        assert_eq!(result.is_ok(), id != "refuse-2", "{id}: {result:?}");
+    }
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_delivery_too_large_for_one_message_goes_as_a_call_and_the_stream_stays() {
+    let (fake, adapters) = start(Script::Reversed(1)).await;
+    deliver(&adapters, "d-1").await.expect("over the stream");
+    let mut big = delivery("d-big");
+    big.record = Some(crossgate_proto::Record {
+        record_type: "customs-declaration.v1".into(),
+        record_id: "1".into(),
+        json: vec![b' '; 5 << 20],
+    });
+    let sent = adapters.deliver("commerce", big, Duration::from_secs(5), String::new());
+    // The fake takes it; an adapter at gRPC's usual limit refuses it alone
+    // with OUT_OF_RANGE, as it always has.
+    sent.await.expect("taken by a call");
+    assert_eq!(*fake.calls.lock().unwrap(), ["d-big"]);
+    deliver(&adapters, "d-2").await.expect("the stream goes on");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
 }

@@ -1,0 +1,195 @@
+//! A delivery stream against a department system that never finishes some
+//! hand-overs: each stuck one is answered DEADLINE_EXCEEDED when the
+//! broker's time for it is up, frees its place on the stream, and holds
+//! neither the other deliveries nor the adapter's shutdown.
+
+use crossgate_adapter::{Adapter, config, lazy_channel, serve};
+use crossgate_proto::department_client::DepartmentClient;
+use crossgate_proto::department_system_server::{DepartmentSystem, DepartmentSystemServer};
+use crossgate_proto::*;
+use crossgate_schema::Registry;
+use crossgate_testing::ROOT;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+/// Takes every record at once, except a delivery id starting `hang`: that
+/// hand-over never finishes (a system stuck on one record).
+#[derive(Clone)]
+struct System;
+
+#[tonic::async_trait]
+impl DepartmentSystem for System {
+    async fn receive(
+        &self,
+        r: Request<ReceiveRequest>,
+    ) -> Result<Response<ReceiveResponse>, Status> {
+        if r.get_ref().delivery_id.starts_with("hang") {
+            std::future::pending::<()>().await;
+        }
+        Ok(Response::new(ReceiveResponse {}))
+    }
+    async fn find(&self, _: Request<FindRequest>) -> Result<Response<FindResponse>, Status> {
+        Ok(Response::new(FindResponse::default()))
+    }
+}
+
+struct Run {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<Result<(), crossgate_adapter::ServeError>>,
+    department: DepartmentClient<Channel>,
+}
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let uri = format!("http://{}", l.local_addr().unwrap());
+    (l, uri)
+}
+
+async fn start() -> Run {
+    let registry = Arc::new(Registry::load_dir(format!("{ROOT}/schemas")).unwrap());
+    let mapping = config::load_department(
+        Path::new(&format!("{ROOT}/deploy/local")),
+        "customs",
+        &registry,
+    )
+    .unwrap();
+    let (sl, system_uri) = listener().await;
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(DepartmentSystemServer::new(System))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(sl))
+            .await
+    });
+    let adapter = Adapter::new(
+        mapping,
+        registry,
+        lazy_channel("http://127.0.0.1:1").unwrap(),
+        lazy_channel(&system_uri).unwrap(),
+    );
+    let (al, adapter_uri) = listener().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(serve(adapter, al, async move {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(adapter_uri)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Run {
+        stop: Some(stop),
+        served,
+        department: DepartmentClient::new(channel),
+    }
+}
+
+fn delivery(id: &str, padding: usize) -> DeliverRequest {
+    let person = json!({"name": "徐军", "pad": "x".repeat(padding)});
+    DeliverRequest {
+        request_id: format!("r-{id}"),
+        provider: "public-security".into(),
+        record: Some(Record {
+            record_type: "person.v1".into(),
+            record_id: id.into(),
+            json: serde_json::to_vec(&person).unwrap(),
+        }),
+        delivery_id: id.into(),
+    }
+}
+
+/// A delivery message the broker gives `millis` to answer.
+fn message(sequence: u64, id: &str, millis: u32) -> DeliverMessage {
+    DeliverMessage {
+        sequence,
+        delivery: Some(delivery(id, 0)),
+        traceparent: String::new(),
+        timeout_millis: millis,
+    }
+}
+
+async fn open(
+    run: &mut Run,
+) -> (
+    tokio::sync::mpsc::Sender<DeliverMessage>,
+    tonic::Streaming<DeliverAnswer>,
+) {
+    let (send, rx) = tokio::sync::mpsc::channel(1024);
+    let answers = run
+        .department
+        .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("a stream")
+        .into_inner();
+    (send, answers)
+}
+
+#[tokio::test]
+async fn a_stuck_hand_over_is_answered_when_the_brokers_time_is_up_and_does_not_hold_the_shutdown()
+{
+    let mut run = start().await;
+    let (send, mut answers) = open(&mut run).await;
+    send.send(message(1, "hang-1", 300)).await.unwrap();
+    send.send(message(2, "ok-2", 300)).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.message())
+            .await
+            .expect("answered in time")
+            .expect("the stream holds")
+            .expect("not ended");
+        got.push((answer.sequence, Code::from(answer.code)));
+    }
+    assert_eq!(got, [(2, Code::Ok), (1, Code::DeadlineExceeded)]);
+
+    send.send(message(3, "hang-3", 2_000)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = run.stop.take().expect("running").send(());
+    let end = tokio::time::timeout(Duration::from_secs(20), answers.message())
+        .await
+        .expect("the stream ends");
+    // Answered when its two seconds are up: the drain lasts no longer than
+    // the broker waits, whatever the system does.
+    let last = end.expect("the stream holds").expect("an answer first");
+    assert_eq!(
+        (last.sequence, Code::from(last.code)),
+        (3, Code::DeadlineExceeded)
+    );
+    tokio::time::timeout(Duration::from_secs(10), run.served)
+        .await
+        .expect("the adapter stops once it is answered")
+        .expect("its task")
+        .expect("served without error");
+}
+
+#[tokio::test]
+async fn stuck_hand_overs_do_not_stop_the_other_deliveries_of_their_stream() {
+    let mut run = start().await;
+    let (send, mut answers) = open(&mut run).await;
+    // More stuck ones than the stream takes at once.
+    for i in 0..300u64 {
+        send.send(message(i, &format!("hang-{i}"), 500))
+            .await
+            .unwrap();
+    }
+    send.send(message(1000, "ok-1", 5_000)).await.unwrap();
+    let mut stuck = 0;
+    loop {
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("answers keep coming")
+            .expect("the stream holds")
+            .expect("not ended");
+        if answer.sequence == 1000 {
+            assert_eq!(Code::from(answer.code), Code::Ok);
+            break;
+        }
+        assert_eq!(Code::from(answer.code), Code::DeadlineExceeded);
+        stuck += 1;
+    }
+    assert!(stuck >= 1, "ok-1 waited for a free place: {stuck}");
+}
