@@ -325,7 +325,7 @@ async fn a_delivery_stream_hands_each_record_over_once_and_ends_when_the_adapter
     send.send(message(7, "s-1", true)).await.unwrap();
     send.send(message(8, "s-2", true)).await.unwrap();
     send.send(message(9, "s-3", false)).await.unwrap();
-    let mut got = vec![answer().await, answer().await, answer().await];
+    let mut got = [answer().await, answer().await, answer().await];
     got.sort_by_key(|a| a.0);
     assert_eq!(got[0], (7, Code::Ok, String::new()));
     assert_eq!(got[1], (8, Code::Ok, String::new()));
