@@ -11,7 +11,10 @@
 //! - `DEADLINE_EXCEEDED` when none comes within the attempt's time (the
 //!   adapter may still hand the record over; the retry is acknowledged as a
 //!   repeat of its delivery id); the message carries that time, and the
-//!   adapter answers by then too;
+//!   adapter answers by then too. A stream that left an attempt unanswered
+//!   may be stuck (its headers or answers never coming), so the next attempt
+//!   opens another; the old one lasts while attempts still wait on it and
+//!   is reset when the last lets go;
 //! - `UNAVAILABLE` for every attempt still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown, so
 //!   the lane tries again, and the next attempt opens a new stream;
@@ -79,6 +82,9 @@ struct Session {
     tx: mpsc::Sender<DeliverMessage>,
     waiting: Arc<Mutex<Waiting>>,
     next: AtomicU64,
+    /// Dropped with the session: its task stops waiting for the stream
+    /// (its headers or answers) and resets it.
+    _held: oneshot::Sender<()>,
 }
 
 /// Attempts waiting for their answers, by sequence number.
@@ -198,17 +204,20 @@ impl Link {
             open: true,
             answers: HashMap::new(),
         }));
+        let (held, let_go) = oneshot::channel();
         tokio::spawn(run_stream(
             self.partner.clone(),
             self.client.clone(),
             rx,
             waiting.clone(),
             self.calls_until.clone(),
+            let_go,
         ));
         let session = Arc::new(Session {
             tx,
             waiting,
             next: AtomicU64::new(0),
+            _held: held,
         });
         *open = Some(session.clone());
         session
@@ -252,7 +261,14 @@ struct Forget<'a> {
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        lock(self.waiting).answers.remove(&self.sequence);
+        let mut waiting = lock(self.waiting);
+        if waiting.answers.remove(&self.sequence).is_some() {
+            // Unanswered: the attempt's time ran out. The stream may be
+            // stuck (its headers or answers never come), so the next
+            // attempt opens another; this one lasts while attempts still
+            // wait on it, and is reset when the last lets go of it.
+            waiting.open = false;
+        }
     }
 }
 
@@ -264,12 +280,25 @@ async fn run_stream(
     messages: mpsc::Receiver<DeliverMessage>,
     waiting: Arc<Mutex<Waiting>>,
     calls_until: Arc<Mutex<Option<Instant>>>,
+    mut held: oneshot::Receiver<()>,
 ) {
-    let opened = client
-        .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(messages))
-        .await;
-    let end = match opened {
-        Ok(answers) => read_answers(answers.into_inner(), &waiting).await,
+    let stream = async {
+        let opened = client
+            .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(messages))
+            .await;
+        match opened {
+            Ok(answers) => Ok(read_answers(answers.into_inner(), &waiting).await),
+            Err(status) => Err(status),
+        }
+    };
+    let end = tokio::select! {
+        end = stream => end,
+        // Nothing uses the session any more: whatever it waits for, no
+        // attempt does.
+        _ = &mut held => Ok(Status::unavailable("the delivery stream was let go")),
+    };
+    let end = match end {
+        Ok(end) => end,
         Err(status) if status.code() == Code::Unimplemented => {
             tracing::warn!(receiver = %partner, "the adapter has no DeliverStream; it is sent Deliver calls for {} s", CALLS_FOR.as_secs());
             *lock(&calls_until) = Some(Instant::now() + CALLS_FOR);

@@ -29,6 +29,8 @@ enum Script {
     NoStream,
     /// Answer nothing until this long has passed.
     Slow(Duration),
+    /// Never answer the call: no headers, no answers.
+    NoHeaders,
     /// Read the first message before answering the call (its headers go
     /// out with the first answer, as grpc-go and grpc-java servers do);
     /// then answer each message as it comes.
@@ -76,8 +78,10 @@ impl Department for Fake {
     ) -> Result<Response<Self::DeliverStreamStream>, Status> {
         self.opened.fetch_add(1, Ordering::SeqCst);
         let script = *self.script.lock().unwrap();
-        if let Script::NoStream = script {
-            return Err(Status::unimplemented("no DeliverStream here"));
+        match script {
+            Script::NoStream => return Err(Status::unimplemented("no DeliverStream here")),
+            Script::NoHeaders => std::future::pending::<()>().await,
+            _ => {}
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
@@ -136,7 +140,7 @@ impl Department for Fake {
                         let _ = tx.send(Ok(answer(&m))).await;
                     }
                 }
-                Script::NoStream => {}
+                Script::NoStream | Script::NoHeaders => {}
             }
         });
         Ok(Response::new(Box::pin(
@@ -248,7 +252,7 @@ async fn a_stream_that_ends_with_deliveries_in_hand_leaves_them_unavailable_and_
 }
 
 #[tokio::test]
-async fn an_attempt_that_gives_up_waiting_leaves_the_stream_to_the_others() {
+async fn an_attempt_that_gives_up_waiting_sends_the_next_over_a_new_stream() {
     let (fake, adapters) = start(Script::Slow(Duration::from_millis(300))).await;
     let gave_up = tokio::time::timeout(
         Duration::from_millis(50),
@@ -261,12 +265,32 @@ async fn an_attempt_that_gives_up_waiting_leaves_the_stream_to_the_others() {
     )
     .await;
     assert!(gave_up.is_err(), "no answer within 50 ms");
-    // Its late answer arrives while this one waits, and is not taken for it.
+    // The stream may be stuck: the next attempt opens another, and hears
+    // its own answer.
     deliver(&adapters, "refuse-2")
         .await
         .expect_err("its own answer");
     deliver(&adapters, "d-3").await.expect("delivered");
-    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_stream_whose_headers_never_come_is_let_go_when_its_attempt_gives_up() {
+    let (fake, adapters) = start(Script::NoHeaders).await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        adapters.deliver(
+            "commerce",
+            delivery("d-1"),
+            Duration::from_millis(200),
+            String::new(),
+        ),
+    )
+    .await;
+    assert!(gave_up.is_err(), "no answer from a stream never opened");
+    *fake.script.lock().unwrap() = Script::Reversed(1);
+    deliver(&adapters, "d-1").await.expect("over a new stream");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
