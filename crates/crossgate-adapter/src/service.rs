@@ -54,9 +54,11 @@ struct Inner {
 const STREAM_IN_FLIGHT: u32 = 256;
 
 /// How long a delivery message waits for its answer when the broker gave
-/// no time, and the most it may give.
+/// no time, and the most it may give: the server's own limit on a call
+/// (`ServerLimits::request_timeout`'s default), so that a stream holds the
+/// drain no longer than calls do.
 const STREAM_ANSWER_DEFAULT: Duration = Duration::from_secs(30);
-const STREAM_ANSWER_MAX: Duration = Duration::from_secs(600);
+const STREAM_ANSWER_MAX: Duration = Duration::from_secs(60);
 
 /// The time a delivery message gives its answer.
 fn answer_within(timeout_millis: u32) -> Duration {

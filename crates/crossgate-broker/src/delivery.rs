@@ -18,13 +18,16 @@
 //! - `UNAVAILABLE` for every attempt still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown, so
 //!   the lane tries again, and the next attempt opens a new stream;
-//! - the status the stream was refused with when it could not be opened (the
-//!   adapter is down, or refuses the broker's certificate), as a call's.
+//! - `UNAUTHENTICATED` or `PERMISSION_DENIED` when the adapter refuses the
+//!   stream for the broker's certificate, as it would refuse a call; any
+//!   other refusal may come after the adapter read some messages (they go
+//!   out before its headers), so the attempts hear `UNAVAILABLE`.
 //!
 //! Messages are sent as soon as the stream is asked for, without waiting for
 //! the adapter's headers (an adapter may send them with its first answer),
 //! and nothing waits on the network while holding the link. An adapter that
-//! answers the stream with UNIMPLEMENTED is sent `Deliver` calls for
+//! answers the stream with UNIMPLEMENTED (at once, or after its headers but
+//! before any answer) is sent `Deliver` calls for
 //! [`CALLS_FOR`], then asked again; the attempts waiting on that stream hear
 //! UNAVAILABLE and are retried as calls. A delivery too large for one
 //! message of the adapter's default limit goes as a call, which the adapter
@@ -164,7 +167,10 @@ impl Adapters {
                 sequence: 0,
                 delivery: Some(delivery),
                 traceparent,
-                timeout_millis: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+                // At least 1: 0 would mean the adapter's default.
+                timeout_millis: u32::try_from(timeout.as_millis())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
             };
             return link.session().deliver(partner, message).await;
         }
@@ -287,7 +293,7 @@ async fn run_stream(
             .deliver_stream(tokio_stream::wrappers::ReceiverStream::new(messages))
             .await;
         match opened {
-            Ok(answers) => Ok(read_answers(answers.into_inner(), &waiting).await),
+            Ok(answers) => read_answers(answers.into_inner(), &waiting).await,
             Err(status) => Err(status),
         }
     };
@@ -304,9 +310,22 @@ async fn run_stream(
             *lock(&calls_until) = Some(Instant::now() + CALLS_FOR);
             Status::unavailable("the adapter has no DeliverStream; the next attempt is a call")
         }
-        // Refused as a call would have been (down, or the broker's
-        // certificate refused): the attempts hear it.
-        Err(status) => status,
+        // Refused before anything was taken (the broker's certificate):
+        // the attempts hear it, as a call's would.
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ) =>
+        {
+            status
+        }
+        // Anything else may come after the adapter read some messages (they
+        // go out before its headers): their outcome is unknown.
+        Err(status) => Status::unavailable(format!(
+            "the delivery stream was refused: {:?}",
+            status.code()
+        )),
     };
     let stranded: Vec<_> = {
         let mut waiting = lock(&waiting);
@@ -325,12 +344,19 @@ async fn run_stream(
     }
 }
 
-/// Pass each answer to its attempt until the stream ends; the status every
-/// attempt still waiting then hears.
-async fn read_answers(mut answers: Streaming<DeliverAnswer>, waiting: &Mutex<Waiting>) -> Status {
+/// Pass each answer to its attempt until the stream ends: `Ok` with the
+/// status every attempt still waiting then hears, or `Err` with the stream's
+/// refusal when it ended with an error before any answer (an adapter may
+/// refuse the stream after its headers, as UNIMPLEMENTED in the trailers).
+async fn read_answers(
+    mut answers: Streaming<DeliverAnswer>,
+    waiting: &Mutex<Waiting>,
+) -> Result<Status, Status> {
+    let mut answered = false;
     loop {
         match answers.message().await {
             Ok(Some(answer)) => {
+                answered = true;
                 let Some(attempt) = lock(waiting).answers.remove(&answer.sequence) else {
                     // Its attempt gave up waiting (or the sequence is not
                     // one of ours): nothing to tell.
@@ -342,12 +368,13 @@ async fn read_answers(mut answers: Streaming<DeliverAnswer>, waiting: &Mutex<Wai
                 };
                 let _ = attempt.send(result);
             }
-            Ok(None) => return Status::unavailable("the adapter ended the delivery stream"),
+            Ok(None) => return Ok(Status::unavailable("the adapter ended the delivery stream")),
+            Err(status) if !answered => return Err(status),
             Err(status) => {
-                return Status::unavailable(format!(
+                return Ok(Status::unavailable(format!(
                     "the delivery stream broke: {:?}",
                     status.code()
-                ));
+                )));
             }
         }
     }

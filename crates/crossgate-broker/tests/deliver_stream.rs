@@ -31,6 +31,8 @@ enum Script {
     Slow(Duration),
     /// Never answer the call: no headers, no answers.
     NoHeaders,
+    /// Send headers, then end the stream with UNIMPLEMENTED.
+    UnimplementedAfterHeaders,
     /// Read the first message before answering the call (its headers go
     /// out with the first answer, as grpc-go and grpc-java servers do);
     /// then answer each message as it comes.
@@ -92,6 +94,11 @@ impl Department for Fake {
                 .ok_or_else(|| Status::cancelled("ended before a message"))?;
             tx.send(Ok(answer(&first))).await.expect("room");
         }
+        if let Script::UnimplementedAfterHeaders = script {
+            tx.send(Err(Status::unimplemented("no DeliverStream here")))
+                .await
+                .expect("room");
+        }
         tokio::spawn(async move {
             match script {
                 Script::Reversed(n) => {
@@ -140,7 +147,7 @@ impl Department for Fake {
                         let _ = tx.send(Ok(answer(&m))).await;
                     }
                 }
-                Script::NoStream | Script::NoHeaders => {}
+                Script::NoStream | Script::NoHeaders | Script::UnimplementedAfterHeaders => {}
             }
         });
         Ok(Response::new(Box::pin(
@@ -157,6 +164,11 @@ impl Department for Fake {
 }
 
 async fn start(script: Script) -> (Fake, Adapters) {
+    start_with_limit(script, 16 << 20).await
+}
+
+/// `limit`: the largest message the fake adapter decodes.
+async fn start_with_limit(script: Script, limit: usize) -> (Fake, Adapters) {
     let fake = Fake {
         script: Arc::new(Mutex::new(script)),
         opened: Arc::new(AtomicUsize::new(0)),
@@ -169,7 +181,7 @@ async fn start(script: Script) -> (Fake, Adapters) {
     let served = fake.clone();
     tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .add_service(DepartmentServer::new(served).max_decoding_message_size(16 << 20))
+            .add_service(DepartmentServer::new(served).max_decoding_message_size(limit))
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
     });
@@ -339,4 +351,44 @@ async fn a_delivery_too_large_for_one_message_goes_as_a_call_and_the_stream_stay
     assert_eq!(*fake.calls.lock().unwrap(), ["d-big"]);
     deliver(&adapters, "d-2").await.expect("the stream goes on");
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn unimplemented_after_the_headers_also_sends_the_adapter_calls() {
+    let (fake, adapters) = start(Script::UnimplementedAfterHeaders).await;
+    let first = deliver(&adapters, "d-1")
+        .await
+        .expect_err("the stream is refused");
+    assert_eq!(first.code(), Code::Unavailable, "{first:?}");
+    for id in ["d-1", "d-2"] {
+        deliver(&adapters, id).await.expect("delivered by a call");
+    }
+    assert_eq!(*fake.calls.lock().unwrap(), ["d-1", "d-2"]);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_refusal_of_the_stream_after_messages_went_out_is_no_attempts_own_refusal() {
+    // Messages go out before the headers: an adapter that reads one before
+    // it answers the call may refuse the stream for another's size. The
+    // small delivery's outcome is unknown, not refused for good.
+    let (_fake, adapters) = start_with_limit(Script::HeadersWithFirstAnswer, 1 << 20).await;
+    let mut big = delivery("d-big");
+    big.record = Some(crossgate_proto::Record {
+        record_type: "customs-declaration.v1".into(),
+        record_id: "1".into(),
+        json: vec![b' '; 2 << 20],
+    });
+    let big = adapters.deliver("commerce", big, Duration::from_secs(5), String::new());
+    let small = async {
+        tokio::task::yield_now().await;
+        deliver(&adapters, "d-small").await
+    };
+    let (big, small) = futures_util::future::join(big, small).await;
+    let code = |r: &Result<(), Status>| r.as_ref().err().map(Status::code);
+    assert!(
+        matches!(code(&small), None | Some(Code::Unavailable)),
+        "{small:?}"
+    );
+    assert_eq!(code(&big), Some(Code::Unavailable), "{big:?}");
 }
