@@ -2,7 +2,10 @@
 //! reference department system, and the adapter between them.
 
 use crossgate_adapter::system::ReferenceSystem;
-use crossgate_adapter::{Adapter, config, lazy_channel, serve, serve_system};
+mod common;
+
+use common::{Served, listener, serve_adapter};
+use crossgate_adapter::{Adapter, config, lazy_channel, serve_system};
 use crossgate_proto::broker_server::{Broker, BrokerServer};
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::ingress_client::IngressClient;
@@ -11,7 +14,6 @@ use crossgate_schema::Registry;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tonic_types::StatusExt;
@@ -80,12 +82,6 @@ struct Running {
     department: DepartmentClient<Channel>,
 }
 
-async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("http://{}", l.local_addr().unwrap());
-    (l, uri)
-}
-
 /// Start the fake broker (unless `broker_down`), the reference system seeded
 /// from the department's fixtures, and the adapter, all on loopback.
 async fn start(department: &str, broker_down: bool) -> Running {
@@ -123,18 +119,13 @@ async fn start(department: &str, broker_down: bool) -> Running {
         lazy_channel(&broker_uri).unwrap(),
         lazy_channel(&system_uri).unwrap(),
     );
-    let (al, adapter_uri) = listener().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(adapter, al, async move {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(adapter_uri)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let Served {
+        stop,
+        served,
+        channel,
+    } = serve_adapter(adapter).await;
     Running {
-        stop: Some(stop),
+        stop,
         served,
         channel: channel.clone(),
         broker,

@@ -3,7 +3,10 @@
 //! broker's time for it is up, frees its place on the stream, and holds
 //! neither the other deliveries nor the adapter's shutdown.
 
-use crossgate_adapter::{Adapter, config, lazy_channel, serve};
+mod common;
+
+use common::{Served, listener, serve_adapter};
+use crossgate_adapter::{Adapter, config, lazy_channel};
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::department_system_server::{DepartmentSystem, DepartmentSystemServer};
 use crossgate_proto::*;
@@ -13,7 +16,6 @@ use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
@@ -44,12 +46,6 @@ struct Run {
     department: DepartmentClient<Channel>,
 }
 
-async fn listener() -> (TcpListener, String) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let uri = format!("http://{}", l.local_addr().unwrap());
-    (l, uri)
-}
-
 async fn start() -> Run {
     let registry = Arc::new(Registry::load_dir(format!("{ROOT}/schemas")).unwrap());
     let mapping = config::load_department(
@@ -71,18 +67,13 @@ async fn start() -> Run {
         lazy_channel("http://127.0.0.1:1").unwrap(),
         lazy_channel(&system_uri).unwrap(),
     );
-    let (al, adapter_uri) = listener().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(serve(adapter, al, async move {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(adapter_uri)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let Served {
+        stop,
+        served,
+        channel,
+    } = serve_adapter(adapter).await;
     Run {
-        stop: Some(stop),
+        stop,
         served,
         department: DepartmentClient::new(channel),
     }
