@@ -151,8 +151,9 @@ impl Adapters {
         self.link(partner).map(|l| l.client.clone())
     }
 
-    /// Deliver `delivery` to `partner`'s adapter, waiting at most `timeout`
-    /// (the caller bounds the wait as well). `traceparent`: the attempt's
+    /// Deliver `delivery` to `partner`'s adapter. The adapter is given
+    /// `timeout` (a call's `grpc-timeout`, a message's `timeout_millis`);
+    /// the caller bounds its own wait by it. `traceparent`: the attempt's
     /// span, for the adapter's.
     pub async fn deliver(
         &self,
