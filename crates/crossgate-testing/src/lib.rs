@@ -126,12 +126,52 @@ pub fn copy_dir(from: &Path, to: &Path) {
 /// A port nothing listens on right now. For tests that start separate
 /// processes, which must bind the port themselves: another process could
 /// take it in between, so in-process tests bind port 0 instead.
+///
+/// The port is drawn below the kernel's ephemeral range, never from it: a
+/// port the kernel hands out for port 0 is also the kind it gives every
+/// outgoing connection, so while the child process starts, another test's
+/// client could be connected from that very port and the child would find
+/// it taken. Within one test process no port is handed out twice.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let Some((low, high)) = below_ephemeral() else {
+        // No room below the range: let the kernel choose.
+        return std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+    };
+    let span = u32::from(high - low);
+    let mut pick = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0),
+    );
+    let mut given = GIVEN.lock().unwrap();
+    for _ in 0..span {
+        pick = pick.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let port = low + u16::try_from((pick >> 8) % span).unwrap();
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// Ports below the kernel's ephemeral range (`ip_local_port_range`), above
+/// the well-known and common service ports; `None` when there is no room.
+fn below_ephemeral() -> Option<(u16, u16)> {
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    (first_ephemeral > 22_000).then_some((20_000, first_ephemeral))
 }
 
 /// `deploy/local` copied into `dir` with the broker and every adapter on a
@@ -190,6 +230,40 @@ impl Drop for Processes {
 /// Wait (up to 20 s) until something listens on `port`.
 pub fn wait_for(port: u16) {
     assert!(listening(port), "nothing listens on port {port}");
+}
+
+/// Wait (up to 20 s) until `child` listens on `port`; if it exits first,
+/// or never listens, fail with its exit status and what it printed to
+/// stderr (when that is piped, or written to `stderr_file`). A child that
+/// never listens is killed before the test fails.
+pub fn wait_for_child(child: &mut Child, port: u16, stderr_file: Option<&Path>) {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        let exited = child.try_wait().unwrap();
+        if exited.is_some() || Instant::now() >= until {
+            if exited.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            let mut said = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut said);
+            }
+            if let Some(file) = stderr_file {
+                said.push_str(&std::fs::read_to_string(file).unwrap_or_default());
+            }
+            match exited {
+                Some(status) => {
+                    panic!("exited ({status}) before listening on port {port}:\n{said}")
+                }
+                None => panic!("nothing listens on port {port} after 20 s:\n{said}"),
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Whether something listens on `port` within 20 s.

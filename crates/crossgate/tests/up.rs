@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{ROOT, config_copy, wait_for};
+use common::{ROOT, config_copy};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,9 @@ fn up_serves_every_party_and_stops_cleanly_on_ctrl_c() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(broker_port);
+    crossgate_testing::wait_for_child(&mut up, broker_port, None);
     for (_, port) in &adapters {
-        wait_for(*port);
+        crossgate_testing::wait_for_child(&mut up, *port, None);
     }
     assert!(
         dir.join("certs/ca.pem").exists(),

@@ -84,17 +84,18 @@ impl Up {
             .arg(dir.join("adapters"))
             .current_dir(ROOT)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("up.stderr")).unwrap())
             .spawn()
             .unwrap();
-        let up = Up {
+        let mut up = Up {
             dir,
             broker_port,
             child,
         };
-        wait_for(broker_port);
+        let said = up.dir.join("up.stderr");
+        crossgate_testing::wait_for_child(&mut up.child, broker_port, Some(&said));
         for (_, port) in &adapters {
-            wait_for(*port);
+            crossgate_testing::wait_for_child(&mut up.child, *port, Some(&said));
         }
         up
     }
