@@ -47,7 +47,20 @@ struct Inner {
     /// messages, answer those in hand and end, so the server's drain is not
     /// held open by a stream the broker would keep forever.
     closing: watch::Sender<bool>,
+    /// Hand-overs under way, by calls and streams alike: at most
+    /// [`HAND_OVERS_MAX`].
+    hand_overs: Arc<Semaphore>,
 }
+
+/// Hand-overs to the system under way at once, over all calls and streams.
+/// A hand-over whose broker stopped waiting goes on (its record may already
+/// be with the system), so without this bound a stuck system and the
+/// broker's retries would pile up tasks and connections without end. One
+/// over it is answered UNAVAILABLE at once, which the broker retries after
+/// its back-off; the broker sends each receiver at most its lane's
+/// `concurrency` (16 by default) at a time, so only hand-overs that outlived
+/// their time fill it.
+pub const HAND_OVERS_MAX: usize = 1024;
 
 /// Deliveries of one stream handed over at once; the stream is not read
 /// further until one of them is answered or its time is up.
@@ -111,6 +124,7 @@ impl Adapter {
                 peers: None,
                 seen: Some(Arc::new(Seen::memory(crate::seen::DEFAULT_CAPACITY))),
                 closing: watch::channel(false).0,
+                hand_overs: Arc::new(Semaphore::new(HAND_OVERS_MAX)),
             }),
         }
     }
@@ -567,6 +581,13 @@ impl Adapter {
     /// One delivery, handed to the system once per delivery id: a repeat
     /// that arrives while the first is with the system is told to come back.
     async fn deliver_one(&self, req: DeliverRequest) -> Result<(), Status> {
+        // Held until the hand-over ends, however long after its answer.
+        let Ok(_under_way) = self.inner.hand_overs.clone().try_acquire_owned() else {
+            tracing::warn!(department = %self.department(), most = HAND_OVERS_MAX, "a delivery was turned away: the system has not finished earlier hand-overs");
+            return Err(Status::unavailable(format!(
+                "{HAND_OVERS_MAX} hand-overs are still with the department system; try again"
+            )));
+        };
         let Some(seen) = self
             .inner
             .seen

@@ -1,12 +1,14 @@
 //! A delivery stream against a department system that never finishes some
 //! hand-overs: each stuck one is answered DEADLINE_EXCEEDED when the
 //! broker's time for it is up, frees its place on the stream, and holds
-//! neither the other deliveries nor the adapter's shutdown.
+//! neither the other deliveries nor the adapter's shutdown; once
+//! [`crossgate_adapter::HAND_OVERS_MAX`] of them are under way, further
+//! deliveries are turned away until some finish.
 
 mod common;
 
 use common::{Served, listener, serve_adapter};
-use crossgate_adapter::{Adapter, config, lazy_channel};
+use crossgate_adapter::{Adapter, HAND_OVERS_MAX, config, lazy_channel};
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::department_system_server::{DepartmentSystem, DepartmentSystemServer};
 use crossgate_proto::*;
@@ -20,9 +22,15 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 /// Takes every record at once, except a delivery id starting `hang`: that
-/// hand-over never finishes (a system stuck on one record).
+/// hand-over never finishes (a system stuck on one record); one starting
+/// `held` finishes when [`RELEASED`] turns true.
 #[derive(Clone)]
 struct System;
+
+static RELEASED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
+/// `held` hand-overs the system has been given.
+static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[tonic::async_trait]
 impl DepartmentSystem for System {
@@ -32,6 +40,10 @@ impl DepartmentSystem for System {
     ) -> Result<Response<ReceiveResponse>, Status> {
         if r.get_ref().delivery_id.starts_with("hang") {
             std::future::pending::<()>().await;
+        }
+        if r.get_ref().delivery_id.starts_with("held") {
+            HELD.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = RELEASED.subscribe().wait_for(|r| *r).await;
         }
         Ok(Response::new(ReceiveResponse {}))
     }
@@ -183,4 +195,77 @@ async fn stuck_hand_overs_do_not_stop_the_other_deliveries_of_their_stream() {
         stuck += 1;
     }
     assert!(stuck >= 1, "ok-1 waited for a free place: {stuck}");
+}
+
+async fn next_answer(answers: &mut tonic::Streaming<DeliverAnswer>) -> DeliverAnswer {
+    tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("answers keep coming")
+        .expect("the stream holds")
+        .expect("not ended")
+}
+
+#[tokio::test]
+async fn once_its_hand_overs_are_full_the_adapter_turns_deliveries_away_until_some_finish() {
+    let mut run = start().await;
+    let (send, mut answers) = open(&mut run).await;
+    // Hand-overs that outlive the broker's time fill the adapter: each is
+    // answered DEADLINE_EXCEEDED and goes on.
+    let full = u64::try_from(HAND_OVERS_MAX).unwrap();
+    let sender = send.clone();
+    tokio::spawn(async move {
+        for i in 0..full {
+            let _ = sender.send(message(i, &format!("held-{i}"), 100)).await;
+        }
+    });
+    for _ in 0..full {
+        let answer = next_answer(&mut answers).await;
+        assert_eq!(
+            Code::from(answer.code),
+            Code::DeadlineExceeded,
+            "{}",
+            answer.message
+        );
+    }
+
+    // Full: a new delivery, over the stream or as a call, is turned away at
+    // once with a reason and a retry (UNAVAILABLE), not taken.
+    send.send(message(5000, "ok-1", 5_000)).await.unwrap();
+    let turned = next_answer(&mut answers).await;
+    assert_eq!(
+        (turned.sequence, Code::from(turned.code)),
+        (5000, Code::Unavailable)
+    );
+    assert!(
+        turned
+            .message
+            .contains("hand-overs are still with the department system"),
+        "{}",
+        turned.message
+    );
+    let call = run.department.deliver(delivery("ok-2", 0)).await;
+    assert_eq!(call.map(|_| ()).unwrap_err().code(), Code::Unavailable);
+
+    // The system catches up: deliveries are taken again, and a held one
+    // sent again is acknowledged as the repeat it is.
+    RELEASED.send_replace(true);
+    let mut sequence = 6000;
+    loop {
+        send.send(message(sequence, "ok-1", 5_000)).await.unwrap();
+        let answer = next_answer(&mut answers).await;
+        if Code::from(answer.code) == Code::Ok {
+            break;
+        }
+        assert_eq!(Code::from(answer.code), Code::Unavailable);
+        assert!(sequence < 6100, "the adapter never took deliveries again");
+        sequence += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    send.send(message(7000, "held-0", 5_000)).await.unwrap();
+    let repeat = next_answer(&mut answers).await;
+    assert_eq!((repeat.sequence, Code::from(repeat.code)), (7000, Code::Ok));
+    run.department
+        .deliver(delivery("ok-2", 0))
+        .await
+        .expect("a call is taken again");
 }
