@@ -78,7 +78,9 @@ def main():
     config = os.path.join(work, "config")
     os.makedirs(config)
     broker_port = config_copy(config)
-    up = subprocess.Popen([binary, "up", "--config", config], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Its own folder for the adapters' delivery ids, not the checkout's .crossgate.
+    state = os.path.join(work, "state")
+    up = subprocess.Popen([binary, "up", "--config", config, "--state", state], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     failures = []
 
     def check(name, ok, detail=""):

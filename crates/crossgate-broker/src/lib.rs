@@ -13,6 +13,7 @@ pub mod checkpoints;
 pub mod config;
 pub mod delivery;
 pub mod deployment;
+mod detached;
 pub mod error;
 pub mod outbox;
 mod outbox_admin;

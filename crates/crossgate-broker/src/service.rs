@@ -4,6 +4,7 @@
 use crate::audit::{
     Claim, Commit, Committed, Decision, Entry, Item, Kind, Op, OutboxFilter, Prior, State, digest,
 };
+use crate::detached::detached;
 use crate::outbox::{Attempt, rfc3339};
 use crate::outcome::{Answer, Refusal};
 use crate::pipeline::{Call, MAX_CRITERIA, MAX_CRITERION, MAX_ID, MAX_NAME, deadline, entry};
@@ -485,23 +486,6 @@ fn idempotency_key(given: &str, record: &Record, record_digest: &str) -> Result<
 /// the provider's own record id) against the ids it is given.
 fn delivery_id(references: &ReferenceKey, provider: &str, key: &str, receiver: &str) -> String {
     references.reference(receiver, provider, "delivery-id", key)
-}
-
-/// The request path runs in its own task: a client that hangs up mid-call
-/// cancels its wait, not the work, so every decision and delivery already
-/// under way still reaches its receivers and the audit log.
-async fn detached<T: Send + 'static>(
-    work: impl std::future::Future<Output = Result<Response<T>, Status>> + Send + 'static,
-) -> Result<Response<T>, Status> {
-    tokio::spawn(work).await.map_err(|e| {
-        // Neither the caller nor the log gets the panic's words: they may
-        // quote a record.
-        tracing::error!(
-            panicked = e.is_panic(),
-            "a request failed inside the broker"
-        );
-        Status::internal("the request failed inside the broker")
-    })?
 }
 
 #[tonic::async_trait]
