@@ -10,7 +10,7 @@
 //! - p99 is of the calls answered (not throttled) over the last ten seconds,
 //!   as the upper bound of its latency bucket ([`BOUNDS_MICROS`]).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tonic::Code;

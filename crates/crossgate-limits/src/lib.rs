@@ -11,9 +11,10 @@ mod config;
 pub use config::{LimitsConfig, parse_config};
 
 use chrono::{DateTime, NaiveTime, Utc};
+use foldhash::{HashMap, HashMapExt};
 use governor::clock::{Clock, DefaultClock};
 use governor::{Quota, RateLimiter};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

@@ -15,8 +15,8 @@ pub use project::{Mask, ReleasedField, project, withheld};
 pub use reference::{REFERENCE_HEX_LEN, ReferenceKey, ReferenceKeyError};
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use foldhash::{HashMap, HashMapExt};
 use serde_json::Value;
-use std::collections::HashMap;
 
 pub use crossgate_config::Mode;
 

@@ -4,10 +4,10 @@ use crate::formats::CUSTOM_FORMATS;
 use crate::guard::{MAX_DEPTH, MAX_DOCUMENT_BYTES, nesting_depth, too_wide};
 use crate::rules::{Rule, rules_for};
 use crate::{Fault, LoadError, Rejection, escape_pointer_segment};
+use foldhash::{HashMap, HashMapExt};
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::{Draft, ValidationError, Validator};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::path::Path;
 
 /// A record type as listed by the registry.
