@@ -26,14 +26,11 @@ case "$WHAT" in publish|query|fetch|rate) ;; *) echo "what to run: publish, quer
 W=$(mktemp -d /tmp/crossgate-ab.XXXX)
 PID=
 trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null' EXIT
-# The record of deploy/bench.sh.
-sed -n '/^cat > "\$W\/declaration.json"/,/^JSON/p' "$PROJ/deploy/bench.sh" | sed '1d;$d' > "$W/declaration.json"
-LOOKUP=(--provider public-security --type person.v1 --purpose school-enrolment --criterion /id_number=110105198405049582)
+. "$PROJ/deploy/bench-common.sh"
+bench_record "$W/declaration.json"
 one_round() { # label binary
   local label=$1 cg=$2 run="$W/run"
-  rm -rf "$run"; mkdir -p "$run/deploy"
-  cp -r "$PROJ/deploy/local" "$run/deploy/local"; ln -s "$PROJ/schemas" "$run/schemas"
-  printf 'timezone = "+08:00"\n[default]\nrate = "1000000/s"\nburst = 1000000\n' > "$run/deploy/local/limits.toml"
+  rm -rf "$run"; bench_folder "$PROJ" "$run" || exit 2
   # The store line replaced as text (a URL's & and | would mean something to sed).
   [ -n "${AUDIT_STORE:-}" ] && STORE_URL="$AUDIT_STORE" python3 -c '
 import os, re, sys

@@ -28,8 +28,8 @@ command -v valgrind >/dev/null && command -v callgrind_control >/dev/null || { e
 W=$(mktemp -d /tmp/crossgate-ir.XXXX)
 UP=
 trap '[ -n "$UP" ] && kill "$UP" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
-sed -n '/^cat > "\$W\/declaration.json"/,/^JSON/p' "$PROJ/deploy/bench.sh" | sed '1d;$d' > "$W/declaration.json"
-LOOKUP=(--provider public-security --type person.v1 --purpose school-enrolment --criterion /id_number=110105198405049582)
+. "$PROJ/deploy/bench-common.sh"
+bench_record "$W/declaration.json"
 case "$WHAT" in
   fetch) ARGS=(fetch --consumer education "${LOOKUP[@]}");;
   query) ARGS=(query "${LOOKUP[@]}");;
@@ -37,9 +37,7 @@ case "$WHAT" in
 esac
 one() { # binary -> "binary what requests instructions instructions/request"
   local cg=$1 run="$W/run"
-  rm -rf "$run"; mkdir -p "$run/deploy"
-  cp -r "$PROJ/deploy/local" "$run/deploy/local"; ln -s "$PROJ/schemas" "$run/schemas"
-  printf 'timezone = "+08:00"\n[default]\nrate = "1000000/s"\nburst = 1000000\n' > "$run/deploy/local/limits.toml"
+  rm -rf "$run"; bench_folder "$PROJ" "$run" || exit 2
   (cd "$run" && exec valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$run/callgrind.out" \
     "$cg" up --config deploy/local > up.log 2>&1) & UP=$!
   for _ in $(seq 600); do grep -q "is up" "$run/up.log" 2>/dev/null && break; sleep 0.5; done

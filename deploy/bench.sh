@@ -14,17 +14,14 @@ ROUNDS=${ROUNDS:-3}; SECS=${SECS:-5}; RATE=${RATE:-5000}
 [ -x "$CG" ] || { echo "no crossgate binary at $CG; run cargo build --release" >&2; exit 2; }
 W=$(mktemp -d /tmp/crossgate-bench.XXXX)
 trap '[ -f "$W/up.pid" ] && kill "$(cat "$W/up.pid")" 2>/dev/null; wait 2>/dev/null' EXIT
-mkdir -p "$W/deploy" && cp -r "$PROJ/deploy/local" "$W/deploy/local" && ln -s "$PROJ/schemas" "$W/schemas"
-printf 'timezone = "+08:00"\n[default]\nrate = "1000000/s"\nburst = 1000000\n' > "$W/deploy/local/limits.toml"
-cat > "$W/declaration.json" <<'JSON'
-{"declaration_id": "440663864056324842", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508", "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"}, "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191, "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}, {"line": 2, "hs_code": "3307799606", "description": "yak wool", "quantity": 108, "unit": "item", "value": {"amount": 94870.91, "currency": "CNY"}}]}
-JSON
+. "$PROJ/deploy/bench-common.sh"
+bench_folder "$PROJ" "$W" || exit 2
+bench_record "$W/declaration.json"
 cd "$W"
 "$CG" up --config deploy/local > up.log 2>&1 & echo $! > up.pid
 for _ in $(seq 100); do grep -q "is up" up.log 2>/dev/null && break; sleep 0.2; done
 grep -q "is up" up.log || { tail -5 up.log >&2; echo "crossgate up did not start" >&2; exit 2; }
 PID=$(cat up.pid)
-LOOKUP=(--provider public-security --type person.v1 --purpose school-enrolment --criterion /id_number=110105198405049582)
 run() { "$CG" bench "$@" --secs "$SECS" --warmup 1 --pid "$PID" --json; }
 for _ in $(seq "$ROUNDS"); do
   run fetch --consumer education "${LOOKUP[@]}"
