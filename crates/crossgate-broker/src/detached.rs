@@ -61,13 +61,19 @@ where
 impl<F: Future + Send + 'static> Drop for Detached<F> {
     fn drop(&mut self) {
         let Some(work) = self.work.take() else { return };
-        // Outside a runtime (it is shutting down) nothing could run it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if AssertUnwindSafe(work).catch_unwind().await.is_err() {
-                    panicked();
-                }
-            });
+        // Outside a runtime nothing can run it: said, not silent, since
+        // what is lost may be an entry of the log.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if AssertUnwindSafe(work).catch_unwind().await.is_err() {
+                        panicked();
+                    }
+                });
+            }
+            Err(_) => tracing::error!(
+                "a request's work was left unfinished: its caller went away outside the runtime"
+            ),
         }
     }
 }
@@ -97,7 +103,7 @@ mod tests {
         assert_eq!(answer.unwrap(), 7);
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn work_goes_on_after_its_caller_hangs_up() {
         let (go, gate) = oneshot::channel::<()>();
         let (done, finished) = oneshot::channel::<()>();
@@ -136,6 +142,30 @@ mod tests {
             .await
             .expect("the work ran")
             .expect("the work ran to its end");
+    }
+
+    #[tokio::test]
+    async fn work_that_panicked_is_never_run_again() {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut call = Box::pin(detached({
+            let polls = polls.clone();
+            std::future::poll_fn(move |_| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                panic!("record 110105198405049582");
+                #[allow(unreachable_code)]
+                Poll::<Result<(), Status>>::Pending
+            })
+        }));
+        let status = std::future::poll_fn(|cx| call.as_mut().poll(cx))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        // Dropped after its panic: nothing is spawned to poll it again.
+        drop(call);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
