@@ -34,6 +34,8 @@ struct State {
     records: HashMap<String, Vec<Value>>,
     /// The newest `KEPT` records received (the inbox file, when set, has all).
     received: std::collections::VecDeque<Received>,
+    /// How long a find waits before it answers (a slow department).
+    find_delay: std::time::Duration,
 }
 
 /// An in-memory department system.
@@ -103,6 +105,15 @@ impl ReferenceSystem {
     /// What was received, oldest first: everything, or the newest
     /// [`KEPT`] once more have come (a long-running `crossgate up` under
     /// load must not keep every record in memory).
+    /// Answer every find only after `delay`, as a slow department system
+    /// would (for tests of callers that give up meanwhile).
+    pub fn answer_finds_after(&self, delay: std::time::Duration) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find_delay = delay;
+    }
+
     pub fn received(&self) -> Vec<Received> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.received.iter().cloned().collect()
@@ -154,6 +165,14 @@ impl DepartmentSystem for ReferenceSystem {
 
     async fn find(&self, request: Request<FindRequest>) -> Result<Response<FindResponse>, Status> {
         let req = request.into_inner();
+        let delay = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .find_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let records = state
             .records

@@ -730,6 +730,42 @@ async fn malformed_protobuf_gets_a_clear_status_and_the_broker_keeps_serving() {
 }
 
 #[tokio::test]
+async fn a_query_whose_client_gives_up_while_the_provider_looks_is_still_audited() {
+    let sys = start(&["public-security"]).await;
+    sys.systems["public-security"].answer_finds_after(Duration::from_millis(400));
+    let mut education = broker_as(&sys, "education").await;
+    let request = QueryRequest {
+        provider: "public-security".into(),
+        record_type: "household.v1".into(),
+        purpose: "school-enrolment".into(),
+        approval_reference: "EDU-2025-0001".into(),
+        criteria: vec![Criterion {
+            path: "/household_id".into(),
+            value: "11010567397679".into(),
+        }],
+    };
+    // The client gives up (its call is dropped, the stream reset) while
+    // the provider is still looking: the broker's work goes on, and the
+    // provider's answer, fetched for a query, is in the log.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), education.query(request)).await;
+    assert!(gave_up.is_err(), "the provider answers only after 400 ms");
+    drop(education);
+    assert!(audit(&sys).is_empty(), "{:?}", audit(&sys));
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while audit(&sys).is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the query that was given up on was never audited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = audit(&sys);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].decision, Decision::Allowed);
+    assert_eq!(entries[0].consumer, "education");
+}
+
+#[tokio::test]
 async fn a_client_that_hangs_up_mid_call_leaves_no_gap() {
     let sys = start(&["border-inspection", "commerce"]).await;
     let mut customs = broker_as(&sys, "customs").await;
