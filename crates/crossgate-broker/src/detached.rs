@@ -14,22 +14,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
+use tokio_util::task::TaskTracker;
 use tonic::Status;
 
-/// `work`, finished even if the returned future is dropped first.
-pub(crate) fn detached<T, F>(work: F) -> Detached<F>
+/// `work`, finished even if the returned future is dropped first. What is
+/// left of it then runs tracked by `leftovers`, which a stop waits for.
+pub(crate) fn detached<T, F>(leftovers: &TaskTracker, work: F) -> Detached<F>
 where
     F: Future<Output = Result<T, Status>> + Send + 'static,
     T: Send + 'static,
 {
     Detached {
         work: Some(Box::pin(work)),
+        leftovers: leftovers.clone(),
     }
 }
 
 pub(crate) struct Detached<F: Future + Send + 'static> {
     /// `None` once it has finished (or panicked).
     work: Option<Pin<Box<F>>>,
+    leftovers: TaskTracker,
 }
 
 impl<T, F> Future for Detached<F>
@@ -65,11 +69,11 @@ impl<F: Future + Send + 'static> Drop for Detached<F> {
         // what is lost may be an entry of the log.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(async move {
+                runtime.spawn(self.leftovers.track_future(async move {
                     if AssertUnwindSafe(work).catch_unwind().await.is_err() {
                         panicked();
                     }
-                });
+                }));
             }
             Err(_) => tracing::error!(
                 "a request's work was left unfinished: its caller went away outside the runtime"
@@ -95,7 +99,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_that_waits_gets_the_answer() {
-        let answer = detached(async {
+        let answer = detached(&TaskTracker::new(), async {
             tokio::task::yield_now().await;
             Ok::<_, Status>(7)
         })
@@ -110,7 +114,7 @@ mod tests {
         let started = Arc::new(AtomicBool::new(false));
         let call = {
             let started = started.clone();
-            detached(async move {
+            detached(&TaskTracker::new(), async move {
                 started.store(true, Ordering::SeqCst);
                 let _ = gate.await;
                 let _ = done.send(());
@@ -134,7 +138,7 @@ mod tests {
     #[tokio::test]
     async fn work_not_yet_started_still_runs_when_dropped() {
         let (done, finished) = oneshot::channel::<()>();
-        drop(detached(async move {
+        drop(detached(&TaskTracker::new(), async move {
             let _ = done.send(());
             Ok::<_, Status>(())
         }));
@@ -147,7 +151,7 @@ mod tests {
     #[tokio::test]
     async fn work_that_panicked_is_never_run_again() {
         let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut call = Box::pin(detached({
+        let mut call = Box::pin(detached(&TaskTracker::new(), {
             let polls = polls.clone();
             std::future::poll_fn(move |_| {
                 polls.fetch_add(1, Ordering::SeqCst);
@@ -170,7 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_an_internal_error_without_its_words() {
-        let answer = detached(async {
+        let answer = detached(&TaskTracker::new(), async {
             tokio::task::yield_now().await;
             if true {
                 panic!("record 110105198405049582");

@@ -183,6 +183,10 @@ struct Inner {
     epoch: u64,
     /// Set when a stop begins: new calls are refused while calls in flight finish.
     draining: std::sync::atomic::AtomicBool,
+    /// The work of calls whose callers went away before it ended
+    /// (`detached`): a stop waits for it, within the grace period, before
+    /// the outbox drains.
+    leftovers: tokio_util::task::TaskTracker,
     /// Throttled calls, counted until their entry is written.
     throttles: throttle_log::ThrottleLog,
     /// Each partner's calls over the last seconds, for `crossgate top`.
@@ -238,6 +242,7 @@ impl Broker {
                 next_request: AtomicU64::new(1),
                 epoch,
                 draining: std::sync::atomic::AtomicBool::new(false),
+                leftovers: tokio_util::task::TaskTracker::new(),
                 throttles: throttle_log::ThrottleLog::default(),
                 activity,
                 in_force: std::sync::Mutex::new(parts.in_force),
@@ -422,10 +427,24 @@ pub async fn serve(
         task.abort();
     }
     broker.write_throttles().await;
-    let left = (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
-        (at + grace).saturating_duration_since(tokio::time::Instant::now())
-    });
-    if tokio::time::timeout(left, broker.inner.outbox.drain())
+    let left = || {
+        (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
+            (at + grace).saturating_duration_since(tokio::time::Instant::now())
+        })
+    };
+    // Calls whose callers went away may still be fetching or publishing:
+    // their entries and outbox items come before the outbox drains.
+    broker.inner.leftovers.close();
+    if tokio::time::timeout(left(), broker.inner.leftovers.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = broker.inner.leftovers.len(),
+            "grace period over: work of calls whose callers went away is cut off"
+        );
+    }
+    if tokio::time::timeout(left(), broker.inner.outbox.drain())
         .await
         .is_err()
     {

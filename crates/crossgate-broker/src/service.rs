@@ -496,7 +496,11 @@ impl BrokerService for Broker {
     ) -> Result<Response<PublishResponse>, Status> {
         let broker = self.clone();
         let span = edge_span("crossgate.v1.Broker/Publish", request.metadata());
-        detached(async move { broker.publish_steps(request).await }.instrument(span)).await
+        detached(
+            &self.inner.leftovers,
+            async move { broker.publish_steps(request).await }.instrument(span),
+        )
+        .await
     }
 
     async fn query(
@@ -505,7 +509,11 @@ impl BrokerService for Broker {
     ) -> Result<Response<QueryResponse>, Status> {
         let broker = self.clone();
         let span = edge_span("crossgate.v1.Broker/Query", request.metadata());
-        detached(async move { broker.query_steps(request).await }.instrument(span)).await
+        detached(
+            &self.inner.leftovers,
+            async move { broker.query_steps(request).await }.instrument(span),
+        )
+        .await
     }
 
     async fn list_schemas(

@@ -729,11 +729,11 @@ async fn malformed_protobuf_gets_a_clear_status_and_the_broker_keeps_serving() {
     );
 }
 
-#[tokio::test]
-async fn a_query_whose_client_gives_up_while_the_provider_looks_is_still_audited() {
-    let sys = start(&["public-security"]).await;
-    sys.systems["public-security"].answer_finds_after(Duration::from_millis(400));
-    let mut education = broker_as(&sys, "education").await;
+/// Education asks public-security, which answers finds only after
+/// `provider_takes`, for a household, and gives up after 100 ms.
+async fn give_up_on_a_slow_query(sys: &LocalSystem, provider_takes: Duration) {
+    sys.systems["public-security"].answer_finds_after(provider_takes);
+    let mut education = broker_as(sys, "education").await;
     let request = QueryRequest {
         provider: "public-security".into(),
         record_type: "household.v1".into(),
@@ -744,12 +744,35 @@ async fn a_query_whose_client_gives_up_while_the_provider_looks_is_still_audited
             value: "11010567397679".into(),
         }],
     };
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), education.query(request)).await;
+    assert!(
+        gave_up.is_err(),
+        "the provider answers only after {provider_takes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stop_waits_for_the_work_of_a_query_whose_client_gave_up() {
+    let sys = start(&["public-security"]).await;
+    // Longer than the stop's notice (1 s), so the stop reaches its drain
+    // while the provider is still looking.
+    give_up_on_a_slow_query(&sys, Duration::from_millis(2500)).await;
+    // No call is in flight any more, but the query's work is: the stop
+    // returns only once it has ended, so a process that exits then has
+    // its entry.
+    sys.stop().await;
+    let entries = audit(&sys);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].decision, Decision::Allowed);
+}
+
+#[tokio::test]
+async fn a_query_whose_client_gives_up_while_the_provider_looks_is_still_audited() {
+    let sys = start(&["public-security"]).await;
     // The client gives up (its call is dropped, the stream reset) while
     // the provider is still looking: the broker's work goes on, and the
     // provider's answer, fetched for a query, is in the log.
-    let gave_up = tokio::time::timeout(Duration::from_millis(100), education.query(request)).await;
-    assert!(gave_up.is_err(), "the provider answers only after 400 ms");
-    drop(education);
+    give_up_on_a_slow_query(&sys, Duration::from_millis(400)).await;
     assert!(audit(&sys).is_empty(), "{:?}", audit(&sys));
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while audit(&sys).is_empty() {
