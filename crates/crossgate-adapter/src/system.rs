@@ -10,6 +10,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tonic::{Request, Response, Status};
 
@@ -34,8 +35,6 @@ struct State {
     records: HashMap<String, Vec<Value>>,
     /// The newest `KEPT` records received (the inbox file, when set, has all).
     received: std::collections::VecDeque<Received>,
-    /// How long a find waits before it answers (a slow department).
-    find_delay: std::time::Duration,
 }
 
 /// An in-memory department system.
@@ -43,6 +42,9 @@ struct State {
 pub struct ReferenceSystem {
     state: Arc<Mutex<State>>,
     inbox: Option<PathBuf>,
+    /// How long a find waits before it answers, in microseconds (a slow
+    /// department); read without the state's lock, as every find reads it.
+    find_delay_micros: Arc<AtomicU64>,
 }
 
 impl ReferenceSystem {
@@ -102,18 +104,16 @@ impl ReferenceSystem {
             .push(doc);
     }
 
-    /// What was received, oldest first: everything, or the newest
-    /// [`KEPT`] once more have come (a long-running `crossgate up` under
-    /// load must not keep every record in memory).
     /// Answer every find only after `delay`, as a slow department system
     /// would (for tests of callers that give up meanwhile).
     pub fn answer_finds_after(&self, delay: std::time::Duration) {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .find_delay = delay;
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.find_delay_micros.store(micros, Ordering::Relaxed);
     }
 
+    /// What was received, oldest first: everything, or the newest
+    /// [`KEPT`] once more have come (a long-running `crossgate up` under
+    /// load must not keep every record in memory).
     pub fn received(&self) -> Vec<Received> {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.received.iter().cloned().collect()
@@ -165,13 +165,9 @@ impl DepartmentSystem for ReferenceSystem {
 
     async fn find(&self, request: Request<FindRequest>) -> Result<Response<FindResponse>, Status> {
         let req = request.into_inner();
-        let delay = self
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .find_delay;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+        let delay = self.find_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let records = state
