@@ -46,6 +46,11 @@ pub struct BrokerConfig {
     /// Deadline for a call whose caller set none, e.g. `"5s"`.
     #[serde(default = "default_deadline", with = "crossgate_config::duration")]
     pub default_deadline: Duration,
+    /// Query and Publish calls of one partner under way at once, counted
+    /// until their work ends (also after a caller hung up); one more is
+    /// answered `RESOURCE_EXHAUSTED`.
+    #[serde(default = "default_in_flight")]
+    pub calls_in_flight_per_partner: std::num::NonZeroUsize,
     /// How long a delivery to one adapter may take, e.g. `"2s"`.
     #[serde(default = "default_delivery", with = "crossgate_config::duration")]
     pub delivery_timeout: Duration,
@@ -231,6 +236,9 @@ fn default_max_message() -> usize {
 fn default_deadline() -> Duration {
     Duration::from_secs(5)
 }
+fn default_in_flight() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(1024).unwrap_or(std::num::NonZeroUsize::MIN)
+}
 fn default_delivery() -> Duration {
     Duration::from_secs(2)
 }
@@ -253,6 +261,7 @@ impl Default for BrokerConfig {
             crls: Vec::new(),
             max_message_bytes: default_max_message(),
             default_deadline: default_deadline(),
+            calls_in_flight_per_partner: default_in_flight(),
             delivery_timeout: default_delivery(),
             shutdown_grace: default_grace(),
             shutdown_notice: default_notice(),

@@ -1,5 +1,5 @@
 //! The broker: every record between departments passes it. Each call takes
-//! the same named steps (see `pipeline.rs`): authenticate → limit → validate →
+//! the same named steps (see `pipeline.rs`): authenticate → hold → limit → validate →
 //! authorise → forward → finish, the one exit that audits and answers
 //! (`outcome.rs`).
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ pub mod delivery;
 pub mod deployment;
 mod detached;
 pub mod error;
+mod in_flight;
 pub mod outbox;
 mod outbox_admin;
 mod outcome;
@@ -187,6 +188,8 @@ struct Inner {
     /// (`detached`): a stop waits for it, within the grace period, before
     /// the outbox drains.
     leftovers: tokio_util::task::TaskTracker,
+    /// Each partner's Query and Publish calls under way, leftovers included.
+    in_flight: in_flight::InFlight,
     /// Throttled calls, counted until their entry is written.
     throttles: throttle_log::ThrottleLog,
     /// Each partner's calls over the last seconds, for `crossgate top`.
@@ -216,6 +219,10 @@ impl Broker {
                 .filter(|p| p.role == Role::Partner)
                 .map(|p| p.id.as_str()),
         );
+        let in_flight = in_flight::InFlight::new(
+            parts.partners.iter().map(|p| p.id.as_str()),
+            parts.config.calls_in_flight_per_partner.get(),
+        );
         Broker {
             inner: Arc::new(Inner {
                 config: parts.config,
@@ -243,6 +250,7 @@ impl Broker {
                 epoch,
                 draining: std::sync::atomic::AtomicBool::new(false),
                 leftovers: tokio_util::task::TaskTracker::new(),
+                in_flight,
                 throttles: throttle_log::ThrottleLog::default(),
                 activity,
                 in_force: std::sync::Mutex::new(parts.in_force),

@@ -1,5 +1,5 @@
 //! The broker's request path, one named step each, in the order every call
-//! takes them: authenticate → limit → validate → authorise → (Publish:
+//! takes them: authenticate → hold → limit → validate → authorise → (Publish:
 //! record) → forward → finish (audit, then answer). Each step after
 //! authenticate returns `Result<_, Refusal>`; the handlers in `service.rs`
 //! are these steps in sequence and leave through `finish` (`outcome.rs`). A
@@ -102,6 +102,20 @@ impl Broker {
         Ok(Caller {
             id: id.as_ref().to_owned(),
             role,
+        })
+    }
+
+    /// Step 1b — hold: one of the partner's calls under way, until its
+    /// work ends, whether or not its caller still waits (`in_flight.rs`).
+    /// Over the cap, the call is throttled.
+    pub(crate) fn hold(&self, caller: &Caller) -> Result<crate::in_flight::Slot<'_>, Refusal> {
+        self.inner.in_flight.hold(&caller.id).map_err(|status| {
+            if status.code() == tonic::Code::ResourceExhausted {
+                Refusal::Throttled(status)
+            } else {
+                // Not a party: refused as authenticate refuses, unaudited.
+                Refusal::Recorded(status)
+            }
         })
     }
 

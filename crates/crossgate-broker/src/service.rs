@@ -43,10 +43,20 @@ impl Broker {
         let call = self.start(&request);
         let caller = self.authenticate(&request, Role::Partner)?;
         let mut entry = entry(Kind::Publish, Decision::Invalid);
-        let outcome = self
-            .publish_record(&call, &caller, request.into_inner(), &mut entry)
-            .await;
+        let (slot, outcome) = match self.hold(&caller) {
+            Ok(slot) => {
+                let outcome = self
+                    .publish_record(&call, &caller, request.into_inner(), &mut entry)
+                    .await;
+                (Some(slot), outcome)
+            }
+            Err(refused) => {
+                entry.consumer = caller.id.clone();
+                (None, Err(refused))
+            }
+        };
         let answer = self.finish(&call, entry, outcome).await;
+        drop(slot);
         self.counted(&call, &caller, &answer);
         answer
     }
@@ -337,10 +347,17 @@ impl Broker {
         let caller = self.authenticate(&request, Role::Partner)?;
         let mut entry = entry(Kind::Query, Decision::Invalid);
         entry.consumer = caller.id.clone();
-        let outcome = self
-            .query_records(&call, &caller, &request.into_inner(), &mut entry)
-            .await;
+        let (slot, outcome) = match self.hold(&caller) {
+            Ok(slot) => {
+                let outcome = self
+                    .query_records(&call, &caller, &request.into_inner(), &mut entry)
+                    .await;
+                (Some(slot), outcome)
+            }
+            Err(refused) => (None, Err(refused)),
+        };
         let answer = self.finish(&call, entry, outcome).await;
+        drop(slot);
         self.counted(&call, &caller, &answer);
         answer
     }

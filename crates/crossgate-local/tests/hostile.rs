@@ -434,3 +434,86 @@ async fn a_revoked_certificate_is_refused() {
     );
     list("tax").await.expect("tax's certificate stands");
 }
+
+/// A partner that hangs up on every call, to pile up work the broker goes
+/// on with after each caller went away, is held to its cap of calls under
+/// way (`calls_in_flight_per_partner`): the work of calls it gave up on
+/// counts until it ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() {
+    let dir = crossgate_testing::TempDir::new("hostile-hang-ups");
+    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
+    let toml = dir.join("broker.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let capped = text.replace(
+        "calls_in_flight_per_partner = 1024",
+        "calls_in_flight_per_partner = 3",
+    );
+    assert_ne!(capped, text, "deploy/local/broker.toml sets the cap");
+    std::fs::write(&toml, capped).unwrap();
+    let mut opts = Options::project_defaults();
+    opts.config = dir.to_path_buf();
+    opts.departments = Some(vec!["public-security".into()]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    sys.systems["public-security"].answer_finds_after(std::time::Duration::from_millis(1500));
+    let query = || QueryRequest {
+        provider: "public-security".into(),
+        record_type: "person.v1".into(),
+        purpose: "school-enrolment".into(),
+        criteria: vec![Criterion {
+            path: "/id_number".into(),
+            value: "540202198107103540".into(),
+        }],
+        ..Default::default()
+    };
+    let mut education =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            education.query(query()),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the provider takes 1.5 s");
+    }
+    // No call of education's is open now, but three of its queries are
+    // still being worked on: a fourth is refused at once.
+    let started = std::time::Instant::now();
+    let status = education.query(query()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("education has 3 calls under way"),
+        "{}",
+        status.message()
+    );
+    assert!(status.get_details_retry_info().is_some());
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    // Other partners are not held back by education's calls.
+    let mut tax = BrokerClient::new(sys.channel(&sys.broker_addr, "tax").await.unwrap());
+    let other = tax.query(query()).await.unwrap_err();
+    assert_eq!(other.code(), Code::PermissionDenied, "{other:?}");
+
+    // The three finish, are audited, and free their slots.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let allowed = || {
+        log(&sys)
+            .iter()
+            .filter(|e| e.decision == Decision::Allowed && e.consumer == "education")
+            .count()
+    };
+    while allowed() < 3 {
+        assert!(std::time::Instant::now() < until, "{:?}", log(&sys));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    sys.systems["public-security"].answer_finds_after(std::time::Duration::ZERO);
+    let answer = education.query(query()).await;
+    assert!(answer.is_ok(), "{answer:?}");
+    // The refusal reached the log counted, as a throttled call.
+    while !log(&sys)
+        .iter()
+        .any(|e| e.decision == Decision::Throttled && e.consumer == "education")
+    {
+        assert!(std::time::Instant::now() < until, "{:?}", log(&sys));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
