@@ -151,7 +151,31 @@ pub fn init(settings: Settings) -> Result<Telemetry, TelemetryError> {
         );
     }
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layers));
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panicked = true, "{}", describe_panic(info));
+    }));
     Ok(Telemetry { provider, endpoint })
+}
+
+/// A panic as the log tells it: where, on which thread, and the backtrace
+/// when `RUST_BACKTRACE` asks for one, but not the panic's message, which
+/// may quote a record (an `unwrap` of a parse error does). The default hook
+/// would print that message to stderr beside the log.
+pub fn describe_panic(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let at = info.location().map_or_else(
+        || "an unknown place".to_owned(),
+        |l| format!("{}:{}:{}", l.file(), l.line(), l.column()),
+    );
+    let thread = std::thread::current();
+    let mut line = format!(
+        "a panic at {at} on thread {} (its message is withheld: it may quote a record)",
+        thread.name().unwrap_or("unnamed")
+    );
+    let backtrace = std::backtrace::Backtrace::capture();
+    if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+        line.push_str(&format!("\n{backtrace}"));
+    }
+    line
 }
 
 /// `RUST_LOG`, or `info`. Trace spans stay out of the log lines unless
@@ -366,6 +390,33 @@ impl Injector for MetadataMut<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_is_told_by_its_place_not_its_words() {
+        static TOLD: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|info| {
+            TOLD.lock().unwrap().push(describe_panic(info));
+        }));
+        let line = line!() + 1;
+        let teller = || panic!("invalid type: string \"540202198107103540\"");
+        let panicked = std::thread::Builder::new()
+            .name("teller".into())
+            .spawn(teller)
+            .unwrap()
+            .join();
+        std::panic::set_hook(before);
+        assert!(panicked.is_err());
+        let told = TOLD.lock().unwrap().clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(
+            told[0].starts_with(&format!("a panic at {}:{line}:", file!())),
+            "{}",
+            told[0]
+        );
+        assert!(told[0].contains("on thread teller"), "{}", told[0]);
+        assert!(!told[0].contains("540202198107103540"), "{}", told[0]);
+    }
 
     #[test]
     fn log_formats_parse_and_others_are_refused_with_the_choices() {
