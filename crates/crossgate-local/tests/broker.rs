@@ -2,6 +2,7 @@
 //! the local system (adapters, reference department systems, the broker) and
 //! clients that present (or fail to present) certificates.
 
+mod common;
 use crossgate_broker::audit::Decision;
 use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::broker_client::BrokerClient;
@@ -228,16 +229,7 @@ async fn school_enrolment_query_releases_only_the_granted_fields() {
     );
 
     let person = education
-        .query(QueryRequest {
-            provider: "public-security".into(),
-            record_type: "person.v1".into(),
-            purpose: "school-enrolment".into(),
-            approval_reference: String::new(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: "540202198107103540".into(),
-            }],
-        })
+        .query(common::person_lookup())
         .await
         .unwrap()
         .into_inner();
@@ -276,19 +268,7 @@ async fn a_provider_that_is_down_gives_unavailable_quickly() {
     let sys = start(&[]).await;
     let mut education = broker_as(&sys, "education").await;
     let started = std::time::Instant::now();
-    let status = education
-        .query(QueryRequest {
-            provider: "public-security".into(),
-            record_type: "person.v1".into(),
-            purpose: "school-enrolment".into(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: "540202198107103540".into(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let status = education.query(common::person_lookup()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(audit(&sys)[0].decision, Decision::Failed);
@@ -574,19 +554,7 @@ async fn without_a_writable_audit_log_the_broker_refuses_work() {
     opts.audit = Some(std::sync::Arc::new(crossgate_broker::audit::FailingSink));
     let sys = LocalSystem::start(opts).await.unwrap();
     let mut education = broker_as(&sys, "education").await;
-    let status = education
-        .query(QueryRequest {
-            provider: "public-security".into(),
-            record_type: "person.v1".into(),
-            purpose: "school-enrolment".into(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: "540202198107103540".into(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let status = education.query(common::person_lookup()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(
         status.message(),

@@ -2,6 +2,7 @@
 //! releasing at once, a broken file is refused with its line and the old
 //! catalog stays, partners cannot reload, and every reload is audited.
 
+mod common;
 use crossgate_broker::audit::Decision;
 use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::admin_client::AdminClient;
@@ -11,16 +12,7 @@ use crossgate_testing::TempDir;
 use tonic::Code;
 
 fn person() -> QueryRequest {
-    QueryRequest {
-        provider: "public-security".into(),
-        record_type: "person.v1".into(),
-        purpose: "school-enrolment".into(),
-        approval_reference: String::new(),
-        criteria: vec![Criterion {
-            path: "/id_number".into(),
-            value: "540202198107103540".into(),
-        }],
-    }
+    common::person_lookup()
 }
 
 #[tokio::test]

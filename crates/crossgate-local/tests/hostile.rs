@@ -1,6 +1,7 @@
 //! Bounded work, bounded log: requests built to blow up a reply or an
 //! audit entry get a bounded answer and leave a bounded entry.
 
+mod common;
 use crossgate_broker::audit::Decision;
 use crossgate_local::{LocalSystem, Options};
 use crossgate_proto::broker_client::BrokerClient;
@@ -204,18 +205,7 @@ async fn stalled_handshakes_are_dropped_and_a_legitimate_call_still_answers() {
         .await
         .unwrap();
     let mut education = BrokerClient::new(channel);
-    let answer = education
-        .query(QueryRequest {
-            provider: "public-security".into(),
-            record_type: "person.v1".into(),
-            purpose: "school-enrolment".into(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: "540202198107103540".into(),
-            }],
-            ..Default::default()
-        })
-        .await;
+    let answer = education.query(common::person_lookup()).await;
     assert!(answer.is_ok(), "{answer:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 
@@ -456,16 +446,7 @@ async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() 
     opts.departments = Some(vec!["public-security".into()]);
     let sys = LocalSystem::start(opts).await.unwrap();
     sys.systems["public-security"].answer_finds_after(std::time::Duration::from_millis(1500));
-    let query = || QueryRequest {
-        provider: "public-security".into(),
-        record_type: "person.v1".into(),
-        purpose: "school-enrolment".into(),
-        criteria: vec![Criterion {
-            path: "/id_number".into(),
-            value: "540202198107103540".into(),
-        }],
-        ..Default::default()
-    };
+    let query = || common::person_lookup();
     let mut education =
         BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
     for _ in 0..3 {
