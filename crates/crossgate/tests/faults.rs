@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{TempDir, config_copy, wait_for};
+use common::{TempDir, config_copy, wait_for_child};
 use crossgate_proto::Record;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -66,21 +66,23 @@ impl Rig {
     }
 
     fn start_broker(&mut self) {
-        let child = crossgate(&self.dir, &["broker", "--config", "."])
+        let mut child = crossgate(&self.dir, &["broker", "--config", "."])
             .stderr(self.log("broker"))
             .spawn()
             .unwrap();
+        let log = self.dir.join("broker.log");
+        wait_for_child(&mut child, self.broker_port, Some(&log));
         self.running.insert("broker".into(), child);
-        wait_for(self.broker_port);
     }
 
     fn start_adapter(&mut self, dept: &str) {
-        let child = common::adapter_in(&self.dir, dept)
+        let mut child = common::adapter_in(&self.dir, dept)
             .stderr(self.log(dept))
             .spawn()
             .unwrap();
+        let log = self.dir.join(format!("{dept}.log"));
+        wait_for_child(&mut child, self.ports[dept], Some(&log));
         self.running.insert(dept.into(), child);
-        wait_for(self.ports[dept]);
     }
 
     /// SIGTERM: the process drains and exits 0.

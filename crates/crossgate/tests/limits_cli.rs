@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Processes, ROOT, config_copy, crossgate, wait_for};
+use common::{Processes, ROOT, config_copy, crossgate, wait_for_child};
 use crossgate_proto::QueryRequest;
 use crossgate_proto::broker_client::BrokerClient;
 use std::path::Path;
@@ -35,10 +35,10 @@ fn start(name: &str, limits: &str) -> (crossgate_testing::TempDir, u16, Processe
         .unwrap()
         .success()
     );
-    let broker = crossgate(&["broker", "--config", dir.to_str().unwrap()])
+    let mut broker = crossgate(&["broker", "--config", dir.to_str().unwrap()])
         .spawn()
         .unwrap();
-    wait_for(port);
+    wait_for_child(&mut broker, port, None);
     (dir, port, Processes(vec![broker]))
 }
 
@@ -234,7 +234,7 @@ async fn a_restart_keeps_the_changed_limit_and_a_bad_reload_keeps_the_old_one() 
             .spawn()
             .unwrap(),
     );
-    wait_for(port);
+    wait_for_child(&mut broker.0[0], port, None);
     let (code, out, _) = limits(&dir, &["get", "education"]);
     assert_eq!(code, 0);
     assert!(out.contains("42/s") && out.contains("override"), "{out}");

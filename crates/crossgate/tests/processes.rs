@@ -6,7 +6,7 @@ use crossgate_proto::ingress_client::IngressClient;
 use crossgate_proto::{NativeRecord, SubmitRequest};
 mod common;
 
-use common::{Processes, ROOT, config_copy, crossgate, wait_for};
+use common::{Processes, ROOT, config_copy, crossgate, wait_for_child};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
@@ -52,9 +52,12 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
             .unwrap(),
         );
     }
-    wait_for(broker_port);
-    for dept in ["customs", "border-inspection", "commerce"] {
-        wait_for(port_of(dept));
+    wait_for_child(&mut running.0[0], broker_port, None);
+    for (i, dept) in ["customs", "border-inspection", "commerce"]
+        .iter()
+        .enumerate()
+    {
+        wait_for_child(&mut running.0[i + 1], port_of(dept), None);
     }
 
     let tls = crossgate_tls::Bundle::load(&certs, "customs").unwrap();

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 #[allow(unused_imports)]
-pub use crossgate_testing::{Processes, ROOT, TempDir, config_copy, wait_for};
+pub use crossgate_testing::{Processes, ROOT, TempDir, config_copy, wait_for, wait_for_child};
 use std::process::{Command, Stdio};
 
 /// The crossgate binary under test, run from the project root, quiet.
