@@ -45,6 +45,8 @@ pub struct ReferenceSystem {
     /// How long a find waits before it answers, in microseconds (a slow
     /// department); read without the state's lock, as every find reads it.
     find_delay_micros: Arc<AtomicU64>,
+    /// Finds that began while a delay was set.
+    slow_finds: Arc<AtomicU64>,
 }
 
 impl ReferenceSystem {
@@ -111,6 +113,12 @@ impl ReferenceSystem {
         self.find_delay_micros.store(micros, Ordering::Relaxed);
     }
 
+    /// How many finds began while [`answer_finds_after`](Self::answer_finds_after)
+    /// had a delay set: a test knows its slow calls reached the system.
+    pub fn slow_finds_begun(&self) -> u64 {
+        self.slow_finds.load(Ordering::Acquire)
+    }
+
     /// What was received, oldest first: everything, or the newest
     /// [`KEPT`] once more have come (a long-running `crossgate up` under
     /// load must not keep every record in memory).
@@ -167,6 +175,7 @@ impl DepartmentSystem for ReferenceSystem {
         let req = request.into_inner();
         let delay = self.find_delay_micros.load(Ordering::Relaxed);
         if delay > 0 {
+            self.slow_finds.fetch_add(1, Ordering::AcqRel);
             tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,6 +20,17 @@ pub(crate) struct InFlight {
     max: usize,
 }
 
+/// Why a call got no slot.
+#[derive(Debug)]
+pub(crate) enum NoSlot {
+    /// The partner's calls under way are at the cap: `RESOURCE_EXHAUSTED`
+    /// with a `RetryInfo`.
+    Full(Status),
+    /// A party without a counter, which cannot happen: both come from
+    /// partners.toml at start.
+    NotCounted,
+}
+
 /// A call under way; its partner's count goes down when it is dropped.
 #[must_use]
 pub(crate) struct Slot<'a>(&'a AtomicUsize);
@@ -39,20 +50,17 @@ impl InFlight {
         InFlight { counts, max }
     }
 
-    /// A slot for one more call of `partner`, or `RESOURCE_EXHAUSTED` with
-    /// a `RetryInfo` if its calls under way are at the cap already.
-    pub(crate) fn hold(&self, partner: &str) -> Result<Slot<'_>, Status> {
-        let Some(count) = self.counts.get(partner) else {
-            // Only a party of partners.toml gets past authenticate.
-            return Err(Status::unauthenticated(format!(
-                "{partner} is not a party in partners.toml"
-            )));
-        };
+    /// A slot for one more call of `partner`, unless its calls under way
+    /// are at the cap already.
+    pub(crate) fn hold(&self, partner: &str) -> Result<Slot<'_>, NoSlot> {
+        // Only a party of partners.toml gets past authenticate, and every
+        // one has a counter: a miss is the broker's own fault.
+        let count = self.counts.get(partner).ok_or(NoSlot::NotCounted)?;
         let before = count.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(count);
         if before >= self.max {
             drop(slot);
-            return Err(Status::with_error_details(
+            return Err(NoSlot::Full(Status::with_error_details(
                 tonic::Code::ResourceExhausted,
                 format!(
                     "{partner} has {} calls under way, the most it may have at once \
@@ -60,7 +68,7 @@ impl InFlight {
                     self.max
                 ),
                 ErrorDetails::with_retry_info(Some(std::time::Duration::from_millis(100))),
-            ));
+            )));
         }
         Ok(slot)
     }
@@ -83,10 +91,9 @@ mod tests {
         let in_flight = InFlight::new(["a", "b"].into_iter(), 2);
         let first = in_flight.hold("a").unwrap();
         let _second = in_flight.hold("a").unwrap();
-        let refused = in_flight
-            .hold("a")
-            .err()
-            .expect("the third is over the cap");
+        let Err(NoSlot::Full(refused)) = in_flight.hold("a") else {
+            panic!("the third is over the cap")
+        };
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
         assert!(
             refused.message().contains("a has 2 calls under way"),
@@ -102,11 +109,28 @@ mod tests {
         let _third = in_flight.hold("a").expect("a slot was freed");
     }
 
+    #[tokio::test]
+    async fn work_that_panics_gives_its_slot_back() {
+        let in_flight = std::sync::Arc::new(InFlight::new(["a"].into_iter(), 1));
+        let held = in_flight.clone();
+        let answer = crate::detached::detached(&tokio_util::task::TaskTracker::new(), async move {
+            let _slot = held.hold("a").map_err(|_| Status::internal("no slot"))?;
+            tokio::task::yield_now().await;
+            if held.under_way("a") == 1 {
+                panic!("a bug while the slot is held");
+            }
+            Ok::<(), Status>(())
+        })
+        .await;
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(in_flight.under_way("a"), 0);
+        let _again = in_flight.hold("a").expect("the partner is not locked out");
+    }
+
     #[test]
-    fn a_name_no_party_has_is_refused_and_never_counted() {
+    fn a_name_no_party_has_gets_no_slot_and_no_counter() {
         let in_flight = InFlight::new(["a"].into_iter(), 2);
-        let refused = in_flight.hold("mallory").err().unwrap();
-        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        assert!(matches!(in_flight.hold("mallory"), Err(NoSlot::NotCounted)));
         assert_eq!(in_flight.counts.len(), 1);
     }
 }

@@ -16,6 +16,9 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub enum Refusal {
     /// Over the partner's rate limit: `RESOURCE_EXHAUSTED` with `RetryInfo`.
     Throttled(Status),
+    /// Over the partner's calls under way (`in_flight.rs`): the same answer,
+    /// and a throttled entry of its own.
+    Busy(Status),
     /// A malformed request or record: `status` is for the sender and may
     /// quote its own values; `logged` says the same without values.
     Invalid { status: Status, logged: String },
@@ -41,7 +44,7 @@ impl Refusal {
 
     pub fn decision(&self) -> Decision {
         match self {
-            Refusal::Throttled(_) => Decision::Throttled,
+            Refusal::Throttled(_) | Refusal::Busy(_) => Decision::Throttled,
             Refusal::Invalid { .. } => Decision::Invalid,
             Refusal::Denied(_) => Decision::Denied,
             Refusal::Failed { .. } | Refusal::Recorded(_) => Decision::Failed,
@@ -51,7 +54,9 @@ impl Refusal {
     /// What the audit log keeps: never a value of anybody's record.
     pub fn logged(&self) -> String {
         match self {
-            Refusal::Throttled(status) | Refusal::Recorded(status) => status.message().to_owned(),
+            Refusal::Throttled(status) | Refusal::Busy(status) | Refusal::Recorded(status) => {
+                status.message().to_owned()
+            }
             Refusal::Invalid { logged, .. } | Refusal::Failed { logged, .. } => logged.clone(),
             Refusal::Denied(denial) => denial.to_string(),
         }
@@ -60,6 +65,7 @@ impl Refusal {
     pub fn into_status(self) -> Status {
         match self {
             Refusal::Throttled(status)
+            | Refusal::Busy(status)
             | Refusal::Recorded(status)
             | Refusal::Invalid { status, .. }
             | Refusal::Failed { status, .. } => status,
@@ -137,7 +143,12 @@ impl Broker {
             }
             Err(Refusal::Recorded(status)) => Err(status),
             // Answered at once; counted into one entry per partner and second.
-            Err(Refusal::Throttled(status)) => {
+            Err(refusal @ (Refusal::Throttled(_) | Refusal::Busy(_))) => {
+                let cause = match refusal {
+                    Refusal::Busy(_) => crate::throttle_log::Cause::CallsUnderWay,
+                    _ => crate::throttle_log::Cause::Rate,
+                };
+                let status = refusal.into_status();
                 if let Some(m) = &self.inner.metrics {
                     let mode = match entry.kind {
                         crate::audit::Kind::Publish => "publish",
@@ -153,7 +164,7 @@ impl Broker {
                 }
                 self.inner
                     .throttles
-                    .count(&entry.consumer, entry.kind, status.message());
+                    .count(&entry.consumer, entry.kind, cause, status.message());
                 Err(status)
             }
             Err(refusal) => {

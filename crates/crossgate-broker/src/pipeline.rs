@@ -107,16 +107,18 @@ impl Broker {
 
     /// Step 1b — hold: one of the partner's calls under way, until its
     /// work ends, whether or not its caller still waits (`in_flight.rs`).
-    /// Over the cap, the call is throttled.
+    /// Over the cap, the call is throttled (`Refusal::Busy`).
     pub(crate) fn hold(&self, caller: &Caller) -> Result<crate::in_flight::Slot<'_>, Refusal> {
-        self.inner.in_flight.hold(&caller.id).map_err(|status| {
-            if status.code() == tonic::Code::ResourceExhausted {
-                Refusal::Throttled(status)
-            } else {
-                // Not a party: refused as authenticate refuses, unaudited.
-                Refusal::Recorded(status)
-            }
-        })
+        self.inner
+            .in_flight
+            .hold(&caller.id)
+            .map_err(|no| match no {
+                crate::in_flight::NoSlot::Full(status) => Refusal::Busy(status),
+                crate::in_flight::NoSlot::NotCounted => Refusal::Failed {
+                    status: Status::internal("the broker keeps no count of this party's calls"),
+                    logged: "no count of calls under way for this party".into(),
+                },
+            })
     }
 
     /// Step 2 — limit: checked before the record is parsed, so a throttled

@@ -1,11 +1,21 @@
 //! Throttled calls are answered at once and counted; one audit entry per
-//! partner, kind of call and second records them (how many, first and last
+//! partner, kind of call, cause and second records them (how many, first and last
 //! time), so that a flood cannot grow the log by an entry per refused call.
 
 use crate::audit::{Decision, Entry, Kind};
 use crate::pipeline::entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// Why calls were throttled: each cause has entries of its own, so that
+/// an entry's words (the last refusal's) speak for every call it counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Cause {
+    /// Over the partner's rate limit.
+    Rate,
+    /// Over the partner's calls under way (`calls_in_flight_per_partner`).
+    CallsUnderWay,
+}
 
 struct Tally {
     count: u64,
@@ -18,16 +28,16 @@ struct Tally {
 /// Throttled calls not yet in the log.
 #[derive(Default)]
 pub(crate) struct ThrottleLog {
-    counts: Mutex<HashMap<(String, Kind), Tally>>,
+    counts: Mutex<HashMap<(String, Kind, Cause), Tally>>,
 }
 
 impl ThrottleLog {
     /// One more throttled call of `partner`.
-    pub(crate) fn count(&self, partner: &str, kind: Kind, said: &str) {
+    pub(crate) fn count(&self, partner: &str, kind: Kind, cause: Cause, said: &str) {
         let now = crate::outbox::rfc3339(chrono::Utc::now());
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let tally = counts
-            .entry((partner.to_owned(), kind))
+            .entry((partner.to_owned(), kind, cause))
             .or_insert_with(|| Tally {
                 count: 0,
                 first: now.clone(),
@@ -41,15 +51,15 @@ impl ThrottleLog {
         }
     }
 
-    /// An entry for each partner and kind throttled since the last call,
+    /// An entry for each partner, kind and cause throttled since the last call,
     /// oldest first.
     pub(crate) fn take(&self) -> Vec<Entry> {
         let counts = std::mem::take(&mut *self.counts.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut tallies: Vec<((String, Kind), Tally)> = counts.into_iter().collect();
+        let mut tallies: Vec<((String, Kind, Cause), Tally)> = counts.into_iter().collect();
         tallies.sort_by(|a, b| a.1.first.cmp(&b.1.first));
         tallies
             .into_iter()
-            .map(|((partner, kind), t)| {
+            .map(|((partner, kind, _), t)| {
                 let mut e = entry(kind, Decision::Throttled);
                 e.consumer = partner;
                 e.reason = format!(
@@ -70,11 +80,35 @@ mod tests {
     fn a_flood_is_one_entry_per_partner_and_kind() {
         let log = ThrottleLog::default();
         for _ in 0..10_000 {
-            log.count("education", Kind::Query, "over its rate limit");
+            log.count("education", Kind::Query, Cause::Rate, "over its rate limit");
         }
-        log.count("tax", Kind::Publish, "over its rate limit");
+        log.count("tax", Kind::Publish, Cause::Rate, "over its rate limit");
+        log.count(
+            "tax",
+            Kind::Publish,
+            Cause::CallsUnderWay,
+            "tax has 3 calls under way",
+        );
+        log.count(
+            "tax",
+            Kind::Publish,
+            Cause::Rate,
+            "over its rate limit again",
+        );
         let entries = log.take();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
+        // Each cause keeps its own count and words.
+        let tax: Vec<&str> = entries[1..].iter().map(|e| e.reason.as_str()).collect();
+        assert!(
+            tax.iter()
+                .any(|r| r.starts_with("2 call(s)") && r.ends_with(": over its rate limit again")),
+            "{tax:?}"
+        );
+        assert!(
+            tax.iter()
+                .any(|r| r.starts_with("1 call(s)") && r.ends_with(": tax has 3 calls under way")),
+            "{tax:?}"
+        );
         assert_eq!(entries[0].consumer, "education");
         assert!(
             entries[0]
