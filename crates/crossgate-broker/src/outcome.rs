@@ -154,7 +154,7 @@ impl Broker {
                         crate::audit::Kind::Publish => "publish",
                         _ => "query",
                     };
-                    m.throttled(&entry.consumer, mode);
+                    m.throttled(&entry.consumer, mode, cause.as_str());
                     m.decision(
                         &entry.consumer,
                         &entry.provider,

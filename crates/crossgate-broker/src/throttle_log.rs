@@ -17,6 +17,16 @@ pub(crate) enum Cause {
     CallsUnderWay,
 }
 
+impl Cause {
+    /// The `cause` label of `crossgate_throttled_total`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Cause::Rate => "rate",
+            Cause::CallsUnderWay => "calls_under_way",
+        }
+    }
+}
+
 struct Tally {
     count: u64,
     first: String,

@@ -62,6 +62,13 @@ struct PartnerMode {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Throttle {
+    partner: String,
+    mode: &'static str,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Delivery {
     receiver: String,
     outcome: &'static str,
@@ -89,7 +96,7 @@ pub struct Metrics {
     handled: Family<Handled, Counter>,
     handling: Histograms<Method>,
     decisions: Family<DecisionLabels, Counter>,
-    throttled: Family<PartnerMode, Counter>,
+    throttled: Family<Throttle, Counter>,
     limit: Family<PartnerMode, Gauge<f64, AtomicU64>>,
     deliveries: Family<Delivery, Counter>,
     audit_append: Histogram,
@@ -155,7 +162,7 @@ impl Metrics {
         let handled = Family::<Handled, Counter>::default();
         let handling = Histograms::<Method>::new_with_constructor(latency);
         let decisions = Family::<DecisionLabels, Counter>::default();
-        let throttled = Family::<PartnerMode, Counter>::default();
+        let throttled = Family::<Throttle, Counter>::default();
         let limit = Family::<PartnerMode, Gauge<f64, AtomicU64>>::default();
         let deliveries = Family::<Delivery, Counter>::default();
         let audit_append = latency();
@@ -186,7 +193,7 @@ impl Metrics {
         );
         registry.register(
             "crossgate_throttled",
-            "Calls refused by a partner's rate limit",
+            "Calls refused by a partner's rate limit (cause=\"rate\") or its cap of calls under way (cause=\"calls_under_way\")",
             throttled.clone(),
         );
         registry.register(
@@ -302,11 +309,12 @@ impl Metrics {
     }
 
     /// One call refused by `partner`'s limit for `mode` (publish or query).
-    pub fn throttled(&self, partner: &str, mode: &'static str) {
+    pub fn throttled(&self, partner: &str, mode: &'static str, cause: &'static str) {
         self.throttled
-            .get_or_create(&PartnerMode {
+            .get_or_create(&Throttle {
                 partner: self.partner(partner),
                 mode,
+                cause,
             })
             .inc();
     }

@@ -29,7 +29,8 @@ fn counts_are_exact_and_names_a_deployment_does_not_know_are_other() {
     }
     m.decision("education", "made-up-provider", "made-up.v9", "denied");
     m.decision("education", "another-made-up", "x.v1", "denied");
-    m.throttled("education", "query");
+    m.throttled("education", "query", "rate");
+    m.throttled("education", "query", "calls_under_way");
     m.limit_in_force("education", "query", 20.0);
     m.delivery("public-security", DeliveryOutcome::Delivered);
     let scrape = parsed(&m.render());
@@ -56,7 +57,23 @@ fn counts_are_exact_and_names_a_deployment_does_not_know_are_other() {
         value(
             &scrape,
             "crossgate_throttled_total",
-            &[("partner", "education"), ("mode", "query")]
+            &[
+                ("partner", "education"),
+                ("mode", "query"),
+                ("cause", "rate")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "crossgate_throttled_total",
+            &[
+                ("partner", "education"),
+                ("mode", "query"),
+                ("cause", "calls_under_way")
+            ]
         ),
         Some(1.0)
     );
