@@ -45,8 +45,10 @@ pub struct ReferenceSystem {
     /// How long a find waits before it answers, in microseconds (a slow
     /// department); read without the state's lock, as every find reads it.
     find_delay_micros: Arc<AtomicU64>,
-    /// Finds that began while a delay was set.
-    slow_finds: Arc<AtomicU64>,
+    /// The same for every receive.
+    receive_delay_micros: Arc<AtomicU64>,
+    /// Finds and receives that began while a delay was set.
+    slow_answers: Arc<AtomicU64>,
 }
 
 impl ReferenceSystem {
@@ -113,10 +115,17 @@ impl ReferenceSystem {
         self.find_delay_micros.store(micros, Ordering::Relaxed);
     }
 
-    /// How many finds began while [`answer_finds_after`](Self::answer_finds_after)
-    /// had a delay set: a test knows its slow calls reached the system.
-    pub fn slow_finds_begun(&self) -> u64 {
-        self.slow_finds.load(Ordering::Acquire)
+    /// Take every receive only after `delay`, as a slow receiving system
+    /// would (for tests of publishers that give up meanwhile).
+    pub fn answer_receives_after(&self, delay: std::time::Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.receive_delay_micros.store(micros, Ordering::Relaxed);
+    }
+
+    /// How many finds and receives began while a delay was set for them:
+    /// a test knows its slow calls reached the system.
+    pub fn slow_answers_begun(&self) -> u64 {
+        self.slow_answers.load(Ordering::Acquire)
     }
 
     /// What was received, oldest first: everything, or the newest
@@ -134,6 +143,11 @@ impl DepartmentSystem for ReferenceSystem {
         &self,
         request: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
+        let delay = self.receive_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            self.slow_answers.fetch_add(1, Ordering::AcqRel);
+            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
+        }
         let req = request.into_inner();
         let record = req
             .record
@@ -175,7 +189,7 @@ impl DepartmentSystem for ReferenceSystem {
         let req = request.into_inner();
         let delay = self.find_delay_micros.load(Ordering::Relaxed);
         if delay > 0 {
-            self.slow_finds.fetch_add(1, Ordering::AcqRel);
+            self.slow_answers.fetch_add(1, Ordering::AcqRel);
             tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
         }
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -459,7 +459,7 @@ async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() 
     }
     // Each of the three reached the provider before its client gave up.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while sys.systems["public-security"].slow_finds_begun() < 3 {
+    while sys.systems["public-security"].slow_answers_begun() < 3 {
         assert!(std::time::Instant::now() < until, "the finds never began");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
@@ -510,6 +510,110 @@ async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() 
         e.decision == Decision::Throttled
             && e.consumer == "education"
             && e.reason.contains("education has 3 calls under way")
+    }) {
+        assert!(std::time::Instant::now() < until, "{:?}", log(&sys));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The same for Publish: a publish waits for its receivers' first attempts,
+/// and one whose publisher hung up goes on waiting with its slot held.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() {
+    let dir = crossgate_testing::TempDir::new("hostile-publish-hang-ups");
+    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
+    let toml = dir.join("broker.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let capped = text.replace(
+        "calls_in_flight_per_partner = 1024",
+        "calls_in_flight_per_partner = 2",
+    );
+    assert_ne!(capped, text, "deploy/local/broker.toml sets the cap");
+    std::fs::write(&toml, capped).unwrap();
+    let mut opts = Options::project_defaults();
+    opts.config = dir.to_path_buf();
+    opts.departments = Some(vec!["border-inspection".into(), "commerce".into()]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let receivers = ["border-inspection", "commerce"];
+    for r in receivers {
+        sys.systems[r].answer_receives_after(std::time::Duration::from_millis(1500));
+    }
+    // Declarations of their own: never versions of one record, which
+    // would wait for each other.
+    let declaration = |n: u32| {
+        PublishRequest {
+        record: Some(Record {
+            record_type: "customs-declaration.v1".into(),
+            record_id: format!("D-{n}"),
+            json: format!(
+                r#"{{"declaration_id": "44066386405632484{n}", "direction": "import", "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "transport": {{"mode": "road"}}, "goods": [{{"line": 1, "hs_code": "6746284797", "quantity": 1, "unit": "kg"}}]}}"#
+            )
+            .into_bytes(),
+        }),
+        ..Default::default()
+    }
+    };
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    for n in 1..=2 {
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            customs.publish(declaration(n)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the receivers take 1.5 s");
+    }
+    // Both reached both receivers before their publisher gave up on them.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let begun = || -> u64 {
+        receivers
+            .iter()
+            .map(|r| sys.systems[*r].slow_answers_begun())
+            .sum()
+    };
+    while begun() < 4 {
+        assert!(
+            std::time::Instant::now() < until,
+            "{} receives began",
+            begun()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let status = customs.publish(declaration(3)).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("customs has 2 calls under way"),
+        "{}",
+        status.message()
+    );
+
+    // The two are delivered and free their slots; the third is then taken.
+    for r in receivers {
+        sys.systems[r].answer_receives_after(std::time::Duration::ZERO);
+    }
+    let answer = loop {
+        match customs.publish(declaration(3)).await {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(std::time::Instant::now() < until, "{s:?}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            answer => break answer,
+        }
+    };
+    assert!(answer.is_ok(), "{answer:?}");
+    for r in receivers {
+        while sys.systems[r].received().len() < 3 {
+            assert!(
+                std::time::Instant::now() < until,
+                "{r} got {:?}",
+                sys.systems[r].received().len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    while !log(&sys).iter().any(|e| {
+        e.decision == Decision::Throttled
+            && e.consumer == "customs"
+            && e.reason.contains("customs has 2 calls under way")
     }) {
         assert!(std::time::Instant::now() < until, "{:?}", log(&sys));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
