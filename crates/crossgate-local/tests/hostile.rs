@@ -425,26 +425,37 @@ async fn a_revoked_certificate_is_refused() {
     list("tax").await.expect("tax's certificate stands");
 }
 
+/// The local system, with `departments`' adapters, from a copy of
+/// deploy/local whose broker holds each partner to `cap` calls under way;
+/// the copy lives as long as the folder returned.
+async fn start_capped(
+    cap: usize,
+    departments: &[&str],
+) -> (crossgate_testing::TempDir, LocalSystem) {
+    let dir = crossgate_testing::TempDir::new("hostile-capped");
+    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
+    let toml = dir.join("broker.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let capped = text.replace(
+        "calls_in_flight_per_partner = 1024",
+        &format!("calls_in_flight_per_partner = {cap}"),
+    );
+    assert_ne!(capped, text, "deploy/local/broker.toml sets the cap");
+    std::fs::write(&toml, capped).unwrap();
+    let mut opts = Options::project_defaults();
+    opts.config = dir.to_path_buf();
+    opts.departments = Some(departments.iter().map(|d| d.to_string()).collect());
+    let sys = LocalSystem::start(opts).await.unwrap();
+    (dir, sys)
+}
+
 /// A partner that hangs up on every call, to pile up work the broker goes
 /// on with after each caller went away, is held to its cap of calls under
 /// way (`calls_in_flight_per_partner`): the work of calls it gave up on
 /// counts until it ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() {
-    let dir = crossgate_testing::TempDir::new("hostile-hang-ups");
-    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
-    let toml = dir.join("broker.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let capped = text.replace(
-        "calls_in_flight_per_partner = 1024",
-        "calls_in_flight_per_partner = 3",
-    );
-    assert_ne!(capped, text, "deploy/local/broker.toml sets the cap");
-    std::fs::write(&toml, capped).unwrap();
-    let mut opts = Options::project_defaults();
-    opts.config = dir.to_path_buf();
-    opts.departments = Some(vec!["public-security".into()]);
-    let sys = LocalSystem::start(opts).await.unwrap();
+    let (_dir, sys) = start_capped(3, &["public-security"]).await;
     sys.systems["public-security"].answer_finds_after(std::time::Duration::from_millis(1500));
     let query = || common::person_lookup();
     let mut education =
@@ -520,20 +531,7 @@ async fn a_partner_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() 
 /// and one whose publisher hung up goes on waiting with its slot held.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publisher_that_hangs_up_on_every_call_is_held_to_its_calls_under_way() {
-    let dir = crossgate_testing::TempDir::new("hostile-publish-hang-ups");
-    crossgate_testing::copy_dir(&crossgate_testing::deploy_local(), &dir);
-    let toml = dir.join("broker.toml");
-    let text = std::fs::read_to_string(&toml).unwrap();
-    let capped = text.replace(
-        "calls_in_flight_per_partner = 1024",
-        "calls_in_flight_per_partner = 2",
-    );
-    assert_ne!(capped, text, "deploy/local/broker.toml sets the cap");
-    std::fs::write(&toml, capped).unwrap();
-    let mut opts = Options::project_defaults();
-    opts.config = dir.to_path_buf();
-    opts.departments = Some(vec!["border-inspection".into(), "commerce".into()]);
-    let sys = LocalSystem::start(opts).await.unwrap();
+    let (_dir, sys) = start_capped(2, &["border-inspection", "commerce"]).await;
     let receivers = ["border-inspection", "commerce"];
     for r in receivers {
         sys.systems[r].answer_receives_after(std::time::Duration::from_millis(1500));
