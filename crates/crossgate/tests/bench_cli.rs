@@ -154,7 +154,19 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
         "--record",
         record,
     ];
-    publish.extend(short);
+    // A longer window than the others': a publish waits for two receivers
+    // and a durable commit, and a debug build on a busy machine once
+    // finished none within 0.6 s.
+    publish.extend([
+        "--secs",
+        "2",
+        "--warmup",
+        "0.2",
+        "--conns",
+        "2",
+        "--streams",
+        "4",
+    ]);
     let out = bench(config, &publish);
     let j = json(&out);
     assert_eq!(
