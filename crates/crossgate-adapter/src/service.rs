@@ -10,13 +10,15 @@ use crossgate_proto::department_system_client::DepartmentSystemClient;
 use crossgate_proto::ingress_server::Ingress;
 use crossgate_proto::{
     Criterion, DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, DeliveryOutcome,
-    DeliveryReport, FetchRequest, FetchResponse, FindRequest, LookupRequest, LookupResponse,
-    NativeRecord, PublishRequest, QueryRequest, ReceiveRequest, Record, SubmitRequest,
-    SubmitResponse,
+    DeliveryReport, FetchAnswer, FetchMessage, FetchRequest, FetchResponse, FindRequest,
+    LookupRequest, LookupResponse, NativeRecord, PublishRequest, QueryRequest, ReceiveRequest,
+    Record, SubmitRequest, SubmitResponse,
 };
 use crossgate_schema::{Registry, parse_document};
 use crossgate_telemetry::{client_step, server_span, step};
+use prost::Message as _;
 use serde_json::Value;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +64,10 @@ struct Inner {
 /// their time fill it.
 pub const HAND_OVERS_MAX: usize = 1024;
 
-/// Deliveries of one stream handed over at once; the stream is not read
+/// A stream of answers to the broker.
+type StreamOf<A> = Pin<Box<dyn tokio_stream::Stream<Item = Result<A, Status>> + Send>>;
+
+/// Messages of one stream served at once; the stream is not read
 /// further until one of them is answered or its time is up.
 const STREAM_IN_FLIGHT: u32 = 256;
 
@@ -442,23 +447,13 @@ impl Department for Adapter {
         self.deliver_record(request).instrument(span).await
     }
 
-    type DeliverStreamStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeliverAnswer, Status>> + Send>>;
+    type DeliverStreamStream = StreamOf<DeliverAnswer>;
 
     async fn deliver_stream(
         &self,
         request: Request<Streaming<DeliverMessage>>,
     ) -> Result<Response<Self::DeliverStreamStream>, Status> {
-        self.check_peer(&request, self.broker_id())?;
-        let certs = request.peer_certs();
-        let (answers, rx) = mpsc::channel(STREAM_IN_FLIGHT as usize);
-        tokio::spawn(
-            self.clone()
-                .serve_deliveries(request.into_inner(), certs, answers),
-        );
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        self.open_stream::<Deliveries>(request)
     }
 
     async fn fetch(
@@ -468,7 +463,126 @@ impl Department for Adapter {
         let span = server_span("crossgate.v1.Department/Fetch", request.metadata());
         self.fetch_records(request).instrument(span).await
     }
+
+    type FetchStreamStream = StreamOf<FetchAnswer>;
+
+    async fn fetch_stream(
+        &self,
+        request: Request<Streaming<FetchMessage>>,
+    ) -> Result<Response<Self::FetchStreamStream>, Status> {
+        self.open_stream::<Fetches>(request)
+    }
 }
+
+/// A kind of call the broker sends as messages of one stream: deliveries
+/// (`DeliverStream`) or fetches (`FetchStream`).
+trait Served: 'static {
+    type Message: Send + 'static;
+    type Answer: Send + 'static;
+    type Reply: Send + 'static;
+    /// The call a message stands for, as its span is named.
+    const SPAN: &'static str;
+    /// What the broker hears when the message's time is up.
+    const LATE: &'static str;
+    /// The message's sequence, `traceparent` and `timeout_millis`.
+    fn header(message: &Self::Message) -> (u64, &str, u32);
+    /// Do what the message asks, as the call would.
+    fn serve(
+        adapter: Adapter,
+        message: Self::Message,
+    ) -> impl Future<Output = Result<Self::Reply, Status>> + Send + 'static;
+    fn answer(sequence: u64, result: Result<Self::Reply, Status>) -> Self::Answer;
+}
+
+struct Deliveries;
+
+impl Served for Deliveries {
+    type Message = DeliverMessage;
+    type Answer = DeliverAnswer;
+    type Reply = ();
+    const SPAN: &'static str = "crossgate.v1.Department/Deliver";
+    const LATE: &'static str = "the hand-over did not finish in the broker's time";
+
+    fn header(m: &DeliverMessage) -> (u64, &str, u32) {
+        (m.sequence, &m.traceparent, m.timeout_millis)
+    }
+
+    async fn serve(adapter: Adapter, message: DeliverMessage) -> Result<(), Status> {
+        // The hand-over in a task of its own, as a call's: when the
+        // broker's time is up it is answered DEADLINE_EXCEEDED and its place
+        // on the stream is freed, while the hand-over and its record go on.
+        let req = message
+            .delivery
+            .ok_or_else(|| Status::invalid_argument("delivery is required"))?;
+        tokio::spawn(async move { adapter.deliver_one(req).await }.in_current_span())
+            .await
+            .map_err(|_| Status::internal("the delivery failed inside the adapter"))?
+    }
+
+    fn answer(sequence: u64, result: Result<(), Status>) -> DeliverAnswer {
+        let (code, message) = match result {
+            Ok(()) => (Code::Ok, String::new()),
+            Err(status) => (status.code(), status.message().to_owned()),
+        };
+        DeliverAnswer {
+            sequence,
+            code: code as i32,
+            message,
+        }
+    }
+}
+
+struct Fetches;
+
+impl Served for Fetches {
+    type Message = FetchMessage;
+    type Answer = FetchAnswer;
+    type Reply = FetchResponse;
+    const SPAN: &'static str = "crossgate.v1.Department/Fetch";
+    const LATE: &'static str = "the system did not answer in the broker's time";
+
+    fn header(m: &FetchMessage) -> (u64, &str, u32) {
+        (m.sequence, &m.traceparent, m.timeout_millis)
+    }
+
+    /// Unlike a hand-over, a fetch whose time is up is dropped: nobody
+    /// waits for its answer, as for a call's.
+    async fn serve(adapter: Adapter, message: FetchMessage) -> Result<FetchResponse, Status> {
+        let req = message
+            .fetch
+            .ok_or_else(|| Status::invalid_argument("fetch is required"))?;
+        let answer = adapter.fetch_one(req).await?;
+        // Larger than one message: the broker would fail the whole stream
+        // reading it, as it refuses such an answer to a call.
+        if answer.encoded_len() > ANSWER_MAX {
+            return Err(Status::out_of_range(format!(
+                "the answer is larger than {ANSWER_MAX} bytes; ask for fewer records"
+            )));
+        }
+        Ok(answer)
+    }
+
+    fn answer(sequence: u64, result: Result<FetchResponse, Status>) -> FetchAnswer {
+        match result {
+            Ok(response) => FetchAnswer {
+                sequence,
+                code: Code::Ok as i32,
+                message: String::new(),
+                response: Some(response),
+            },
+            Err(status) => FetchAnswer {
+                sequence,
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                response: None,
+            },
+        }
+    }
+}
+
+/// The largest fetch answer sent as a message: gRPC's usual 4 MiB limit
+/// on one message, less room for the answer's own fields.
+const ANSWER_MAX: usize = 4 * 1024 * 1024 - 1024;
 
 impl Adapter {
     /// Hand a delivered record to the system, once per delivery id.
@@ -487,17 +601,35 @@ impl Adapter {
         Ok(Response::new(DeliverResponse {}))
     }
 
-    /// One delivery stream: each message is handed over in a task of its
-    /// own (so answers go back in the order they finish, and a broker that
-    /// goes away cancels no hand-over), at most [`STREAM_IN_FLIGHT`] at once.
-    /// The stream ends when the broker ends it, it breaks, or the server
-    /// shuts down; the deliveries taken are answered first where the broker
-    /// still listens, and are handed over either way.
-    async fn serve_deliveries(
+    /// Open a stream of the broker's: checked as a call would be, then
+    /// served in a task of its own.
+    fn open_stream<E: Served>(
+        &self,
+        request: Request<Streaming<E::Message>>,
+    ) -> Result<Response<StreamOf<E::Answer>>, Status> {
+        self.check_peer(&request, self.broker_id())?;
+        let certs = request.peer_certs();
+        let (answers, rx) = mpsc::channel(STREAM_IN_FLIGHT as usize);
+        tokio::spawn(
+            self.clone()
+                .serve_stream::<E>(request.into_inner(), certs, answers),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    /// One stream: each message is served in a task of its own (so answers
+    /// go back in the order they finish, and a broker that goes away
+    /// cancels no hand-over), at most [`STREAM_IN_FLIGHT`] at once. The
+    /// stream ends when the broker ends it, it breaks, or the server shuts
+    /// down; the messages taken are answered first where the broker still
+    /// listens, and deliveries are handed over either way.
+    async fn serve_stream<E: Served>(
         self,
-        mut incoming: Streaming<DeliverMessage>,
+        mut incoming: Streaming<E::Message>,
         certs: Option<Arc<Vec<CertificateDer<'static>>>>,
-        answers: mpsc::Sender<Result<DeliverAnswer, Status>>,
+        answers: mpsc::Sender<Result<E::Answer, Status>>,
     ) {
         let slots = Arc::new(Semaphore::new(STREAM_IN_FLIGHT as usize));
         let mut closing = self.inner.closing.subscribe();
@@ -515,62 +647,33 @@ impl Adapter {
                 // broker no longer hears): nothing more comes.
                 break;
             };
-            let DeliverMessage {
-                sequence,
-                delivery,
-                traceparent,
-                timeout_millis,
-            } = message;
+            let (sequence, traceparent, timeout_millis) = E::header(&message);
             let deadline = Instant::now() + answer_within(timeout_millis);
+            let span = server_span(E::SPAN, &trace_metadata(traceparent));
             let adapter = self.clone();
             let certs = certs.clone();
             let answers = answers.clone();
             tokio::spawn(async move {
-                let span = server_span(
-                    "crossgate.v1.Department/Deliver",
-                    &trace_metadata(&traceparent),
-                );
-                // The hand-over in a task of its own, as a call's: when the
-                // broker's time is up it is answered DEADLINE_EXCEEDED and
-                // its place on the stream is freed, while the hand-over and
-                // its record go on.
-                let handing = tokio::spawn(
-                    async move {
-                        adapter.check_certs(
-                            certs.as_deref().map(Vec::as_slice),
-                            adapter.broker_id(),
-                        )?;
-                        let req = delivery
-                            .ok_or_else(|| Status::invalid_argument("delivery is required"))?;
-                        adapter.deliver_one(req).await
-                    }
-                    .instrument(span),
-                );
-                let result = match tokio::time::timeout_at(deadline, handing).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => Err(Status::internal("the delivery failed inside the adapter")),
-                    Err(_) => Err(Status::deadline_exceeded(
-                        "the hand-over did not finish in the broker's time",
-                    )),
-                };
-                let (code, message) = match result {
-                    Ok(()) => (Code::Ok, String::new()),
-                    Err(status) => (status.code(), status.message().to_owned()),
-                };
-                let answer = DeliverAnswer {
-                    sequence,
-                    code: code as i32,
-                    message,
+                let work = async {
+                    adapter
+                        .check_certs(certs.as_deref().map(Vec::as_slice), adapter.broker_id())?;
+                    E::serve(adapter.clone(), message).await
+                }
+                .instrument(span);
+                let result = match tokio::time::timeout_at(deadline, work).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Status::deadline_exceeded(E::LATE)),
                 };
                 // A broker gone away, or not reading, hears nothing after
-                // its time (it stopped waiting then): the hand-over stands
+                // its time (it stopped waiting then): a hand-over stands
                 // and a retry is acknowledged as a repeat.
+                let answer = E::answer(sequence, result);
                 let _ = tokio::time::timeout_at(deadline, answers.send(Ok(answer))).await;
                 drop(slot);
             });
         }
         // The stream ends with OK when the last sender is dropped, that is
-        // once every delivery taken has answered or its time is up; the
+        // once every message taken has answered or its time is up; the
         // broker's side of it is kept open until then, so that their answers
         // still reach it.
         drop(answers);
@@ -662,7 +765,14 @@ impl Adapter {
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
         self.check_peer(&request, self.broker_id())?;
-        let req = request.into_inner();
+        self.fetch_one(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    /// One fetch: find the records in the system, and answer with those
+    /// that map to valid canonical records; NOT_FOUND when none matches.
+    async fn fetch_one(&self, req: FetchRequest) -> Result<FetchResponse, Status> {
         let mapping = self
             .inner
             .mapping
@@ -698,7 +808,7 @@ impl Adapter {
                 req.record_type
             )));
         }
-        Ok(Response::new(answer))
+        Ok(answer)
     }
 }
 

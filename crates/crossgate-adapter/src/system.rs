@@ -37,16 +37,38 @@ struct State {
     received: std::collections::VecDeque<Received>,
 }
 
+/// How long a department takes to answer one kind of call (a slow
+/// department), in microseconds; read without the state's lock, as every
+/// call of that kind reads it.
+#[derive(Debug, Clone, Default)]
+struct Delay(Arc<AtomicU64>);
+
+impl Delay {
+    fn set(&self, delay: std::time::Duration) {
+        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.0.store(micros, Ordering::Relaxed);
+    }
+
+    /// Wait out the delay, if one is set, counting the call in `begun`
+    /// before it waits.
+    async fn wait(&self, begun: &AtomicU64) {
+        let micros = self.0.load(Ordering::Relaxed);
+        if micros > 0 {
+            begun.fetch_add(1, Ordering::AcqRel);
+            tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+        }
+    }
+}
+
 /// An in-memory department system.
 #[derive(Debug, Clone, Default)]
 pub struct ReferenceSystem {
     state: Arc<Mutex<State>>,
     inbox: Option<PathBuf>,
-    /// How long a find waits before it answers, in microseconds (a slow
-    /// department); read without the state's lock, as every find reads it.
-    find_delay_micros: Arc<AtomicU64>,
-    /// The same for every receive.
-    receive_delay_micros: Arc<AtomicU64>,
+    /// How long a find waits before it answers.
+    find_delay: Delay,
+    /// How long a receive waits before it takes the record.
+    receive_delay: Delay,
     /// Finds and receives that began while a delay was set.
     slow_answers: Arc<AtomicU64>,
 }
@@ -111,15 +133,13 @@ impl ReferenceSystem {
     /// Answer every find only after `delay`, as a slow department system
     /// would (for tests of callers that give up meanwhile).
     pub fn answer_finds_after(&self, delay: std::time::Duration) {
-        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-        self.find_delay_micros.store(micros, Ordering::Relaxed);
+        self.find_delay.set(delay);
     }
 
     /// Take every receive only after `delay`, as a slow receiving system
     /// would (for tests of publishers that give up meanwhile).
     pub fn answer_receives_after(&self, delay: std::time::Duration) {
-        let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-        self.receive_delay_micros.store(micros, Ordering::Relaxed);
+        self.receive_delay.set(delay);
     }
 
     /// How many finds and receives began while a delay was set for them:
@@ -143,11 +163,7 @@ impl DepartmentSystem for ReferenceSystem {
         &self,
         request: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
-        let delay = self.receive_delay_micros.load(Ordering::Relaxed);
-        if delay > 0 {
-            self.slow_answers.fetch_add(1, Ordering::AcqRel);
-            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
-        }
+        self.receive_delay.wait(&self.slow_answers).await;
         let req = request.into_inner();
         let record = req
             .record
@@ -187,11 +203,7 @@ impl DepartmentSystem for ReferenceSystem {
 
     async fn find(&self, request: Request<FindRequest>) -> Result<Response<FindResponse>, Status> {
         let req = request.into_inner();
-        let delay = self.find_delay_micros.load(Ordering::Relaxed);
-        if delay > 0 {
-            self.slow_answers.fetch_add(1, Ordering::AcqRel);
-            tokio::time::sleep(std::time::Duration::from_micros(delay)).await;
-        }
+        self.find_delay.wait(&self.slow_answers).await;
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let records = state
             .records

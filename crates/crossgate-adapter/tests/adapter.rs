@@ -454,6 +454,98 @@ async fn fetch_answers_from_the_system_with_valid_canonical_records() {
 }
 
 #[tokio::test]
+async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time() {
+    let mut run = start("public-security", false).await;
+    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
+    let mut answers = run
+        .department
+        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+        .await
+        .expect("a stream")
+        .into_inner();
+    let message = |sequence: u64, id_number: Option<&str>, timeout_millis: u32| FetchMessage {
+        sequence,
+        fetch: id_number.map(|id| FetchRequest {
+            request_id: format!("r-{sequence}"),
+            consumer: "education".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: id.into(),
+            }],
+            limit: 2,
+        }),
+        traceparent: String::new(),
+        timeout_millis,
+    };
+    let mut answer = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+            .await
+            .expect("an answer in time")
+            .expect("the stream holds")
+            .expect("not ended")
+    };
+    send.send(message(7, Some("14030219890903420X"), 10_000))
+        .await
+        .unwrap();
+    send.send(message(8, Some("11010519491231002X"), 10_000))
+        .await
+        .unwrap();
+    send.send(message(9, None, 10_000)).await.unwrap();
+    let mut got = [answer().await, answer().await, answer().await];
+    got.sort_by_key(|a| a.sequence);
+    // Found: the canonical record, as `Fetch` answers it.
+    assert_eq!(Code::from(got[0].code), Code::Ok, "{:?}", got[0]);
+    let records = &got[0].response.as_ref().expect("an answer").records;
+    assert_eq!(records.len(), 1);
+    let doc: Value = serde_json::from_slice(&records[0].json).unwrap();
+    assert_eq!(doc["id_number"], "14030219890903420X");
+    assert_eq!(doc["birth_date"], "1989-09-03");
+    // Not found, and a message without a fetch: the call's statuses.
+    assert_eq!(
+        (got[1].sequence, Code::from(got[1].code)),
+        (8, Code::NotFound)
+    );
+    assert!(got[1].response.is_none());
+    assert_eq!(
+        (
+            got[2].sequence,
+            Code::from(got[2].code),
+            got[2].message.as_str()
+        ),
+        (9, Code::InvalidArgument, "fetch is required")
+    );
+
+    // A system slower than the broker's time: DEADLINE_EXCEEDED when the
+    // time is up, not when the system answers.
+    run.system
+        .answer_finds_after(std::time::Duration::from_secs(5));
+    let began = std::time::Instant::now();
+    send.send(message(10, Some("14030219890903420X"), 300))
+        .await
+        .unwrap();
+    let late = answer().await;
+    assert_eq!(
+        (late.sequence, Code::from(late.code)),
+        (10, Code::DeadlineExceeded),
+        "{late:?}"
+    );
+    assert!(
+        began.elapsed() < std::time::Duration::from_secs(4),
+        "answered only after the system: {:?}",
+        began.elapsed()
+    );
+
+    // Stopping the adapter ends the stream.
+    let _ = run.stop.take().expect("running").send(());
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+        .await
+        .expect("the stream ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+}
+
+#[tokio::test]
 async fn lookup_answers_in_the_departments_own_format() {
     let mut run = start("public-security", false).await;
     let reply = run

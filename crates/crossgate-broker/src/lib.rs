@@ -23,6 +23,7 @@ mod pipeline;
 pub mod release;
 mod replicas;
 mod service;
+mod streams;
 mod throttle_log;
 
 use crossgate_policy::{Mode, Partner, Policy, ReferenceKey, Role};

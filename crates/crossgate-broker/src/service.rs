@@ -560,20 +560,23 @@ impl Broker {
         q: &QueryRequest,
         max_records: usize,
     ) -> Result<FetchResponse, Status> {
-        let mut client = self.inner.adapters.get(&q.provider)?;
         let remaining = call.remaining();
-        let mut req = Request::new(FetchRequest {
+        let req = || FetchRequest {
             request_id: call.id.clone(),
             consumer: caller.id.clone(),
             record_type: q.record_type.clone(),
             purpose: q.purpose.clone(),
             criteria: q.criteria.clone(),
             limit: u32::try_from(max_records.saturating_add(1)).unwrap_or(u32::MAX),
-        });
-        req.set_timeout(remaining);
-        crossgate_telemetry::inject(req.metadata_mut());
-        match tokio::time::timeout(remaining, client.fetch(req)).await {
-            Ok(Ok(reply)) => Ok(reply.into_inner()),
+        };
+        let fetching = self.inner.adapters.fetch(
+            &q.provider,
+            req,
+            remaining,
+            crossgate_telemetry::traceparent(),
+        );
+        match tokio::time::timeout(remaining, fetching).await {
+            Ok(Ok(reply)) => Ok(reply),
             Ok(Err(status)) => Err(match status.code() {
                 Code::NotFound => Status::not_found(format!(
                     "{} has no matching {} record",

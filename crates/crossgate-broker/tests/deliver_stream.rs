@@ -8,7 +8,8 @@ use crossgate_broker::delivery::Adapters;
 use crossgate_policy::{Partner, Role};
 use crossgate_proto::department_server::{Department, DepartmentServer};
 use crossgate_proto::{
-    DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, FetchRequest, FetchResponse,
+    DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, FetchAnswer, FetchMessage,
+    FetchRequest, FetchResponse,
 };
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -159,6 +160,16 @@ impl Department for Fake {
         &self,
         _request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type FetchStreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<FetchAnswer, Status>> + Send>>;
+
+    async fn fetch_stream(
+        &self,
+        _request: Request<Streaming<FetchMessage>>,
+    ) -> Result<Response<Self::FetchStreamStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }

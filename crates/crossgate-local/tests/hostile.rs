@@ -617,3 +617,106 @@ async fn a_publisher_that_hangs_up_on_every_call_is_held_to_its_calls_under_way(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A partner that reaches a provider's adapter with its own certificate and
+/// asks it directly, by a call or over a fetch stream, to skip the broker's
+/// grants: refused either way, and nothing of the provider's is answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partner_cannot_fetch_from_an_adapter_directly_by_call_or_stream() {
+    use crossgate_proto::department_client::DepartmentClient;
+    let sys = start().await;
+    let mut education = DepartmentClient::new(
+        sys.channel(&sys.adapter_addrs["public-security"], "education")
+            .await
+            .unwrap(),
+    );
+    let fetch = FetchRequest {
+        request_id: "r".into(),
+        consumer: "education".into(),
+        record_type: "person.v1".into(),
+        purpose: "school-enrolment".into(),
+        criteria: vec![Criterion {
+            path: "/id_number".into(),
+            value: "14030219890903420X".into(),
+        }],
+        limit: 0,
+    };
+    let by_call = education.fetch(fetch.clone()).await.unwrap_err();
+    assert_eq!(by_call.code(), Code::PermissionDenied, "{by_call:?}");
+
+    let (send, messages) = tokio::sync::mpsc::channel(1);
+    send.send(FetchMessage {
+        sequence: 1,
+        fetch: Some(fetch),
+        traceparent: String::new(),
+        timeout_millis: 5_000,
+    })
+    .await
+    .unwrap();
+    let by_stream = match education
+        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(messages))
+        .await
+    {
+        Err(status) => status,
+        Ok(answers) => {
+            let mut answers = answers.into_inner();
+            match answers.message().await {
+                Err(status) => status,
+                Ok(answer) => panic!("the adapter answered education's stream: {answer:?}"),
+            }
+        }
+    };
+    assert_eq!(by_stream.code(), Code::PermissionDenied, "{by_stream:?}");
+    assert!(
+        !by_stream.message().contains("1989"),
+        "{:?}",
+        by_stream.message()
+    );
+
+    // The broker's own fetches still pass: education's query through it.
+    let mut through_broker =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    let answer = through_broker
+        .query(common::person_lookup())
+        .await
+        .expect("the broker's fetch stream is the broker's")
+        .into_inner();
+    assert_eq!(answer.records.len(), 1);
+}
+
+/// A server with another party's certificate on a provider's address: the
+/// broker's fetch fails at the handshake, over the stream as over a call,
+/// so nothing the impostor says can become an answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_fetches_nothing_from_an_adapter_impostor() {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec![]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let provider = sys
+        .partners
+        .iter()
+        .find(|p| p.id == "public-security")
+        .and_then(|p| p.adapter.clone())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(&provider).await.unwrap();
+    let (_reporter, health) = crossgate_proto::standard::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .tls_config(sys.bundle("commerce").unwrap().server())
+            .unwrap()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut education =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    let status = education.query(common::person_lookup()).await.unwrap_err();
+    // Unavailable: the handshake failed. Had the impostor been reached, it
+    // would have answered Unimplemented, and the query Internal.
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("public-security's adapter cannot be reached"),
+        "{status:?}"
+    );
+}

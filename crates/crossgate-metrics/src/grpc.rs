@@ -33,7 +33,7 @@ const SERVICES: [(&str, &[&str]); 8] = [
     ),
     (
         "crossgate.v1.Department",
-        &["Deliver", "DeliverStream", "Fetch"],
+        &["Deliver", "DeliverStream", "Fetch", "FetchStream"],
     ),
     ("crossgate.v1.Ingress", &["Submit", "Lookup"]),
     ("crossgate.v1.DepartmentSystem", &["Receive", "Find"]),
@@ -48,7 +48,7 @@ const SERVICES: [(&str, &[&str]); 8] = [
 const STREAMING: [&str; 4] = ["Search", "Export", "Watch", "ServerReflectionInfo"];
 
 /// Methods streaming both ways.
-const BIDI_STREAMING: [&str; 1] = ["DeliverStream"];
+const BIDI_STREAMING: [&str; 2] = ["DeliverStream", "FetchStream"];
 
 /// `(service, method, type)` of a request path, from the known list.
 fn method_of(path: &str) -> (&'static str, &'static str, &'static str) {

@@ -42,6 +42,20 @@ const LOOKUP: [&str; 8] = [
     "/id_number=110105198405049582",
 ];
 
+/// A short closed-loop run of `secs` seconds over 2 connections × 4 streams.
+fn window(secs: &str) -> [&str; 8] {
+    [
+        "--secs",
+        secs,
+        "--warmup",
+        "0.2",
+        "--conns",
+        "2",
+        "--streams",
+        "4",
+    ]
+}
+
 #[test]
 fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     // Limits out of the way: the load is what is measured.
@@ -52,16 +66,7 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     );
     let config = &up.config().to_owned();
     let pid = up.child.id().to_string();
-    let short = [
-        "--secs",
-        "0.6",
-        "--warmup",
-        "0.2",
-        "--conns",
-        "2",
-        "--streams",
-        "4",
-    ];
+    let short = window("0.6");
 
     // Education's lookup through the broker, as the table an operator reads.
     let mut args = vec!["query"];
@@ -157,16 +162,7 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     // A longer window than the others': a publish waits for two receivers
     // and a durable commit, and a debug build on a busy machine once
     // finished none within 0.6 s.
-    publish.extend([
-        "--secs",
-        "2",
-        "--warmup",
-        "0.2",
-        "--conns",
-        "2",
-        "--streams",
-        "4",
-    ]);
+    publish.extend(window("2"));
     let out = bench(config, &publish);
     let j = json(&out);
     assert_eq!(

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Processes, TempDir, config_copy, wait_for};
+use common::{Processes, TempDir, config_copy, wait_for_child};
 use std::process::{Command, Stdio};
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
@@ -48,20 +48,14 @@ fn the_broker_runs_on_a_postgresql_audit_log() {
         Some(0)
     );
     let log = dir.join("broker.log");
-    let _broker = Processes(vec![
-        Command::new(env!("CARGO_BIN_EXE_crossgate"))
-            .args(["broker", "--config", config])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    ]);
-    assert!(
-        crossgate_testing::listening(port),
-        "the broker did not start on PostgreSQL:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    wait_for(port);
+    let mut broker = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["broker", "--config", config])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_child(&mut broker, port, Some(&log));
+    let _broker = Processes(vec![broker]);
     let broker = format!("https://127.0.0.1:{port}");
     let party = |id: &str| {
         [

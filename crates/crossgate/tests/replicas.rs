@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{ROOT, TempDir, config_copy, wait_for};
+use common::{ROOT, TempDir, config_copy, wait_for, wait_for_child};
 use crossgate_proto::Record;
 use crossgate_proto::broker_client::BrokerClient;
 use std::collections::HashSet;
@@ -217,17 +217,14 @@ impl Rig {
 
     fn start_broker(&mut self, i: usize) {
         let folder = self.dir.join(format!("b{i}"));
-        let child = crossgate(&folder, &["broker", "--config", "."])
+        let mut child = crossgate(&folder, &["broker", "--config", "."])
             .stdout(self.log(&format!("broker-{i}")))
             .stderr(self.log(&format!("broker-{i}")))
             .spawn()
             .unwrap();
+        let log = self.dir.join(format!("broker-{i}.log"));
+        wait_for_child(&mut child, self.ports[i], Some(&log));
         self.brokers[i] = Some(child);
-        assert!(
-            crossgate_testing::listening(self.ports[i]),
-            "replica {i} did not start: {}",
-            std::fs::read_to_string(self.dir.join(format!("broker-{i}.log"))).unwrap_or_default()
-        );
     }
 
     fn start_adapter(&mut self, dept: &str) {
@@ -236,14 +233,15 @@ impl Rig {
     }
 
     fn start_adapter_via(&mut self, dept: &str, brokers: &str) {
-        let child = common::adapter_in(&self.dir, dept)
+        let mut child = common::adapter_in(&self.dir, dept)
             .args(["--broker", brokers])
             .stderr(self.log(dept))
             .spawn()
             .unwrap();
-        self.others.push(child);
         let port = self.adapters.iter().find(|(d, _)| d == dept).unwrap().1;
-        wait_for(port);
+        let log = self.dir.join(format!("{dept}.log"));
+        wait_for_child(&mut child, port, Some(&log));
+        self.others.push(child);
     }
 
     /// Every replica's address, comma-separated.

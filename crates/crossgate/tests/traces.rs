@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{ROOT, TempDir, broker_client, config_copy, person_lookup, wait_for};
+use common::{ROOT, TempDir, broker_client, config_copy, person_lookup, wait_for_child};
 use crossgate_proto::{PublishRequest, Record};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -146,31 +146,36 @@ fn a_query_and_a_publish_are_each_one_trace_across_the_broker_and_the_adapters()
         .unwrap();
     assert!(made.success());
     let mut running = Running(vec![]);
-    running.0.push(
-        crossgate(&dir, &["broker", "--config", "."])
+    // Each child's stderr goes to a file, which a child that dies before
+    // it listens is reported with.
+    let start = |args: &[&str], port: u16, name: &str| {
+        let log = dir.join(format!("{name}.log"));
+        let mut child = crossgate(&dir, args)
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .unwrap(),
-    );
-    wait_for(broker_port);
+            .unwrap();
+        wait_for_child(&mut child, port, Some(&log));
+        child
+    };
+    running
+        .0
+        .push(start(&["broker", "--config", "."], broker_port, "broker"));
     // The provider of the query, and the receivers of a declaration.
     for dept in ["public-security", "border-inspection", "commerce"] {
-        running.0.push(
-            crossgate(
-                &dir,
-                &[
-                    "adapter",
-                    "--config",
-                    ".",
-                    "--department",
-                    dept,
-                    "--state",
-                    "state",
-                ],
-            )
-            .spawn()
-            .unwrap(),
-        );
-        wait_for(adapters.iter().find(|(id, _)| id == dept).unwrap().1);
+        let port = adapters.iter().find(|(id, _)| id == dept).unwrap().1;
+        running.0.push(start(
+            &[
+                "adapter",
+                "--config",
+                ".",
+                "--department",
+                dept,
+                "--state",
+                "state",
+            ],
+            port,
+            dept,
+        ));
     }
 
     let certs = dir.join("certs");

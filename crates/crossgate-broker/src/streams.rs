@@ -1,0 +1,386 @@
+//! Calls to an adapter as messages of one long-lived stream: deliveries over
+//! `DeliverStream`, fetches over `FetchStream`. A call costs both processes a
+//! new HTTP/2 stream, its headers and trailers, a task and the server's
+//! layers, where a message is a frame each way. What a caller hears is what
+//! the call would have answered:
+//!
+//! - the adapter's answer to its message, whatever order answers come in;
+//! - `DEADLINE_EXCEEDED` (from the caller's own timeout) when none comes
+//!   within its time; the message carries that time, and the adapter
+//!   answers by then too. A stream that left a caller unanswered may be
+//!   stuck (its headers or answers never coming), so the next caller opens
+//!   another; the old one lasts while callers still wait on it and is reset
+//!   when the last lets go;
+//! - `UNAVAILABLE` for every caller still waiting when the stream ends or
+//!   breaks (adapter restarted, connection lost): the outcome is unknown;
+//! - `UNAUTHENTICATED` or `PERMISSION_DENIED` when the adapter refuses the
+//!   stream for the broker's certificate, as it would refuse a call; any
+//!   other refusal may come after the adapter read some messages (they go
+//!   out before its headers), so the callers hear `UNAVAILABLE`.
+//!
+//! Messages are sent as soon as the stream is asked for, without waiting for
+//! the adapter's headers (an adapter may send them with its first answer),
+//! and nothing waits on the network while holding the stream's books. An
+//! adapter that answers the stream with UNIMPLEMENTED (at once, or after its
+//! headers but before any answer) is sent calls for [`CALLS_FOR`], then asked
+//! again; the callers waiting on that stream hear UNAVAILABLE.
+
+use crossgate_proto::department_client::DepartmentClient;
+use crossgate_proto::{DeliverAnswer, DeliverMessage, FetchAnswer, FetchMessage, FetchResponse};
+use foldhash::{HashMap, HashMapExt};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+/// Messages queued for one stream before a sender waits.
+const STREAM_QUEUE: usize = 256;
+
+/// How long an adapter that answered a stream with UNIMPLEMENTED is sent
+/// calls before it is asked again (it may have been upgraded).
+pub const CALLS_FOR: Duration = Duration::from_secs(600);
+
+/// What one kind of stream carries: its messages, their answers, and what an
+/// answer tells the caller waiting on it.
+pub trait Exchange: Send + Sync + 'static {
+    type Message: Send + 'static;
+    type Answer: Send + 'static;
+    type Reply: Send + 'static;
+    /// The stream's method, for logs ("DeliverStream").
+    const METHOD: &'static str;
+    /// The call its messages stand for ("Deliver").
+    const CALL: &'static str;
+    /// What travels on it, for messages ("delivery").
+    const WHAT: &'static str;
+    fn set_sequence(message: &mut Self::Message, sequence: u64);
+    fn sequence(answer: &Self::Answer) -> u64;
+    fn reply(answer: Self::Answer) -> Result<Self::Reply, Status>;
+    fn open(
+        client: DepartmentClient<Channel>,
+        messages: ReceiverStream<Self::Message>,
+    ) -> impl Future<Output = Result<tonic::Response<Streaming<Self::Answer>>, Status>> + Send;
+}
+
+/// Deliveries: `DeliverStream`, answered by a status alone.
+pub struct Deliveries;
+
+impl Exchange for Deliveries {
+    type Message = DeliverMessage;
+    type Answer = DeliverAnswer;
+    type Reply = ();
+    const METHOD: &'static str = "DeliverStream";
+    const CALL: &'static str = "Deliver";
+    const WHAT: &'static str = "delivery";
+
+    fn set_sequence(message: &mut DeliverMessage, sequence: u64) {
+        message.sequence = sequence;
+    }
+
+    fn sequence(answer: &DeliverAnswer) -> u64 {
+        answer.sequence
+    }
+
+    fn reply(answer: DeliverAnswer) -> Result<(), Status> {
+        match Code::from(answer.code) {
+            Code::Ok => Ok(()),
+            code => Err(Status::new(code, answer.message)),
+        }
+    }
+
+    async fn open(
+        mut client: DepartmentClient<Channel>,
+        messages: ReceiverStream<DeliverMessage>,
+    ) -> Result<tonic::Response<Streaming<DeliverAnswer>>, Status> {
+        client.deliver_stream(messages).await
+    }
+}
+
+/// Fetches: `FetchStream`, answered by the records found or a status.
+pub struct Fetches;
+
+impl Exchange for Fetches {
+    type Message = FetchMessage;
+    type Answer = FetchAnswer;
+    type Reply = FetchResponse;
+    const METHOD: &'static str = "FetchStream";
+    const CALL: &'static str = "Fetch";
+    const WHAT: &'static str = "fetch";
+
+    fn set_sequence(message: &mut FetchMessage, sequence: u64) {
+        message.sequence = sequence;
+    }
+
+    fn sequence(answer: &FetchAnswer) -> u64 {
+        answer.sequence
+    }
+
+    fn reply(answer: FetchAnswer) -> Result<FetchResponse, Status> {
+        match Code::from(answer.code) {
+            Code::Ok => Ok(answer.response.unwrap_or_default()),
+            code => Err(Status::new(code, answer.message)),
+        }
+    }
+
+    async fn open(
+        mut client: DepartmentClient<Channel>,
+        messages: ReceiverStream<FetchMessage>,
+    ) -> Result<tonic::Response<Streaming<FetchAnswer>>, Status> {
+        client.fetch_stream(messages).await
+    }
+}
+
+/// One kind of stream to one adapter: the stream open now, if any, and
+/// whether the adapter is sent calls instead.
+pub struct Streams<E: Exchange> {
+    partner: String,
+    client: DepartmentClient<Channel>,
+    open: Mutex<Option<Arc<Session<E>>>>,
+    /// Until when the adapter is sent calls (it answered the stream with
+    /// UNIMPLEMENTED).
+    calls_until: Arc<Mutex<Option<Instant>>>,
+}
+
+/// An open stream. Dropping it (a broker that stops, or a stream found
+/// ended) ends the stream's sending side, and the adapter ends its own.
+struct Session<E: Exchange> {
+    tx: mpsc::Sender<E::Message>,
+    waiting: Arc<Mutex<Waiting<E>>>,
+    next: AtomicU64,
+    /// Dropped with the session: its task stops waiting for the stream
+    /// (its headers or answers) and resets it.
+    _held: oneshot::Sender<()>,
+}
+
+/// Callers waiting for their answers, by sequence number.
+struct Waiting<E: Exchange> {
+    /// False once the stream has ended: no caller may wait on it then.
+    open: bool,
+    answers: HashMap<u64, oneshot::Sender<Result<E::Reply, Status>>>,
+}
+
+impl<E: Exchange> Streams<E> {
+    pub fn new(partner: String, client: DepartmentClient<Channel>) -> Self {
+        Streams {
+            partner,
+            client,
+            open: Mutex::new(None),
+            calls_until: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Whether calls go over the stream (not while the adapter is sent
+    /// calls for want of it).
+    pub fn streams(&self) -> bool {
+        let mut until = lock(&self.calls_until);
+        match *until {
+            Some(t) if Instant::now() < t => false,
+            Some(_) => {
+                *until = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Send `message` on the open stream (or a new one) and wait for its
+    /// answer. The caller bounds the wait by its own time.
+    pub async fn call(&self, message: E::Message) -> Result<E::Reply, Status> {
+        self.session().call(&self.partner, message).await
+    }
+
+    /// The open stream, or a new one: asked for in a task of its own, which
+    /// reads its answers, so that messages are sent at once.
+    fn session(&self) -> Arc<Session<E>> {
+        let mut open = lock(&self.open);
+        if let Some(session) = open.as_ref().filter(|s| s.is_open()) {
+            return session.clone();
+        }
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let waiting = Arc::new(Mutex::new(Waiting {
+            open: true,
+            answers: HashMap::new(),
+        }));
+        let (held, let_go) = oneshot::channel();
+        tokio::spawn(run_stream::<E>(
+            self.partner.clone(),
+            self.client.clone(),
+            rx,
+            waiting.clone(),
+            self.calls_until.clone(),
+            let_go,
+        ));
+        let session = Arc::new(Session {
+            tx,
+            waiting,
+            next: AtomicU64::new(0),
+            _held: held,
+        });
+        *open = Some(session.clone());
+        session
+    }
+}
+
+impl<E: Exchange> Session<E> {
+    fn is_open(&self) -> bool {
+        lock(&self.waiting).open && !self.tx.is_closed()
+    }
+
+    async fn call(&self, partner: &str, mut message: E::Message) -> Result<E::Reply, Status> {
+        let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        E::set_sequence(&mut message, sequence);
+        let (answer, heard) = oneshot::channel();
+        {
+            let mut waiting = lock(&self.waiting);
+            if !waiting.open {
+                return Err(ended::<E>(partner));
+            }
+            waiting.answers.insert(sequence, answer);
+        }
+        // Whatever ends this wait (the answer, the stream's end, the
+        // caller's timeout dropping it) takes the caller out of the books.
+        let _forget = Forget {
+            waiting: &self.waiting,
+            sequence,
+        };
+        if self.tx.send(message).await.is_err() {
+            return Err(ended::<E>(partner));
+        }
+        heard.await.unwrap_or_else(|_| Err(ended::<E>(partner)))
+    }
+}
+
+/// Removes a caller from the books when its wait ends by any path.
+struct Forget<'a, E: Exchange> {
+    waiting: &'a Mutex<Waiting<E>>,
+    sequence: u64,
+}
+
+impl<E: Exchange> Drop for Forget<'_, E> {
+    fn drop(&mut self) {
+        let mut waiting = lock(self.waiting);
+        if waiting.answers.remove(&self.sequence).is_some() {
+            // Unanswered: the caller's time ran out. The stream may be
+            // stuck (its headers or answers never come), so the next
+            // caller opens another; this one lasts while callers still
+            // wait on it, and is reset when the last lets go of it.
+            waiting.open = false;
+        }
+    }
+}
+
+/// Ask for the stream and read its answers; when it cannot be opened, or
+/// ends, every caller still waiting hears why.
+async fn run_stream<E: Exchange>(
+    partner: String,
+    client: DepartmentClient<Channel>,
+    messages: mpsc::Receiver<E::Message>,
+    waiting: Arc<Mutex<Waiting<E>>>,
+    calls_until: Arc<Mutex<Option<Instant>>>,
+    mut held: oneshot::Receiver<()>,
+) {
+    let stream = async {
+        match E::open(client, ReceiverStream::new(messages)).await {
+            Ok(answers) => read_answers::<E>(answers.into_inner(), &waiting).await,
+            Err(status) => Err(status),
+        }
+    };
+    let end = tokio::select! {
+        end = stream => end,
+        // Nothing uses the session any more: whatever it waits for, no
+        // caller does.
+        _ = &mut held => Ok(Status::unavailable(format!("the {} stream was let go", E::WHAT))),
+    };
+    let end = match end {
+        Ok(end) => end,
+        Err(status) if status.code() == Code::Unimplemented => {
+            tracing::warn!(adapter = %partner, "the adapter has no {}; it is sent {} calls for {} s", E::METHOD, E::CALL, CALLS_FOR.as_secs());
+            *lock(&calls_until) = Some(Instant::now() + CALLS_FOR);
+            Status::unavailable(format!(
+                "the adapter has no {}; the next attempt is a call",
+                E::METHOD
+            ))
+        }
+        // Refused before anything was taken (the broker's certificate):
+        // the callers hear it, as a call's would.
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ) =>
+        {
+            status
+        }
+        // Anything else may come after the adapter read some messages (they
+        // go out before its headers): their outcome is unknown.
+        Err(status) => Status::unavailable(format!(
+            "the {} stream was refused: {:?}",
+            E::WHAT,
+            status.code()
+        )),
+    };
+    let stranded: Vec<_> = {
+        let mut waiting = lock(&waiting);
+        waiting.open = false;
+        waiting.answers.drain().map(|(_, caller)| caller).collect()
+    };
+    if !stranded.is_empty() {
+        tracing::debug!(adapter = %partner, stream = E::METHOD, callers = stranded.len(), code = ?end.code(), "callers left without an answer");
+    }
+    for caller in stranded {
+        let _ = caller.send(Err(Status::new(end.code(), end.message().to_owned())));
+    }
+}
+
+/// Pass each answer to its caller until the stream ends: `Ok` with the
+/// status every caller still waiting then hears, or `Err` with the stream's
+/// refusal when it ended with an error before any answer (an adapter may
+/// refuse the stream after its headers, as UNIMPLEMENTED in the trailers).
+async fn read_answers<E: Exchange>(
+    mut answers: Streaming<E::Answer>,
+    waiting: &Mutex<Waiting<E>>,
+) -> Result<Status, Status> {
+    let mut answered = false;
+    loop {
+        match answers.message().await {
+            Ok(Some(answer)) => {
+                answered = true;
+                let Some(caller) = lock(waiting).answers.remove(&E::sequence(&answer)) else {
+                    // Its caller gave up waiting (or the sequence is not
+                    // one of ours): nothing to tell.
+                    continue;
+                };
+                let _ = caller.send(E::reply(answer));
+            }
+            Ok(None) => {
+                return Ok(Status::unavailable(format!(
+                    "the adapter ended the {} stream",
+                    E::WHAT
+                )));
+            }
+            Err(status) if !answered => return Err(status),
+            Err(status) => {
+                return Ok(Status::unavailable(format!(
+                    "the {} stream broke: {:?}",
+                    E::WHAT,
+                    status.code()
+                )));
+            }
+        }
+    }
+}
+
+fn ended<E: Exchange>(partner: &str) -> Status {
+    Status::unavailable(format!(
+        "the {} stream to {partner}'s adapter ended",
+        E::WHAT
+    ))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

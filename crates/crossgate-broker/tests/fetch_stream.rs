@@ -1,0 +1,253 @@
+//! Fetches over one stream per adapter, against adapters scripted to answer
+//! out of order and with sequences never sent, to end the stream with
+//! fetches in hand, and not to know the stream at all: each fetch gets the
+//! answer to its own question or what a `Fetch` call would have answered.
+
+use crossgate_broker::delivery::Adapters;
+use crossgate_policy::{Partner, Role};
+use crossgate_proto::department_server::{Department, DepartmentServer};
+use crossgate_proto::{
+    DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, FetchAnswer, FetchMessage,
+    FetchRequest, FetchResponse, Record,
+};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+#[derive(Clone, Copy)]
+enum Script {
+    /// Take this many messages, then answer a sequence never sent, then
+    /// answer them last first; then answer each further message as it comes.
+    Reversed(usize),
+    /// Take this many messages and break the stream without an answer.
+    BreakAfter(usize),
+    /// Not implemented: `Fetch` calls only.
+    NoStream,
+}
+
+#[derive(Clone)]
+struct Fake {
+    script: Script,
+    opened: Arc<AtomicUsize>,
+    /// Request ids of the `Fetch` calls taken.
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+/// The answer to a fetch: one record whose id is the fetch's request id,
+/// so that a test sees whose question it answers.
+fn found(fetch: &FetchRequest) -> FetchResponse {
+    FetchResponse {
+        records: vec![Record {
+            record_type: fetch.record_type.clone(),
+            record_id: fetch.request_id.clone(),
+            json: b"{}".to_vec(),
+        }],
+        withheld_records: 0,
+    }
+}
+
+fn answer(m: &FetchMessage) -> FetchAnswer {
+    let fetch = m.fetch.clone().unwrap_or_default();
+    if fetch.request_id.starts_with("missing") {
+        return FetchAnswer {
+            sequence: m.sequence,
+            code: Code::NotFound as i32,
+            message: "no person.v1 record matches".into(),
+            response: None,
+        };
+    }
+    FetchAnswer {
+        sequence: m.sequence,
+        code: 0,
+        message: String::new(),
+        response: Some(found(&fetch)),
+    }
+}
+
+#[tonic::async_trait]
+impl Department for Fake {
+    async fn deliver(
+        &self,
+        _request: Request<DeliverRequest>,
+    ) -> Result<Response<DeliverResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    type DeliverStreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<DeliverAnswer, Status>> + Send>>;
+
+    async fn deliver_stream(
+        &self,
+        _request: Request<Streaming<DeliverMessage>>,
+    ) -> Result<Response<Self::DeliverStreamStream>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<FetchRequest>,
+    ) -> Result<Response<FetchResponse>, Status> {
+        let fetch = request.into_inner();
+        self.calls.lock().unwrap().push(fetch.request_id.clone());
+        Ok(Response::new(found(&fetch)))
+    }
+
+    type FetchStreamStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<FetchAnswer, Status>> + Send>>;
+
+    async fn fetch_stream(
+        &self,
+        request: Request<Streaming<FetchMessage>>,
+    ) -> Result<Response<Self::FetchStreamStream>, Status> {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        let script = self.script;
+        if let Script::NoStream = script {
+            return Err(Status::unimplemented("no FetchStream here"));
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let n = match script {
+                Script::Reversed(n) | Script::BreakAfter(n) => n,
+                Script::NoStream => 0,
+            };
+            let mut taken = Vec::new();
+            while taken.len() < n {
+                match incoming.message().await {
+                    Ok(Some(m)) => taken.push(m),
+                    _ => return,
+                }
+            }
+            if let Script::BreakAfter(_) = script {
+                let _ = tx
+                    .send(Err(Status::internal("the adapter fell over")))
+                    .await;
+                return;
+            }
+            // An answer to a fetch nobody asked: it must reach nobody.
+            let stray = FetchMessage {
+                sequence: u64::MAX,
+                fetch: Some(FetchRequest {
+                    request_id: "stray".into(),
+                    ..FetchRequest::default()
+                }),
+                ..FetchMessage::default()
+            };
+            let _ = tx.send(Ok(answer(&stray))).await;
+            for m in taken.iter().rev() {
+                let _ = tx.send(Ok(answer(m))).await;
+            }
+            while let Ok(Some(m)) = incoming.message().await {
+                let _ = tx.send(Ok(answer(&m))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+async fn start(script: Script) -> (Fake, Adapters) {
+    let fake = Fake {
+        script,
+        opened: Arc::new(AtomicUsize::new(0)),
+        calls: Arc::new(Mutex::new(Vec::new())),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let served = fake.clone();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(DepartmentServer::new(served))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+    });
+    let partners = [Partner {
+        id: "public-security".into(),
+        name: "Public security".into(),
+        role: Role::Partner,
+        adapter: Some(addr.to_string()),
+    }];
+    let adapters = Adapters::new(&partners, None, Duration::from_secs(2)).expect("adapters");
+    (fake, adapters)
+}
+
+async fn fetch(adapters: &Adapters, request_id: &str) -> Result<FetchResponse, Status> {
+    let make = || FetchRequest {
+        request_id: request_id.into(),
+        consumer: "education".into(),
+        record_type: "person.v1".into(),
+        purpose: "school-enrolment".into(),
+        criteria: vec![],
+        limit: 2,
+    };
+    let asking = adapters.fetch(
+        "public-security",
+        make,
+        Duration::from_secs(5),
+        String::new(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), asking)
+        .await
+        .expect("every fetch is answered")
+}
+
+fn answered_for(answer: &FetchResponse) -> &str {
+    &answer.records[0].record_id
+}
+
+#[tokio::test]
+async fn each_fetch_gets_the_answer_to_its_own_question_whatever_the_order() {
+    let (fake, adapters) = start(Script::Reversed(3)).await;
+    let (a, b, c) = tokio::join!(
+        fetch(&adapters, "query-a"),
+        fetch(&adapters, "query-b"),
+        fetch(&adapters, "missing-c"),
+    );
+    assert_eq!(answered_for(&a.unwrap()), "query-a");
+    assert_eq!(answered_for(&b.unwrap()), "query-b");
+    let c = c.unwrap_err();
+    assert_eq!(c.code(), Code::NotFound, "{c:?}");
+    // A later fetch goes over the same stream, and no call was made.
+    let d = fetch(&adapters, "query-d").await.unwrap();
+    assert_eq!(answered_for(&d), "query-d");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_adapter_without_the_stream_is_asked_by_calls_and_no_query_fails_for_it() {
+    let (fake, adapters) = start(Script::NoStream).await;
+    let first = fetch(&adapters, "query-1")
+        .await
+        .expect("asked again as a call");
+    assert_eq!(answered_for(&first), "query-1");
+    let second = fetch(&adapters, "query-2").await.unwrap();
+    assert_eq!(answered_for(&second), "query-2");
+    // The stream was asked for once; both fetches were calls.
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    assert_eq!(*fake.calls.lock().unwrap(), ["query-1", "query-2"]);
+}
+
+#[tokio::test]
+async fn fetches_in_hand_when_the_stream_breaks_are_unavailable_and_not_asked_again() {
+    let (fake, adapters) = start(Script::BreakAfter(2)).await;
+    let (a, b) = tokio::join!(fetch(&adapters, "query-a"), fetch(&adapters, "query-b"));
+    for result in [a, b] {
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        // The adapter's own words stay out of it.
+        assert!(!status.message().contains("fell over"), "{status:?}");
+    }
+    assert!(fake.calls.lock().unwrap().is_empty());
+    // The next fetch opens a new stream.
+    let (c, d) = tokio::join!(fetch(&adapters, "query-c"), fetch(&adapters, "query-d"));
+    assert_eq!(c.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(d.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
