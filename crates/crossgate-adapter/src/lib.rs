@@ -56,7 +56,7 @@ pub async fn serve_counted(
     reporter.set_serving::<IngressServer<Adapter>>().await;
     reporter.set_serving::<DepartmentServer<Adapter>>().await;
     let reflection = crossgate_proto::standard::reflection()?;
-    // Delivery streams end when the drain starts; they would hold it open.
+    // The broker's streams end when the drain starts; they would hold it open.
     let closing = adapter.clone();
     let shutdown = async move {
         shutdown.await;

@@ -16,6 +16,7 @@ use crossgate_proto::{
 };
 use crossgate_schema::{Registry, parse_document};
 use crossgate_telemetry::{client_step, server_span, step};
+use futures_util::FutureExt as _;
 use prost::Message as _;
 use serde_json::Value;
 use std::future::Future;
@@ -45,13 +46,16 @@ struct Inner {
     peers: Option<Peers>,
     /// Delivery ids already passed on to the system.
     seen: Option<Arc<Seen>>,
-    /// Set when the server shuts down: delivery streams stop taking
+    /// Set when the server shuts down: the broker's streams stop taking
     /// messages, answer those in hand and end, so the server's drain is not
     /// held open by a stream the broker would keep forever.
     closing: watch::Sender<bool>,
     /// Hand-overs under way, by calls and streams alike: at most
     /// [`HAND_OVERS_MAX`].
     hand_overs: Arc<Semaphore>,
+    /// Fetches under way, by calls and streams alike: at most
+    /// [`FETCHES_MAX`].
+    fetches: Arc<Semaphore>,
 }
 
 /// Hand-overs to the system under way at once, over all calls and streams.
@@ -64,6 +68,14 @@ struct Inner {
 /// their time fill it.
 pub const HAND_OVERS_MAX: usize = 1024;
 
+/// Fetches from the system under way at once, over all calls and streams.
+/// Each stream serves at most [`STREAM_IN_FLIGHT`] at once, but the broker
+/// opens a new stream when one seems stuck, and a fetch whose broker gave
+/// up runs to its own time: without this bound a slow system and the
+/// broker's new streams would pile up finds. One over it is answered
+/// UNAVAILABLE at once (the query fails fast; its consumer may ask again).
+pub const FETCHES_MAX: usize = 1024;
+
 /// A stream of answers to the broker.
 type StreamOf<A> = Pin<Box<dyn tokio_stream::Stream<Item = Result<A, Status>> + Send>>;
 
@@ -71,14 +83,14 @@ type StreamOf<A> = Pin<Box<dyn tokio_stream::Stream<Item = Result<A, Status>> + 
 /// further until one of them is answered or its time is up.
 const STREAM_IN_FLIGHT: u32 = 256;
 
-/// How long a delivery message waits for its answer when the broker gave
+/// How long a stream's message waits for its answer when the broker gave
 /// no time, and the most it may give: the server's own limit on a call
 /// (`ServerLimits::request_timeout`'s default), so that a stream holds the
 /// drain no longer than calls do.
 const STREAM_ANSWER_DEFAULT: Duration = Duration::from_secs(30);
 const STREAM_ANSWER_MAX: Duration = Duration::from_secs(60);
 
-/// The time a delivery message gives its answer.
+/// The time a stream's message gives its answer.
 fn answer_within(timeout_millis: u32) -> Duration {
     match timeout_millis {
         0 => STREAM_ANSWER_DEFAULT,
@@ -130,6 +142,7 @@ impl Adapter {
                 seen: Some(Arc::new(Seen::memory(crate::seen::DEFAULT_CAPACITY))),
                 closing: watch::channel(false).0,
                 hand_overs: Arc::new(Semaphore::new(HAND_OVERS_MAX)),
+                fetches: Arc::new(Semaphore::new(FETCHES_MAX)),
             }),
         }
     }
@@ -165,7 +178,7 @@ impl Adapter {
     }
 
     /// [`Self::check_peer`] for certificates kept from a stream's start:
-    /// each message of a delivery stream is checked as a call would be (a
+    /// each message of a stream is checked as a call would be (a
     /// certificate revoked while the stream is open is refused from then on).
     fn check_certs(
         &self,
@@ -190,7 +203,7 @@ impl Adapter {
         }
     }
 
-    /// End the delivery streams (the server is shutting down): each stops
+    /// End the broker's streams (the server is shutting down): each stops
     /// reading, answers the deliveries it has taken, and ends.
     pub fn close_streams(&self) {
         self.inner.closing.send_replace(true);
@@ -484,6 +497,8 @@ trait Served: 'static {
     const SPAN: &'static str;
     /// What the broker hears when the message's time is up.
     const LATE: &'static str;
+    /// What the broker hears when serving the message panicked.
+    const FAILED: &'static str;
     /// The message's sequence, `traceparent` and `timeout_millis`.
     fn header(message: &Self::Message) -> (u64, &str, u32);
     /// Do what the message asks, as the call would.
@@ -502,6 +517,7 @@ impl Served for Deliveries {
     type Reply = ();
     const SPAN: &'static str = "crossgate.v1.Department/Deliver";
     const LATE: &'static str = "the hand-over did not finish in the broker's time";
+    const FAILED: &'static str = "the delivery failed inside the adapter";
 
     fn header(m: &DeliverMessage) -> (u64, &str, u32) {
         (m.sequence, &m.traceparent, m.timeout_millis)
@@ -516,7 +532,7 @@ impl Served for Deliveries {
             .ok_or_else(|| Status::invalid_argument("delivery is required"))?;
         tokio::spawn(async move { adapter.deliver_one(req).await }.in_current_span())
             .await
-            .map_err(|_| Status::internal("the delivery failed inside the adapter"))?
+            .map_err(|_| Status::internal(Self::FAILED))?
     }
 
     fn answer(sequence: u64, result: Result<(), Status>) -> DeliverAnswer {
@@ -540,6 +556,7 @@ impl Served for Fetches {
     type Reply = FetchResponse;
     const SPAN: &'static str = "crossgate.v1.Department/Fetch";
     const LATE: &'static str = "the system did not answer in the broker's time";
+    const FAILED: &'static str = "the fetch failed inside the adapter";
 
     fn header(m: &FetchMessage) -> (u64, &str, u32) {
         (m.sequence, &m.traceparent, m.timeout_millis)
@@ -660,8 +677,12 @@ impl Adapter {
                     E::serve(adapter.clone(), message).await
                 }
                 .instrument(span);
+                // A panic is answered (the panic hook logs where), not left
+                // for the broker to wait out.
+                let work = std::panic::AssertUnwindSafe(work).catch_unwind();
                 let result = match tokio::time::timeout_at(deadline, work).await {
-                    Ok(result) => result,
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(Status::internal(E::FAILED)),
                     Err(_) => Err(Status::deadline_exceeded(E::LATE)),
                 };
                 // A broker gone away, or not reading, hears nothing after
@@ -773,6 +794,12 @@ impl Adapter {
     /// One fetch: find the records in the system, and answer with those
     /// that map to valid canonical records; NOT_FOUND when none matches.
     async fn fetch_one(&self, req: FetchRequest) -> Result<FetchResponse, Status> {
+        let Ok(_under_way) = self.inner.fetches.clone().try_acquire_owned() else {
+            tracing::warn!(department = %self.department(), most = FETCHES_MAX, "a fetch was turned away: the system has not finished earlier fetches");
+            return Err(Status::unavailable(format!(
+                "{FETCHES_MAX} fetches are still with the department system; try again"
+            )));
+        };
         let mapping = self
             .inner
             .mapping
@@ -879,7 +906,7 @@ impl Adapter {
     }
 }
 
-/// A delivery message's `traceparent` as the metadata a call would carry it
+/// A stream message's `traceparent` as the metadata a call would carry it
 /// in (empty when traces are off or it is not a valid header value).
 fn trace_metadata(traceparent: &str) -> tonic::metadata::MetadataMap {
     let mut metadata = tonic::metadata::MetadataMap::new();

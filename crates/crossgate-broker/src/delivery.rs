@@ -17,8 +17,8 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-/// The largest call sent as a message: gRPC's usual 4 MiB limit on one
-/// message, less room for the message's own fields. A larger one is sent as
+/// The largest request sent as a message on a stream: gRPC's usual 4 MiB
+/// limit on one message, less room for the message's own fields. A larger one is sent as
 /// a call, so that the adapter answers it alone (OUT_OF_RANGE at the usual
 /// limit) instead of ending the stream for every call on it.
 const MESSAGE_MAX: usize = 4 * 1024 * 1024 - 1024;
@@ -120,7 +120,9 @@ impl Adapters {
     /// own wait by `timeout`. A fetch the stream could not carry because
     /// the adapter has none is asked again at once as a call (`fetch()`
     /// makes it anew): a fetch only reads, so asking twice is harmless, and
-    /// a query is not failed for what the broker can mend itself.
+    /// a query is not failed for what the broker can mend itself. (A fetch
+    /// in hand on a stream that broke just as another of the adapter's
+    /// streams was refused UNIMPLEMENTED is asked again the same way.)
     pub async fn fetch(
         &self,
         partner: &str,
@@ -129,6 +131,7 @@ impl Adapters {
         traceparent: String,
     ) -> Result<FetchResponse, Status> {
         let link = self.link(partner)?;
+        let began = std::time::Instant::now();
         let mut request = fetch();
         if link.fetches.streams() && request.encoded_len() <= MESSAGE_MAX {
             let message = FetchMessage {
@@ -145,7 +148,7 @@ impl Adapters {
             }
         }
         let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout);
+        request.set_timeout(timeout.saturating_sub(began.elapsed()));
         set_traceparent(&mut request, &traceparent);
         link.client
             .clone()

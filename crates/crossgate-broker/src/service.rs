@@ -474,6 +474,10 @@ impl Broker {
 /// The longest idempotency key a publisher may give.
 const MAX_KEY: usize = 200;
 
+/// The least time worth asking a provider with: a fetch sent with less
+/// would be given up at once, leaving its stream to be replaced.
+const MIN_FETCH_TIME: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The publisher's idempotency key, or the default: a digest of the record
 /// type, the record id and the record's digest (a changed record under the
 /// same id is a new version).
@@ -561,6 +565,14 @@ impl Broker {
         max_records: usize,
     ) -> Result<FetchResponse, Status> {
         let remaining = call.remaining();
+        // No time left (the consumer's own deadline): nothing to ask the
+        // provider, whose answer nobody would wait for.
+        if remaining < MIN_FETCH_TIME {
+            return Err(Status::deadline_exceeded(format!(
+                "{} did not answer in time",
+                q.provider
+            )));
+        }
         let req = || FetchRequest {
             request_id: call.id.clone(),
             consumer: caller.id.clone(),

@@ -7,10 +7,13 @@
 //! - the adapter's answer to its message, whatever order answers come in;
 //! - `DEADLINE_EXCEEDED` (from the caller's own timeout) when none comes
 //!   within its time; the message carries that time, and the adapter
-//!   answers by then too. A stream that left a caller unanswered may be
-//!   stuck (its headers or answers never coming), so the next caller opens
-//!   another; the old one lasts while callers still wait on it and is reset
-//!   when the last lets go;
+//!   answers by then too. A stream that left a caller unanswered and
+//!   answered nobody else meanwhile may be stuck (its headers or answers
+//!   never coming), so the next caller opens another; the old one lasts
+//!   while callers still wait on it and is reset when the last lets go. A
+//!   stream that answers others is not stuck, and stays: one caller's short
+//!   deadline (a query's is its consumer's choice) does not cost the next
+//!   caller a new stream;
 //! - `UNAVAILABLE` for every caller still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown;
 //! - `UNAUTHENTICATED` or `PERMISSION_DENIED` when the adapter refuses the
@@ -53,13 +56,15 @@ pub trait Exchange: Send + Sync + 'static {
     type Reply: Send + 'static;
     /// The stream's method, for logs ("DeliverStream").
     const METHOD: &'static str;
-    /// The call its messages stand for ("Deliver").
-    const CALL: &'static str;
     /// What travels on it, for messages ("delivery").
     const WHAT: &'static str;
     fn set_sequence(message: &mut Self::Message, sequence: u64);
     fn sequence(answer: &Self::Answer) -> u64;
     fn reply(answer: Self::Answer) -> Result<Self::Reply, Status>;
+    /// Log that the adapter has no such stream and is sent calls.
+    fn no_stream(partner: &str);
+    /// Log callers left without an answer when the stream ended.
+    fn stranded(partner: &str, callers: usize, code: Code);
     fn open(
         client: DepartmentClient<Channel>,
         messages: ReceiverStream<Self::Message>,
@@ -74,7 +79,6 @@ impl Exchange for Deliveries {
     type Answer = DeliverAnswer;
     type Reply = ();
     const METHOD: &'static str = "DeliverStream";
-    const CALL: &'static str = "Deliver";
     const WHAT: &'static str = "delivery";
 
     fn set_sequence(message: &mut DeliverMessage, sequence: u64) {
@@ -90,6 +94,14 @@ impl Exchange for Deliveries {
             Code::Ok => Ok(()),
             code => Err(Status::new(code, answer.message)),
         }
+    }
+
+    fn no_stream(partner: &str) {
+        tracing::warn!(receiver = %partner, "the adapter has no DeliverStream; it is sent Deliver calls for {} s", CALLS_FOR.as_secs());
+    }
+
+    fn stranded(partner: &str, callers: usize, code: Code) {
+        tracing::debug!(receiver = %partner, attempts = callers, ?code, "delivery attempts left without an answer");
     }
 
     async fn open(
@@ -108,7 +120,6 @@ impl Exchange for Fetches {
     type Answer = FetchAnswer;
     type Reply = FetchResponse;
     const METHOD: &'static str = "FetchStream";
-    const CALL: &'static str = "Fetch";
     const WHAT: &'static str = "fetch";
 
     fn set_sequence(message: &mut FetchMessage, sequence: u64) {
@@ -120,10 +131,20 @@ impl Exchange for Fetches {
     }
 
     fn reply(answer: FetchAnswer) -> Result<FetchResponse, Status> {
-        match Code::from(answer.code) {
-            Code::Ok => Ok(answer.response.unwrap_or_default()),
-            code => Err(Status::new(code, answer.message)),
+        match (Code::from(answer.code), answer.response) {
+            (Code::Ok, Some(response)) => Ok(response),
+            // "Found" with nothing: not what a call can answer.
+            (Code::Ok, None) => Err(Status::internal("a fetch answered OK without its records")),
+            (code, _) => Err(Status::new(code, answer.message)),
         }
+    }
+
+    fn no_stream(partner: &str) {
+        tracing::warn!(provider = %partner, "the adapter has no FetchStream; it is sent Fetch calls for {} s", CALLS_FOR.as_secs());
+    }
+
+    fn stranded(partner: &str, callers: usize, code: Code) {
+        tracing::debug!(provider = %partner, fetches = callers, ?code, "fetches left without an answer");
     }
 
     async fn open(
@@ -160,7 +181,10 @@ struct Session<E: Exchange> {
 struct Waiting<E: Exchange> {
     /// False once the stream has ended: no caller may wait on it then.
     open: bool,
-    answers: HashMap<u64, oneshot::Sender<Result<E::Reply, Status>>>,
+    /// Answers heard on the stream so far.
+    heard: u64,
+    /// Each waiting caller, with `heard` as it was when the caller began.
+    answers: HashMap<u64, (oneshot::Sender<Result<E::Reply, Status>>, u64)>,
 }
 
 impl<E: Exchange> Streams<E> {
@@ -203,6 +227,7 @@ impl<E: Exchange> Streams<E> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let waiting = Arc::new(Mutex::new(Waiting {
             open: true,
+            heard: 0,
             answers: HashMap::new(),
         }));
         let (held, let_go) = oneshot::channel();
@@ -239,7 +264,8 @@ impl<E: Exchange> Session<E> {
             if !waiting.open {
                 return Err(ended::<E>(partner));
             }
-            waiting.answers.insert(sequence, answer);
+            let heard = waiting.heard;
+            waiting.answers.insert(sequence, (answer, heard));
         }
         // Whatever ends this wait (the answer, the stream's end, the
         // caller's timeout dropping it) takes the caller out of the books.
@@ -263,11 +289,13 @@ struct Forget<'a, E: Exchange> {
 impl<E: Exchange> Drop for Forget<'_, E> {
     fn drop(&mut self) {
         let mut waiting = lock(self.waiting);
-        if waiting.answers.remove(&self.sequence).is_some() {
-            // Unanswered: the caller's time ran out. The stream may be
-            // stuck (its headers or answers never come), so the next
-            // caller opens another; this one lasts while callers still
-            // wait on it, and is reset when the last lets go of it.
+        if let Some((_, heard)) = waiting.answers.remove(&self.sequence)
+            && heard == waiting.heard
+        {
+            // Unanswered, and nobody else was answered meanwhile: the
+            // stream may be stuck (its headers or answers never come), so
+            // the next caller opens another; this one lasts while callers
+            // still wait on it, and is reset when the last lets go of it.
             waiting.open = false;
         }
     }
@@ -298,7 +326,7 @@ async fn run_stream<E: Exchange>(
     let end = match end {
         Ok(end) => end,
         Err(status) if status.code() == Code::Unimplemented => {
-            tracing::warn!(adapter = %partner, "the adapter has no {}; it is sent {} calls for {} s", E::METHOD, E::CALL, CALLS_FOR.as_secs());
+            E::no_stream(&partner);
             *lock(&calls_until) = Some(Instant::now() + CALLS_FOR);
             Status::unavailable(format!(
                 "the adapter has no {}; the next attempt is a call",
@@ -326,10 +354,14 @@ async fn run_stream<E: Exchange>(
     let stranded: Vec<_> = {
         let mut waiting = lock(&waiting);
         waiting.open = false;
-        waiting.answers.drain().map(|(_, caller)| caller).collect()
+        waiting
+            .answers
+            .drain()
+            .map(|(_, (caller, _))| caller)
+            .collect()
     };
     if !stranded.is_empty() {
-        tracing::debug!(adapter = %partner, stream = E::METHOD, callers = stranded.len(), code = ?end.code(), "callers left without an answer");
+        E::stranded(&partner, stranded.len(), end.code());
     }
     for caller in stranded {
         let _ = caller.send(Err(Status::new(end.code(), end.message().to_owned())));
@@ -349,7 +381,12 @@ async fn read_answers<E: Exchange>(
         match answers.message().await {
             Ok(Some(answer)) => {
                 answered = true;
-                let Some(caller) = lock(waiting).answers.remove(&E::sequence(&answer)) else {
+                let caller = {
+                    let mut waiting = lock(waiting);
+                    waiting.heard += 1;
+                    waiting.answers.remove(&E::sequence(&answer))
+                };
+                let Some((caller, _)) = caller else {
                     // Its caller gave up waiting (or the sequence is not
                     // one of ours): nothing to tell.
                     continue;

@@ -26,6 +26,10 @@ enum Script {
     BreakAfter(usize),
     /// Not implemented: `Fetch` calls only.
     NoStream,
+    /// Answer each message as it comes, except: never a fetch whose request
+    /// id starts with "stuck", and one starting with "late" only after
+    /// 400 ms.
+    ByName,
 }
 
 #[derive(Clone)]
@@ -109,10 +113,31 @@ impl Department for Fake {
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if let Script::ByName = script {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = incoming.message().await {
+                    let id = m.fetch.as_ref().map_or("", |f| f.request_id.as_str());
+                    if id.starts_with("stuck") {
+                        continue;
+                    }
+                    let tx = tx.clone();
+                    let late = id.starts_with("late");
+                    tokio::spawn(async move {
+                        if late {
+                            tokio::time::sleep(Duration::from_millis(400)).await;
+                        }
+                        let _ = tx.send(Ok(answer(&m))).await;
+                    });
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         tokio::spawn(async move {
             let n = match script {
                 Script::Reversed(n) | Script::BreakAfter(n) => n,
-                Script::NoStream => 0,
+                Script::NoStream | Script::ByName => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -178,6 +203,14 @@ async fn start(script: Script) -> (Fake, Adapters) {
 }
 
 async fn fetch(adapters: &Adapters, request_id: &str) -> Result<FetchResponse, Status> {
+    tokio::time::timeout(Duration::from_secs(10), fetch_within(adapters, request_id))
+        .await
+        .expect("every fetch is answered")
+}
+
+/// Ask, giving up (as the broker does at a query's deadline) when no
+/// answer comes within the time.
+async fn fetch_within(adapters: &Adapters, request_id: &str) -> Result<FetchResponse, Status> {
     let make = || FetchRequest {
         request_id: request_id.into(),
         consumer: "education".into(),
@@ -186,15 +219,26 @@ async fn fetch(adapters: &Adapters, request_id: &str) -> Result<FetchResponse, S
         criteria: vec![],
         limit: 2,
     };
-    let asking = adapters.fetch(
-        "public-security",
-        make,
-        Duration::from_secs(5),
-        String::new(),
-    );
-    tokio::time::timeout(Duration::from_secs(10), asking)
+    adapters
+        .fetch(
+            "public-security",
+            make,
+            Duration::from_secs(5),
+            String::new(),
+        )
         .await
-        .expect("every fetch is answered")
+}
+
+async fn give_up_after(
+    millis: u64,
+    adapters: &Adapters,
+    request_id: &str,
+) -> Result<Result<FetchResponse, Status>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(
+        Duration::from_millis(millis),
+        fetch_within(adapters, request_id),
+    )
+    .await
 }
 
 fn answered_for(answer: &FetchResponse) -> &str {
@@ -250,4 +294,47 @@ async fn fetches_in_hand_when_the_stream_breaks_are_unavailable_and_not_asked_ag
     assert_eq!(c.unwrap_err().code(), Code::Unavailable);
     assert_eq!(d.unwrap_err().code(), Code::Unavailable);
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_given_up_fetch_keeps_a_stream_that_answers_others_and_its_late_answer_reaches_nobody() {
+    let (fake, adapters) = start(Script::ByName).await;
+    // A fetch the adapter never answers, given up after 300 ms, while
+    // another is answered on the same stream meanwhile.
+    let (stuck, other) = tokio::join!(give_up_after(300, &adapters, "stuck-1"), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        fetch(&adapters, "query-a").await
+    });
+    assert!(stuck.is_err(), "the stuck fetch was answered: {stuck:?}");
+    assert_eq!(answered_for(&other.unwrap()), "query-a");
+    // The stream answered others: it is not stuck, and stays.
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-b").await.unwrap()),
+        "query-b"
+    );
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+
+    // A fetch given up before its answer comes: the answer, when it comes,
+    // reaches nobody; the fetches after it get their own.
+    let (late, other) = tokio::join!(give_up_after(150, &adapters, "late-1"), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        fetch(&adapters, "query-e").await
+    });
+    assert!(late.is_err(), "answered before its time: {late:?}");
+    assert_eq!(answered_for(&other.unwrap()), "query-e");
+    for n in 0..6 {
+        let id = format!("query-c{n}");
+        assert_eq!(answered_for(&fetch(&adapters, &id).await.unwrap()), id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Given up while the stream answered nobody: the next fetch opens a
+    // new stream, as the old one may be stuck.
+    assert!(give_up_after(200, &adapters, "stuck-2").await.is_err());
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-d").await.unwrap()),
+        "query-d"
+    );
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    assert!(fake.calls.lock().unwrap().is_empty());
 }
