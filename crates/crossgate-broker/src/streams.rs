@@ -184,8 +184,11 @@ struct Waiting<E: Exchange> {
     /// Answers heard on the stream so far.
     heard: u64,
     /// Each waiting caller, with `heard` as it was when the caller began.
-    answers: HashMap<u64, (oneshot::Sender<Result<E::Reply, Status>>, u64)>,
+    answers: HashMap<u64, (Caller<E>, u64)>,
 }
+
+/// Where a waiting caller hears its answer.
+type Caller<E> = oneshot::Sender<Result<<E as Exchange>::Reply, Status>>;
 
 impl<E: Exchange> Streams<E> {
     pub fn new(partner: String, client: DepartmentClient<Channel>) -> Self {
