@@ -4,9 +4,10 @@
 //! answer, and not to know the stream at all: each attempt hears what a
 //! `Deliver` call would have answered.
 
+mod common;
+
 use crossgate_broker::delivery::Adapters;
-use crossgate_policy::{Partner, Role};
-use crossgate_proto::department_server::{Department, DepartmentServer};
+use crossgate_proto::department_server::Department;
 use crossgate_proto::{
     DeliverAnswer, DeliverMessage, DeliverRequest, DeliverResponse, FetchAnswer, FetchMessage,
     FetchRequest, FetchResponse,
@@ -185,24 +186,7 @@ async fn start_with_limit(script: Script, limit: usize) -> (Fake, Adapters) {
         opened: Arc::new(AtomicUsize::new(0)),
         calls: Arc::new(Mutex::new(Vec::new())),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let served = fake.clone();
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(DepartmentServer::new(served).max_decoding_message_size(limit))
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-    });
-    let partners = [Partner {
-        id: "commerce".into(),
-        name: "Commerce".into(),
-        role: Role::Partner,
-        adapter: Some(addr.to_string()),
-    }];
-    let adapters = Adapters::new(&partners, None, Duration::from_secs(2)).expect("adapters");
+    let adapters = common::serve_as(fake.clone(), "commerce", limit).await;
     (fake, adapters)
 }
 

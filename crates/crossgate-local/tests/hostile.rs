@@ -323,27 +323,36 @@ async fn an_adapter_hands_nothing_to_a_broker_impostor() {
     assert_eq!(checked.code(), Code::Unavailable, "{checked:?}");
 }
 
+/// A server holding `holding`'s certificate on the adapter address of
+/// `party` (whose adapter is not started), serving only health checks: a
+/// call that reached it would be answered UNIMPLEMENTED.
+async fn adapter_impostor(sys: &LocalSystem, party: &str, holding: &str) {
+    let address = sys
+        .partners
+        .iter()
+        .find(|p| p.id == party)
+        .and_then(|p| p.adapter.clone())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    let (reporter, health) = crossgate_proto::standard::health_reporter();
+    let server = tonic::transport::Server::builder()
+        .tls_config(sys.bundle(holding).unwrap().server())
+        .unwrap()
+        .add_service(health)
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    tokio::spawn(async move {
+        let _reporter = reporter;
+        server.await
+    });
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_broker_delivers_nothing_to_an_adapter_impostor() {
     let mut opts = Options::project_defaults();
     opts.departments = Some(vec!["customs".into(), "commerce".into()]);
     let sys = LocalSystem::start(opts).await.unwrap();
     // Commerce's certificate, serving on border inspection's address.
-    let border = sys
-        .partners
-        .iter()
-        .find(|p| p.id == "border-inspection")
-        .and_then(|p| p.adapter.clone())
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind(&border).await.unwrap();
-    let (_reporter, health) = crossgate_proto::standard::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(sys.bundle("commerce").unwrap().server())
-            .unwrap()
-            .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    adapter_impostor(&sys, "border-inspection", "commerce").await;
     let mut customs = crossgate_proto::ingress_client::IngressClient::new(
         sys.channel(&sys.adapter_addrs["customs"], "customs")
             .await
@@ -692,21 +701,7 @@ async fn the_broker_fetches_nothing_from_an_adapter_impostor() {
     let mut opts = Options::project_defaults();
     opts.departments = Some(vec![]);
     let sys = LocalSystem::start(opts).await.unwrap();
-    let provider = sys
-        .partners
-        .iter()
-        .find(|p| p.id == "public-security")
-        .and_then(|p| p.adapter.clone())
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind(&provider).await.unwrap();
-    let (_reporter, health) = crossgate_proto::standard::health_reporter();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .tls_config(sys.bundle("commerce").unwrap().server())
-            .unwrap()
-            .add_service(health)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
-    );
+    adapter_impostor(&sys, "public-security", "commerce").await;
     let mut education =
         BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
     let status = education.query(common::person_lookup()).await.unwrap_err();
