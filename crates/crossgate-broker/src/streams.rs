@@ -7,13 +7,13 @@
 //! - the adapter's answer to its message, whatever order answers come in;
 //! - `DEADLINE_EXCEEDED` (from the caller's own timeout) when none comes
 //!   within its time; the message carries that time, and the adapter
-//!   answers by then too. A stream that left a caller unanswered and
-//!   answered nobody else meanwhile may be stuck (its headers or answers
-//!   never coming), so the next caller opens another; the old one lasts
-//!   while callers still wait on it and is reset when the last lets go. A
-//!   stream that answers others is not stuck, and stays: one caller's short
-//!   deadline (a query's is its consumer's choice) does not cost the next
-//!   caller a new stream;
+//!   answers by then too. A stream that left a caller unanswered for at
+//!   least [`STUCK_AFTER`], and sent no answer at all meanwhile, may be
+//!   stuck (its headers or answers never coming), so the next caller opens
+//!   another; the old one lasts while callers still wait on it and is reset
+//!   when the last lets go. A stream that answers, or a caller that gave up
+//!   sooner, is no sign of it: one caller's short deadline (a query's is its
+//!   consumer's choice) does not cost the next caller a new stream;
 //! - `UNAVAILABLE` for every caller still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown;
 //! - `UNAUTHENTICATED` or `PERMISSION_DENIED` when the adapter refuses the
@@ -40,6 +40,10 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
+
+/// How long a caller must have waited, with no answer heard on the stream
+/// meanwhile, before its giving up marks the stream as perhaps stuck.
+pub const STUCK_AFTER: Duration = Duration::from_millis(250);
 
 /// Messages queued for one stream before a sender waits.
 const STREAM_QUEUE: usize = 256;
@@ -183,8 +187,9 @@ struct Waiting<E: Exchange> {
     open: bool,
     /// Answers heard on the stream so far.
     heard: u64,
-    /// Each waiting caller, with `heard` as it was when the caller began.
-    answers: HashMap<u64, (Caller<E>, u64)>,
+    /// Each waiting caller, with `heard` as it was when the caller began,
+    /// and when it began.
+    answers: HashMap<u64, (Caller<E>, u64, Instant)>,
 }
 
 /// Where a waiting caller hears its answer.
@@ -268,7 +273,9 @@ impl<E: Exchange> Session<E> {
                 return Err(ended::<E>(partner));
             }
             let heard = waiting.heard;
-            waiting.answers.insert(sequence, (answer, heard));
+            waiting
+                .answers
+                .insert(sequence, (answer, heard, Instant::now()));
         }
         // Whatever ends this wait (the answer, the stream's end, the
         // caller's timeout dropping it) takes the caller out of the books.
@@ -292,10 +299,11 @@ struct Forget<'a, E: Exchange> {
 impl<E: Exchange> Drop for Forget<'_, E> {
     fn drop(&mut self) {
         let mut waiting = lock(self.waiting);
-        if let Some((_, heard)) = waiting.answers.remove(&self.sequence)
+        if let Some((_, heard, began)) = waiting.answers.remove(&self.sequence)
             && heard == waiting.heard
+            && began.elapsed() >= STUCK_AFTER
         {
-            // Unanswered, and nobody else was answered meanwhile: the
+            // Unanswered for a while, and no answer at all meanwhile: the
             // stream may be stuck (its headers or answers never come), so
             // the next caller opens another; this one lasts while callers
             // still wait on it, and is reset when the last lets go of it.
@@ -360,7 +368,7 @@ async fn run_stream<E: Exchange>(
         waiting
             .answers
             .drain()
-            .map(|(_, (caller, _))| caller)
+            .map(|(_, (caller, _, _))| caller)
             .collect()
     };
     if !stranded.is_empty() {
@@ -389,7 +397,7 @@ async fn read_answers<E: Exchange>(
                     waiting.heard += 1;
                     waiting.answers.remove(&E::sequence(&answer))
                 };
-                let Some((caller, _)) = caller else {
+                let Some((caller, _, _)) = caller else {
                     // Its caller gave up waiting (or the sequence is not
                     // one of ours): nothing to tell.
                     continue;

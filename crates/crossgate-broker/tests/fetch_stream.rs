@@ -29,7 +29,7 @@ enum Script {
     NoStream,
     /// Answer each message as it comes, except: never a fetch whose request
     /// id starts with "stuck", and one starting with "late" only after
-    /// 400 ms.
+    /// 1.5 s.
     ByName,
 }
 
@@ -125,7 +125,7 @@ impl Department for Fake {
                     let late = id.starts_with("late");
                     tokio::spawn(async move {
                         if late {
-                            tokio::time::sleep(Duration::from_millis(400)).await;
+                            tokio::time::sleep(Duration::from_millis(1500)).await;
                         }
                         let _ = tx.send(Ok(answer(&m))).await;
                     });
@@ -283,38 +283,46 @@ async fn fetches_in_hand_when_the_stream_breaks_are_unavailable_and_not_asked_ag
 #[tokio::test]
 async fn a_given_up_fetch_keeps_a_stream_that_answers_others_and_its_late_answer_reaches_nobody() {
     let (fake, adapters) = start(Script::ByName).await;
-    // A fetch the adapter never answers, given up after 300 ms, while
-    // another is answered on the same stream meanwhile.
-    let (stuck, other) = tokio::join!(give_up_after(300, &adapters, "stuck-1"), async {
+    // A fetch given up sooner than a stuck stream could be told (a
+    // consumer's tiny deadline), on a quiet stream: the stream stays.
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-0").await.unwrap()),
+        "query-0"
+    );
+    assert!(give_up_after(20, &adapters, "stuck-0").await.is_err());
+    // A fetch the adapter never answers, given up after a second, while
+    // another is answered on the same stream meanwhile: the stream stays.
+    let (stuck, other) = tokio::join!(give_up_after(1000, &adapters, "stuck-1"), async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         fetch(&adapters, "query-a").await
     });
     assert!(stuck.is_err(), "the stuck fetch was answered: {stuck:?}");
     assert_eq!(answered_for(&other.unwrap()), "query-a");
-    // The stream answered others: it is not stuck, and stays.
     assert_eq!(
         answered_for(&fetch(&adapters, "query-b").await.unwrap()),
         "query-b"
     );
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
 
-    // A fetch given up before its answer comes: the answer, when it comes,
-    // reaches nobody; the fetches after it get their own.
-    let (late, other) = tokio::join!(give_up_after(150, &adapters, "late-1"), async {
+    // A fetch given up before its answer comes: the answer, when it comes
+    // (1.5 s after the fetch), reaches nobody; the fetches after it get
+    // their own.
+    let (late, other) = tokio::join!(give_up_after(1000, &adapters, "late-1"), async {
         tokio::time::sleep(Duration::from_millis(20)).await;
         fetch(&adapters, "query-e").await
     });
     assert!(late.is_err(), "answered before its time: {late:?}");
     assert_eq!(answered_for(&other.unwrap()), "query-e");
-    for n in 0..6 {
+    for n in 0..10 {
         let id = format!("query-c{n}");
         assert_eq!(answered_for(&fetch(&adapters, &id).await.unwrap()), id);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
 
-    // Given up while the stream answered nobody: the next fetch opens a
-    // new stream, as the old one may be stuck.
-    assert!(give_up_after(200, &adapters, "stuck-2").await.is_err());
+    // Given up after a while on a stream that answered nobody meanwhile:
+    // the next fetch opens a new stream, as the old one may be stuck.
+    assert!(give_up_after(400, &adapters, "stuck-2").await.is_err());
     assert_eq!(
         answered_for(&fetch(&adapters, "query-d").await.unwrap()),
         "query-d"
