@@ -76,6 +76,33 @@ pub const HAND_OVERS_MAX: usize = 1024;
 /// UNAVAILABLE at once (the query fails fast; its consumer may ask again).
 pub const FETCHES_MAX: usize = 1024;
 
+/// While the server shuts down: answer each message UNAVAILABLE at once
+/// until every message taken before has been answered (all `slots` are
+/// back), or the broker ends the stream. An answer that finds the broker
+/// not reading is left out; its caller hears UNAVAILABLE when the stream ends.
+async fn refuse_until_answered<E: Served>(
+    incoming: &mut Streaming<E::Message>,
+    slots: &Semaphore,
+    answers: &mpsc::Sender<Result<E::Answer, Status>>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = slots.acquire_many(STREAM_IN_FLIGHT) => return,
+            next = incoming.message() => {
+                let Ok(Some(message)) = next else { return };
+                let (sequence, _, _) = E::header(&message);
+                let _ = answers.try_send(Ok(E::answer(
+                    sequence,
+                    Err(Status::unavailable(
+                        "the adapter is stopping; nothing was done; try again",
+                    )),
+                )));
+            }
+        }
+    }
+}
+
 /// A stream of answers to the broker.
 type StreamOf<A> = Pin<Box<dyn tokio_stream::Stream<Item = Result<A, Status>> + Send>>;
 
@@ -203,8 +230,9 @@ impl Adapter {
         }
     }
 
-    /// End the broker's streams (the server is shutting down): each stops
-    /// reading, answers the deliveries it has taken, and ends.
+    /// End the broker's streams (the server is shutting down): each
+    /// answers what it has taken, answers anything sent meanwhile
+    /// UNAVAILABLE (nothing done), and ends.
     pub fn close_streams(&self) {
         self.inner.closing.send_replace(true);
     }
@@ -641,7 +669,11 @@ impl Adapter {
     /// cancels no hand-over), at most [`STREAM_IN_FLIGHT`] at once. The
     /// stream ends when the broker ends it, it breaks, or the server shuts
     /// down; the messages taken are answered first where the broker still
-    /// listens, and deliveries are handed over either way.
+    /// listens, and deliveries are handed over either way. A fetch whose
+    /// broker let the stream go stops, as a call's would at its reset.
+    /// While the server shuts down, each further message is answered
+    /// UNAVAILABLE at once (nothing was done; the broker may ask again
+    /// elsewhere or later) until the messages taken before are answered.
     async fn serve_stream<E: Served>(
         self,
         mut incoming: Streaming<E::Message>,
@@ -653,11 +685,15 @@ impl Adapter {
         loop {
             let next = tokio::select! {
                 biased;
-                _ = closing.wait_for(|c| *c) => break,
+                _ = closing.wait_for(|c| *c) => None,
                 next = async {
                     let slot = slots.clone().acquire_owned().await;
                     (slot, incoming.message().await)
-                } => next,
+                } => Some(next),
+            };
+            let Some(next) = next else {
+                refuse_until_answered::<E>(&mut incoming, &slots, &answers).await;
+                break;
             };
             let (Ok(slot), Ok(Some(message))) = next else {
                 // Ended by the broker (`None`) or broken (an error the
@@ -680,10 +716,16 @@ impl Adapter {
                 // A panic is answered (the panic hook logs where), not left
                 // for the broker to wait out.
                 let work = std::panic::AssertUnwindSafe(work).catch_unwind();
-                let result = match tokio::time::timeout_at(deadline, work).await {
-                    Ok(Ok(result)) => result,
-                    Ok(Err(_)) => Err(Status::internal(E::FAILED)),
-                    Err(_) => Err(Status::deadline_exceeded(E::LATE)),
+                let result = tokio::select! {
+                    done = tokio::time::timeout_at(deadline, work) => match done {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(Status::internal(E::FAILED)),
+                        Err(_) => Err(Status::deadline_exceeded(E::LATE)),
+                    },
+                    // Nobody to answer: the broker let the stream go.
+                    // Dropping the work stops a fetch; a delivery's
+                    // hand-over is a task of its own and goes on.
+                    _ = answers.closed() => return,
                 };
                 // A broker gone away, or not reading, hears nothing after
                 // its time (it stopped waiting then): a hand-over stands

@@ -49,14 +49,32 @@ impl Delay {
         self.0.store(micros, Ordering::Relaxed);
     }
 
-    /// Wait out the delay, if one is set, counting the call in `begun`
-    /// before it waits.
-    async fn wait(&self, begun: &AtomicU64) {
+    /// Wait out the delay, if one is set, counted in `slow` while it waits
+    /// (until it ends or its caller is gone).
+    async fn wait(&self, slow: &Slow) {
         let micros = self.0.load(Ordering::Relaxed);
         if micros > 0 {
-            begun.fetch_add(1, Ordering::AcqRel);
+            slow.begun.fetch_add(1, Ordering::AcqRel);
+            slow.waiting.fetch_add(1, Ordering::AcqRel);
+            let _left = Left(&slow.waiting);
             tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
         }
+    }
+}
+
+/// Calls that met a delay: how many began, and how many wait now.
+#[derive(Debug, Default)]
+struct Slow {
+    begun: AtomicU64,
+    waiting: AtomicU64,
+}
+
+/// Counts a waiting call out however its wait ends.
+struct Left<'a>(&'a AtomicU64);
+
+impl Drop for Left<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -69,8 +87,8 @@ pub struct ReferenceSystem {
     find_delay: Delay,
     /// How long a receive waits before it takes the record.
     receive_delay: Delay,
-    /// Finds and receives that began while a delay was set.
-    slow_answers: Arc<AtomicU64>,
+    /// Finds and receives that met a delay.
+    slow_answers: Arc<Slow>,
 }
 
 impl ReferenceSystem {
@@ -145,7 +163,13 @@ impl ReferenceSystem {
     /// How many finds and receives began while a delay was set for them:
     /// a test knows its slow calls reached the system.
     pub fn slow_answers_begun(&self) -> u64 {
-        self.slow_answers.load(Ordering::Acquire)
+        self.slow_answers.begun.load(Ordering::Acquire)
+    }
+
+    /// How many of them wait now: a call whose caller went away stops
+    /// waiting (its server drops it at the reset).
+    pub fn slow_answers_waiting(&self) -> u64 {
+        self.slow_answers.waiting.load(Ordering::Acquire)
     }
 
     /// What was received, oldest first: everything, or the newest

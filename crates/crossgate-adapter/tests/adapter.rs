@@ -545,6 +545,119 @@ async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time()
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
 
+/// A person fetch for the stream, asking for `id_number` within `timeout_millis`.
+fn person_message(sequence: u64, id_number: &str, timeout_millis: u32) -> FetchMessage {
+    FetchMessage {
+        sequence,
+        fetch: Some(FetchRequest {
+            request_id: format!("r-{sequence}"),
+            consumer: "education".into(),
+            record_type: "person.v1".into(),
+            purpose: "school-enrolment".into(),
+            criteria: vec![Criterion {
+                path: "/id_number".into(),
+                value: id_number.into(),
+            }],
+            limit: 2,
+        }),
+        traceparent: String::new(),
+        timeout_millis,
+    }
+}
+
+/// Wait (up to 10 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let began = std::time::Instant::now();
+    while !done() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(10),
+            "not in time: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_fetch_stops_when_the_broker_lets_its_stream_go() {
+    let mut run = start("public-security", false).await;
+    // The system would take a minute; the broker gave the fetch 30 s.
+    run.system
+        .answer_finds_after(std::time::Duration::from_secs(60));
+    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
+    let answers = run
+        .department
+        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+        .await
+        .expect("a stream")
+        .into_inner();
+    send.send(person_message(1, "14030219890903420X", 30_000))
+        .await
+        .unwrap();
+    until("the fetch reaches the system", || {
+        run.system.slow_answers_begun() == 1
+    })
+    .await;
+    assert_eq!(run.system.slow_answers_waiting(), 1);
+    // The broker lets the stream go (its consumer gave up, or it stops):
+    // the fetch stops, as a call's would at its reset, instead of holding
+    // the system and a place among the adapter's fetches for 30 s.
+    drop(answers);
+    drop(send);
+    until("the system's find is let go", || {
+        run.system.slow_answers_waiting() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_took_in_full() {
+    let mut run = start("public-security", false).await;
+    run.system
+        .answer_finds_after(std::time::Duration::from_secs(2));
+    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
+    let mut answers = run
+        .department
+        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+        .await
+        .expect("a stream")
+        .into_inner();
+    send.send(person_message(1, "14030219890903420X", 10_000))
+        .await
+        .unwrap();
+    until("the fetch reaches the system", || {
+        run.system.slow_answers_begun() == 1
+    })
+    .await;
+    let _ = run.stop.take().expect("running").send(());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Sent while the adapter stops: answered at once, nothing done.
+    send.send(person_message(2, "11010519491231002X", 10_000))
+        .await
+        .unwrap();
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
+            .await
+            .expect("in time")
+            .expect("the stream holds")
+    };
+    let refused = next().await.expect("an answer to the fetch sent last");
+    assert_eq!(
+        (refused.sequence, Code::from(refused.code)),
+        (2, Code::Unavailable),
+        "{refused:?}"
+    );
+    assert_eq!(run.system.slow_answers_begun(), 1, "it reached the system");
+    // The fetch taken before is answered in full, then the stream ends.
+    let taken = next().await.expect("an answer to the fetch taken");
+    assert_eq!(
+        (taken.sequence, Code::from(taken.code)),
+        (1, Code::Ok),
+        "{taken:?}"
+    );
+    assert_eq!(taken.response.expect("records").records.len(), 1);
+    assert!(next().await.is_none(), "the stream ends");
+}
+
 #[tokio::test]
 async fn lookup_answers_in_the_departments_own_format() {
     let mut run = start("public-security", false).await;

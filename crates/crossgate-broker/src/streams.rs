@@ -32,7 +32,6 @@ use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::{DeliverAnswer, DeliverMessage, FetchAnswer, FetchMessage, FetchResponse};
 use foldhash::{HashMap, HashMapExt};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -175,7 +174,6 @@ pub struct Streams<E: Exchange> {
 struct Session<E: Exchange> {
     tx: mpsc::Sender<E::Message>,
     waiting: Arc<Mutex<Waiting<E>>>,
-    next: AtomicU64,
     /// Dropped with the session: its task stops waiting for the stream
     /// (its headers or answers) and resets it.
     _held: oneshot::Sender<()>,
@@ -185,7 +183,10 @@ struct Session<E: Exchange> {
 struct Waiting<E: Exchange> {
     /// False once the stream has ended: no caller may wait on it then.
     open: bool,
-    /// Answers heard on the stream so far.
+    /// The next message's sequence: those below it were sent.
+    next: u64,
+    /// Answers heard on the stream so far to sequences that were sent (an
+    /// adapter answering sequences never sent is no sign that it works).
     heard: u64,
     /// Each waiting caller, with `heard` as it was when the caller began,
     /// and when it began.
@@ -221,8 +222,19 @@ impl<E: Exchange> Streams<E> {
 
     /// Send `message` on the open stream (or a new one) and wait for its
     /// answer. The caller bounds the wait by its own time.
+    ///
+    /// A message that was never sent, because the stream ended between
+    /// taking it and sending (another caller found it stuck, or it broke),
+    /// is sent once more on a new stream.
     pub async fn call(&self, message: E::Message) -> Result<E::Reply, Status> {
-        self.session().call(&self.partner, message).await
+        match self.session().call(&self.partner, message).await {
+            Err(Unsent(message)) => self
+                .session()
+                .call(&self.partner, message)
+                .await
+                .unwrap_or_else(|Unsent(_)| Err(ended::<E>(&self.partner))),
+            Ok(answer) => answer,
+        }
     }
 
     /// The open stream, or a new one: asked for in a task of its own, which
@@ -235,6 +247,7 @@ impl<E: Exchange> Streams<E> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let waiting = Arc::new(Mutex::new(Waiting {
             open: true,
+            next: 0,
             heard: 0,
             answers: HashMap::new(),
         }));
@@ -250,7 +263,6 @@ impl<E: Exchange> Streams<E> {
         let session = Arc::new(Session {
             tx,
             waiting,
-            next: AtomicU64::new(0),
             _held: held,
         });
         *open = Some(session.clone());
@@ -263,32 +275,43 @@ impl<E: Exchange> Session<E> {
         lock(&self.waiting).open && !self.tx.is_closed()
     }
 
-    async fn call(&self, partner: &str, mut message: E::Message) -> Result<E::Reply, Status> {
-        let sequence = self.next.fetch_add(1, Ordering::Relaxed);
-        E::set_sequence(&mut message, sequence);
+    /// The answer to `message`, or the message back if it was not sent.
+    async fn call(
+        &self,
+        partner: &str,
+        mut message: E::Message,
+    ) -> Result<Result<E::Reply, Status>, Unsent<E>> {
         let (answer, heard) = oneshot::channel();
-        {
+        let sequence = {
             let mut waiting = lock(&self.waiting);
             if !waiting.open {
-                return Err(ended::<E>(partner));
+                return Err(Unsent(message));
             }
+            let sequence = waiting.next;
+            waiting.next += 1;
             let heard = waiting.heard;
             waiting
                 .answers
                 .insert(sequence, (answer, heard, Instant::now()));
-        }
+            sequence
+        };
+        E::set_sequence(&mut message, sequence);
         // Whatever ends this wait (the answer, the stream's end, the
         // caller's timeout dropping it) takes the caller out of the books.
-        let _forget = Forget {
+        let forget = Forget {
             waiting: &self.waiting,
             sequence,
         };
-        if self.tx.send(message).await.is_err() {
-            return Err(ended::<E>(partner));
+        if let Err(mpsc::error::SendError(message)) = self.tx.send(message).await {
+            drop(forget);
+            return Err(Unsent(message));
         }
-        heard.await.unwrap_or_else(|_| Err(ended::<E>(partner)))
+        Ok(heard.await.unwrap_or_else(|_| Err(ended::<E>(partner))))
     }
 }
+
+/// A message given back unsent: its stream ended before it went out.
+struct Unsent<E: Exchange>(E::Message);
 
 /// Removes a caller from the books when its wait ends by any path.
 struct Forget<'a, E: Exchange> {
@@ -394,8 +417,11 @@ async fn read_answers<E: Exchange>(
                 answered = true;
                 let caller = {
                     let mut waiting = lock(waiting);
-                    waiting.heard += 1;
-                    waiting.answers.remove(&E::sequence(&answer))
+                    let sequence = E::sequence(&answer);
+                    if sequence < waiting.next {
+                        waiting.heard += 1;
+                    }
+                    waiting.answers.remove(&sequence)
                 };
                 let Some((caller, _, _)) = caller else {
                     // Its caller gave up waiting (or the sequence is not

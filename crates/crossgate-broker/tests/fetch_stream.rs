@@ -31,6 +31,8 @@ enum Script {
     /// id starts with "stuck", and one starting with "late" only after
     /// 1.5 s.
     ByName,
+    /// Answer no fetch, but a sequence never sent every 50 ms.
+    Strays,
 }
 
 #[derive(Clone)]
@@ -114,6 +116,30 @@ impl Department for Fake {
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if let Script::Strays = script {
+            tokio::spawn(async move {
+                let _incoming = incoming;
+                let mut sequence = 1u64 << 40;
+                loop {
+                    let stray = FetchMessage {
+                        sequence,
+                        fetch: Some(FetchRequest {
+                            request_id: "stray".into(),
+                            ..FetchRequest::default()
+                        }),
+                        ..FetchMessage::default()
+                    };
+                    if tx.send(Ok(answer(&stray))).await.is_err() {
+                        return;
+                    }
+                    sequence += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         if let Script::ByName = script {
             tokio::spawn(async move {
                 while let Ok(Some(m)) = incoming.message().await {
@@ -138,7 +164,7 @@ impl Department for Fake {
         tokio::spawn(async move {
             let n = match script {
                 Script::Reversed(n) | Script::BreakAfter(n) => n,
-                Script::NoStream | Script::ByName => 0,
+                Script::NoStream | Script::ByName | Script::Strays => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -329,4 +355,16 @@ async fn a_given_up_fetch_keeps_a_stream_that_answers_others_and_its_late_answer
     );
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
     assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn answers_to_sequences_never_sent_do_not_keep_a_stuck_stream() {
+    let (fake, adapters) = start(Script::Strays).await;
+    // The adapter answers, but never a fetch the broker sent: a fetch given
+    // up after a while marks the stream as perhaps stuck all the same, and
+    // the next fetch opens another.
+    assert!(give_up_after(400, &adapters, "query-1").await.is_err());
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    assert!(give_up_after(400, &adapters, "query-2").await.is_err());
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
 }
