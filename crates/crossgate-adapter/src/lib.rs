@@ -11,7 +11,7 @@ mod service;
 pub mod system;
 
 pub use replicas::Replicas;
-pub use service::{Adapter, HAND_OVERS_MAX, Peers, faults_status};
+pub use service::{Adapter, FETCHES_MAX, HAND_OVERS_MAX, Peers, faults_status};
 
 use crossgate_proto::department_server::DepartmentServer;
 use crossgate_proto::department_system_server::DepartmentSystemServer;

@@ -463,22 +463,6 @@ async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time()
         .await
         .expect("a stream")
         .into_inner();
-    let message = |sequence: u64, id_number: Option<&str>, timeout_millis: u32| FetchMessage {
-        sequence,
-        fetch: id_number.map(|id| FetchRequest {
-            request_id: format!("r-{sequence}"),
-            consumer: "education".into(),
-            record_type: "person.v1".into(),
-            purpose: "school-enrolment".into(),
-            criteria: vec![Criterion {
-                path: "/id_number".into(),
-                value: id.into(),
-            }],
-            limit: 2,
-        }),
-        traceparent: String::new(),
-        timeout_millis,
-    };
     let mut answer = async || {
         tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
             .await
@@ -486,13 +470,18 @@ async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time()
             .expect("the stream holds")
             .expect("not ended")
     };
-    send.send(message(7, Some("14030219890903420X"), 10_000))
+    send.send(person_message(7, "14030219890903420X", 10_000))
         .await
         .unwrap();
-    send.send(message(8, Some("11010519491231002X"), 10_000))
+    send.send(person_message(8, "11010519491231002X", 10_000))
         .await
         .unwrap();
-    send.send(message(9, None, 10_000)).await.unwrap();
+    send.send(FetchMessage {
+        fetch: None,
+        ..person_message(9, "", 10_000)
+    })
+    .await
+    .unwrap();
     let mut got = [answer().await, answer().await, answer().await];
     got.sort_by_key(|a| a.sequence);
     // Found: the canonical record, as `Fetch` answers it.
@@ -522,7 +511,7 @@ async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time()
     run.system
         .answer_finds_after(std::time::Duration::from_secs(5));
     let began = std::time::Instant::now();
-    send.send(message(10, Some("14030219890903420X"), 300))
+    send.send(person_message(10, "14030219890903420X", 300))
         .await
         .unwrap();
     let late = answer().await;
@@ -747,4 +736,63 @@ async fn standard_grpc_health_checking_is_served() {
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn fetches_over_the_cap_are_refused_at_once_across_streams() {
+    use crossgate_adapter::FETCHES_MAX;
+    let mut run = start("public-security", false).await;
+    run.system
+        .answer_finds_after(std::time::Duration::from_secs(60));
+    // A stream serves at most 256 messages at once: the cap is reached
+    // over several, as over a broker's new streams.
+    const PER_STREAM: usize = 256;
+    let streams = FETCHES_MAX / PER_STREAM + 1;
+    let (heard, mut answered) = tokio::sync::mpsc::unbounded_channel();
+    let mut senders = Vec::new();
+    let mut sequence = 0;
+    for s in 0..streams {
+        let (send, to_adapter) = tokio::sync::mpsc::channel(PER_STREAM);
+        let mut answers = run
+            .department
+            .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+            .await
+            .expect("a stream")
+            .into_inner();
+        let n = if s + 1 < streams {
+            PER_STREAM
+        } else {
+            FETCHES_MAX + 1 - PER_STREAM * (streams - 1)
+        };
+        for _ in 0..n {
+            sequence += 1;
+            send.send(person_message(sequence, "14030219890903420X", 30_000))
+                .await
+                .unwrap();
+        }
+        let heard = heard.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(answer)) = answers.message().await {
+                let _ = heard.send(answer);
+            }
+        });
+        senders.push(send);
+    }
+    // One more than the cap: whichever came last is refused at once, and
+    // the others wait for the system.
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), answered.recv())
+        .await
+        .expect("one fetch answered at once")
+        .expect("an answer");
+    assert_eq!(Code::from(refused.code), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.message,
+        format!("{FETCHES_MAX} fetches are still with the department system; try again")
+    );
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), answered.recv())
+            .await
+            .is_err(),
+        "only one over the cap"
+    );
 }
