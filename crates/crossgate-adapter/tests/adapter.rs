@@ -456,13 +456,7 @@ async fn fetch_answers_from_the_system_with_valid_canonical_records() {
 #[tokio::test]
 async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time() {
     let mut run = start("public-security", false).await;
-    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
-    let mut answers = run
-        .department
-        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
-        .await
-        .expect("a stream")
-        .into_inner();
+    let (send, mut answers) = open_fetch_stream(&mut run, 8).await;
     let mut answer = async || {
         tokio::time::timeout(std::time::Duration::from_secs(10), answers.message())
             .await
@@ -534,6 +528,47 @@ async fn a_fetch_stream_answers_each_fetch_as_a_call_would_and_within_its_time()
     assert!(matches!(end, Ok(None)), "{end:?}");
 }
 
+/// A `FetchStream` to the adapter, as the broker opens it: where to send
+/// its messages (`room` of them queued), and its answers.
+async fn open_fetch_stream(
+    run: &mut Running,
+    room: usize,
+) -> (
+    tokio::sync::mpsc::Sender<FetchMessage>,
+    tonic::Streaming<FetchAnswer>,
+) {
+    let (send, to_adapter) = tokio::sync::mpsc::channel(room);
+    let answers = run
+        .department
+        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
+        .await
+        .expect("a stream")
+        .into_inner();
+    (send, answers)
+}
+
+/// With the system answering finds only after `delay`: a stream whose
+/// first fetch (sequence 1, given `timeout_millis`) is with the system.
+async fn slow_fetch_under_way(
+    run: &mut Running,
+    delay: std::time::Duration,
+    timeout_millis: u32,
+) -> (
+    tokio::sync::mpsc::Sender<FetchMessage>,
+    tonic::Streaming<FetchAnswer>,
+) {
+    run.system.answer_finds_after(delay);
+    let (send, answers) = open_fetch_stream(run, 8).await;
+    send.send(person_message(1, "14030219890903420X", timeout_millis))
+        .await
+        .unwrap();
+    until("the fetch reaches the system", || {
+        run.system.slow_answers_begun() == 1
+    })
+    .await;
+    (send, answers)
+}
+
 /// A person fetch for the stream, asking for `id_number` within `timeout_millis`.
 fn person_message(sequence: u64, id_number: &str, timeout_millis: u32) -> FetchMessage {
     FetchMessage {
@@ -570,22 +605,8 @@ async fn until(what: &str, done: impl Fn() -> bool) {
 async fn a_fetch_stops_when_the_broker_lets_its_stream_go() {
     let mut run = start("public-security", false).await;
     // The system would take a minute; the broker gave the fetch 30 s.
-    run.system
-        .answer_finds_after(std::time::Duration::from_secs(60));
-    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
-    let answers = run
-        .department
-        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
-        .await
-        .expect("a stream")
-        .into_inner();
-    send.send(person_message(1, "14030219890903420X", 30_000))
-        .await
-        .unwrap();
-    until("the fetch reaches the system", || {
-        run.system.slow_answers_begun() == 1
-    })
-    .await;
+    let (send, answers) =
+        slow_fetch_under_way(&mut run, std::time::Duration::from_secs(60), 30_000).await;
     assert_eq!(run.system.slow_answers_waiting(), 1);
     // The broker lets the stream go (its consumer gave up, or it stops):
     // the fetch stops, as a call's would at its reset, instead of holding
@@ -601,22 +622,8 @@ async fn a_fetch_stops_when_the_broker_lets_its_stream_go() {
 #[tokio::test]
 async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_took_in_full() {
     let mut run = start("public-security", false).await;
-    run.system
-        .answer_finds_after(std::time::Duration::from_secs(2));
-    let (send, to_adapter) = tokio::sync::mpsc::channel(8);
-    let mut answers = run
-        .department
-        .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
-        .await
-        .expect("a stream")
-        .into_inner();
-    send.send(person_message(1, "14030219890903420X", 10_000))
-        .await
-        .unwrap();
-    until("the fetch reaches the system", || {
-        run.system.slow_answers_begun() == 1
-    })
-    .await;
+    let (send, mut answers) =
+        slow_fetch_under_way(&mut run, std::time::Duration::from_secs(2), 10_000).await;
     let _ = run.stop.take().expect("running").send(());
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     // Sent while the adapter stops: answered at once, nothing done.
@@ -752,13 +759,7 @@ async fn fetches_over_the_cap_are_refused_at_once_across_streams() {
     let mut senders = Vec::new();
     let mut sequence = 0;
     for s in 0..streams {
-        let (send, to_adapter) = tokio::sync::mpsc::channel(PER_STREAM);
-        let mut answers = run
-            .department
-            .fetch_stream(tokio_stream::wrappers::ReceiverStream::new(to_adapter))
-            .await
-            .expect("a stream")
-            .into_inner();
+        let (send, mut answers) = open_fetch_stream(&mut run, PER_STREAM).await;
         let n = if s + 1 < streams {
             PER_STREAM
         } else {
