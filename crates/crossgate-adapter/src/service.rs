@@ -92,12 +92,7 @@ async fn refuse_until_answered<E: Served>(
             next = incoming.message() => {
                 let Ok(Some(message)) = next else { return };
                 let (sequence, _, _) = E::header(&message);
-                let _ = answers.try_send(Ok(E::answer(
-                    sequence,
-                    Err(Status::unavailable(
-                        "the adapter is stopping; nothing was done; try again",
-                    )),
-                )));
+                let _ = answers.try_send(Ok(E::stopping(sequence)));
             }
         }
     }
@@ -235,6 +230,11 @@ impl Adapter {
     /// UNAVAILABLE (nothing done), and ends.
     pub fn close_streams(&self) {
         self.inner.closing.send_replace(true);
+    }
+
+    /// Whether the server is shutting down (its streams were told).
+    pub fn is_closing(&self) -> bool {
+        *self.inner.closing.borrow()
     }
 
     fn broker_id(&self) -> &str {
@@ -535,6 +535,13 @@ trait Served: 'static {
         message: Self::Message,
     ) -> impl Future<Output = Result<Self::Reply, Status>> + Send + 'static;
     fn answer(sequence: u64, result: Result<Self::Reply, Status>) -> Self::Answer;
+    /// The answer to a message that came while the adapter stops.
+    fn stopping(sequence: u64) -> Self::Answer;
+}
+
+/// What a message that came while the adapter stops is answered.
+fn stopping_status() -> Status {
+    Status::unavailable("the adapter is stopping; nothing was done; try again")
 }
 
 struct Deliveries;
@@ -572,6 +579,14 @@ impl Served for Deliveries {
             sequence,
             code: code as i32,
             message,
+            stopping: false,
+        }
+    }
+
+    fn stopping(sequence: u64) -> DeliverAnswer {
+        DeliverAnswer {
+            stopping: true,
+            ..Self::answer(sequence, Err(stopping_status()))
         }
     }
 }
@@ -614,13 +629,22 @@ impl Served for Fetches {
                 code: Code::Ok as i32,
                 message: String::new(),
                 response: Some(response),
+                stopping: false,
             },
             Err(status) => FetchAnswer {
                 sequence,
                 code: status.code() as i32,
                 message: status.message().to_owned(),
                 response: None,
+                stopping: false,
             },
+        }
+    }
+
+    fn stopping(sequence: u64) -> FetchAnswer {
+        FetchAnswer {
+            stopping: true,
+            ..Self::answer(sequence, Err(stopping_status()))
         }
     }
 }

@@ -78,6 +78,8 @@ struct Running {
     channel: Channel,
     broker: FakeBroker,
     system: ReferenceSystem,
+    /// The adapter served (a handle on the same state).
+    adapter: Adapter,
     ingress: IngressClient<Channel>,
     department: DepartmentClient<Channel>,
 }
@@ -123,13 +125,14 @@ async fn start(department: &str, broker_down: bool) -> Running {
         stop,
         served,
         channel,
-    } = serve_adapter(adapter).await;
+    } = serve_adapter(adapter.clone()).await;
     Running {
         stop,
         served,
         channel: channel.clone(),
         broker,
         system,
+        adapter,
         ingress: IngressClient::new(channel.clone()),
         department: DepartmentClient::new(channel),
     }
@@ -608,7 +611,8 @@ async fn a_fetch_stops_when_the_broker_lets_its_stream_go() {
     let (send, answers) =
         slow_fetch_under_way(&mut run, std::time::Duration::from_secs(60), 30_000).await;
     assert_eq!(run.system.slow_answers_waiting(), 1);
-    // The broker lets the stream go (its consumer gave up, or it stops):
+    // The broker lets the stream go (it found the stream stuck, it stops,
+    // or the connection is lost):
     // the fetch stops, as a call's would at its reset, instead of holding
     // the system and a place among the adapter's fetches for 30 s.
     drop(answers);
@@ -625,8 +629,9 @@ async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_too
     let (send, mut answers) =
         slow_fetch_under_way(&mut run, std::time::Duration::from_secs(2), 10_000).await;
     let _ = run.stop.take().expect("running").send(());
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    // Sent while the adapter stops: answered at once, nothing done.
+    until("the adapter is stopping", || run.adapter.is_closing()).await;
+    // Sent while the adapter stops: answered at once, nothing done, and
+    // marked so that the broker sends nothing more on this stream.
     send.send(person_message(2, "11010519491231002X", 10_000))
         .await
         .unwrap();
@@ -642,6 +647,7 @@ async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_too
         (2, Code::Unavailable),
         "{refused:?}"
     );
+    assert!(refused.stopping, "{refused:?}");
     assert_eq!(run.system.slow_answers_begun(), 1, "it reached the system");
     // The fetch taken before is answered in full, then the stream ends.
     let taken = next().await.expect("an answer to the fetch taken");

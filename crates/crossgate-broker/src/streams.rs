@@ -8,12 +8,19 @@
 //! - `DEADLINE_EXCEEDED` (from the caller's own timeout) when none comes
 //!   within its time; the message carries that time, and the adapter
 //!   answers by then too. A stream that left a caller unanswered for at
-//!   least [`STUCK_AFTER`], and sent no answer at all meanwhile, may be
-//!   stuck (its headers or answers never coming), so the next caller opens
-//!   another; the old one lasts while callers still wait on it and is reset
-//!   when the last lets go. A stream that answers, or a caller that gave up
-//!   sooner, is no sign of it: one caller's short deadline (a query's is its
-//!   consumer's choice) does not cost the next caller a new stream;
+//!   least [`STUCK_AFTER`], and answered no other waiting caller meanwhile,
+//!   may be stuck (its headers or answers never coming), so the next caller
+//!   opens another; the old one lasts while callers still wait on it and is
+//!   reset when the last lets go. A stream that answers its callers, or a
+//!   caller that gave up sooner, is no sign of it: one caller's short
+//!   deadline (a query's is its consumer's choice) does not cost the next
+//!   caller a new stream; answers to sequences never sent, given up or
+//!   answered before are no sign that it works;
+//! - an answer marked `stopping` (the adapter shuts down; nothing was
+//!   done): its caller hears `UNAVAILABLE`, and the next caller opens
+//!   another stream;
+//! - a message whose stream ended before it went out is sent once on a new
+//!   one;
 //! - `UNAVAILABLE` for every caller still waiting when the stream ends or
 //!   breaks (adapter restarted, connection lost): the outcome is unknown;
 //! - `UNAUTHENTICATED` or `PERMISSION_DENIED` when the adapter refuses the
@@ -40,8 +47,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-/// How long a caller must have waited, with no answer heard on the stream
-/// meanwhile, before its giving up marks the stream as perhaps stuck.
+/// How long a caller must have waited, with no other waiting caller
+/// answered on the stream meanwhile, before its giving up marks the stream
+/// as perhaps stuck.
 pub const STUCK_AFTER: Duration = Duration::from_millis(250);
 
 /// Messages queued for one stream before a sender waits.
@@ -63,6 +71,8 @@ pub trait Exchange: Send + Sync + 'static {
     const WHAT: &'static str;
     fn set_sequence(message: &mut Self::Message, sequence: u64);
     fn sequence(answer: &Self::Answer) -> u64;
+    /// The adapter is stopping: nothing more goes on this stream.
+    fn stopping(answer: &Self::Answer) -> bool;
     fn reply(answer: Self::Answer) -> Result<Self::Reply, Status>;
     /// Log that the adapter has no such stream and is sent calls.
     fn no_stream(partner: &str);
@@ -90,6 +100,10 @@ impl Exchange for Deliveries {
 
     fn sequence(answer: &DeliverAnswer) -> u64 {
         answer.sequence
+    }
+
+    fn stopping(answer: &DeliverAnswer) -> bool {
+        answer.stopping
     }
 
     fn reply(answer: DeliverAnswer) -> Result<(), Status> {
@@ -131,6 +145,10 @@ impl Exchange for Fetches {
 
     fn sequence(answer: &FetchAnswer) -> u64 {
         answer.sequence
+    }
+
+    fn stopping(answer: &FetchAnswer) -> bool {
+        answer.stopping
     }
 
     fn reply(answer: FetchAnswer) -> Result<FetchResponse, Status> {
@@ -183,10 +201,11 @@ struct Session<E: Exchange> {
 struct Waiting<E: Exchange> {
     /// False once the stream has ended: no caller may wait on it then.
     open: bool,
-    /// The next message's sequence: those below it were sent.
+    /// The next message's sequence.
     next: u64,
-    /// Answers heard on the stream so far to sequences that were sent (an
-    /// adapter answering sequences never sent is no sign that it works).
+    /// Answers heard on the stream so far that reached a waiting caller
+    /// (answers to sequences never sent, given up or answered before are
+    /// no sign that it works).
     heard: u64,
     /// Each waiting caller, with `heard` as it was when the caller began,
     /// and when it began.
@@ -227,7 +246,13 @@ impl<E: Exchange> Streams<E> {
     /// taking it and sending (another caller found it stuck, or it broke),
     /// is sent once more on a new stream.
     pub async fn call(&self, message: E::Message) -> Result<E::Reply, Status> {
-        match self.session().call(&self.partner, message).await {
+        // The first session is let go before the second is asked for: a
+        // stream marked perhaps stuck is reset once nobody waits on it.
+        let first = {
+            let session = self.session();
+            session.call(&self.partner, message).await
+        };
+        match first {
             Err(Unsent(message)) => self
                 .session()
                 .call(&self.partner, message)
@@ -417,11 +442,17 @@ async fn read_answers<E: Exchange>(
                 answered = true;
                 let caller = {
                     let mut waiting = lock(waiting);
-                    let sequence = E::sequence(&answer);
-                    if sequence < waiting.next {
+                    if E::stopping(&answer) {
+                        // Nothing more goes on this stream: the next
+                        // caller opens another (a new connection may reach
+                        // an adapter that is up).
+                        waiting.open = false;
+                    }
+                    let caller = waiting.answers.remove(&E::sequence(&answer));
+                    if caller.is_some() {
                         waiting.heard += 1;
                     }
-                    waiting.answers.remove(&sequence)
+                    caller
                 };
                 let Some((caller, _, _)) = caller else {
                     // Its caller gave up waiting (or the sequence is not

@@ -59,6 +59,7 @@ fn answer(m: &DeliverMessage) -> DeliverAnswer {
         sequence: m.sequence,
         code: code as i32,
         message,
+        stopping: false,
     }
 }
 
@@ -115,6 +116,7 @@ impl Department for Fake {
                         sequence: u64::MAX,
                         code: Code::Ok as i32,
                         message: String::new(),
+                        stopping: false,
                     };
                     let _ = tx.send(Ok(stray)).await;
                     for m in taken.iter().rev() {

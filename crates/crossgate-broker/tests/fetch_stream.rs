@@ -33,6 +33,10 @@ enum Script {
     ByName,
     /// Answer no fetch, but a sequence never sent every 50 ms.
     Strays,
+    /// On the first stream, answer each fetch as an adapter that is
+    /// stopping does (UNAVAILABLE, nothing done), keeping the stream open;
+    /// on later streams, as it comes.
+    StoppingFirst,
 }
 
 #[derive(Clone)]
@@ -64,6 +68,7 @@ fn answer(m: &FetchMessage) -> FetchAnswer {
             code: Code::NotFound as i32,
             message: "no person.v1 record matches".into(),
             response: None,
+            stopping: false,
         };
     }
     FetchAnswer {
@@ -71,6 +76,7 @@ fn answer(m: &FetchMessage) -> FetchAnswer {
         code: 0,
         message: String::new(),
         response: Some(found(&fetch)),
+        stopping: false,
     }
 }
 
@@ -109,13 +115,35 @@ impl Department for Fake {
         &self,
         request: Request<Streaming<FetchMessage>>,
     ) -> Result<Response<Self::FetchStreamStream>, Status> {
-        self.opened.fetch_add(1, Ordering::SeqCst);
-        let script = self.script;
+        let earlier = self.opened.fetch_add(1, Ordering::SeqCst);
+        let script = match self.script {
+            Script::StoppingFirst if earlier > 0 => Script::ByName,
+            script => script,
+        };
         if let Script::NoStream = script {
             return Err(Status::unimplemented("no FetchStream here"));
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if let Script::StoppingFirst = script {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = incoming.message().await {
+                    let stopping = FetchAnswer {
+                        sequence: m.sequence,
+                        code: Code::Unavailable as i32,
+                        message: "the adapter is stopping; nothing was done; try again".into(),
+                        response: None,
+                        stopping: true,
+                    };
+                    if tx.send(Ok(stopping)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         if let Script::Strays = script {
             tokio::spawn(async move {
                 let _incoming = incoming;
@@ -164,7 +192,7 @@ impl Department for Fake {
         tokio::spawn(async move {
             let n = match script {
                 Script::Reversed(n) | Script::BreakAfter(n) => n,
-                Script::NoStream | Script::ByName | Script::Strays => 0,
+                Script::NoStream | Script::ByName | Script::Strays | Script::StoppingFirst => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -366,5 +394,17 @@ async fn answers_to_sequences_never_sent_do_not_keep_a_stuck_stream() {
     assert!(give_up_after(400, &adapters, "query-1").await.is_err());
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
     assert!(give_up_after(400, &adapters, "query-2").await.is_err());
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_adapter_that_is_stopping_gets_no_more_on_its_stream() {
+    let (fake, adapters) = start(Script::StoppingFirst).await;
+    let refused = fetch(&adapters, "query-1").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // The next fetch goes on a new stream, which reaches an adapter that
+    // is up, rather than on the stopping one until it ends.
+    let answered = fetch(&adapters, "query-2").await.unwrap();
+    assert_eq!(answered_for(&answered), "query-2");
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
 }
