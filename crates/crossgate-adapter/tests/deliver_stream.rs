@@ -31,6 +31,8 @@ static RELEASED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
     std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
 /// `held` hand-overs the system has been given.
 static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Delivery ids of the `hang` hand-overs the system has been given.
+static HANGING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 #[tonic::async_trait]
 impl DepartmentSystem for System {
@@ -39,6 +41,10 @@ impl DepartmentSystem for System {
         r: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
         if r.get_ref().delivery_id.starts_with("hang") {
+            HANGING
+                .lock()
+                .unwrap()
+                .push(r.get_ref().delivery_id.clone());
             std::future::pending::<()>().await;
         }
         if r.get_ref().delivery_id.starts_with("held") {
@@ -149,8 +155,22 @@ async fn a_stuck_hand_over_is_answered_when_the_brokers_time_is_up_and_does_not_
     }
     assert_eq!(got, [(2, Code::Ok), (1, Code::DeadlineExceeded)]);
 
-    send.send(message(3, "hang-3", 2_000)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    send.send(message(3, "hang-at-stop", 2_000)).await.unwrap();
+    // Stopped once the system has it: taken before the stop, it is
+    // answered, not refused as one sent while the adapter stops.
+    let began = std::time::Instant::now();
+    while !HANGING
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|id| id == "hang-at-stop")
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the hand-over reached the system"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let _ = run.stop.take().expect("running").send(());
     let end = tokio::time::timeout(Duration::from_secs(20), answers.message())
         .await

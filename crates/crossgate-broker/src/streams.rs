@@ -8,14 +8,15 @@
 //! - `DEADLINE_EXCEEDED` (from the caller's own timeout) when none comes
 //!   within its time; the message carries that time, and the adapter
 //!   answers by then too. A stream that left a caller unanswered for at
-//!   least [`STUCK_AFTER`], and answered no other waiting caller meanwhile,
+//!   least [`STUCK_AFTER`], and sent no answer to any message meanwhile,
 //!   may be stuck (its headers or answers never coming), so the next caller
 //!   opens another; the old one lasts while callers still wait on it and is
 //!   reset when the last lets go. A stream that answers its callers, or a
 //!   caller that gave up sooner, is no sign of it: one caller's short
 //!   deadline (a query's is its consumer's choice) does not cost the next
-//!   caller a new stream; answers to sequences never sent, given up or
-//!   answered before are no sign that it works;
+//!   caller a new stream; a late answer to a caller that gave up counts
+//!   as one (a slow adapter is not a stuck stream), answers to sequences
+//!   never sent or answered before do not;
 //! - an answer marked `stopping` (the adapter shuts down; nothing was
 //!   done): its caller hears `UNAVAILABLE`, and the next caller opens
 //!   another stream;
@@ -38,6 +39,7 @@
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::{DeliverAnswer, DeliverMessage, FetchAnswer, FetchMessage, FetchResponse};
 use foldhash::{HashMap, HashMapExt};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,10 +49,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-/// How long a caller must have waited, with no other waiting caller
-/// answered on the stream meanwhile, before its giving up marks the stream
-/// as perhaps stuck.
+/// How long a caller must have waited, with no answer to any message
+/// heard on the stream meanwhile, before its giving up marks the stream as
+/// perhaps stuck.
 pub const STUCK_AFTER: Duration = Duration::from_millis(250);
+
+/// Given-up sequences kept to recognise their late answers.
+const GIVEN_UP_KEPT: usize = 1024;
 
 /// Messages queued for one stream before a sender waits.
 const STREAM_QUEUE: usize = 256;
@@ -203,10 +208,14 @@ struct Waiting<E: Exchange> {
     open: bool,
     /// The next message's sequence.
     next: u64,
-    /// Answers heard on the stream so far that reached a waiting caller
-    /// (answers to sequences never sent, given up or answered before are
-    /// no sign that it works).
+    /// Answers heard on the stream so far: the first to each sequence sent,
+    /// whether its caller still waited or had given up (answers to
+    /// sequences never sent, or answered before, are no sign that it works).
     heard: u64,
+    /// Sequences whose callers gave up before their answer came, the
+    /// newest [`GIVEN_UP_KEPT`]: a slow adapter's late answer is still a
+    /// sign that the stream works.
+    given_up: BTreeSet<u64>,
     /// Each waiting caller, with `heard` as it was when the caller began,
     /// and when it began.
     answers: HashMap<u64, (Caller<E>, u64, Instant)>,
@@ -246,8 +255,9 @@ impl<E: Exchange> Streams<E> {
     /// taking it and sending (another caller found it stuck, or it broke),
     /// is sent once more on a new stream.
     pub async fn call(&self, message: E::Message) -> Result<E::Reply, Status> {
-        // The first session is let go before the second is asked for: a
-        // stream marked perhaps stuck is reset once nobody waits on it.
+        // The first session is let go before the second is asked for
+        // (which takes its place): a stream marked perhaps stuck is reset
+        // then, unless others still wait on it.
         let first = {
             let session = self.session();
             session.call(&self.partner, message).await
@@ -274,6 +284,7 @@ impl<E: Exchange> Streams<E> {
             open: true,
             next: 0,
             heard: 0,
+            given_up: BTreeSet::new(),
             answers: HashMap::new(),
         }));
         let (held, let_go) = oneshot::channel();
@@ -347,10 +358,15 @@ struct Forget<'a, E: Exchange> {
 impl<E: Exchange> Drop for Forget<'_, E> {
     fn drop(&mut self) {
         let mut waiting = lock(self.waiting);
-        if let Some((_, heard, began)) = waiting.answers.remove(&self.sequence)
-            && heard == waiting.heard
-            && began.elapsed() >= STUCK_AFTER
-        {
+        let Some((_, heard, began)) = waiting.answers.remove(&self.sequence) else {
+            return;
+        };
+        // Given up without an answer: its answer may still come.
+        waiting.given_up.insert(self.sequence);
+        if waiting.given_up.len() > GIVEN_UP_KEPT {
+            waiting.given_up.pop_first();
+        }
+        if heard == waiting.heard && began.elapsed() >= STUCK_AFTER {
             // Unanswered for a while, and no answer at all meanwhile: the
             // stream may be stuck (its headers or answers never come), so
             // the next caller opens another; this one lasts while callers
@@ -448,8 +464,9 @@ async fn read_answers<E: Exchange>(
                         // an adapter that is up).
                         waiting.open = false;
                     }
-                    let caller = waiting.answers.remove(&E::sequence(&answer));
-                    if caller.is_some() {
+                    let sequence = E::sequence(&answer);
+                    let caller = waiting.answers.remove(&sequence);
+                    if caller.is_some() || waiting.given_up.remove(&sequence) {
                         waiting.heard += 1;
                     }
                     caller

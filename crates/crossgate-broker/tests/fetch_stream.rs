@@ -33,6 +33,11 @@ enum Script {
     ByName,
     /// Answer no fetch, but a sequence never sent every 50 ms.
     Strays,
+    /// Answer the first fetch, then that answer again every 50 ms, and
+    /// no other fetch.
+    Repeats,
+    /// Answer each fetch a second after it came.
+    Slow,
     /// On the first stream, answer each fetch as an adapter that is
     /// stopping does (UNAVAILABLE, nothing done), keeping the stream open;
     /// on later streams, as it comes.
@@ -144,6 +149,37 @@ impl Department for Fake {
                 tokio_stream::wrappers::ReceiverStream::new(rx),
             )));
         }
+        if let Script::Repeats = script {
+            tokio::spawn(async move {
+                let Ok(Some(first)) = incoming.message().await else {
+                    return;
+                };
+                let _incoming = incoming;
+                loop {
+                    if tx.send(Ok(answer(&first))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
+        if let Script::Slow = script {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = incoming.message().await {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = tx.send(Ok(answer(&m))).await;
+                    });
+                }
+            });
+            return Ok(Response::new(Box::pin(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )));
+        }
         if let Script::Strays = script {
             tokio::spawn(async move {
                 let _incoming = incoming;
@@ -192,7 +228,12 @@ impl Department for Fake {
         tokio::spawn(async move {
             let n = match script {
                 Script::Reversed(n) | Script::BreakAfter(n) => n,
-                Script::NoStream | Script::ByName | Script::Strays | Script::StoppingFirst => 0,
+                Script::NoStream
+                | Script::ByName
+                | Script::Strays
+                | Script::Repeats
+                | Script::Slow
+                | Script::StoppingFirst => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -407,4 +448,49 @@ async fn an_adapter_that_is_stopping_gets_no_more_on_its_stream() {
     let answered = fetch(&adapters, "query-2").await.unwrap();
     assert_eq!(answered_for(&answered), "query-2");
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn answers_repeated_do_not_keep_a_stuck_stream() {
+    let (fake, adapters) = start(Script::Repeats).await;
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-1").await.unwrap()),
+        "query-1"
+    );
+    // The adapter answers the first fetch again and again, and no other:
+    // a fetch given up after a while marks the stream as perhaps stuck.
+    assert!(give_up_after(400, &adapters, "query-2").await.is_err());
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+    // The next fetch goes on a new stream, and is answered there.
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-3").await.unwrap()),
+        "query-3"
+    );
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_slow_adapter_keeps_its_stream_though_its_callers_give_up() {
+    let (fake, adapters) = start(Script::Slow).await;
+    // Every answer comes a second after its fetch. One caller waits for
+    // it; the others come every 500 ms and each gives up after 700 ms,
+    // hearing meanwhile the late answer to the one before (200 ms before
+    // it gives up). The stream is slow, not stuck: one serves them all.
+    let patient = fetch(&adapters, "query-patient");
+    let impatient = futures_util::future::join_all((1..=4).map(|n| {
+        let adapters = &adapters;
+        async move {
+            tokio::time::sleep(Duration::from_millis(500 * n)).await;
+            give_up_after(700, adapters, &format!("query-{n}")).await
+        }
+    }));
+    let (patient, impatient) = tokio::join!(patient, impatient);
+    assert_eq!(answered_for(&patient.unwrap()), "query-patient");
+    assert!(impatient.iter().all(Result::is_err), "{impatient:?}");
+    // The next fetch goes on the same stream.
+    assert_eq!(
+        answered_for(&fetch(&adapters, "query-last").await.unwrap()),
+        "query-last"
+    );
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
 }
