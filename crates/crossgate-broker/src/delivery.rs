@@ -133,16 +133,25 @@ impl Adapters {
         let link = self.link(partner)?;
         let began = std::time::Instant::now();
         let mut request = fetch();
-        if link.fetches.streams() && request.encoded_len() <= MESSAGE_MAX {
+        // A fetch refused by an adapter that is stopping (nothing done) is
+        // asked once more, on a new stream: during a rolling restart it
+        // may reach another of the provider's adapters.
+        let mut asks = 2;
+        while asks > 0 && link.fetches.streams() && request.encoded_len() <= MESSAGE_MAX {
+            asks -= 1;
             let message = FetchMessage {
                 sequence: 0,
                 fetch: Some(request),
                 traceparent: traceparent.clone(),
-                timeout_millis: timeout_millis(timeout),
+                timeout_millis: timeout_millis(timeout.saturating_sub(began.elapsed())),
             };
             match link.fetches.call(message).await {
+                Err(status) if asks > 0 && crate::streams::stopped_before_doing(&status) => {
+                    request = fetch();
+                }
                 Err(status) if status.code() == Code::Unavailable && !link.fetches.streams() => {
                     request = fetch();
+                    break;
                 }
                 answered => return answered,
             }

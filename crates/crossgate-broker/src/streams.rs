@@ -18,7 +18,8 @@
 //!   as one (a slow adapter is not a stuck stream), answers to sequences
 //!   never sent or answered before do not;
 //! - an answer marked `stopping` (the adapter shuts down; nothing was
-//!   done): its caller hears `UNAVAILABLE`, and the next caller opens
+//!   done): its caller hears `UNAVAILABLE` that [`stopped_before_doing`]
+//!   recognises (a fetch is asked once more), and the next caller opens
 //!   another stream;
 //! - a message whose stream ended before it went out is sent once on a new
 //!   one;
@@ -456,9 +457,10 @@ async fn read_answers<E: Exchange>(
         match answers.message().await {
             Ok(Some(answer)) => {
                 answered = true;
+                let stopping = E::stopping(&answer);
                 let caller = {
                     let mut waiting = lock(waiting);
-                    if E::stopping(&answer) {
+                    if stopping {
                         // Nothing more goes on this stream: the next
                         // caller opens another (a new connection may reach
                         // an adapter that is up).
@@ -476,7 +478,11 @@ async fn read_answers<E: Exchange>(
                     // one of ours): nothing to tell.
                     continue;
                 };
-                let _ = caller.send(E::reply(answer));
+                let _ = caller.send(if stopping {
+                    Err(refused_while_stopping::<E>())
+                } else {
+                    E::reply(answer)
+                });
             }
             Ok(None) => {
                 return Ok(Status::unavailable(format!(
@@ -494,6 +500,27 @@ async fn read_answers<E: Exchange>(
             }
         }
     }
+}
+
+/// Metadata that marks a refusal by an adapter that is stopping.
+const STOPPING: &str = "crossgate-adapter-stopping";
+
+/// What a caller hears when the adapter refused its message because it is
+/// stopping: `UNAVAILABLE`, nothing done, recognised by [`stopped_before_doing`].
+fn refused_while_stopping<E: Exchange>() -> Status {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(STOPPING, tonic::metadata::MetadataValue::from_static("1"));
+    Status::with_metadata(
+        Code::Unavailable,
+        format!("the adapter is stopping; the {} was not done", E::WHAT),
+        metadata,
+    )
+}
+
+/// Whether `status` is an adapter's refusal while stopping: nothing was
+/// done, and the message may be sent again on a new stream.
+pub fn stopped_before_doing(status: &Status) -> bool {
+    status.code() == Code::Unavailable && status.metadata().contains_key(STOPPING)
 }
 
 fn ended<E: Exchange>(partner: &str) -> Status {

@@ -42,6 +42,8 @@ enum Script {
     /// stopping does (UNAVAILABLE, nothing done), keeping the stream open;
     /// on later streams, as it comes.
     StoppingFirst,
+    /// On every stream, as an adapter that is stopping.
+    AlwaysStopping,
 }
 
 #[derive(Clone)]
@@ -123,6 +125,7 @@ impl Department for Fake {
         let earlier = self.opened.fetch_add(1, Ordering::SeqCst);
         let script = match self.script {
             Script::StoppingFirst if earlier > 0 => Script::ByName,
+            Script::AlwaysStopping => Script::StoppingFirst,
             script => script,
         };
         if let Script::NoStream = script {
@@ -233,7 +236,8 @@ impl Department for Fake {
                 | Script::Strays
                 | Script::Repeats
                 | Script::Slow
-                | Script::StoppingFirst => 0,
+                | Script::StoppingFirst
+                | Script::AlwaysStopping => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -439,15 +443,29 @@ async fn answers_to_sequences_never_sent_do_not_keep_a_stuck_stream() {
 }
 
 #[tokio::test]
-async fn an_adapter_that_is_stopping_gets_no_more_on_its_stream() {
+async fn a_fetch_refused_by_a_stopping_adapter_is_asked_again_on_a_new_stream() {
     let (fake, adapters) = start(Script::StoppingFirst).await;
-    let refused = fetch(&adapters, "query-1").await.unwrap_err();
-    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
-    // The next fetch goes on a new stream, which reaches an adapter that
-    // is up, rather than on the stopping one until it ends.
+    // The first stream's adapter is stopping: it refuses the fetch, nothing
+    // done. The fetch is asked once more, on a new stream (during a
+    // rolling restart, another of the provider's adapters), and answered.
+    let answered = fetch(&adapters, "query-1").await.unwrap();
+    assert_eq!(answered_for(&answered), "query-1");
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    // Nothing more goes on the stopping stream.
     let answered = fetch(&adapters, "query-2").await.unwrap();
     assert_eq!(answered_for(&answered), "query-2");
     assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    assert!(fake.calls.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_fetch_refused_twice_by_stopping_adapters_is_unavailable() {
+    let (fake, adapters) = start(Script::AlwaysStopping).await;
+    let refused = fetch(&adapters, "query-1").await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    // Asked twice, each on its own stream, and not as a call.
+    assert_eq!(fake.opened.load(Ordering::SeqCst), 2);
+    assert!(fake.calls.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
