@@ -134,7 +134,7 @@ impl Department for Fake {
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         if let Script::StoppingFirst = script {
-            tokio::spawn(async move {
+            return answered_by(rx, async move {
                 while let Ok(Some(m)) = incoming.message().await {
                     let stopping = FetchAnswer {
                         sequence: m.sequence,
@@ -148,12 +148,9 @@ impl Department for Fake {
                     }
                 }
             });
-            return Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )));
         }
         if let Script::Repeats = script {
-            tokio::spawn(async move {
+            return answered_by(rx, async move {
                 let Ok(Some(first)) = incoming.message().await else {
                     return;
                 };
@@ -165,12 +162,9 @@ impl Department for Fake {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             });
-            return Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )));
         }
         if let Script::Slow = script {
-            tokio::spawn(async move {
+            return answered_by(rx, async move {
                 while let Ok(Some(m)) = incoming.message().await {
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -179,12 +173,9 @@ impl Department for Fake {
                     });
                 }
             });
-            return Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )));
         }
         if let Script::Strays = script {
-            tokio::spawn(async move {
+            return answered_by(rx, async move {
                 let _incoming = incoming;
                 let mut sequence = 1u64 << 40;
                 loop {
@@ -203,12 +194,9 @@ impl Department for Fake {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             });
-            return Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )));
         }
         if let Script::ByName = script {
-            tokio::spawn(async move {
+            return answered_by(rx, async move {
                 while let Ok(Some(m)) = incoming.message().await {
                     let id = m.fetch.as_ref().map_or("", |f| f.request_id.as_str());
                     if id.starts_with("stuck") {
@@ -224,11 +212,8 @@ impl Department for Fake {
                     });
                 }
             });
-            return Ok(Response::new(Box::pin(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            )));
         }
-        tokio::spawn(async move {
+        answered_by(rx, async move {
             let n = match script {
                 Script::Reversed(n) | Script::BreakAfter(n) => n,
                 Script::NoStream
@@ -268,11 +253,20 @@ impl Department for Fake {
             while let Ok(Some(m)) = incoming.message().await {
                 let _ = tx.send(Ok(answer(&m))).await;
             }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        })
     }
+}
+
+/// The stream's answers, taken from `rx` while `script` plays in a task of
+/// its own.
+fn answered_by(
+    rx: mpsc::Receiver<Result<FetchAnswer, Status>>,
+    script: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<Response<<Fake as Department>::FetchStreamStream>, Status> {
+    tokio::spawn(script);
+    Ok(Response::new(Box::pin(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    )))
 }
 
 async fn start(script: Script) -> (Fake, Adapters) {
