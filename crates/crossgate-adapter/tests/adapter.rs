@@ -661,6 +661,61 @@ async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_too
 }
 
 #[tokio::test]
+async fn a_fetch_answer_too_large_for_one_message_is_refused_and_its_stream_goes_on() {
+    let mut run = start("public-security", false).await;
+    // The system holds the same person many times over: together, in
+    // canonical form, more than one gRPC message may carry (4 MiB), while
+    // the system's own answer, in its shorter native form, still fits.
+    let person: Value =
+        serde_json::from_slice(&fixture_line("public-security", "persons.valid.jsonl", 0)).unwrap();
+    let id_number = person["GMSFHM"].as_str().unwrap().to_owned();
+    for _ in 0..COPIES {
+        run.system.insert("persons", person.clone());
+    }
+    let (send, mut answers) = open_fetch_stream(&mut run, 8).await;
+    let mut next = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(30), answers.message())
+            .await
+            .expect("an answer in time")
+            .expect("the stream holds")
+            .expect("not ended")
+    };
+    let mut all = person_message(1, &id_number, 30_000);
+    all.fetch.as_mut().unwrap().limit = 0;
+    send.send(all).await.unwrap();
+    let refused = next().await;
+    assert_eq!(
+        (refused.sequence, Code::from(refused.code)),
+        (1, Code::OutOfRange),
+        "{}",
+        refused.message
+    );
+    assert!(
+        refused.message.contains("ask for fewer records"),
+        "{}",
+        refused.message
+    );
+    assert!(refused.response.is_none());
+    // Sent as it was, the answer would have broken the broker's reading
+    // of the whole stream; refused, the stream goes on.
+    send.send(person_message(2, "14030219890903420X", 10_000))
+        .await
+        .unwrap();
+    let found = next().await;
+    assert_eq!(
+        (found.sequence, Code::from(found.code)),
+        (2, Code::Ok),
+        "{found:?}"
+    );
+    assert_eq!(found.response.expect("records").records.len(), 1);
+}
+
+/// Copies of one person that make a canonical answer over 4 MiB (about
+/// 240 bytes each) while the system's native one stays under it (about
+/// 200 bytes each).
+const COPIES: usize = 18_500;
+
+#[tokio::test]
 async fn lookup_answers_in_the_departments_own_format() {
     let mut run = start("public-security", false).await;
     let reply = run

@@ -31,8 +31,13 @@ static RELEASED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
     std::sync::LazyLock::new(|| tokio::sync::watch::channel(false).0);
 /// `held` hand-overs the system has been given.
 static HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// Delivery ids of the `hang` hand-overs the system has been given.
-static HANGING: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Delivery ids of every hand-over the system has been given.
+static RECEIVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether the system has been given the hand-over `id`.
+fn received(id: &str) -> bool {
+    RECEIVED.lock().unwrap().iter().any(|r| r == id)
+}
 
 #[tonic::async_trait]
 impl DepartmentSystem for System {
@@ -40,11 +45,11 @@ impl DepartmentSystem for System {
         &self,
         r: Request<ReceiveRequest>,
     ) -> Result<Response<ReceiveResponse>, Status> {
+        RECEIVED
+            .lock()
+            .unwrap()
+            .push(r.get_ref().delivery_id.clone());
         if r.get_ref().delivery_id.starts_with("hang") {
-            HANGING
-                .lock()
-                .unwrap()
-                .push(r.get_ref().delivery_id.clone());
             std::future::pending::<()>().await;
         }
         if r.get_ref().delivery_id.starts_with("held") {
@@ -60,6 +65,8 @@ impl DepartmentSystem for System {
 
 struct Run {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The adapter served (a handle on the same state).
+    adapter: Adapter,
     served: tokio::task::JoinHandle<Result<(), crossgate_adapter::ServeError>>,
     department: DepartmentClient<Channel>,
 }
@@ -89,9 +96,10 @@ async fn start() -> Run {
         stop,
         served,
         channel,
-    } = serve_adapter(adapter).await;
+    } = serve_adapter(adapter.clone()).await;
     Run {
         stop,
+        adapter,
         served,
         department: DepartmentClient::new(channel),
     }
@@ -158,19 +166,10 @@ async fn a_stuck_hand_over_is_answered_when_the_brokers_time_is_up_and_does_not_
     send.send(message(3, "hang-at-stop", 2_000)).await.unwrap();
     // Stopped once the system has it: taken before the stop, it is
     // answered, not refused as one sent while the adapter stops.
-    let began = std::time::Instant::now();
-    while !HANGING
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|id| id == "hang-at-stop")
-    {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "the hand-over reached the system"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until("the hand-over reaches the system", || {
+        received("hang-at-stop")
+    })
+    .await;
     let _ = run.stop.take().expect("running").send(());
     let end = tokio::time::timeout(Duration::from_secs(20), answers.message())
         .await
@@ -187,6 +186,63 @@ async fn a_stuck_hand_over_is_answered_when_the_brokers_time_is_up_and_does_not_
         .expect("the adapter stops once it is answered")
         .expect("its task")
         .expect("served without error");
+}
+
+/// Wait (up to 10 s) until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let began = std::time::Instant::now();
+    while !done() {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "not in time: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stopping_adapter_answers_further_deliveries_unavailable_and_never_hands_them_over() {
+    let mut run = start().await;
+    let (send, mut answers) = open(&mut run).await;
+    // Taken before the stop: with the system, which takes 3 s at most here.
+    send.send(message(1, "hang-before-stop", 3_000))
+        .await
+        .unwrap();
+    until("the hand-over reaches the system", || {
+        received("hang-before-stop")
+    })
+    .await;
+    let _ = run.stop.take().expect("running").send(());
+    until("the adapter is stopping", || run.adapter.is_closing()).await;
+    // Sent while the adapter stops: answered at once, nothing handed over,
+    // and marked so that the broker sends nothing more on this stream (its
+    // lane tries the delivery again later, on another stream).
+    send.send(message(2, "ok-after-stop", 5_000)).await.unwrap();
+    let refused = next_answer(&mut answers).await;
+    assert_eq!(
+        (refused.sequence, Code::from(refused.code)),
+        (2, Code::Unavailable),
+        "{refused:?}"
+    );
+    assert!(refused.stopping, "{refused:?}");
+    assert!(
+        refused.message.contains("nothing was done"),
+        "{}",
+        refused.message
+    );
+    // The one taken before is answered (its time is up: the system still
+    // has it), not refused, and then the stream ends.
+    let taken = next_answer(&mut answers).await;
+    assert_eq!(
+        (taken.sequence, Code::from(taken.code), taken.stopping),
+        (1, Code::DeadlineExceeded, false),
+        "{taken:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .expect("the stream ends in time");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    assert!(!received("ok-after-stop"), "refused, yet handed over");
 }
 
 #[tokio::test]
