@@ -136,25 +136,24 @@ impl Adapters {
         // A fetch refused by an adapter that is stopping (nothing done) is
         // asked once more, on a new stream: during a rolling restart it
         // may reach another of the provider's adapters.
-        let mut asks = 2;
-        while asks > 0 && link.fetches.streams() && request.encoded_len() <= MESSAGE_MAX {
-            asks -= 1;
+        let mut refusals_left = 1;
+        while link.fetches.streams() && request.encoded_len() <= MESSAGE_MAX {
             let message = FetchMessage {
                 sequence: 0,
                 fetch: Some(request),
                 traceparent: traceparent.clone(),
                 timeout_millis: timeout_millis(timeout.saturating_sub(began.elapsed())),
             };
-            match link.fetches.call(message).await {
-                Err(status) if asks > 0 && crate::streams::stopped_before_doing(&status) => {
-                    request = fetch();
-                }
-                Err(status) if status.code() == Code::Unavailable && !link.fetches.streams() => {
+            let answered = link.fetches.call(message).await;
+            match after_stream(&answered, link.fetches.streams(), refusals_left) {
+                AfterStream::Done => return answered,
+                AfterStream::AskOnNewStream => refusals_left -= 1,
+                AfterStream::AskAsCall => {
                     request = fetch();
                     break;
                 }
-                answered => return answered,
             }
+            request = fetch();
         }
         let mut request = tonic::Request::new(request);
         request.set_timeout(timeout.saturating_sub(began.elapsed()));
@@ -164,6 +163,34 @@ impl Adapters {
             .fetch(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+}
+
+/// What [`Adapters::fetch`] does after a stream attempt: at most two
+/// attempts on streams, then at most one call.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterStream {
+    /// The answer stands, whatever it is.
+    Done,
+    /// Refused by a stopping adapter (nothing done), with a refusal to
+    /// spare: asked again, on a new stream.
+    AskOnNewStream,
+    /// The stream could not carry it, and the adapter takes no streams
+    /// for now: asked again as a call.
+    AskAsCall,
+}
+
+fn after_stream(
+    answered: &Result<FetchResponse, Status>,
+    streams_now: bool,
+    refusals_left: u32,
+) -> AfterStream {
+    match answered {
+        Err(status) if crate::streams::stopped_before_doing(status) && refusals_left > 0 => {
+            AfterStream::AskOnNewStream
+        }
+        Err(status) if status.code() == Code::Unavailable && !streams_now => AfterStream::AskAsCall,
+        _ => AfterStream::Done,
     }
 }
 
