@@ -76,28 +76,6 @@ pub const HAND_OVERS_MAX: usize = 1024;
 /// UNAVAILABLE at once (the query fails fast; its consumer may ask again).
 pub const FETCHES_MAX: usize = 1024;
 
-/// While the server shuts down: answer each message UNAVAILABLE at once
-/// until every message taken before has been answered (all `slots` are
-/// back), or the broker ends the stream. An answer that finds the broker
-/// not reading is left out; its caller hears UNAVAILABLE when the stream ends.
-async fn refuse_until_answered<E: Served>(
-    incoming: &mut Streaming<E::Message>,
-    slots: &Semaphore,
-    answers: &mpsc::Sender<Result<E::Answer, Status>>,
-) {
-    loop {
-        tokio::select! {
-            biased;
-            _ = slots.acquire_many(STREAM_IN_FLIGHT) => return,
-            next = incoming.message() => {
-                let Ok(Some(message)) = next else { return };
-                let (sequence, _, _) = E::header(&message);
-                let _ = answers.try_send(Ok(E::stopping(sequence)));
-            }
-        }
-    }
-}
-
 /// A stream of answers to the broker.
 type StreamOf<A> = Pin<Box<dyn tokio_stream::Stream<Item = Result<A, Status>> + Send>>;
 
@@ -902,6 +880,28 @@ impl Adapter {
             )));
         }
         Ok(answer)
+    }
+}
+
+/// While the server shuts down: answer each message UNAVAILABLE at once
+/// until every message taken before has been answered (all `slots` are
+/// back), or the broker ends the stream. An answer that finds the broker
+/// not reading is left out; its caller hears UNAVAILABLE when the stream ends.
+async fn refuse_until_answered<E: Served>(
+    incoming: &mut Streaming<E::Message>,
+    slots: &Semaphore,
+    answers: &mpsc::Sender<Result<E::Answer, Status>>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            _ = slots.acquire_many(STREAM_IN_FLIGHT) => return,
+            next = incoming.message() => {
+                let Ok(Some(message)) = next else { return };
+                let (sequence, _, _) = E::header(&message);
+                let _ = answers.try_send(Ok(E::stopping(sequence)));
+            }
+        }
     }
 }
 
