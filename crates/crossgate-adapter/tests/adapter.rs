@@ -4,7 +4,7 @@
 use crossgate_adapter::system::ReferenceSystem;
 mod common;
 
-use common::{Served, listener, serve_adapter};
+use common::{Served, listener, serve_adapter, until};
 use crossgate_adapter::{Adapter, config, lazy_channel, serve_system};
 use crossgate_proto::broker_server::{Broker, BrokerServer};
 use crossgate_proto::department_client::DepartmentClient;
@@ -592,18 +592,6 @@ fn person_message(sequence: u64, id_number: &str, timeout_millis: u32) -> FetchM
     }
 }
 
-/// Wait (up to 10 s) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let began = std::time::Instant::now();
-    while !done() {
-        assert!(
-            began.elapsed() < std::time::Duration::from_secs(10),
-            "not in time: {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_fetch_stops_when_the_broker_lets_its_stream_go() {
     let mut run = start("public-security", false).await;
@@ -663,15 +651,20 @@ async fn a_stopping_adapter_answers_further_fetches_unavailable_and_those_it_too
 #[tokio::test]
 async fn a_fetch_answer_too_large_for_one_message_is_refused_and_its_stream_goes_on() {
     let mut run = start("public-security", false).await;
-    // The system holds the same person many times over: together, in
-    // canonical form, more than one gRPC message may carry (4 MiB), while
-    // the system's own answer, in its shorter native form, still fits.
+    // The system holds the same person many times over; all of them, in
+    // canonical form, are first just under what one gRPC message may carry
+    // (4 MiB), then just over it, while the system's own answer, in its
+    // shorter native form, fits either way.
     let person: Value =
         serde_json::from_slice(&fixture_line("public-security", "persons.valid.jsonl", 0)).unwrap();
     let id_number = person["GMSFHM"].as_str().unwrap().to_owned();
-    for _ in 0..COPIES {
-        run.system.insert("persons", person.clone());
-    }
+    let system = run.system.clone();
+    let add = |copies: usize| {
+        for _ in 0..copies {
+            system.insert("persons", person.clone());
+        }
+    };
+    add(UNDER);
     let (send, mut answers) = open_fetch_stream(&mut run, 8).await;
     let mut next = async || {
         tokio::time::timeout(std::time::Duration::from_secs(30), answers.message())
@@ -680,13 +673,28 @@ async fn a_fetch_answer_too_large_for_one_message_is_refused_and_its_stream_goes
             .expect("the stream holds")
             .expect("not ended")
     };
-    let mut all = person_message(1, &id_number, 30_000);
-    all.fetch.as_mut().unwrap().limit = 0;
-    send.send(all).await.unwrap();
+    let everyone = |sequence| {
+        let mut all = person_message(sequence, &id_number, 30_000);
+        all.fetch.as_mut().unwrap().limit = 0;
+        all
+    };
+    send.send(everyone(1)).await.unwrap();
+    let under = next().await;
+    assert_eq!(
+        (under.sequence, Code::from(under.code)),
+        (1, Code::Ok),
+        "{}",
+        under.message
+    );
+    // The fixtures' own record and the copies.
+    assert_eq!(under.response.expect("records").records.len(), UNDER + 1);
+
+    add(OVER - UNDER);
+    send.send(everyone(2)).await.unwrap();
     let refused = next().await;
     assert_eq!(
         (refused.sequence, Code::from(refused.code)),
-        (1, Code::OutOfRange),
+        (2, Code::OutOfRange),
         "{}",
         refused.message
     );
@@ -698,22 +706,23 @@ async fn a_fetch_answer_too_large_for_one_message_is_refused_and_its_stream_goes
     assert!(refused.response.is_none());
     // Sent as it was, the answer would have broken the broker's reading
     // of the whole stream; refused, the stream goes on.
-    send.send(person_message(2, "14030219890903420X", 10_000))
+    send.send(person_message(3, "14030219890903420X", 10_000))
         .await
         .unwrap();
     let found = next().await;
     assert_eq!(
         (found.sequence, Code::from(found.code)),
-        (2, Code::Ok),
+        (3, Code::Ok),
         "{found:?}"
     );
     assert_eq!(found.response.expect("records").records.len(), 1);
 }
 
-/// Copies of one person that make a canonical answer over 4 MiB (about
-/// 240 bytes each) while the system's native one stays under it (about
-/// 200 bytes each).
-const COPIES: usize = 18_500;
+/// Copies of one person whose canonical answer stays under 4 MiB (about
+/// 239 bytes each as encoded: 4.06 MB), and that make it go over (4.42 MB),
+/// while the system's native answer stays under (about 164 bytes each).
+const UNDER: usize = 17_000;
+const OVER: usize = 18_500;
 
 #[tokio::test]
 async fn lookup_answers_in_the_departments_own_format() {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Served, listener, serve_adapter};
+use common::{Served, listener, serve_adapter, until};
 use crossgate_adapter::{Adapter, HAND_OVERS_MAX, config, lazy_channel};
 use crossgate_proto::department_client::DepartmentClient;
 use crossgate_proto::department_system_server::{DepartmentSystem, DepartmentSystemServer};
@@ -188,24 +188,13 @@ async fn a_stuck_hand_over_is_answered_when_the_brokers_time_is_up_and_does_not_
         .expect("served without error");
 }
 
-/// Wait (up to 10 s) until `done` holds.
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let began = std::time::Instant::now();
-    while !done() {
-        assert!(
-            began.elapsed() < Duration::from_secs(10),
-            "not in time: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_stopping_adapter_answers_further_deliveries_unavailable_and_never_hands_them_over() {
     let mut run = start().await;
     let (send, mut answers) = open(&mut run).await;
-    // Taken before the stop: with the system, which takes 3 s at most here.
-    send.send(message(1, "hang-before-stop", 3_000))
+    // Taken before the stop: with the system, which never finishes it; the
+    // broker gives it 5 s.
+    send.send(message(1, "hang-before-stop", 5_000))
         .await
         .unwrap();
     until("the hand-over reaches the system", || {

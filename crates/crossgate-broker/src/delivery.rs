@@ -145,7 +145,7 @@ impl Adapters {
                 timeout_millis: timeout_millis(timeout.saturating_sub(began.elapsed())),
             };
             let answered = link.fetches.call(message).await;
-            match after_stream(&answered, link.fetches.streams(), refusals_left) {
+            match after_stream(&answered, || link.fetches.streams(), refusals_left) {
                 AfterStream::Done => return answered,
                 AfterStream::AskOnNewStream => refusals_left -= 1,
                 AfterStream::AskAsCall => {
@@ -180,16 +180,20 @@ enum AfterStream {
     AskAsCall,
 }
 
+/// `streams_now` is asked only of an unavailable stream: it takes the
+/// link's lock, which every fetch to the partner shares.
 fn after_stream(
     answered: &Result<FetchResponse, Status>,
-    streams_now: bool,
+    streams_now: impl FnOnce() -> bool,
     refusals_left: u32,
 ) -> AfterStream {
     match answered {
         Err(status) if crate::streams::stopped_before_doing(status) && refusals_left > 0 => {
             AfterStream::AskOnNewStream
         }
-        Err(status) if status.code() == Code::Unavailable && !streams_now => AfterStream::AskAsCall,
+        Err(status) if status.code() == Code::Unavailable && !streams_now() => {
+            AfterStream::AskAsCall
+        }
         _ => AfterStream::Done,
     }
 }

@@ -40,3 +40,15 @@ pub async fn serve_adapter(adapter: Adapter) -> Served {
         channel,
     }
 }
+
+/// Wait (up to 10 s) until `done` holds.
+pub async fn until(what: &str, done: impl Fn() -> bool) {
+    let began = std::time::Instant::now();
+    while !done() {
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(10),
+            "not in time: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
