@@ -90,6 +90,12 @@ pub trait Store: Send + 'static {
     /// Commit a batch of sealed entries of one chain and move its head,
     /// together with outbox changes and idempotency claims, atomically.
     fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError>;
+    /// Called by the writer when nothing waits for it: upkeep that would
+    /// otherwise pause a commit, done while it pauses nobody (SQLite
+    /// copies its log into the database file here). It changes nothing the
+    /// store holds; a failure is the store's to log, and is tried again
+    /// at the next rest.
+    fn rest(&mut self) {}
     /// The request that claimed `key` for `provider`, if any.
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError>;
     /// How many outbox items each receiver has in `state` (receivers with

@@ -13,6 +13,8 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
     /// Lock files of the chains this store writes, held while it is open.
     locks: Vec<std::fs::File>,
+    /// Commits since the log was last copied into the file at a rest.
+    commits_unchecked: u32,
 }
 
 fn err(e: rusqlite::Error) -> StoreError {
@@ -24,6 +26,15 @@ fn err(e: rusqlite::Error) -> StoreError {
 /// against 1,000; 30,000 was faster still but doubled the pause a
 /// checkpoint makes (p99).
 const WAL_CHECKPOINT_PAGES: i64 = 10_000;
+
+/// Commits after which a rest of the writer copies the log into the file
+/// (a passive checkpoint, which waits for no reader). At a steady 6,000
+/// queries/s (about 600 commits of eight pages each) that is about every
+/// 0.1 s and 500 pages, a pause of a millisecond or two while nothing
+/// waits, instead of one of tens of milliseconds every two seconds in the
+/// middle of a commit when the log reaches WAL_CHECKPOINT_PAGES. Under a
+/// load that never lets the writer rest, WAL_CHECKPOINT_PAGES still holds.
+const CHECKPOINT_AT_REST_COMMITS: u32 = 64;
 
 /// A log file that grew past this (a reader held back checkpoints) is cut
 /// back to it when it is next reset; at about 41 MB per checkpoint a log
@@ -101,6 +112,7 @@ impl SqliteStore {
             conn,
             path: path.to_path_buf(),
             locks: Vec::new(),
+            commits_unchecked: 0,
         })
     }
 
@@ -255,7 +267,24 @@ impl Store for SqliteStore {
                     .map_err(err)?;
             }
         }
-        tx.commit().map_err(err)
+        tx.commit().map_err(err)?;
+        self.commits_unchecked = self.commits_unchecked.saturating_add(1);
+        Ok(())
+    }
+
+    fn rest(&mut self) {
+        if self.commits_unchecked < CHECKPOINT_AT_REST_COMMITS {
+            return;
+        }
+        match self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            Ok(()) => self.commits_unchecked = 0,
+            Err(e) => {
+                tracing::warn!(error = %e, file = %self.path.display(), "cannot copy the audit log's WAL into its file; tried again at the next rest")
+            }
+        }
     }
 
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError> {

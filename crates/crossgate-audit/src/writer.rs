@@ -209,6 +209,9 @@ impl Writer {
                     if let Some(read) = read {
                         read(chain.store.as_mut());
                     }
+                    if rx.is_empty() {
+                        chain.store.rest();
+                    }
                 }
             })
             .map_err(|e| StoreError::Failed(format!("cannot start the audit writer: {e}")))?;
