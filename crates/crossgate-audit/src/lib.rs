@@ -93,8 +93,7 @@ pub trait Store: Send + 'static {
     /// Called by the writer when nothing waits for it: upkeep that would
     /// otherwise pause a commit, done while it pauses nobody (SQLite
     /// copies its log into the database file here). It changes nothing the
-    /// store holds; a failure is the store's to log, and is tried again
-    /// at the next rest.
+    /// store holds; a failure is the store's to log, and to try again later.
     fn rest(&mut self) {}
     /// The request that claimed `key` for `provider`, if any.
     fn find_claim(&mut self, provider: &str, key: &str) -> Result<Option<Prior>, StoreError>;

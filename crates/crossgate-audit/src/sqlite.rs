@@ -276,14 +276,15 @@ impl Store for SqliteStore {
         if self.commits_unchecked < CHECKPOINT_AT_REST_COMMITS {
             return;
         }
-        match self
+        // Counted afresh either way: a failing checkpoint is tried (and
+        // logged) once per CHECKPOINT_AT_REST_COMMITS commits, not at every
+        // rest.
+        self.commits_unchecked = 0;
+        if let Err(e) = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
         {
-            Ok(()) => self.commits_unchecked = 0,
-            Err(e) => {
-                tracing::warn!(error = %e, file = %self.path.display(), "cannot copy the audit log's WAL into its file; tried again at the next rest")
-            }
+            tracing::warn!(error = %e, file = %self.path.display(), "cannot copy the audit log's WAL into its file; tried again later");
         }
     }
 
