@@ -1091,11 +1091,57 @@ fn a_server_that_forgot_the_prepared_statements_does_not_fail_the_next_commit() 
     assert_eq!(queued.len(), 2);
 }
 
+/// Frames in `store`'s log now (asking checkpoints it, so this ends a case).
+fn frames_in_log(store: &SqliteStore) -> i64 {
+    store
+        .connection()
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+        .unwrap()
+}
+
+/// `commits` single-entry commits on a new SQLite log in `dir`, a rest,
+/// then one more commit: what the log holds then.
+fn frames_after_a_rest(dir: &crossgate_testing::TempDir, commits: u64) -> i64 {
+    let mut store = SqliteStore::open(&dir.join(format!("after-{commits}.db"))).unwrap();
+    let mut previous = [0; 32];
+    let mut commit = |store: &mut SqliteStore, n: u64| {
+        let sealed = Stored::seal("broker-a", n, previous, entry(n));
+        previous = sealed.entry_hash;
+        store.append(&[sealed]).unwrap();
+    };
+    for n in 1..=commits {
+        commit(&mut store, n);
+    }
+    store.rest();
+    // A log copied into the file in full starts again at its first frame
+    // with the next commit.
+    commit(&mut store, commits + 1);
+    frames_in_log(&store)
+}
+
 #[test]
-fn a_resting_writer_copies_the_sqlite_log_into_its_file() {
-    let dir = crossgate_testing::TempDir::new("audit-rest");
+fn sqlite_copies_its_log_into_the_file_at_a_rest_once_64_commits_have_come() {
+    let dir = crossgate_testing::TempDir::new("audit-rest-store");
+    // Each commit writes at least two pages (its entry's and the chain's
+    // head).
+    let not_yet = frames_after_a_rest(&dir, 63);
+    assert!(
+        not_yet >= 2 * 64,
+        "{not_yet} frames: copied before 64 commits"
+    );
+    let copied = frames_after_a_rest(&dir, 64);
+    assert!(
+        (1..=16).contains(&copied),
+        "{copied} frames: the rest did not copy the log (one commit writes a few)"
+    );
+}
+
+#[test]
+fn the_writer_rests_when_nothing_waits_for_it() {
+    let dir = crossgate_testing::TempDir::new("audit-rest-writer");
     let path = dir.join("audit.db");
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
         .build()
         .unwrap();
     let writer = Writer::start(
@@ -1105,31 +1151,26 @@ fn a_resting_writer_copies_the_sqlite_log_into_its_file() {
         64,
     )
     .unwrap();
-    // One entry at a time, each awaited: after each commit nothing waits
-    // for the writer, and it rests.
-    let commits = 202;
+    let file_size = || std::fs::metadata(&path).unwrap().len();
+    let before = file_size();
     runtime.block_on(async {
-        for i in 1..=commits {
+        for i in 1..=64 {
             writer.append(entry(i)).await.unwrap();
         }
+        // Nothing more is sent: the writer rests, and copies the log's
+        // pages into the file (SQLite's own checkpoint waits for 10,000).
+        let began = std::time::Instant::now();
+        while file_size() <= before {
+            assert!(
+                began.elapsed() < std::time::Duration::from_secs(10),
+                "the log was not copied into the file while the writer rested"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     });
-    // Asked while the writer still holds the log (SQLite copies it all in
-    // when the last connection closes).
-    let frames_in_log: i64 = rusqlite::Connection::open(&path)
-        .unwrap()
-        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
-        .unwrap();
-    // Each commit writes at least two pages (its entry's and the chain's
-    // head): left to SQLite's own checkpoints (every 10,000 pages) the log
-    // would hold over 400 frames. Copied in at rests, it holds only what
-    // came after the last of them (a few dozen).
-    assert!(
-        frames_in_log < i64::try_from(commits).unwrap(),
-        "{frames_in_log} frames still in the log after {commits} commits"
-    );
     writer.close();
     assert_eq!(
         verify(&mut SqliteStore::open(&path).unwrap()).unwrap()[0].checked,
-        commits
+        64
     );
 }
