@@ -5,15 +5,10 @@ use super::*;
 use crossgate_audit::{Decision, Durability, Entry, Kind, Writer};
 
 struct Log {
-    _dir: std::path::PathBuf,
+    /// Removed when the log is dropped.
+    _dir: crossgate_testing::TempDir,
     store: String,
     db: std::path::PathBuf,
-}
-
-impl Drop for Log {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
 }
 
 fn entry(
@@ -47,15 +42,10 @@ fn entry(
 /// a declaration queued and 6 deliveries to commerce, a lookup by tax
 /// answered with two records, and one entry a hostile partner wrote into.
 fn log() -> Log {
-    let dir = std::env::temp_dir().join(format!(
-        "crossgate-console-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    // A folder of its own for each log, by a counter: tests that started
+    // in the same nanosecond once shared one, and SQLite refused the second
+    // to open it ("database is locked").
+    let dir = crossgate_testing::TempDir::new("console");
     let db = dir.join("audit.db");
     let store = format!("sqlite:{}", db.display());
     let writer = Writer::start(
