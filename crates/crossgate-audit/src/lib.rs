@@ -90,9 +90,9 @@ pub trait Store: Send + 'static {
     /// Commit a batch of sealed entries of one chain and move its head,
     /// together with outbox changes and idempotency claims, atomically.
     fn commit(&mut self, batch: &[Stored], ops: &[Op], claims: &[Claim]) -> Result<(), StoreError>;
-    /// Called by the writer when nothing waits for it: upkeep that would
-    /// otherwise pause a commit, done while it pauses nobody (SQLite
-    /// copies its log into the database file here). It changes nothing the
+    /// Called by the writer when nothing is queued for it: upkeep that
+    /// would otherwise pause a commit, done when it usually pauses nobody
+    /// (SQLite copies its log into the database file here). It changes nothing the
     /// store holds; a failure is the store's to log, and to try again later.
     fn rest(&mut self) {}
     /// The request that claimed `key` for `provider`, if any.

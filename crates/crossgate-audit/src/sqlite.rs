@@ -30,10 +30,11 @@ const WAL_CHECKPOINT_PAGES: i64 = 10_000;
 /// Commits after which a rest of the writer copies the log into the file
 /// (a passive checkpoint, which waits for no reader). At a steady 6,000
 /// queries/s (about 600 commits of eight pages each) that is about every
-/// 0.1 s and 500 pages, a pause of a millisecond or two, usually while
-/// nothing waits (a commit that comes meanwhile waits for it), instead of one of tens of milliseconds every two seconds in the
-/// middle of a commit when the log reaches WAL_CHECKPOINT_PAGES. Under a
-/// load that never lets the writer rest, WAL_CHECKPOINT_PAGES still holds.
+/// 0.1 s and 500 pages: a pause of a millisecond or two, usually while
+/// nothing waits (a commit that comes meanwhile waits for it), instead of
+/// one of tens of milliseconds every two seconds in the middle of a commit
+/// when the log reaches WAL_CHECKPOINT_PAGES. Under a load that never lets
+/// the writer rest, WAL_CHECKPOINT_PAGES still holds.
 const CHECKPOINT_AT_REST_COMMITS: u32 = 64;
 
 /// A log file that grew past this (a reader held back checkpoints) is cut
