@@ -371,7 +371,6 @@ DROP INDEX IF EXISTS audit_entries_chain"
             ("consumer =", &filter.consumer),
             ("provider =", &filter.provider),
             ("record_type =", &filter.record_type),
-            ("record_id =", &filter.record_id),
             ("purpose =", &filter.purpose),
             ("decision =", &filter.decision),
         ];
@@ -394,6 +393,19 @@ DROP INDEX IF EXISTS audit_entries_chain"
             args.push(p.clone());
             let n = self.placeholder(args.len());
             sql.push_str(&format!(" AND (consumer = {n} OR provider = {n})"));
+        }
+        if let Some(id) = &filter.record_id {
+            // An answer of several records names them all, comma-separated:
+            // the id is looked for as one of them, compared as text (no
+            // pattern: `%` and `_` are themselves).
+            args.push(id.clone());
+            let (find, n) = match self {
+                Dialect::Sqlite => ("instr", self.placeholder(args.len())),
+                Dialect::Postgres => ("strpos", format!("{}::text", self.placeholder(args.len()))),
+            };
+            sql.push_str(&format!(
+                " AND {find}(',' || record_id || ',', ',' || {n} || ',') > 0"
+            ));
         }
         sql.push_str(&if filter.chain_order {
             format!(" ORDER BY writer, sequence, {}", self.row_order())

@@ -1174,3 +1174,62 @@ fn the_writer_rests_when_nothing_waits_for_it() {
         64
     );
 }
+
+/// An answer of several records names them all in one entry,
+/// comma-separated: a search by record id finds it there too, and finds
+/// nothing that merely contains the id.
+#[test]
+fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
+    for b in Backend::all("record_search") {
+        let ids = [
+            "110105198405049582",
+            "110105198405049582,110108198912063214",
+            "110108198912063214,110105198405049582,7",
+            "1101051984050495821",
+            "x110105198405049582",
+            "110108198912063214",
+            "7",
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
+        runtime.block_on(async {
+            for (n, id) in (1..).zip(ids) {
+                let mut e = entry(n);
+                e.record_id = id.into();
+                writer.append(e).await.unwrap();
+            }
+        });
+        writer.close();
+        let mut store = b.open();
+        let mut found = |id: &str| {
+            let mut named = Vec::new();
+            store
+                .scan(
+                    &Filter {
+                        record_id: Some(id.into()),
+                        ..Filter::default()
+                    },
+                    &mut |s| {
+                        named.push(s.entry.record_id.clone());
+                        true
+                    },
+                )
+                .unwrap();
+            named
+        };
+        assert_eq!(found("110105198405049582"), ids[..3], "{}", b.name());
+        assert_eq!(found("7"), [ids[2], ids[6]], "{}", b.name());
+        assert_eq!(
+            found("110108198912063214"),
+            [ids[1], ids[2], ids[5]],
+            "{}",
+            b.name()
+        );
+        // Patterns are not ids.
+        for not_an_id in ["%", "_", "1101%", "%110105198405049582"] {
+            assert!(found(not_an_id).is_empty(), "{not_an_id:?} {}", b.name());
+        }
+    }
+}

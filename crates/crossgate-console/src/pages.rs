@@ -290,13 +290,14 @@ pub fn received(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
             html! { h1 { "Who received a record" } (form) },
         ));
     }
-    // An answer of several records names them all, comma-separated, in
-    // one entry: every entry is read and its ids compared one by one.
+    // The store finds the entries naming the record, alone or among the
+    // records of one answer.
     let (mut releases, mut other) = (Vec::new(), Vec::new());
-    scan(store, &Filter::default(), |s| {
-        if !s.entry.record_id.split(',').any(|id| id == q.record_id) {
-            return;
-        }
+    let naming = Filter {
+        record_id: Some(q.record_id.clone()),
+        ..Filter::default()
+    };
+    scan(store, &naming, |s| {
         if released(&s) {
             releases.push(s);
         } else {

@@ -197,6 +197,7 @@ pub struct FilterArgs {
     provider: Option<String>,
     #[arg(long = "type")]
     record_type: Option<String>,
+    /// Entries naming this record, alone or among the records of one answer
     #[arg(long)]
     record_id: Option<String>,
     #[arg(long)]
