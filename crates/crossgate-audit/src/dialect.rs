@@ -395,17 +395,23 @@ DROP INDEX IF EXISTS audit_entries_chain"
             sql.push_str(&format!(" AND (consumer = {n} OR provider = {n})"));
         }
         if let Some(id) = &filter.record_id {
-            // An answer of several records names them all, comma-separated:
-            // the id is looked for as one of them, compared as text (no
-            // pattern: `%` and `_` are themselves).
             args.push(id.clone());
-            let (find, n) = match self {
-                Dialect::Sqlite => ("instr", self.placeholder(args.len())),
-                Dialect::Postgres => ("strpos", format!("{}::text", self.placeholder(args.len()))),
-            };
-            sql.push_str(&format!(
-                " AND {find}(',' || record_id || ',', ',' || {n} || ',') > 0"
-            ));
+            let n = self.placeholder(args.len());
+            if id.is_empty() || id.contains(',') {
+                // No id, or a list: the whole field, as written.
+                sql.push_str(&format!(" AND record_id = {n}"));
+            } else {
+                // An answer of several records names them all,
+                // comma-separated: the id is looked for as one of them,
+                // compared as text (no pattern: `%` and `_` are themselves).
+                let (find, n) = match self {
+                    Dialect::Sqlite => ("instr", n),
+                    Dialect::Postgres => ("strpos", format!("{n}::text")),
+                };
+                sql.push_str(&format!(
+                    " AND {find}(',' || record_id || ',', ',' || {n} || ',') > 0"
+                ));
+            }
         }
         sql.push_str(&if filter.chain_order {
             format!(" ORDER BY writer, sequence, {}", self.row_order())

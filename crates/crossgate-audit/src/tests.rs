@@ -1189,6 +1189,8 @@ fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
             "x110105198405049582",
             "110108198912063214",
             "7",
+            "",
+            "7,",
         ];
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -1220,7 +1222,15 @@ fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
             named
         };
         assert_eq!(found("110105198405049582"), ids[..3], "{}", b.name());
-        assert_eq!(found("7"), [ids[2], ids[6]], "{}", b.name());
+        assert_eq!(found("7"), [ids[2], ids[6], ids[8]], "{}", b.name());
+        // No id is an entry without one; a list is looked for as written.
+        assert_eq!(found(""), [ids[7]], "{}", b.name());
+        assert_eq!(
+            found("110105198405049582,110108198912063214"),
+            [ids[1]],
+            "{}",
+            b.name()
+        );
         assert_eq!(
             found("110108198912063214"),
             [ids[1], ids[2], ids[5]],

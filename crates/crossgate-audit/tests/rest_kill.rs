@@ -69,10 +69,12 @@ fn child(path: &Path) -> ! {
                     .await
                     .expect("append");
                 acknowledged += 1;
-                writeln!(out, "{acknowledged}").unwrap();
+                writeln!(out, "acknowledged {acknowledged}").unwrap();
                 out.flush().unwrap();
             }
-            // Nothing queued: the writer rests and copies the log.
+            // The writer rests after each awaited commit, and after the
+            // 64th since its last copy it copies the log into the file;
+            // the pause lets that copy run with nothing after it.
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     })
@@ -119,11 +121,14 @@ fn a_writer_killed_while_it_commits_or_copies_its_log_loses_no_acknowledged_entr
     drop(SqliteStore::open(&path).unwrap());
     let mut acknowledged = 0u64;
     let mut during_copy = 0;
-    for round in 0..ROUNDS {
+    // Further rounds, all aimed at a copy, while fewer than two kills have
+    // landed inside one (a slow or busy machine may miss some).
+    let mut round = 0;
+    while round < ROUNDS || (during_copy < 2 && round < 3 * ROUNDS) {
         // The parent's last close copied the whole log in: the file's size
         // now is what the next checkpoint grows.
         let before = file_len(&path);
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let child = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "a_writer_killed_while_it_commits_or_copies_its_log_loses_no_acknowledged_entry",
@@ -134,17 +139,21 @@ fn a_writer_killed_while_it_commits_or_copies_its_log_loses_no_acknowledged_entr
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // Killed on drop, should an assertion end the test first.
+        let mut children = crossgate_testing::Processes(vec![child]);
+        let child = &mut children.0[0];
         // Read as it comes (a full pipe would stall the child).
         let stdout = child.stdout.take().unwrap();
         let told = std::thread::spawn(move || {
             std::io::BufReader::new(stdout)
                 .lines()
                 .map_while(Result::ok)
-                .filter_map(|l| l.parse::<u64>().ok())
+                // The first may follow the test harness's own words.
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
                 .last()
                 .unwrap_or(0)
         });
-        let by_copy = round % 2 == 0;
+        let by_copy = round % 2 == 0 || round >= ROUNDS;
         let deadline = if by_copy {
             Duration::from_secs(5)
         } else {
@@ -172,25 +181,28 @@ fn a_writer_killed_while_it_commits_or_copies_its_log_loses_no_acknowledged_entr
 
         let mut store = SqliteStore::open(&path).expect("the log opens after the kill");
         let reports = verify(&mut store).unwrap();
-        assert_eq!(reports.len(), 1, "round {round}: {reports:?}");
-        assert_eq!(reports[0].broken, None, "round {round}");
+        let kept = match reports.as_slice() {
+            // Killed before its first commit, with nothing before it.
+            [] => 0,
+            [chain] => {
+                assert_eq!(chain.broken, None, "round {round}");
+                chain.checked
+            }
+            more => panic!("round {round}: one chain expected: {more:?}"),
+        };
         assert!(
-            reports[0].checked >= acknowledged,
-            "round {round}: {} entries kept, {acknowledged} acknowledged",
-            reports[0].checked
+            kept >= acknowledged,
+            "round {round}: {kept} entries kept, {acknowledged} acknowledged"
         );
         // Whatever was committed but not yet told counts from now on: the
         // next child continues the chain after it.
-        acknowledged = reports[0].checked;
+        acknowledged = kept;
+        round += 1;
     }
-    eprintln!(
-        "{during_copy} of {} kills aimed at a copy came inside one",
-        ROUNDS / 2
-    );
+    eprintln!("{during_copy} kills in {round} rounds came inside a copy");
     // Some of the kills aimed at a checkpoint came inside its copy.
     assert!(
         during_copy >= 2,
-        "only {during_copy} of {} kills came while the log was being copied",
-        ROUNDS / 2
+        "only {during_copy} kills in {round} rounds came while the log was being copied"
     );
 }

@@ -94,6 +94,17 @@ pub fn problem(message: &str) -> String {
     )
 }
 
+/// An entry's record ids, each a link to who received it (an answer of
+/// several records names them all, comma-separated).
+fn record_links(ids: &str) -> Markup {
+    html! {
+        @for (n, id) in ids.split(',').enumerate() {
+            @if n > 0 { ", " }
+            a href=(received_href(id)) { (id) }
+        }
+    }
+}
+
 fn decision(d: &str) -> Markup {
     html! { span class={ "decision d-" (d) } { (d) } }
 }
@@ -199,7 +210,7 @@ pub fn search(store: &mut dyn Log, q: &Query) -> Result<String, StoreError> {
                         td { (e.consumer) }
                         td { (e.provider) }
                         td { (e.record_type) }
-                        td { @if e.record_id.is_empty() { span.muted { "—" } } @else { a href=(received_href(&e.record_id)) { (e.record_id) } } }
+                        td { @if e.record_id.is_empty() { span.muted { "—" } } @else { (record_links(&e.record_id)) } }
                         td { (e.purpose) }
                         td { (decision(e.decision.as_str())) }
                         td { a.entry-link href=(entry_href(&s.writer, s.sequence)) { (s.writer) " #" (s.sequence) } }
@@ -267,7 +278,7 @@ pub fn entry(store: &mut dyn Log, q: &Query) -> Result<Option<String>, StoreErro
             @if let Some(next) = s.sequence.checked_add(1) {
                 a href=(entry_href(&s.writer, next)) { "next in chain →" }
             }
-            @if !e.record_id.is_empty() { a href=(received_href(&e.record_id)) { "who received this record" } }
+            @if !e.record_id.is_empty() { "who received " (record_links(&e.record_id)) }
         }
         p.muted { "The entry hash covers every field above and the previous hash: the verify page recomputes the chain." }
     };

@@ -267,6 +267,17 @@ fn who_received_a_record_lists_its_releases_apart_from_other_decisions() {
     assert!(body.contains("trade-statistics"));
     let asks = page(&log, "/received", "").body;
     assert!(asks.contains("name=\"record_id\""));
+    // The answer of two records links to each on its own.
+    let listed = page(&log, "/", "consumer=tax").body;
+    assert!(
+        listed.contains("href=\"/received?record_id=P-7\""),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("href=\"/received?record_id=D-9\""),
+        "{listed}"
+    );
+    assert!(!listed.contains("record_id=P-7%2CD-9"), "{listed}");
 }
 
 #[test]
