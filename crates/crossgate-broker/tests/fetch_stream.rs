@@ -44,6 +44,9 @@ enum Script {
     StoppingFirst,
     /// On every stream, as an adapter that is stopping.
     AlwaysStopping,
+    /// Take the first message and, this long after, end the stream with
+    /// UNIMPLEMENTED (after its headers): a build that takes no streams.
+    RefusedAfter(Duration),
 }
 
 #[derive(Clone)]
@@ -52,6 +55,23 @@ struct Fake {
     opened: Arc<AtomicUsize>,
     /// Request ids of the `Fetch` calls taken.
     calls: Arc<Mutex<Vec<String>>>,
+    /// The time each call gave the adapter (its `grpc-timeout`).
+    call_timeouts: Arc<Mutex<Vec<Duration>>>,
+}
+
+/// A `grpc-timeout` header's time: digits, then the unit.
+fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The answer to a fetch: one record whose id is the fetch's request id,
@@ -110,6 +130,12 @@ impl Department for Fake {
         &self,
         request: Request<FetchRequest>,
     ) -> Result<Response<FetchResponse>, Status> {
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| grpc_timeout(v.to_str().ok()?))
+            .expect("a call carries its time");
+        self.call_timeouts.lock().unwrap().push(timeout);
         let fetch = request.into_inner();
         self.calls.lock().unwrap().push(fetch.request_id.clone());
         Ok(Response::new(found(&fetch)))
@@ -133,6 +159,17 @@ impl Department for Fake {
         }
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
+        if let Script::RefusedAfter(after) = script {
+            return answered_by(rx, async move {
+                let Ok(Some(_first)) = incoming.message().await else {
+                    return;
+                };
+                tokio::time::sleep(after).await;
+                let _ = tx
+                    .send(Err(Status::unimplemented("no FetchStream in this build")))
+                    .await;
+            });
+        }
         if let Script::StoppingFirst = script {
             return answered_by(rx, async move {
                 while let Ok(Some(m)) = incoming.message().await {
@@ -222,7 +259,8 @@ impl Department for Fake {
                 | Script::Repeats
                 | Script::Slow
                 | Script::StoppingFirst
-                | Script::AlwaysStopping => 0,
+                | Script::AlwaysStopping
+                | Script::RefusedAfter(_) => 0,
             };
             let mut taken = Vec::new();
             while taken.len() < n {
@@ -274,6 +312,7 @@ async fn start(script: Script) -> (Fake, Adapters) {
         script,
         opened: Arc::new(AtomicUsize::new(0)),
         calls: Arc::new(Mutex::new(Vec::new())),
+        call_timeouts: Arc::new(Mutex::new(Vec::new())),
     };
     let adapters = common::serve_as(fake.clone(), "public-security", 4 << 20).await;
     (fake, adapters)
@@ -505,4 +544,22 @@ async fn a_slow_adapter_keeps_its_stream_though_its_callers_give_up() {
         "query-last"
     );
     assert_eq!(fake.opened.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_fetch_asked_again_as_a_call_gives_the_adapter_only_the_time_left() {
+    let (fake, adapters) = start(Script::RefusedAfter(Duration::from_secs(1))).await;
+    // The stream took the fetch and a second later turned out to be one
+    // the adapter does not serve: the fetch is asked again as a call, with
+    // what is left of its 5 s.
+    let answered = fetch(&adapters, "query-1")
+        .await
+        .expect("asked again as a call");
+    assert_eq!(answered_for(&answered), "query-1");
+    assert_eq!(*fake.calls.lock().unwrap(), ["query-1"]);
+    let given = fake.call_timeouts.lock().unwrap()[0];
+    assert!(
+        given <= Duration::from_millis(4_050) && given >= Duration::from_secs(3),
+        "the call was given {given:?}"
+    );
 }
