@@ -3,8 +3,9 @@
 //! file, loses no entry it acknowledged, and its chain still verifies.
 //!
 //! The test runs itself as the broker: a child process of this test binary
-//! appends entries in bursts of 64 awaited commits, each followed by a rest
-//! (a checkpoint of the log), prints how many were acknowledged as it goes,
+//! appends entries in bursts of 64 awaited commits (the writer copies its log
+//! into the file at the rest after each 64th), pausing between bursts,
+//! prints how many were acknowledged as it goes,
 //! and is SIGKILLed: in even rounds as soon as the database file grows (a
 //! checkpoint is copying pages into it), in odd rounds at a random moment.
 //! Every round appends to the same log, so each starts on what the kill

@@ -59,21 +59,6 @@ struct Fake {
     call_timeouts: Arc<Mutex<Vec<Duration>>>,
 }
 
-/// A `grpc-timeout` header's time: digits, then the unit.
-fn grpc_timeout(value: &str) -> Option<Duration> {
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 /// The answer to a fetch: one record whose id is the fetch's request id,
 /// so that a test sees whose question it answers.
 fn found(fetch: &FetchRequest) -> FetchResponse {
@@ -133,7 +118,7 @@ impl Department for Fake {
         let timeout = request
             .metadata()
             .get("grpc-timeout")
-            .and_then(|v| grpc_timeout(v.to_str().ok()?))
+            .and_then(|v| crossgate_config::parse_grpc_timeout(v.to_str().ok()?))
             .expect("a call carries its time");
         self.call_timeouts.lock().unwrap().push(timeout);
         let fetch = request.into_inner();
