@@ -1,0 +1,96 @@
+"""What `deploy/bench.sh` prints of #12's goals, from runs written as `crossgate bench --json`
+would write them. Run: python3 deploy/test_bench_goals.py"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-goals.py")
+FETCH = "Department.Fetch public-security person.v1"
+QUERY = "Broker.Query public-security person.v1"
+PUBLISH = "Broker.Publish customs-declaration.v1"
+
+
+def run_line(target, rps, cpu, p99, offered=None, failed=0):
+    return json.dumps(
+        {
+            "conns": 4, "streams": 16, "errors": {}, "failed": failed, "ok": 1000,
+            "offered_rps": offered, "rps": rps, "p50_us": p99 // 2, "p90_us": p99 - 1,
+            "p99_us": p99, "max_us": p99 + 1, "secs": 5.0,
+            "server_cpu_us_per_req": cpu, "target": target,
+        }
+    )
+
+
+def runs(query_cpu=(100.0, 104.0, 98.0), fixed_p99=((3000, 4500), (3100, 9900), (2900, 4000)),
+         publish=(3000.0, 3100.0, 2900.0), failed=0):
+    lines = []
+    for i, cpu in enumerate(query_cpu):
+        lines.append(run_line(FETCH, 21000.0, 60.0 + i, 5000))
+        lines.append(run_line(QUERY, 13000.0 + 100 * i, cpu, 9000))
+    for f, q in fixed_p99:
+        lines.append(run_line(FETCH, 6500.0, 80.0, f, offered=6500.0))
+        lines.append(run_line(QUERY, 6500.0, 140.0, q, offered=6500.0, failed=failed))
+    for p in publish:
+        lines.append(run_line(PUBLISH, p, 400.0, 30000))
+    return "\n".join(lines) + "\n"
+
+
+class BenchGoals(unittest.TestCase):
+    def goals(self, text, *args, env=None):
+        with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+            f.write(text)
+        try:
+            return subprocess.run(
+                [sys.executable, SCRIPT, *args[:1], f.name, *args[1:]],
+                capture_output=True, text=True, env={**os.environ, **(env or {})},
+            )
+        finally:
+            os.unlink(f.name)
+
+    def test_the_fixed_rate_is_half_the_median_closed_loop_query_rate(self):
+        out = self.goals(runs(), "half-rate")
+        self.assertEqual((out.returncode, out.stdout), (0, "6550\n"))
+
+    def test_each_goal_is_printed_with_its_figure_and_verdict(self):
+        out = self.goals(runs(), "summary", "6550")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        lines = [line.strip() for line in out.stdout.splitlines()]
+        # Medians: query 100, fetch 61.
+        self.assertIn(
+            "added CPU per query (closed loop): 39.0 us (query 100.0 - fetch 61.0; goal <= 40): met",
+            lines,
+        )
+        # Differences by pair: +1.5, +6.8, +1.1 ms; the median is the verdict, the
+        # outlier pair is shown but does not decide.
+        p99 = next(line for line in lines if "p99 at" in line)
+        self.assertIn("difference +1.50 ms (median of +1.50, +6.80, +1.10; goal <= +2 ms): met", p99)
+        self.assertIn("50 % of the query's maximum", p99)
+        self.assertIn("publish to two receivers: 3,000/s (goal >= 8,000/s): NOT met", lines)
+
+    def test_a_goal_missed_fails_only_when_goals_are_asked_to_be_judged(self):
+        slow = runs(query_cpu=(120.0, 121.0, 119.0))
+        self.assertIn("NOT met", self.goals(slow, "summary", "6550").stdout)
+        self.assertEqual(self.goals(slow, "summary", "6550").returncode, 0)
+        self.assertEqual(self.goals(slow, "summary", "6550", env={"GOALS": "1"}).returncode, 1)
+        all_met = runs(publish=(8100.0, 8200.0, 8000.0))
+        self.assertEqual(self.goals(all_met, "summary", "6550", env={"GOALS": "1"}).returncode, 0)
+
+    def test_failed_requests_make_the_run_fail_and_say_so(self):
+        out = self.goals(runs(failed=3), "summary", "6550")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("9 request(s) failed: the figures above are not a clean run", out.stdout)
+
+    def test_an_unreadable_line_is_named_and_exits_2(self):
+        out = self.goals(runs() + "not json\n", "summary", "6550")
+        self.assertEqual(out.returncode, 2)
+        self.assertIn(".jsonl:16: not a `crossgate bench --json` line", out.stderr)
+        self.assertEqual(self.goals("", "half-rate").returncode, 2)
+        self.assertEqual(self.goals(runs(), "summary", "fast").returncode, 2)
+
+
+if __name__ == "__main__":
+    unittest.main()
