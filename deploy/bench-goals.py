@@ -8,11 +8,13 @@
 Runs come in the order bench.sh makes them: closed-loop fetch and query alternating, then the
 same at RATE, then the publishes. A goal needs both sides measured: the added CPU compares the
 closed-loop query with the closed-loop fetch (medians), the latency goal each fixed-rate query
-with the fetch run just before it (the median of those differences), so that a difference is
-taken between runs that saw the same machine.
+with the fixed-rate fetch run just before it (the median of those differences; a query run with
+no such fetch before it is left out), so that a difference is taken between runs that saw the
+same machine.
 
 Exit 0 when every run answered every request; 1 when some failed (the figures are still
-printed); with GOALS=1 also 1 when a goal is not met; 2 when the runs cannot be read.
+printed); with GOALS=1 also 1 when a goal is not met or not measured; 2 when the runs cannot be
+read or there are none.
 """
 
 import json
@@ -28,26 +30,32 @@ PUBLISH_RPS = 8000.0
 
 def load(path):
     runs = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                run = json.loads(line)
-                kind = run["target"].split()[0]
-                runs.append(
-                    {
-                        "kind": kind,
-                        "fixed": run.get("offered_rps") is not None,
-                        "rps": float(run["rps"]),
-                        "cpu": run.get("server_cpu_us_per_req"),
-                        "p99": float(run["p99_us"]),
-                        "failed": int(run.get("failed", 0)),
-                    }
-                )
-            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-                raise SystemExit(f"{path}:{number}: not a `crossgate bench --json` line ({e})")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except UnicodeDecodeError as e:
+        raise SystemExit(f"{path}: not text ({e})")
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            run = json.loads(line)
+            kind = run["target"].split()[0]
+            runs.append(
+                {
+                    "kind": kind,
+                    "fixed": run.get("offered_rps") is not None,
+                    "rps": float(run["rps"]),
+                    "cpu": run.get("server_cpu_us_per_req"),
+                    "p99": float(run["p99_us"]),
+                    "failed": int(run.get("failed", 0)),
+                }
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+            raise SystemExit(f"{path}:{number}: not a `crossgate bench --json` line ({e})")
+    if not runs:
+        raise SystemExit(f"{path}: no runs")
     return runs
 
 
@@ -59,7 +67,10 @@ def half_rate(runs):
     queries = pick(runs, "Broker.Query", False)
     if not queries:
         raise SystemExit("no closed-loop Broker.Query run to take half of")
-    return max(1, int(statistics.median(r["rps"] for r in queries) / 2))
+    half = int(statistics.median(r["rps"] for r in queries) / 2)
+    if half < 1:
+        raise SystemExit("the closed-loop Broker.Query runs answered nothing: no rate to halve")
+    return half
 
 
 def verdict(met):
@@ -80,10 +91,14 @@ def summary(runs, rate):
             f"(query {q:.1f} - fetch {f:.1f}; goal <= {ADDED_CPU_US:.0f}): {verdict(met[-1])}"
         )
     else:
-        lines.append("added CPU per query: not measured (runs without --pid)")
+        lines.append("added CPU per query: not measured (no closed-loop fetch and query runs with the server's CPU)")
     max_q = statistics.median(r["rps"] for r in query) if query else None
-    fixed_f, fixed_q = pick(runs, "Department.Fetch", True), pick(runs, "Broker.Query", True)
-    pairs = list(zip(fixed_f, fixed_q))
+    pairs = [
+        (before, run)
+        for before, run in zip(runs, runs[1:])
+        if run["kind"] == "Broker.Query" and run["fixed"]
+        and before["kind"] == "Department.Fetch" and before["fixed"]
+    ]
     if pairs:
         diffs = [q["p99"] - f["p99"] for f, q in pairs]
         d = statistics.median(diffs)
@@ -96,7 +111,7 @@ def summary(runs, rate):
             f"goal <= +{P99_MARGIN_US / 1000:.0f} ms): {verdict(met[-1])}"
         )
     else:
-        lines.append("p99 at half load: not measured")
+        lines.append("p99 at the fixed rate: not measured (no fixed-rate query run after a fixed-rate fetch)")
     publish = pick(runs, "Broker.Publish", False)
     if publish:
         p = statistics.median(r["rps"] for r in publish)
@@ -104,6 +119,8 @@ def summary(runs, rate):
         lines.append(
             f"publish to two receivers: {p:,.0f}/s (goal >= {PUBLISH_RPS:,.0f}/s): {verdict(met[-1])}"
         )
+    else:
+        lines.append("publish to two receivers: not measured")
     failed = sum(r["failed"] for r in runs)
     if failed:
         lines.append(f"{failed} request(s) failed: the figures above are not a clean run")
