@@ -395,15 +395,18 @@ DROP INDEX IF EXISTS audit_entries_chain"
             sql.push_str(&format!(" AND (consumer = {n} OR provider = {n})"));
         }
         if let Some(id) = &filter.record_id {
-            args.push(id.clone());
-            let n = self.placeholder(args.len());
-            if id.is_empty() || id.contains(',') {
-                // No id, or a list: the whole field, as written.
+            if id.is_empty() {
+                // No id: the entries that name no record.
+                args.push(String::new());
+                let n = self.placeholder(args.len());
                 sql.push_str(&format!(" AND record_id = {n}"));
             } else {
                 // An answer of several records names them all,
-                // comma-separated: the id is looked for as one of them,
+                // comma-separated (`record_ids`): the id, written as a
+                // member of that list, is looked for as one of them,
                 // compared as text (no pattern: `%` and `_` are themselves).
+                args.push(crate::record_id_member(id).into_owned());
+                let n = self.placeholder(args.len());
                 let (find, n) = match self {
                     Dialect::Sqlite => ("instr", n),
                     Dialect::Postgres => ("strpos", format!("{n}::text")),

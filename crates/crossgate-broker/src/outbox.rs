@@ -12,7 +12,9 @@
 //! - at most `memory_items` wait in memory; the rest wait in the store and
 //!   are read back in order, as they are after a restart.
 
-use crate::audit::{AuditSink, Commit, Decision, Entry, Item, Kind, Op, OutboxFilter, State};
+use crate::audit::{
+    AuditSink, Commit, Decision, Entry, Item, Kind, Op, OutboxFilter, State, record_ids,
+};
 use crate::config::DeliveryConfig;
 use crate::delivery::Adapters;
 use crate::pipeline::entry;
@@ -910,7 +912,7 @@ pub(crate) fn delivery_entry(item: &Item, decision: Decision, reason: String) ->
     e.consumer = item.receiver.clone();
     e.provider = item.provider.clone();
     e.record_type = item.record_type.clone();
-    e.record_id = item.record_id.clone();
+    e.record_id = record_ids([item.record_id.as_str()]);
     e.purpose = item.purpose.clone();
     e.released_fields = item.released_fields.clone();
     e.record_digest = item.record_digest.clone();

@@ -3,7 +3,7 @@
 //! reason. Every action is audited, one entry per item it touched; nobody
 //! sees a record's contents.
 
-use crate::audit::{Commit, Decision, Item, Kind, Op, OutboxFilter, State};
+use crate::audit::{Commit, Decision, Item, Kind, Op, OutboxFilter, State, record_ids};
 use crate::outbox::{ago, rfc3339};
 use crate::pipeline::entry;
 use crate::{Broker, Caller};
@@ -183,7 +183,7 @@ impl Broker {
                 e.consumer = operator.id.clone();
                 e.provider = i.provider.clone();
                 e.record_type = i.record_type.clone();
-                e.record_id = i.record_id.clone();
+                e.record_id = record_ids([i.record_id.as_str()]);
                 e.record_digest = i.record_digest.clone();
                 e.reason = reason(i);
                 e

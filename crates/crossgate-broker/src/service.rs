@@ -3,6 +3,7 @@
 
 use crate::audit::{
     Claim, Commit, Committed, Decision, Entry, Item, Kind, Op, OutboxFilter, Prior, State, digest,
+    record_ids,
 };
 use crate::detached::detached;
 use crate::outbox::{Attempt, rfc3339};
@@ -86,7 +87,7 @@ impl Broker {
             ("record_id", &record.record_id, MAX_ID),
         ])?;
         entry.record_type = record.record_type.clone();
-        entry.record_id = record.record_id.clone();
+        entry.record_id = record_ids([record.record_id.as_str()]);
         entry.record_digest = digest(&record.json);
         let key = idempotency_key(&request.idempotency_key, &record, &entry.record_digest)?;
         let document = self.validate(&record)?;
@@ -456,7 +457,7 @@ impl Broker {
             None => format!("grant {}", release.grant.id),
         };
         allowed.released_fields = release.field_paths();
-        allowed.record_id = screened.provider_ids.join(",");
+        allowed.record_id = record_ids(screened.provider_ids.iter().map(String::as_str));
         allowed.record_digest = screened.digests.join(",");
         Ok(Answer {
             reply: QueryResponse {

@@ -98,9 +98,9 @@ pub fn problem(message: &str) -> String {
 /// several records names them all, comma-separated).
 fn record_links(ids: &str) -> Markup {
     html! {
-        @for (n, id) in ids.split(',').enumerate() {
+        @for (n, id) in crossgate_audit::split_record_ids(ids).enumerate() {
             @if n > 0 { ", " }
-            a href=(received_href(id)) { (id) }
+            a href=(received_href(&id)) { (id) }
         }
     }
 }

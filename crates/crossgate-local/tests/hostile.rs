@@ -715,3 +715,41 @@ async fn the_broker_fetches_nothing_from_an_adapter_impostor() {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_id_holding_the_logs_separator_is_logged_as_one_id() {
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let declaration = serde_json::json!({
+        "declaration_id": "440663864056324842", "direction": "import",
+        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
+        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
+        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
+                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
+    });
+    // Were it written as given, a search for "D-1" or for "D-2" would find
+    // this record, which is neither.
+    customs
+        .publish(PublishRequest {
+            record: Some(Record {
+                record_type: "customs-declaration.v1".into(),
+                record_id: "D-1,D-2 50%".into(),
+                json: serde_json::to_vec(&declaration).unwrap(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let entries = log(&sys);
+    let named: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.provider == "customs")
+        .map(|e| e.record_id.as_str())
+        .collect();
+    assert!(!named.is_empty());
+    for field in named {
+        assert_eq!(field, "D-1%2CD-2 50%25");
+        let ids: Vec<_> = crossgate_audit::split_record_ids(field).collect();
+        assert_eq!(ids, ["D-1,D-2 50%"]);
+    }
+}
