@@ -405,15 +405,25 @@ DROP INDEX IF EXISTS audit_entries_chain"
                 // comma-separated (`record_ids`): the id, written as a
                 // member of that list, is looked for as one of them,
                 // compared as text (no pattern: `%` and `_` are themselves).
-                args.push(crate::record_id_member(id).into_owned());
+                let member = crate::record_id_member(id);
+                // An id holding `,` or `%` is written escaped; entries made
+                // before that rule hold it as given, and are found by the
+                // whole field.
+                let as_given = matches!(member, std::borrow::Cow::Owned(_));
+                args.push(member.into_owned());
                 let n = self.placeholder(args.len());
                 let (find, n) = match self {
                     Dialect::Sqlite => ("instr", n),
                     Dialect::Postgres => ("strpos", format!("{n}::text")),
                 };
-                sql.push_str(&format!(
-                    " AND {find}(',' || record_id || ',', ',' || {n} || ',') > 0"
-                ));
+                let among = format!("{find}(',' || record_id || ',', ',' || {n} || ',') > 0");
+                if as_given {
+                    args.push(id.clone());
+                    let whole = self.placeholder(args.len());
+                    sql.push_str(&format!(" AND ({among} OR record_id = {whole})"));
+                } else {
+                    sql.push_str(&format!(" AND {among}"));
+                }
             }
         }
         sql.push_str(&if filter.chain_order {

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 pub use crossgate_audit::{
     Claim, Commit, Committed, Decision, Entry, Item, Kind, Lease, Op, OutboxFilter, Prior, State,
-    StoreError, digest, record_ids,
+    StoreError, digest, record_ids, split_record_ids,
 };
 
 /// Where the broker writes entries and keeps the outbox. Each call returns

@@ -68,6 +68,12 @@ pub struct Screened {
 }
 
 impl Screened {
+    /// The released records' provider ids as the audit entry names them:
+    /// one list whose members are whole ids, however the ids are spelt.
+    pub fn logged_ids(&self) -> String {
+        crate::audit::record_ids(self.provider_ids.iter().map(String::as_str))
+    }
+
     /// "1 provider record withheld: invalid (/ethnicity: does not match the field's pattern)".
     pub fn invalid_summary(&self) -> Option<String> {
         let mut parts = Vec::new();

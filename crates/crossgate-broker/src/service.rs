@@ -457,7 +457,7 @@ impl Broker {
             None => format!("grant {}", release.grant.id),
         };
         allowed.released_fields = release.field_paths();
-        allowed.record_id = record_ids(screened.provider_ids.iter().map(String::as_str));
+        allowed.record_id = screened.logged_ids();
         allowed.record_digest = screened.digests.join(",");
         Ok(Answer {
             reply: QueryResponse {

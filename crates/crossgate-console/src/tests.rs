@@ -117,7 +117,8 @@ fn log() -> Log {
         );
         queued.kind = Kind::Publish;
         entries.push(queued);
-        // An answer of two records names both.
+        // An answer of three records names them all, one of them an id
+        // holding a comma.
         entries.push(entry(
             22,
             40,
@@ -125,7 +126,7 @@ fn log() -> Log {
             "public-security",
             Decision::Allowed,
             "tax-audit",
-            "P-7,D-9",
+            &crossgate_audit::record_ids(["P-7", "D-9", "F,1"]),
         ));
         entries.push(entry(
             22,
@@ -278,6 +279,19 @@ fn who_received_a_record_lists_its_releases_apart_from_other_decisions() {
         "{listed}"
     );
     assert!(!listed.contains("record_id=P-7%2CD-9"), "{listed}");
+    // The id with a comma is shown and linked as itself, and its page finds
+    // the answer that named it.
+    assert!(
+        listed.contains("href=\"/received?record_id=F%2C1\">F,1</a>"),
+        "{listed}"
+    );
+    let f1 = page(&log, "/received", "record_id=F%2C1").body;
+    assert!(f1.contains("1 releases"), "{f1}");
+    assert!(
+        page(&log, "/received", "record_id=F")
+            .body
+            .contains("0 releases")
+    );
 }
 
 #[test]

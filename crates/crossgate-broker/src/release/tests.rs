@@ -335,6 +335,34 @@ fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
     assert!(!format!("{screened:?}").contains("SECRET"));
 }
 
+#[test]
+fn an_answer_of_records_whose_ids_hold_commas_is_logged_as_whole_ids() {
+    let release = education_person();
+    let person = serde_json::json!({
+        "id_number": "110105198405049582", "name": "周建华", "sex": "female",
+        "birth_date": "1984-05-04", "ethnicity": "01",
+        "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"}
+    });
+    let record = |id: &str| Record {
+        record_type: "person.v1".into(),
+        record_id: id.into(),
+        json: serde_json::to_vec(&person).expect("JSON"),
+    };
+    let screened = screen(
+        registry(),
+        &release,
+        &key(),
+        &ask("person.v1", &[("/id_number", "110105198405049582")]),
+        vec![record("P-1,P-2"), record("P-3")],
+    );
+    assert_eq!(screened.records.len(), 2);
+    // Joined as they are, the entry would name P-1, P-2 and P-3.
+    let logged = screened.logged_ids();
+    assert_eq!(logged, "P-1%2CP-2,P-3");
+    let ids: Vec<_> = crate::audit::split_record_ids(&logged).collect();
+    assert_eq!(ids, ["P-1,P-2", "P-3"]);
+}
+
 /// A generated person: random text in every field.
 fn person() -> impl Strategy<Value = Value> {
     let text = "[A-Za-z0-9\\u{4e00}-\\u{4e20}]{8,24}";
