@@ -265,6 +265,15 @@ fn education_person() -> crossgate_policy::Release<'static> {
     }
 }
 
+/// A person.v1 record that validates, found by a lookup of its identity number.
+fn valid_person() -> Value {
+    serde_json::json!({
+        "id_number": "110105198405049582", "name": "周建华", "sex": "female",
+        "birth_date": "1984-05-04", "ethnicity": "01",
+        "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"}
+    })
+}
+
 #[test]
 fn records_without_a_provider_id_never_share_a_reference() {
     let release = education_person();
@@ -288,11 +297,7 @@ fn records_without_a_provider_id_never_share_a_reference() {
 #[test]
 fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
     let release = education_person();
-    let good = serde_json::json!({
-        "id_number": "110105198405049582", "name": "周建华", "sex": "female",
-        "birth_date": "1984-05-04", "ethnicity": "01",
-        "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"}
-    });
+    let good = valid_person();
     let mut bad = good.clone();
     bad["ethnicity"] = Value::String("SECRET-ETHNICITY-VALUE".into());
     let record = |doc: &Value, id: &str, record_type: &str| Record {
@@ -338,11 +343,7 @@ fn an_invalid_provider_record_is_left_out_and_counted_without_its_value() {
 #[test]
 fn an_answer_of_records_whose_ids_hold_commas_is_logged_as_whole_ids() {
     let release = education_person();
-    let person = serde_json::json!({
-        "id_number": "110105198405049582", "name": "周建华", "sex": "female",
-        "birth_date": "1984-05-04", "ethnicity": "01",
-        "registered_address": {"division_code": "110105", "text": "北京市朝阳区解放路172号"}
-    });
+    let person = valid_person();
     let record = |id: &str| Record {
         record_type: "person.v1".into(),
         record_id: id.into(),
