@@ -402,28 +402,34 @@ DROP INDEX IF EXISTS audit_entries_chain"
                 sql.push_str(&format!(" AND record_id = {n}"));
             } else {
                 // An answer of several records names them all,
-                // comma-separated (`record_ids`): the id, written as a
-                // member of that list, is looked for as one of them,
-                // compared as text (no pattern: `%` and `_` are themselves).
-                let member = crate::record_id_member(id);
-                // An id holding `,` or `%` is written escaped; entries made
-                // before that rule hold it as given, and are found by the
-                // whole field.
-                let as_given = matches!(member, std::borrow::Cow::Owned(_));
-                args.push(member.into_owned());
-                let n = self.placeholder(args.len());
-                let (find, n) = match self {
-                    Dialect::Sqlite => ("instr", n),
-                    Dialect::Postgres => ("strpos", format!("{n}::text")),
+                // comma-separated: the id's digest, and the id itself as
+                // entries written before digests hold it, are each looked
+                // for as one of them, compared as text (no pattern: `%` and
+                // `_` are themselves).
+                let (find, cast) = match self {
+                    Dialect::Sqlite => ("instr", ""),
+                    Dialect::Postgres => ("strpos", "::text"),
                 };
-                let among = format!("{find}(',' || record_id || ',', ',' || {n} || ',') > 0");
+                let among = |member: String, args: &mut Vec<String>| {
+                    args.push(member);
+                    let n = self.placeholder(args.len());
+                    format!("{find}(',' || record_id || ',', ',' || {n}{cast} || ',') > 0")
+                };
+                let mut any = Vec::with_capacity(3);
+                if let Some(digest) = filter.record_id_digest.as_ref().filter(|d| !d.is_empty()) {
+                    any.push(among(digest.clone(), &mut args));
+                }
+                let member = crate::record_id_member(id);
+                // An id holding `,` or `%` was written escaped; entries
+                // made before that rule hold it as given, and are found by
+                // the whole field.
+                let as_given = matches!(member, std::borrow::Cow::Owned(_));
+                any.push(among(member.into_owned(), &mut args));
                 if as_given {
                     args.push(id.clone());
-                    let whole = self.placeholder(args.len());
-                    sql.push_str(&format!(" AND ({among} OR record_id = {whole})"));
-                } else {
-                    sql.push_str(&format!(" AND {among}"));
+                    any.push(format!("record_id = {}", self.placeholder(args.len())));
                 }
+                sql.push_str(&format!(" AND ({})", any.join(" OR ")));
             }
         }
         sql.push_str(&if filter.chain_order {
@@ -474,7 +480,8 @@ impl Statements {
             ),
             update: format!(
                 "UPDATE outbox SET state = {s}, attempts = {a}, next_attempt = {n}, last_error = {e},
-                 payload = CASE WHEN {s} = 'delivered' THEN {empty} ELSE payload END
+                 payload = CASE WHEN {s} = 'delivered' THEN {empty} ELSE payload END,
+                 record_id = CASE WHEN {s} = 'delivered' THEN '' ELSE record_id END
                  WHERE delivery_id = {id} AND state <> 'delivered'",
                 s = p(1),
                 a = p(2),

@@ -29,7 +29,10 @@ mod writer;
 pub use entry::{Decision, Entry, Kind, Stored, digest};
 pub use outbox::{Claim, Commit, Committed, Item, Lease, Op, OutboxFilter, Prior, State};
 pub use postgres::PostgresStore;
-pub use record_ids::{record_id_member, record_ids, split_record_ids};
+pub use record_ids::{
+    RECORD_ID_DIGEST_PREFIX, RecordIdKey, is_record_id_digest, record_id_member, record_ids,
+    split_record_ids,
+};
 pub use sqlite::SqliteStore;
 pub use verify::{ChainReport, Verifier};
 pub use writer::{Durability, Writer};
@@ -67,7 +70,14 @@ pub struct Filter {
     pub consumer: Option<String>,
     pub provider: Option<String>,
     pub record_type: Option<String>,
+    /// Entries naming this record id: found by its digest
+    /// (`record_id_digest`) and, in entries written before digests, by the
+    /// id itself. A digest as entries show it (`id:…`) finds itself.
     pub record_id: Option<String>,
+    /// The digest of `record_id` under the log's [`RecordIdKey`], set by
+    /// whoever holds the key; without it only entries written before
+    /// digests, or a digest given as `record_id`, are found.
+    pub record_id_digest: Option<String>,
     pub purpose: Option<String>,
     pub decision: Option<String>,
     /// Chain order (writer, sequence) instead of time order.

@@ -4,8 +4,9 @@
 //! that record them (see [`Commit`]), so the log and the outbox never
 //! disagree: a Publish is accepted exactly when its entries and its items are
 //! both kept, and a delivery is done exactly when its `delivered` entry is.
-//! A delivered item's payload (the released record) is erased in the same
-//! transaction; only its metadata stays, for repeated publishes and listings.
+//! A delivered item's payload (the released record) and its record id are
+//! erased in the same transaction; only its metadata stays, for repeated
+//! publishes and listings.
 
 use crate::entry::Entry;
 

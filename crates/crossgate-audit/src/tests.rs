@@ -503,6 +503,7 @@ fn an_outbox_commit_keeps_entries_items_and_claims_together_and_a_repeat_changes
         assert_eq!(ids, ["d1", "d2"], "{}", b.name());
         assert_eq!(all[0].state, State::Delivered);
         assert!(all[0].payload.is_empty(), "a delivered payload is erased");
+        assert!(all[0].record_id.is_empty(), "and its record's id");
         assert_eq!(all[1], item("d2", "tax"), "{}", b.name());
         let undelivered = store
             .outbox(&OutboxFilter {
@@ -1260,5 +1261,71 @@ fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
         for not_an_id in ["%", "_", "1101%", "%110105198405049582"] {
             assert!(found(not_an_id).is_empty(), "{not_an_id:?} {}", b.name());
         }
+    }
+}
+
+/// Entries name records by their ids' keyed digests: a search gives the id
+/// and its digest, and finds the digest among an answer's, the digest given
+/// as entries show it, and the id itself in entries written before digests.
+#[test]
+fn a_search_by_record_id_finds_its_digest_and_older_entries_naming_the_id() {
+    let key = crate::RecordIdKey::new(&[5; 32]);
+    let other_key = crate::RecordIdKey::new(&[6; 32]);
+    const ID: &str = "110105198405049582";
+    for b in Backend::all("record_digests") {
+        let alone = key.record_ids([ID]);
+        let among = key.record_ids(["110108198912063214", ID]);
+        let neighbour = key.record_ids(["110108198912063214"]);
+        let other = other_key.record_ids([ID]);
+        let ids = [
+            alone.as_str(),
+            among.as_str(),
+            neighbour.as_str(),
+            other.as_str(),
+            ID,
+        ];
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
+        runtime.block_on(async {
+            for (n, id) in (1..).zip(ids) {
+                let mut e = entry(n);
+                e.record_id = id.into();
+                writer.append(e).await.unwrap();
+            }
+        });
+        writer.close();
+        let mut store = b.open();
+        let mut found = |id: &str, digest: Option<String>| {
+            let mut named = Vec::new();
+            store
+                .scan(
+                    &Filter {
+                        record_id: Some(id.into()),
+                        record_id_digest: digest,
+                        ..Filter::default()
+                    },
+                    &mut |s| {
+                        named.push(s.entry.record_id.clone());
+                        true
+                    },
+                )
+                .unwrap();
+            named
+        };
+        let name = b.name();
+        // With the key: its digest alone and among others, and the older
+        // entry holding the id; not another key's digest.
+        assert_eq!(
+            found(ID, Some(key.digest(ID))),
+            [ids[0], ids[1], ID],
+            "{name}"
+        );
+        // Without it: only the older entry.
+        assert_eq!(found(ID, None), [ID], "{name}");
+        // A digest as entries show it finds itself.
+        assert_eq!(found(&key.digest(ID), None), [ids[0], ids[1]], "{name}");
+        assert!(found("id:", None).is_empty(), "{name}");
     }
 }

@@ -44,6 +44,7 @@ impl ApprovalUses {
                     "approval {} has been used {limit} time(s), all it allows",
                     approval.reference
                 ),
+                logged: None,
             });
         }
         *used += 1;
@@ -88,6 +89,7 @@ impl ApprovalUses {
                     "approval {} has been used {limit} time(s), all it allows",
                     approval.reference
                 ),
+                logged: None,
             })),
             Err(e) => Err(format!(
                 "approval {}'s uses are counted across replicas in Redis, which cannot be reached ({e}); retry later",

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 pub use crossgate_audit::{
-    Claim, Commit, Committed, Decision, Entry, Item, Kind, Lease, Op, OutboxFilter, Prior, State,
-    StoreError, digest, record_ids, split_record_ids,
+    Claim, Commit, Committed, Decision, Entry, Item, Kind, Lease, Op, OutboxFilter, Prior,
+    RecordIdKey, State, StoreError, digest, record_ids, split_record_ids,
 };
 
 /// Where the broker writes entries and keeps the outbox. Each call returns
@@ -89,6 +89,7 @@ impl Memory {
                         (state, attempts, next_attempt.clone(), last_error.clone());
                     if state == State::Delivered {
                         i.payload.clear();
+                        i.record_id.clear();
                     }
                 }
             }
@@ -226,6 +227,54 @@ impl AuditSink for crossgate_audit::Writer {
 /// (`crossgate_decisions_total`) and each commit's time
 /// (`crossgate_audit_append_seconds`). Throttled calls are counted where
 /// they are refused, one by one (their entries sum up a second each).
+/// The log holds digests, never values: a provider's record id (for
+/// `person.v1` the citizen's identity number) is kept as its keyed digest
+/// ([`RecordIdKey`]). Every entry reaches the log through this sink, which
+/// turns each entry's ids (as the broker names them, [`record_ids`]) into
+/// their digests, whichever path wrote the entry: decisions, deliveries,
+/// operator changes and a repeated publish's entries alike.
+pub struct Digested {
+    pub inner: std::sync::Arc<dyn AuditSink>,
+    pub ids: RecordIdKey,
+}
+
+/// `entry`'s record ids replaced by their digests under `ids`.
+pub fn digest_ids(ids: &RecordIdKey, entry: &mut Entry) {
+    if entry.record_id.is_empty() {
+        return;
+    }
+    let named: Vec<_> = split_record_ids(&entry.record_id).collect();
+    entry.record_id = ids.record_ids(named.iter().map(AsRef::as_ref));
+}
+
+#[tonic::async_trait]
+impl AuditSink for Digested {
+    async fn commit(&self, mut commit: Commit) -> Result<Committed, StoreError> {
+        for e in &mut commit.entries {
+            digest_ids(&self.ids, e);
+        }
+        if let Some((claim, on_repeat)) = commit.claim.take() {
+            let ids = self.ids.clone();
+            let on_repeat: crossgate_audit::outbox::OnRepeat = Box::new(move |prior| {
+                let mut entries = on_repeat(prior);
+                for e in &mut entries {
+                    digest_ids(&ids, e);
+                }
+                entries
+            });
+            commit.claim = Some((claim, on_repeat));
+        }
+        self.inner.commit(commit).await
+    }
+
+    async fn outbox(&self, filter: OutboxFilter) -> Result<Vec<Item>, StoreError> {
+        self.inner.outbox(filter).await
+    }
+    async fn outbox_counts(&self, state: State) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.outbox_counts(state).await
+    }
+}
+
 pub struct Counted {
     pub inner: std::sync::Arc<dyn AuditSink>,
     pub metrics: std::sync::Arc<crossgate_metrics::Metrics>,

@@ -6,7 +6,7 @@ use crate::audit::{Decision, Kind};
 use crate::pipeline::{Call, entry};
 use crate::{Broker, Caller};
 use crossgate_audit::entry::{hex, unhex32};
-use crossgate_audit::{Entry, Filter, StoreError, Stored};
+use crossgate_audit::{Entry, Filter, RecordIdKey, StoreError, Stored};
 use crossgate_policy::Role;
 use crossgate_proto::audit_server::Audit;
 use crossgate_proto::{
@@ -20,15 +20,28 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// Where the `Audit` service reads: a store spec such as `sqlite:PATH`.
+/// Where the `Audit` service reads: a store spec such as `sqlite:PATH`,
+/// and the key of the log's record-id digests.
 #[derive(Debug, Clone)]
 pub struct AuditReader {
     pub store: String,
+    pub ids: RecordIdKey,
 }
 
-fn filter(r: &SearchRequest) -> Filter {
+/// The id a search names, as the reading's own entry names it: its digest
+/// (a digest given as entries show it, as it is).
+fn logged_search_id(ids: &RecordIdKey, id: &str) -> String {
+    if crossgate_audit::is_record_id_digest(id) {
+        id.to_owned()
+    } else {
+        ids.digest(id)
+    }
+}
+
+fn filter(ids: &RecordIdKey, r: &SearchRequest) -> Filter {
     let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
     Filter {
+        record_id_digest: some(&r.record_id).map(|id| ids.digest(&id)),
         since: some(&r.since),
         until: some(&r.until),
         partner: some(&r.partner),
@@ -44,7 +57,12 @@ fn filter(r: &SearchRequest) -> Filter {
     }
 }
 
-fn describe(r: &SearchRequest) -> String {
+/// The reading as its entry states it: the filters given, the record id
+/// as its digest (the log holds no record's id).
+fn describe(ids: &RecordIdKey, r: &SearchRequest) -> String {
+    let record = (!r.record_id.is_empty())
+        .then(|| logged_search_id(ids, &r.record_id))
+        .unwrap_or_default();
     let mut parts = Vec::new();
     for (k, v) in [
         ("since", &r.since),
@@ -53,7 +71,7 @@ fn describe(r: &SearchRequest) -> String {
         ("consumer", &r.consumer),
         ("provider", &r.provider),
         ("type", &r.record_type),
-        ("record", &r.record_id),
+        ("record", &record),
         ("purpose", &r.purpose),
         ("decision", &r.decision),
     ] {
@@ -158,9 +176,10 @@ impl Audit for Broker {
         let auditor = self.authenticate(&request, Role::Auditor)?;
         let reader = self.reader()?;
         let r = request.into_inner();
-        self.audit_reading(&auditor, format!("search {}", describe(&r)))
+        self.audit_reading(&auditor, format!("search {}", describe(&reader.ids, &r)))
             .await?;
-        let rx = scan_into(reader, filter(&r), r.limit, to_message);
+        let f = filter(&reader.ids, &r);
+        let rx = scan_into(reader, f, r.limit, to_message);
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -214,9 +233,9 @@ impl Audit for Broker {
         let auditor = self.authenticate(&request, Role::Auditor)?;
         let reader = self.reader()?;
         let r = request.into_inner();
-        self.audit_reading(&auditor, format!("export {}", describe(&r)))
+        self.audit_reading(&auditor, format!("export {}", describe(&reader.ids, &r)))
             .await?;
-        let f = filter(&r);
+        let f = filter(&reader.ids, &r);
         // Count first, so that the client can show progress.
         let total = count(reader.clone(), f.clone()).await?;
         let lines = scan_into(reader, f, r.limit, |s| s.to_json_line());

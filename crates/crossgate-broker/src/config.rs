@@ -379,6 +379,14 @@ pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey
     })
 }
 
+/// The key of the audit log's record-id digests, derived from the
+/// record-reference secret: every replica of a deployment (they share the
+/// secret) digests an id alike, and a search by id on any of them, or on
+/// the store with the same certificate folder, finds it.
+pub fn record_id_key(references: &crossgate_policy::ReferenceKey) -> crossgate_audit::RecordIdKey {
+    crossgate_audit::RecordIdKey::new(&references.derive("audit record id"))
+}
+
 /// The broker's checkpoint signing key, `checkpoint.key` in its certificate
 /// folder, made (with `checkpoint.pub` beside it) if missing.
 pub fn load_checkpoint_signer(

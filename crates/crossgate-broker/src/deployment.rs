@@ -212,6 +212,7 @@ impl Broker {
                 None => (Arc::new(Unlimited) as Arc<dyn Limiter>, None),
             },
         };
+        let ids = crate::config::record_id_key(&wiring.references);
         let mut writer_queue = None;
         let (audit, audit_reader, approval_uses): (Arc<dyn AuditSink>, _, _) = match wiring.audit {
             AuditChoice::Store(log) => {
@@ -225,6 +226,7 @@ impl Broker {
                     Arc::new(writer),
                     Some(AuditReader {
                         store: log.store.clone(),
+                        ids: ids.clone(),
                     }),
                     ApprovalUses::with_spent(spent),
                 )
@@ -240,6 +242,8 @@ impl Broker {
                     .map(|t| t.record_type.to_owned()),
             )
         });
+        // Record ids reach the log as their digests, by every path.
+        let audit: Arc<dyn AuditSink> = Arc::new(crate::audit::Digested { inner: audit, ids });
         let audit: Arc<dyn AuditSink> = Arc::new(crate::audit::Counted {
             inner: audit,
             metrics: metrics.clone(),

@@ -58,7 +58,7 @@ impl Refusal {
                 status.message().to_owned()
             }
             Refusal::Invalid { logged, .. } | Refusal::Failed { logged, .. } => logged.clone(),
-            Refusal::Denied(denial) => denial.to_string(),
+            Refusal::Denied(denial) => denial.logged(),
         }
     }
 
@@ -186,6 +186,7 @@ mod tests {
         let denial = Denial {
             rule: "grant:g".into(),
             reason: "no".into(),
+            logged: None,
         };
         let r = Refusal::from(denial);
         assert_eq!(r.decision(), Decision::Denied);

@@ -31,7 +31,7 @@ mod query;
 mod source;
 
 pub use query::Query;
-pub use source::{BrokerLog, Log};
+pub use source::{BrokerLog, Log, StoreLog};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -65,6 +65,9 @@ pub struct Console {
     /// writes each reading through its Audit service (a chain of the
     /// console's own). A view that cannot be written is not shown.
     pub readings: Option<crossgate_audit::Writer>,
+    /// Over a store: the key of the log's record-id digests, with which a
+    /// search by record id finds the entries naming it.
+    pub record_ids: Option<crossgate_audit::RecordIdKey>,
     /// Pages being built at once, at most [`PAGES_AT_ONCE`].
     building: Arc<tokio::sync::Semaphore>,
     /// Numbers the readings' request ids.
@@ -83,6 +86,27 @@ impl std::fmt::Debug for Console {
     }
 }
 
+/// A page view's query string as its entry keeps it: a record id searched
+/// for is written as its digest (the log holds no record's id), or, with no
+/// key to digest it, left out; every other parameter as given.
+fn reading_query(query: &str, ids: Option<&crossgate_audit::RecordIdKey>) -> String {
+    let mut out = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        // As the page reads it (`Query::parse`), so that the digest kept
+        // is the one searched for.
+        let read = query::Query::parse_value(&v);
+        if k == "record_id" && !read.is_empty() && !crossgate_audit::is_record_id_digest(&read) {
+            match ids {
+                Some(ids) => out.append_pair(&k, &ids.digest(&read)),
+                None => out.append_pair(&k, "(not kept: no key to digest it)"),
+            };
+        } else {
+            out.append_pair(&k, &v);
+        }
+    }
+    out.finish()
+}
+
 /// The longest description of a reading kept in its entry.
 const MAX_READING: usize = 512;
 
@@ -93,6 +117,7 @@ impl Console {
             source: Source::Store(store.into()),
             runtime: None,
             readings: None,
+            record_ids: None,
             building: Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)),
             views: Arc::default(),
         }
@@ -104,6 +129,13 @@ impl Console {
         self
     }
 
+    /// Search record ids by their digests under `key` (over a store; the
+    /// broker digests them itself).
+    pub fn with_record_id_key(mut self, key: crossgate_audit::RecordIdKey) -> Console {
+        self.record_ids = Some(key);
+        self
+    }
+
     /// Over the broker's Audit service; call inside the runtime.
     pub fn over_broker(
         client: crossgate_proto::audit_client::AuditClient<tonic::transport::Channel>,
@@ -112,6 +144,7 @@ impl Console {
             source: Source::Broker(client),
             runtime: Some(tokio::runtime::Handle::current()),
             readings: None,
+            record_ids: None,
             building: Arc::new(tokio::sync::Semaphore::new(PAGES_AT_ONCE)),
             views: Arc::default(),
         }
@@ -120,7 +153,12 @@ impl Console {
     fn open(&self) -> Result<Box<dyn Log>, String> {
         match &self.source {
             Source::Store(store) => crossgate_audit::open(store)
-                .map(|s| Box::new(s) as Box<dyn Log>)
+                .map(|store| {
+                    Box::new(StoreLog {
+                        store,
+                        ids: self.record_ids.clone(),
+                    }) as Box<dyn Log>
+                })
                 .map_err(|e| format!("the audit log cannot be opened: {e}")),
             Source::Broker(client) => match &self.runtime {
                 Some(runtime) => Ok(Box::new(BrokerLog {
@@ -342,11 +380,14 @@ async fn answer(
         _ => "console@loopback".to_owned(),
     };
     if let Some(readings) = &console.readings {
-        let mut what: String = format!("console {path}?{query}")
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .take(MAX_READING)
-            .collect();
+        let mut what: String = format!(
+            "console {path}?{}",
+            reading_query(&query, console.record_ids.as_ref())
+        )
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_READING)
+        .collect();
         what.shrink_to_fit();
         let mut e = crossgate_audit::Entry {
             time: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),

@@ -38,13 +38,19 @@ const FIELDS: [&str; 8] = [
 const MAX_VALUE: usize = 256;
 
 impl Query {
+    /// A parameter's value as the pages read it: trimmed, at most
+    /// [`MAX_VALUE`] characters.
+    pub fn parse_value(value: &str) -> String {
+        value.trim().chars().take(MAX_VALUE).collect()
+    }
+
     pub fn parse(query: &str) -> Query {
         let mut q = Query {
             page: 1,
             ..Query::default()
         };
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-            let value: String = value.trim().chars().take(MAX_VALUE).collect();
+            let value = Query::parse_value(&value);
             match key.as_ref() {
                 "page" => q.page = value.parse().unwrap_or(1).max(1),
                 "sequence" => q.sequence = value.parse().unwrap_or(0),

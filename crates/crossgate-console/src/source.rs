@@ -4,7 +4,7 @@
 
 use crossgate_audit::ChainReport;
 use crossgate_audit::entry::unhex32;
-use crossgate_audit::{Decision, Entry, Filter, Kind, Store, StoreError, Stored};
+use crossgate_audit::{Decision, Entry, Filter, Kind, RecordIdKey, Store, StoreError, Stored};
 use crossgate_proto::audit_client::AuditClient;
 use crossgate_proto::{SearchRequest, VerifyRequest};
 use tonic::transport::Channel;
@@ -21,17 +21,34 @@ pub trait Log {
     fn verify(&mut self) -> Result<Vec<ChainReport>, StoreError>;
 }
 
-impl Log for Box<dyn Store> {
+/// A store read directly. The log holds record ids as keyed digests: with
+/// the key, a search by id finds them; without it, only a digest as
+/// entries show it (`id:…`) and entries written before digests are found.
+pub struct StoreLog {
+    pub store: Box<dyn Store>,
+    pub ids: Option<RecordIdKey>,
+}
+
+impl Log for StoreLog {
     fn scan(
         &mut self,
         filter: &Filter,
         visit: &mut dyn FnMut(Stored) -> bool,
     ) -> Result<(), StoreError> {
-        self.as_mut().scan(filter, visit)
+        match (&self.ids, filter.record_id.as_deref()) {
+            (Some(ids), Some(id)) if !id.is_empty() => {
+                let filter = Filter {
+                    record_id_digest: Some(ids.digest(id)),
+                    ..filter.clone()
+                };
+                self.store.scan(&filter, visit)
+            }
+            _ => self.store.scan(filter, visit),
+        }
     }
 
     fn verify(&mut self) -> Result<Vec<ChainReport>, StoreError> {
-        crossgate_audit::verify_range(self.as_mut(), 0, 0)
+        crossgate_audit::verify_range(self.store.as_mut(), 0, 0)
     }
 }
 

@@ -458,3 +458,86 @@ fn hosts_are_loopback_only_by_name_or_address() {
         assert!(!loopback_host(host), "{host}");
     }
 }
+
+#[test]
+fn a_record_is_found_by_its_id_through_the_logs_digest_only_with_the_key() {
+    const ID: &str = "110105198405049582";
+    let key = crossgate_audit::RecordIdKey::new(&[9; 32]);
+    let dir = crossgate_testing::TempDir::new("console-digests");
+    let store = format!("sqlite:{}", dir.join("audit.db").display());
+    let writer = Writer::start(
+        crossgate_audit::open(&store).unwrap(),
+        "broker-a".into(),
+        Durability::Durable,
+        64,
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // An answer naming the citizen among two records, by digests, and
+        // an entry written before digests, naming the id itself.
+        let digested = key.record_ids([ID, "X-2"]);
+        for (n, consumer, ids) in [(1, "tax", digested.as_str()), (2, "health", ID)] {
+            let e = entry(
+                23,
+                n,
+                consumer,
+                "public-security",
+                Decision::Allowed,
+                "p",
+                ids,
+            );
+            writer.append(e).await.unwrap();
+        }
+    });
+    writer.close();
+    let with_key = || Console::over_store(store.clone()).with_record_id_key(key.clone());
+    let received = |console: Console, id: &str| {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("record_id", id)
+            .finish();
+        console.page("/received", &query).body
+    };
+    let both = received(with_key(), ID);
+    assert!(both.contains("2 releases"), "{both}");
+    assert!(both.contains("tax") && both.contains("health"), "{both}");
+    // Without the key only the older entry names the id.
+    let older = received(Console::over_store(store.clone()), ID);
+    assert!(older.contains("1 releases"), "{older}");
+    // The digest as entries show it finds itself, key or not; the list
+    // links each record by its digest.
+    let digest = key.digest(ID);
+    let by_digest = received(Console::over_store(store.clone()), &digest);
+    assert!(by_digest.contains("1 releases"), "{by_digest}");
+    let listed = with_key().page("/", "consumer=tax").body;
+    assert!(listed.contains(&digest[3..]), "{listed}");
+}
+
+#[test]
+fn a_page_views_entry_keeps_a_searched_id_as_its_digest() {
+    let key = crossgate_audit::RecordIdKey::new(&[9; 32]);
+    let digest = key.digest("110105198405049582");
+    let encoded = |d: &str| {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("record_id", d)
+            .finish()
+    };
+    assert_eq!(
+        reading_query("record_id=110105198405049582&consumer=tax", Some(&key)),
+        format!("{}&consumer=tax", encoded(&digest))
+    );
+    // Spelt another way, the same parameter.
+    assert_eq!(
+        reading_query("record%5Fid=110105198405049582", Some(&key)),
+        encoded(&digest)
+    );
+    let without = reading_query("record_id=110105198405049582", None);
+    assert!(!without.contains("110105198405049582"), "{without}");
+    assert_eq!(reading_query(&encoded(&digest), None), encoded(&digest));
+    assert_eq!(
+        reading_query("consumer=tax&page=2", None),
+        "consumer=tax&page=2"
+    );
+}

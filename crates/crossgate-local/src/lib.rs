@@ -100,6 +100,8 @@ pub struct LocalSystem {
     pub systems: HashMap<String, ReferenceSystem>,
     pub partners: Vec<Partner>,
     pub memory_audit: Option<Arc<MemorySink>>,
+    /// The key of the log's record-id digests (the broker's own).
+    pub record_ids: crossgate_audit::RecordIdKey,
     certs: CertSource,
     stop: watch::Sender<bool>,
     departments: Departments,
@@ -358,6 +360,7 @@ impl LocalSystem {
             (None, None) => (AuditChoice::Sink(memory.clone()), Some(memory)),
         };
         let partners = dep.partners.clone();
+        let record_ids = crossgate_broker::config::record_id_key(&references);
         let broker = Broker::from_deployment(
             dep,
             Wiring {
@@ -382,6 +385,7 @@ impl LocalSystem {
             systems,
             partners,
             memory_audit,
+            record_ids,
             certs,
             stop,
             departments,

@@ -752,9 +752,74 @@ async fn a_record_id_holding_the_logs_separator_is_logged_as_one_id() {
         .collect();
     queued_for.sort();
     assert_eq!(queued_for, ["border-inspection", "commerce"]);
+    // Each entry holds the id's digest, one member, never the id.
+    let digest = sys.record_ids.digest("D-1,D-2 50%");
     for field in entries.iter().map(|e| e.record_id.as_str()) {
-        assert_eq!(field, "D-1%2CD-2 50%25");
+        assert_eq!(field, digest);
         let ids: Vec<_> = crossgate_audit::split_record_ids(field).collect();
-        assert_eq!(ids, ["D-1,D-2 50%"]);
+        assert_eq!(ids, [digest.as_str()]);
     }
+    assert_ne!(digest, sys.record_ids.digest("D-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_entry_holds_a_record_id_whichever_path_wrote_it() {
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let declaration = serde_json::json!({
+        "declaration_id": "440663864056324842", "direction": "import",
+        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
+        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
+        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
+                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
+    });
+    let publish = PublishRequest {
+        record: Some(Record {
+            record_type: "customs-declaration.v1".into(),
+            record_id: "440663864056324842".into(),
+            json: serde_json::to_vec(&declaration).unwrap(),
+        }),
+        ..Default::default()
+    };
+    // The publish, queued for its two receivers (not running), then the
+    // same publish again: a repeat's entry is made inside the log's writer.
+    customs.publish(publish.clone()).await.unwrap();
+    customs.publish(publish).await.unwrap();
+    // A query answered with a citizen's record.
+    let mut education =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "education").await.unwrap());
+    education.query(common::person_lookup()).await.unwrap();
+    let entries = log(&sys);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.reason.starts_with("repeat of request")),
+        "{entries:?}"
+    );
+    let person = &common::person_lookup().criteria[0].value;
+    let answered = entries
+        .iter()
+        .find(|e| e.consumer == "education" && e.decision == Decision::Allowed)
+        .expect("the query's entry");
+    assert_eq!(answered.record_id, sys.record_ids.digest(person));
+    let everything = format!("{entries:?}");
+    for id in ["440663864056324842", person.as_str()] {
+        assert!(!everything.contains(id), "{id} in {everything}");
+    }
+    // Every entry of the declaration (releases, the repeat, the delivery
+    // attempts that failed) names it by its digest.
+    let declaration_digest = sys.record_ids.digest("440663864056324842");
+    let of_customs: Vec<_> = entries.iter().filter(|e| e.provider == "customs").collect();
+    assert!(
+        of_customs.iter().all(|e| e.record_id == declaration_digest),
+        "{of_customs:?}"
+    );
+    assert_eq!(
+        of_customs
+            .iter()
+            .filter(|e| e.decision == Decision::Allowed)
+            .count(),
+        3,
+        "two receivers' releases and the repeat: {of_customs:?}"
+    );
 }

@@ -134,10 +134,12 @@ async fn a_person_comes_back_with_released_fields_and_an_opaque_reference() {
         .expect("allowed")
         .into_inner();
     assert_eq!(again.records[0].record_id, record.record_id);
-    // The auditor sees the provider's own id.
+    // The auditor sees the provider's id as its keyed digest, never the
+    // identity number.
     let log = audit(&sys);
     assert_eq!(log[0].decision, Decision::Allowed);
-    assert_eq!(log[0].record_id, CHILD);
+    assert_eq!(log[0].record_id, sys.record_ids.digest(CHILD));
+    assert!(!format!("{log:?}").contains(CHILD), "{log:?}");
 }
 
 #[tokio::test]
@@ -235,6 +237,14 @@ async fn the_approval_opens_its_household_and_no_other() {
     assert_eq!(
         other.message(),
         "approval EDU-2025-0001 covers household 11010567397679, not household 54020239576099"
+    );
+    // The log says why without either household's number.
+    let denied = audit(&sys).pop().expect("the denial's entry");
+    assert_eq!(denied.decision, Decision::Denied);
+    assert_eq!(
+        denied.reason,
+        "approval EDU-2025-0001 covers another household than the one looked up \
+         (rule approval:EDU-2025-0001)"
     );
     let none = education
         .query(ask("household.v1", "EDU-2025-0001", &[]))
@@ -406,10 +416,13 @@ async fn every_published_fixture_reaches_each_receiver_without_withheld_values()
             }
         }
     }
-    // The log keeps the provider's own id for the auditor.
+    // The log names each provider record by its id's keyed digest.
     let ids: Vec<String> = declarations
         .iter()
-        .map(|(_, d)| values_at(d, "/declaration_id").remove(0))
+        .map(|(_, d)| {
+            sys.record_ids
+                .digest(&values_at(d, "/declaration_id").remove(0))
+        })
         .collect();
     assert!(audit(&sys).iter().all(|e| ids.contains(&e.record_id)));
 }

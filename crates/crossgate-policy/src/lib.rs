@@ -175,6 +175,20 @@ pub struct Denial {
     /// e.g. `default-deny`, `catalog:public-security/household.v1`, `grant:edu-household`
     pub rule: String,
     pub reason: String,
+    /// The reason as the audit log keeps it, where `reason` names a value
+    /// (an approval's subject, the value looked up); `None`: `reason`.
+    pub logged: Option<String>,
+}
+
+impl Denial {
+    /// What the audit log keeps: the reason without any value, and the rule.
+    pub fn logged(&self) -> String {
+        format!(
+            "{} (rule {})",
+            self.logged.as_deref().unwrap_or(&self.reason),
+            self.rule
+        )
+    }
 }
 
 impl std::fmt::Display for Denial {
@@ -254,10 +268,12 @@ impl Policy {
             None => Err(Denial {
                 rule: "catalog".into(),
                 reason: format!("the sharing catalog does not list {record_type} for {provider}"),
+                logged: None,
             }),
             Some(SharingClass::None { legal_basis }) => Err(Denial {
                 rule: format!("catalog:{provider}/{record_type}"),
                 reason: format!("{record_type} of {provider} is not shared: {legal_basis}"),
+                logged: None,
             }),
             Some(class) => Ok(class),
         }
@@ -286,6 +302,7 @@ impl Policy {
         let no_grant = || Denial {
             rule: "default-deny".into(),
             reason: format!("no grant lets {consumer} query {provider} for {record_type}"),
+            logged: None,
         };
         let mut denial = None;
         for &i in candidates {
@@ -298,6 +315,7 @@ impl Policy {
                         grant.id,
                         grant.purposes.join(", ")
                     ),
+                    logged: None,
                 });
                 continue;
             }
@@ -308,6 +326,7 @@ impl Policy {
                         "grant {} is valid from {} to {}; today is {today}",
                         grant.id, grant.valid_from, grant.valid_until
                     ),
+                    logged: None,
                 });
                 continue;
             }
@@ -338,11 +357,13 @@ impl Policy {
                 reason: format!(
                     "{record_type} of {provider} is shared on condition ({condition}); an approval reference is required"
                 ),
+                logged: None,
             });
         };
         let deny = |why: String| Denial {
             rule: format!("approval:{reference}"),
             reason: why,
+            logged: None,
         };
         // One answer whether the reference does not exist or belongs to
         // someone else: a consumer cannot probe who holds which approval.
@@ -382,11 +403,19 @@ impl Policy {
                 .iter()
                 .all(|(sp, sv)| asked.iter().filter(|(p, v)| p == sp && v == sv).count() == 1);
         if !covered {
-            return Err(deny(format!(
-                "approval {reference} covers {}, not {}",
-                approval.describe_subject(),
-                describe_lookup(record_type, asked.iter().copied())
-            )));
+            // The consumer is told both (the approval is its own, the
+            // lookup its own); the log keeps neither value.
+            let noun = record_type.split('.').next().unwrap_or(record_type);
+            return Err(Denial {
+                logged: Some(format!(
+                    "approval {reference} covers another {noun} than the one looked up"
+                )),
+                ..deny(format!(
+                    "approval {reference} covers {}, not {}",
+                    approval.describe_subject(),
+                    describe_lookup(record_type, asked.iter().copied())
+                ))
+            });
         }
         Ok(approval)
     }
@@ -429,12 +458,14 @@ fn check_lookup(grant: &Grant, criteria: &[(&str, &str)]) -> Result<(), Denial> 
                 "grant {} answers lookups by {allowed} only; a query without criteria is refused",
                 grant.id
             ),
+            logged: None,
         });
     }
     if let Some((path, _)) = criteria.iter().find(|(_, value)| value.is_empty()) {
         return Err(Denial {
             rule: rule(),
             reason: format!("the lookup by {path} has no value; an empty value matches nothing"),
+            logged: None,
         });
     }
     if let Some((path, _)) = criteria
@@ -447,6 +478,7 @@ fn check_lookup(grant: &Grant, criteria: &[(&str, &str)]) -> Result<(), Denial> 
                 "grant {} allows lookups by {allowed}, not by {path}",
                 grant.id
             ),
+            logged: None,
         });
     }
     Ok(())
@@ -464,6 +496,7 @@ impl Grant {
                 "grant {} releases at most {} record(s) per answer; this lookup matches more, so nothing is released — look up by a more specific value",
                 self.id, self.max_records
             ),
+            logged: None,
         })
     }
 }

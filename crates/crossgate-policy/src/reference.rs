@@ -73,6 +73,20 @@ impl ReferenceKey {
         }
         out
     }
+
+    /// A secret of its own for another use of this key (`label` names the
+    /// use): `HMAC-SHA-256(secret, "crossgate derive" ‖ label)`. It cannot
+    /// be told from random without the broker's secret, and no reference
+    /// is ever equal to it (a reference is four length-prefixed parts).
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(b"crossgate derive");
+        ctx.update(&(label.len() as u64).to_be_bytes());
+        ctx.update(label.as_bytes());
+        let mut out = [0; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -130,6 +144,21 @@ mod tests {
             key.reference("ab", "c", "t", "1"),
             key.reference("a", "bc", "t", "1")
         );
+    }
+
+    #[test]
+    fn derived_secrets_differ_by_label_and_by_key() {
+        let key = ReferenceKey::new(&[7; 32]).unwrap();
+        let a = key.derive("audit record id");
+        assert_eq!(a, key.derive("audit record id"));
+        assert_ne!(a, key.derive("audit record ids"));
+        assert_ne!(
+            a,
+            ReferenceKey::new(&[8; 32])
+                .unwrap()
+                .derive("audit record id")
+        );
+        assert_ne!(a, [7; 32]);
     }
 
     #[test]

@@ -413,6 +413,11 @@ fn an_approval_opens_its_own_subject_and_no_other() {
         other.reason,
         "approval EDU-2025-0001 covers household 11010567397679, not household 11010500000001"
     );
+    assert_eq!(
+        other.logged(),
+        "approval EDU-2025-0001 covers another household than the one looked up \
+         (rule approval:EDU-2025-0001)"
+    );
     // The subject twice with another value beside it is not the subject.
     let padded = household(
         Some("EDU-2025-0001"),

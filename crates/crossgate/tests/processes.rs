@@ -177,6 +177,31 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     assert!(err.contains("PermissionDenied"), "{err}");
     let (code, verified, err) = via_broker("audit-office.pem", &["verify"]);
     assert_eq!(code, Some(0), "{verified}{err}");
+    // The log names the declaration by its id's keyed digest: a search by
+    // the id finds its entries, and no entry holds the id.
+    let declaration_id = border["record"]["declaration_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (code, named, err) = via_broker(
+        "audit-office.pem",
+        &[
+            "search",
+            "--record-id",
+            &declaration_id,
+            "--format",
+            "jsonl",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let named: Vec<serde_json::Value> = named
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(named.len(), 4, "two releases, two deliveries: {named:?}");
+    let digest = named[0]["record_id"].as_str().unwrap().to_owned();
+    assert!(digest.starts_with("id:") && digest.len() == 35, "{digest}");
+    assert!(named.iter().all(|e| e["record_id"] == digest.as_str()));
 
     // Directly on the file: the deliveries, with purposes and released
     // fields, in a log that verifies until one byte is changed.
@@ -230,11 +255,44 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         !found.contains("藏D"),
         "the log holds digests, never records"
     );
+    let (code, everything) = audit(&["search", "--format", "jsonl"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        everything.contains(&digest) && !everything.contains(&declaration_id),
+        "no entry, the auditor's search included, holds the id: {everything}"
+    );
+    // On the file, the id is digested with the key of the broker's
+    // certificate folder; without it, a digest still finds the entries and
+    // an id is refused (exit 2) rather than found nowhere.
+    let (code, by_id) = audit(&[
+        "search",
+        "--record-id",
+        &declaration_id,
+        "--config",
+        &config,
+    ]);
+    assert_eq!((code, by_id.lines().count()), (Some(0), 5), "{by_id}");
+    let elsewhere = dir.join("nowhere/broker.toml");
+    let elsewhere = elsewhere.to_str().unwrap();
+    let (code, by_digest) = audit(&["search", "--record-id", &digest, "--config", elsewhere]);
+    assert_eq!(
+        (code, by_digest.lines().count()),
+        (Some(0), 5),
+        "{by_digest}"
+    );
+    let (code, _) = audit(&[
+        "search",
+        "--record-id",
+        &declaration_id,
+        "--config",
+        elsewhere,
+    ]);
+    assert_eq!(code, Some(2));
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
         (code, verified.as_str()),
-        (Some(0), "chain broker-1: 7 entries verified\n"),
-        "2 releases, 2 deliveries and 3 readings"
+        (Some(0), "chain broker-1: 8 entries verified\n"),
+        "2 releases, 2 deliveries and 4 readings"
     );
 
     let db = dir.join("audit.db");

@@ -221,10 +221,32 @@ impl FilterArgs {
             record_id: self.record_id.clone(),
             purpose: self.purpose.clone(),
             decision: self.decision.clone(),
-            chain_order: false,
-            from_sequence: 0,
-            to_sequence: 0,
+            ..Filter::default()
         }
+    }
+
+    /// The filter for reading a store directly: a record id is found by its
+    /// digest, made with the key derived from the broker's reference
+    /// secret in the certificate folder of `config`'s broker.
+    fn to_store_filter(&self, config: &std::path::Path) -> Result<Filter, CliError> {
+        let mut f = self.to_filter();
+        if let Some(id) = f
+            .record_id
+            .as_deref()
+            .filter(|id| !id.is_empty() && !crossgate_audit::is_record_id_digest(id))
+        {
+            let certs = crossgate_broker::BrokerConfig::load(config)?.certs;
+            let key = crossgate_broker::config::load_reference_key(&certs).map_err(|e| {
+                format!(
+                    "--record-id: the log holds record ids as digests keyed by the broker's \
+                     reference secret, and it cannot be read here ({e}); run where the broker's \
+                     certificate folder is readable, ask the broker (crossgate audit --cert FILE \
+                     search ...), or give the id's digest as entries show it (id:...)"
+                )
+            })?;
+            f.record_id_digest = Some(crossgate_broker::config::record_id_key(&key).digest(id));
+        }
+        Ok(f)
     }
 
     fn to_request(&self) -> SearchRequest {
@@ -291,12 +313,15 @@ pub fn on_store(args: AuditArgs) -> CliResult {
             return save_checkpoint(&c, &out);
         }
         AuditCommand::Export { filter, out } => {
+            // Before the file is made: a filter that cannot be applied
+            // leaves an existing file as it was.
+            let filter = filter.to_store_filter(&args.conn.config)?;
             let mut file = std::io::BufWriter::new(
                 std::fs::File::create(&out)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?,
             );
             let mut n = 0u64;
-            let result = store.scan(&filter.to_filter(), &mut |s| {
+            let result = store.scan(&filter, &mut |s| {
                 n += 1;
                 progress(n, 0);
                 writeln!(file, "{}", s.to_json_line()).is_ok()
@@ -307,7 +332,7 @@ pub fn on_store(args: AuditArgs) -> CliResult {
             finish_export(result.map_err(|e| e.to_string()), file, n, &out)
         }
         AuditCommand::Search { filter, format } => {
-            let f = filter.to_filter();
+            let f = filter.to_store_filter(&args.conn.config)?;
             let mut out = std::io::stdout().lock();
             write_header(&mut out, format);
             let result = store.scan(&f, &mut |s| {
