@@ -60,9 +60,11 @@ fn filter(ids: &RecordIdKey, r: &SearchRequest) -> Filter {
 /// The reading as its entry states it: the filters given, the record id
 /// as its digest (the log holds no record's id).
 fn describe(ids: &RecordIdKey, r: &SearchRequest) -> String {
-    let record = (!r.record_id.is_empty())
-        .then(|| logged_search_id(ids, &r.record_id))
-        .unwrap_or_default();
+    let record = if r.record_id.is_empty() {
+        String::new()
+    } else {
+        logged_search_id(ids, &r.record_id)
+    };
     let mut parts = Vec::new();
     for (k, v) in [
         ("since", &r.since),
