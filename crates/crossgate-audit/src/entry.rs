@@ -178,6 +178,17 @@ pub const MAX_REASON: usize = 4096;
 pub const MAX_FIELD: usize = 1024;
 /// The most released field paths an entry keeps.
 pub const MAX_RELEASED: usize = 1000;
+/// The most records one entry names: an answer's records, each by its id's
+/// digest in `record_id` and its record's digest in `record_digest`, all
+/// kept, so that a search finds every one (a query grant's `max_records`
+/// is at most this).
+pub const MAX_RECORDS_NAMED: usize = 1000;
+/// `record_id`'s bound: [`MAX_RECORDS_NAMED`] digests of ids (`id:` and 32
+/// hex characters) and their commas.
+pub const MAX_RECORD_IDS: usize = MAX_RECORDS_NAMED * 36;
+/// `record_digest`'s bound: [`MAX_RECORDS_NAMED`] SHA-256 hex digests and
+/// their commas.
+pub const MAX_RECORD_DIGESTS: usize = MAX_RECORDS_NAMED * 65;
 
 impl Entry {
     /// Cut every field to its bound, saying how much was cut, so that no
@@ -190,12 +201,12 @@ impl Entry {
             (&mut self.consumer, MAX_FIELD),
             (&mut self.provider, MAX_FIELD),
             (&mut self.record_type, MAX_FIELD),
-            (&mut self.record_id, MAX_FIELD),
+            (&mut self.record_id, MAX_RECORD_IDS),
             (&mut self.purpose, MAX_FIELD),
             (&mut self.approval_reference, MAX_FIELD),
             (&mut self.request_id, MAX_FIELD),
             (&mut self.time, MAX_FIELD),
-            (&mut self.record_digest, MAX_FIELD),
+            (&mut self.record_digest, MAX_RECORD_DIGESTS),
         ] {
             cut(field, most);
         }

@@ -722,7 +722,7 @@ fn an_entry_of_any_size_is_kept_within_its_bounds_and_still_verifies() {
             "{}",
             &e.reason[e.reason.len() - 40..]
         );
-        assert!(e.record_id.len() <= entry::MAX_FIELD);
+        assert!(e.record_id.len() <= entry::MAX_RECORD_IDS);
         assert_eq!(e.released_fields.len(), entry::MAX_RELEASED);
         assert_eq!(e.released_fields.last().unwrap(), "... and 299001 more");
         assert!(stored[0].to_json_line().len() < 64 * 1024, "{}", b.name());
@@ -1327,5 +1327,48 @@ fn a_search_by_record_id_finds_its_digest_and_older_entries_naming_the_id() {
         // A digest as entries show it finds itself.
         assert_eq!(found(&key.digest(ID), None), [ids[0], ids[1]], "{name}");
         assert!(found("id:", None).is_empty(), "{name}");
+    }
+}
+
+/// An answer of as many records as a grant may release names every one:
+/// none of its ids' or records' digests is cut, and the last is found.
+#[test]
+fn an_answer_of_the_most_records_a_grant_allows_names_them_all() {
+    let key = crate::RecordIdKey::new(&[5; 32]);
+    let ids: Vec<String> = (0..entry::MAX_RECORDS_NAMED)
+        .map(|n| format!("1101051984{n:08}"))
+        .collect();
+    let mut answer = entry(1);
+    answer.record_id = key.record_ids(ids.iter().map(String::as_str));
+    answer.record_digest = ids
+        .iter()
+        .map(|id| digest(id.as_bytes()))
+        .collect::<Vec<_>>()
+        .join(",");
+    for b in Backend::all("most_records") {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 8).unwrap();
+        runtime.block_on(async { writer.append(answer.clone()).await.unwrap() });
+        writer.close();
+        let last = ids.last().unwrap();
+        let mut found = Vec::new();
+        b.open()
+            .scan(
+                &Filter {
+                    record_id: Some(last.clone()),
+                    record_id_digest: Some(key.digest(last)),
+                    ..Filter::default()
+                },
+                &mut |s| {
+                    found.push(s.entry);
+                    true
+                },
+            )
+            .unwrap();
+        assert_eq!(found.len(), 1, "{}", b.name());
+        assert_eq!(found[0].record_id, answer.record_id, "{}", b.name());
+        assert_eq!(found[0].record_digest, answer.record_digest, "{}", b.name());
     }
 }

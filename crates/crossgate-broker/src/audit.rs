@@ -346,3 +346,31 @@ impl AuditSink for Counted {
         self.inner.outbox_counts(state).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_a_grant_allows_is_named_whole_in_its_entry() {
+        assert_eq!(
+            crossgate_policy::MAX_ANSWER_RECORDS,
+            crossgate_audit::entry::MAX_RECORDS_NAMED
+        );
+    }
+
+    #[test]
+    fn each_named_id_becomes_its_digest() {
+        let ids = RecordIdKey::new(&[3; 32]);
+        let mut e = crate::pipeline::entry(Kind::Query, Decision::Allowed);
+        e.record_id = record_ids(["A,B", "50%", "C"]);
+        digest_ids(&ids, &mut e);
+        assert_eq!(
+            e.record_id,
+            [ids.digest("A,B"), ids.digest("50%"), ids.digest("C")].join(",")
+        );
+        let mut none = crate::pipeline::entry(Kind::Query, Decision::Denied);
+        digest_ids(&ids, &mut none);
+        assert_eq!(none.record_id, "");
+    }
+}

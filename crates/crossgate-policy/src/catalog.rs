@@ -268,12 +268,13 @@ pub fn compile(
                     None => 1,
                     Some(m) => usize::try_from(*m.get_ref())
                         .ok()
-                        .filter(|&n| n >= 1)
+                        .filter(|&n| (1..=crate::MAX_ANSWER_RECORDS).contains(&n))
                         .ok_or_else(|| {
                             err(
                                 m.span(),
                                 format!(
-                                    "max_records of grant {id} is a whole number of at least 1"
+                                    "max_records of grant {id} is a whole number from 1 to {}",
+                                    crate::MAX_ANSWER_RECORDS
                                 ),
                             )
                         })?,

@@ -169,6 +169,11 @@ impl Release<'_> {
     }
 }
 
+/// The most records a query grant may release in one answer
+/// (`max_records`): the audit entry of an answer names each of them, and
+/// keeps that many (`crossgate_audit::entry::MAX_RECORDS_NAMED`).
+pub const MAX_ANSWER_RECORDS: usize = 1000;
+
 /// Why a request is refused: the rule, and a sentence a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {

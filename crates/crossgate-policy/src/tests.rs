@@ -491,8 +491,17 @@ fn lookups_keys_and_approvals_are_checked_at_load() {
     let zero = format!("{no_lookup}lookup = [\"/id_number\"]\nmax_records = 0\n");
     assert_eq!(
         error(&zero),
-        "catalog.toml:16: max_records of grant g is a whole number of at least 1"
+        "catalog.toml:16: max_records of grant g is a whole number from 1 to 1000"
     );
+    // More than one entry can name is refused too; the most is taken.
+    let over = format!("{no_lookup}lookup = [\"/id_number\"]\nmax_records = 1001\n");
+    assert_eq!(
+        error(&over),
+        "catalog.toml:16: max_records of grant g is a whole number from 1 to 1000"
+    );
+    let most = format!("{no_lookup}lookup = [\"/id_number\"]\nmax_records = 1000\n");
+    let policy = compile("catalog.toml", &most, PARTNERS, registry()).expect("1000 is accepted");
+    assert_eq!(policy.grants()[0].max_records, 1000);
     let withheld_key = format!("{no_lookup}lookup = [\"/id_number\"]\nkey = \"/id_number\"\n");
     assert_eq!(
         error(&withheld_key),

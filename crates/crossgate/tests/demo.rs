@@ -113,6 +113,33 @@ fn the_demo_plays_every_scenario_and_the_auditor_can_check_it() {
         })
         .sum();
     assert_eq!(logged, said_throttled, "{throttled}");
+    // The land port's declaration, found by its id; no entry holds the id.
+    let (code, named, err) = crossgate(&[
+        "audit",
+        "search",
+        "--record-id",
+        "440663864056324842",
+        "--format",
+        "jsonl",
+        "--config",
+        config,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let receivers: std::collections::BTreeSet<String> = named
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            e["consumer"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        receivers.into_iter().collect::<Vec<_>>(),
+        ["border-inspection", "commerce"],
+        "{named}"
+    );
+    let (_, everything, _) =
+        crossgate(&["audit", "search", "--format", "jsonl", "--config", config]);
+    assert!(!everything.contains("440663864056324842"), "{everything}");
     let (code, verified, _) = crossgate(&["audit", "verify", "--config", config]);
     assert_eq!(code, Some(0), "{verified}");
 

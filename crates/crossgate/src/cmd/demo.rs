@@ -158,10 +158,13 @@ pub async fn run(args: DemoArgs) -> CliResult {
         opts.schemas = local;
     }
     // The configured log (broker.toml's [audit] store), so that an auditor finds the demo's
-    // entries with `crossgate audit search` afterwards.
-    let log = crossgate_broker::BrokerConfig::load(&args.config)?
-        .audit
-        .store;
+    // entries with `crossgate audit search` afterwards; and the configured certificates,
+    // whose record-reference secret is the key of the log's record-id digests, so that a
+    // search by record id finds them too.
+    let config = crossgate_broker::BrokerConfig::load(&args.config)?;
+    crate::cmd::up::dev_certificates(&args.config, &config)?;
+    opts.certs = Some(config.certs.clone());
+    let log = config.audit.store;
     opts.audit_store = Some(log.clone());
     opts.state_dir = Some(args.state.clone());
     println!(

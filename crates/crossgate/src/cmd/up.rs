@@ -19,12 +19,14 @@ pub struct UpArgs {
     pub state: PathBuf,
 }
 
-pub async fn run(args: UpArgs) -> CliResult {
-    let stop = crate::cmd::stop_signal();
-    let config = crossgate_broker::BrokerConfig::load(&args.config)?;
-    let telemetry = crate::telemetry("crossgate", config.otlp_endpoint.clone()).await?;
-    let partners = crossgate_broker::deployment::read_partners(&args.config)?;
+/// Development certificates (and, on first start, the broker's secrets
+/// beside them) in the configured folder, made if it holds none.
+pub fn dev_certificates(
+    dir: &std::path::Path,
+    config: &crossgate_broker::BrokerConfig,
+) -> Result<(), crate::CliError> {
     if !config.certs.join("ca.pem").exists() {
+        let partners = crossgate_broker::deployment::read_partners(dir)?;
         let mut ids = vec!["broker"];
         ids.extend(partners.iter().map(|p| p.id.as_str()));
         crossgate_tls::generate_dev(&config.certs, &ids)?;
@@ -33,6 +35,15 @@ pub async fn run(args: UpArgs) -> CliResult {
             config.certs.display()
         );
     }
+    Ok(())
+}
+
+pub async fn run(args: UpArgs) -> CliResult {
+    let stop = crate::cmd::stop_signal();
+    let config = crossgate_broker::BrokerConfig::load(&args.config)?;
+    let telemetry = crate::telemetry("crossgate", config.otlp_endpoint.clone()).await?;
+    let partners = crossgate_broker::deployment::read_partners(&args.config)?;
+    dev_certificates(&args.config, &config)?;
     let mut opts = Options::project_defaults();
     opts.config = args.config.clone();
     if std::path::Path::new("schemas").is_dir() {
