@@ -191,7 +191,7 @@ impl Broker {
         let mut shared = None;
         // One reload at a time (SIGHUP and Admin may race): what is applied
         // and what the entry says was in force before stay together.
-        let (applied, decision, message, digest) = {
+        let (applied, decision, message, digest, logged) = {
             let mut in_force = self
                 .inner
                 .in_force
@@ -207,19 +207,20 @@ impl Broker {
                         Some(old) => format!("{}: sha256 {old} -> {}", r.message, r.digest),
                         None => format!("{}: now sha256 {}", r.message, r.digest),
                     };
-                    (true, Decision::Changed, change, r.digest)
+                    (true, Decision::Changed, change.clone(), r.digest, change)
                 }
                 Err(refused) => (
                     false,
                     Decision::Invalid,
                     format!("not reloaded: {refused}"),
                     String::new(),
+                    format!("not reloaded: {}", refused.logged()),
                 ),
             }
         };
         let mut e = entry(Kind::Admin, decision);
         e.consumer = by.id.clone();
-        e.reason = format!("{message} (by {})", by.id);
+        e.reason = format!("{logged} (by {})", by.id);
         e.record_digest = digest;
         self.audit(&call, e).await?;
         // The other replicas reload their own copy of the file, unaudited:

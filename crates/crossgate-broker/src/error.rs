@@ -44,6 +44,22 @@ pub enum BrokerError {
     Cluster { file: PathBuf, message: String },
 }
 
+impl BrokerError {
+    /// The error as the audit log keeps it: a configuration file's fault by
+    /// file and line only, since its message may quote the file's values
+    /// (an approval's subject is a citizen's identity number); the operator
+    /// who asked is told the whole message.
+    pub fn logged(&self) -> String {
+        match self {
+            BrokerError::Config(e) => format!(
+                "{}:{}: refused (the operator was told why; the file's values are not logged)",
+                e.file, e.line
+            ),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// Read a file that may be missing: `None` when it is.
 pub(crate) fn read_optional(path: &std::path::Path) -> Result<Option<String>, BrokerError> {
     match std::fs::read_to_string(path) {

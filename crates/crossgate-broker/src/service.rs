@@ -22,7 +22,6 @@ use crossgate_proto::{
 use crossgate_telemetry::{edge_span, step};
 use prost::Message;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::time::Instant;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
@@ -89,7 +88,12 @@ impl Broker {
         entry.record_type = record.record_type.clone();
         entry.record_id = record_ids([record.record_id.as_str()]);
         entry.record_digest = digest(&record.json);
-        let key = idempotency_key(&request.idempotency_key, &record, &entry.record_digest)?;
+        let key = idempotency_key(
+            &self.inner.references,
+            &request.idempotency_key,
+            &record,
+            &entry.record_digest,
+        )?;
         let document = self.validate(&record)?;
         let policy = self.policy();
         let routes = self.authorise_publish(&policy, caller, &record.record_type)?;
@@ -479,19 +483,27 @@ const MAX_KEY: usize = 200;
 /// would be given up at once, leaving its stream to be replaced.
 const MIN_FETCH_TIME: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// The publisher's idempotency key, or the default: a digest of the record
-/// type, the record id and the record's digest (a changed record under the
-/// same id is a new version).
-fn idempotency_key(given: &str, record: &Record, record_digest: &str) -> Result<String, Refusal> {
+/// The publisher's idempotency key, or the default made of the record type,
+/// the record id and the record's digest (a changed record under the same
+/// id is a new version).
+///
+/// The key a publish is claimed under, as the store keeps it: keyed under
+/// the broker's secret, so that the store reveals nothing of it. The
+/// default is made of the record type, the record id and the record's
+/// digest (an unkeyed hash of these could be tried against candidate ids,
+/// such as every plausible identity number); a publisher's own key may
+/// name the record id too. The reference function's consumer part is
+/// empty here, which no party's id is, so no key equals a reference.
+fn idempotency_key(
+    references: &ReferenceKey,
+    given: &str,
+    record: &Record,
+    record_digest: &str,
+) -> Result<String, Refusal> {
     if given.is_empty() {
-        let mut h = Sha256::new();
-        for part in [&record.record_type, &record.record_id, record_digest] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
-        }
         return Ok(format!(
             "auto:{}",
-            crossgate_audit::entry::hex(&h.finalize())
+            references.reference("", &record.record_type, record_digest, &record.record_id)
         ));
     }
     if given.len() > MAX_KEY || given.chars().any(char::is_control) {
@@ -499,7 +511,7 @@ fn idempotency_key(given: &str, record: &Record, record_digest: &str) -> Result<
             "idempotency_key: at most {MAX_KEY} bytes without control characters"
         )));
     }
-    Ok(format!("key:{given}"))
+    Ok(format!("key:{}", references.reference("", "", "", given)))
 }
 
 /// The same for every attempt and every repeat of one delivery: derived
@@ -615,5 +627,41 @@ impl Broker {
                 q.provider
             ))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            record_type: "person.v1".into(),
+            record_id: id.into(),
+            json: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_claimed_key_is_keyed_and_names_no_id() {
+        let key = ReferenceKey::new(&[4; 32]).unwrap();
+        let other = ReferenceKey::new(&[5; 32]).unwrap();
+        let id = "110105198405049582";
+        let auto = idempotency_key(&key, "", &record(id), "d1").unwrap();
+        assert!(auto.starts_with("auto:") && !auto.contains(id), "{auto}");
+        // The same record, the same key; another version or secret, another.
+        assert_eq!(auto, idempotency_key(&key, "", &record(id), "d1").unwrap());
+        assert_ne!(auto, idempotency_key(&key, "", &record(id), "d2").unwrap());
+        assert_ne!(
+            auto,
+            idempotency_key(&other, "", &record(id), "d1").unwrap()
+        );
+        let given = idempotency_key(&key, id, &record(id), "d1").unwrap();
+        assert!(given.starts_with("key:") && !given.contains(id), "{given}");
+        assert_eq!(
+            given,
+            idempotency_key(&key, id, &record("x"), "d9").unwrap()
+        );
+        assert!(idempotency_key(&key, "a\nb", &record(id), "d1").is_err());
     }
 }

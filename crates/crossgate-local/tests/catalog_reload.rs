@@ -111,6 +111,22 @@ async fn an_operator_reloads_the_catalog_and_a_bad_file_changes_nothing() {
         "{}",
         reloads[0].reason
     );
+    // The operator is told the file's fault; the log names its line and
+    // quotes nothing of the file (an approval's subject would be a
+    // citizen's identity number).
+    assert!(
+        refused.message.contains("integer `7`"),
+        "{}",
+        refused.message
+    );
+    assert!(
+        !reloads[0].reason.contains("integer `7`")
+            && reloads[0]
+                .reason
+                .contains("refused (the operator was told why"),
+        "{}",
+        reloads[0].reason
+    );
     assert_eq!(reloads[1].decision, Decision::Changed);
     assert_eq!(reloads[1].consumer, "operations");
     assert!(

@@ -272,7 +272,9 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         &config,
     ]);
     assert_eq!((code, by_id.lines().count()), (Some(0), 5), "{by_id}");
-    let elsewhere = dir.join("nowhere/broker.toml");
+    // A folder with no broker.toml: no key (the defaults would name another
+    // folder's secret, whose digests find nothing).
+    let elsewhere = dir.join("certs");
     let elsewhere = elsewhere.to_str().unwrap();
     let (code, by_digest) = audit(&["search", "--record-id", &digest, "--config", elsewhere]);
     assert_eq!(
@@ -280,14 +282,17 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         (Some(0), 5),
         "{by_digest}"
     );
-    let (code, _) = audit(&[
-        "search",
-        "--record-id",
-        &declaration_id,
-        "--config",
-        elsewhere,
-    ]);
-    assert_eq!(code, Some(2));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["audit", "search", "--record-id", &declaration_id])
+        .args(["--store", &store, "--config", elsewhere])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("holds no broker.toml; give --config the folder of the broker"),
+        "{said}"
+    );
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
         (code, verified.as_str()),

@@ -235,16 +235,15 @@ impl FilterArgs {
             .as_deref()
             .filter(|id| !id.is_empty() && !crossgate_audit::is_record_id_digest(id))
         {
-            let certs = crossgate_broker::BrokerConfig::load(config)?.certs;
-            let key = crossgate_broker::config::load_reference_key(&certs).map_err(|e| {
+            let key = record_id_key(config).map_err(|e| {
                 format!(
                     "--record-id: the log holds record ids as digests keyed by the broker's \
-                     reference secret, and it cannot be read here ({e}); run where the broker's \
+                     reference secret, and it cannot be had here ({e}); run where the broker's \
                      certificate folder is readable, ask the broker (crossgate audit --cert FILE \
                      search ...), or give the id's digest as entries show it (id:...)"
                 )
             })?;
-            f.record_id_digest = Some(crossgate_broker::config::record_id_key(&key).digest(id));
+            f.record_id_digest = Some(key.digest(id));
         }
         Ok(f)
     }
@@ -264,6 +263,25 @@ impl FilterArgs {
             limit: 0,
         }
     }
+}
+
+/// The key of the log's record-id digests: derived from the reference
+/// secret in the certificate folder of the broker configured in `config`.
+/// Only a folder that holds a broker.toml is taken: without one the
+/// defaults would point at another folder's secret, whose digests find
+/// nothing.
+pub fn record_id_key(config: &std::path::Path) -> Result<crossgate_audit::RecordIdKey, String> {
+    if !config.join("broker.toml").is_file() {
+        return Err(format!(
+            "{} holds no broker.toml; give --config the folder of the broker that wrote the log",
+            config.display()
+        ));
+    }
+    let certs = crossgate_broker::BrokerConfig::load(config)
+        .map_err(|e| e.to_string())?
+        .certs;
+    let key = crossgate_broker::config::load_reference_key(&certs).map_err(|e| e.to_string())?;
+    Ok(crossgate_broker::config::record_id_key(&key))
 }
 
 impl AuditArgs {

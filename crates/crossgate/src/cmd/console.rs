@@ -34,16 +34,6 @@ pub struct ConsoleArgs {
     pub conn: crate::cmd::connect::Connection,
 }
 
-/// The key of the log's record-id digests, from the broker's certificate
-/// folder (`config`'s broker).
-fn record_id_key(config: &std::path::Path) -> Result<crossgate_audit::RecordIdKey, String> {
-    let certs = crossgate_broker::BrokerConfig::load(config)
-        .map_err(|e| e.to_string())?
-        .certs;
-    let key = crossgate_broker::config::load_reference_key(&certs).map_err(|e| e.to_string())?;
-    Ok(crossgate_broker::config::record_id_key(&key))
-}
-
 pub async fn run(args: ConsoleArgs) -> CliResult {
     let stop = crate::cmd::stop_signal();
     let telemetry = crate::telemetry("crossgate-console", None).await?;
@@ -112,7 +102,7 @@ pub async fn run(args: ConsoleArgs) -> CliResult {
             );
             let mut console =
                 crossgate_console::Console::over_store(store).auditing_readings(readings);
-            match record_id_key(&args.conn.config) {
+            match crate::cmd::audit::record_id_key(&args.conn.config) {
                 Ok(key) => console = console.with_record_id_key(key),
                 Err(why) => eprintln!(
                     "record ids: {why}; a search by record id finds only a digest as entries \
