@@ -823,3 +823,52 @@ async fn no_entry_holds_a_record_id_whichever_path_wrote_it() {
         "two receivers' releases and the repeat: {of_customs:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_durable_log_names_a_repeated_publish_by_its_digest_too() {
+    // A repeat's entry is made on the durable log's writer thread, from the
+    // claim the store already holds: the digests reach it there as well.
+    let dir = crossgate_testing::TempDir::new("repeat-digest");
+    let store = format!("sqlite:{}", dir.join("audit.db").display());
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec!["public-security".into()]);
+    opts.audit_store = Some(store.clone());
+    opts.state_dir = Some(dir.join("state"));
+    let sys = LocalSystem::start(opts).await.unwrap();
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let declaration = serde_json::json!({
+        "declaration_id": "440663864056324842", "direction": "import",
+        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
+        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
+        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
+                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
+    });
+    let publish = PublishRequest {
+        record: Some(Record {
+            record_type: "customs-declaration.v1".into(),
+            record_id: "D-REPEAT-7".into(),
+            json: serde_json::to_vec(&declaration).unwrap(),
+        }),
+        ..Default::default()
+    };
+    customs.publish(publish.clone()).await.unwrap();
+    customs.publish(publish).await.unwrap();
+    sys.stop().await;
+    let mut entries = Vec::new();
+    crossgate_audit::open(&store)
+        .unwrap()
+        .scan(&crossgate_audit::Filter::default(), &mut |s| {
+            entries.push(s.entry);
+            true
+        })
+        .unwrap();
+    let repeat = entries
+        .iter()
+        .find(|e| e.reason.starts_with("repeat of request"))
+        .unwrap_or_else(|| panic!("no repeat entry: {entries:?}"));
+    assert_eq!(repeat.record_id, sys.record_ids.digest("D-REPEAT-7"));
+    assert!(
+        !format!("{entries:?}").contains("D-REPEAT-7"),
+        "{entries:?}"
+    );
+}
