@@ -1181,6 +1181,22 @@ fn the_writer_rests_when_nothing_waits_for_it() {
     );
 }
 
+/// One entry naming each of `record_ids`, in order, through the writer.
+fn write_record_ids(b: &Backend, record_ids: &[&str]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
+    runtime.block_on(async {
+        for (n, id) in (1..).zip(record_ids) {
+            let mut e = entry(n);
+            e.record_id = (*id).into();
+            writer.append(e).await.unwrap();
+        }
+    });
+    writer.close();
+}
+
 /// An answer of several records names them all in one entry,
 /// comma-separated: a search by record id finds it there too, and finds
 /// nothing that merely contains the id.
@@ -1206,18 +1222,7 @@ fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
             "older,one",
             "older%",
         ];
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
-        runtime.block_on(async {
-            for (n, id) in (1..).zip(ids) {
-                let mut e = entry(n);
-                e.record_id = id.into();
-                writer.append(e).await.unwrap();
-            }
-        });
-        writer.close();
+        write_record_ids(&b, &ids);
         let mut store = b.open();
         let mut found = |id: &str| {
             let mut named = Vec::new();
@@ -1289,18 +1294,7 @@ fn a_search_by_record_id_finds_its_digest_and_older_entries_naming_the_id() {
             other.as_str(),
             ID,
         ];
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let writer = Writer::start(b.open(), "broker-a".into(), Durability::Durable, 64).unwrap();
-        runtime.block_on(async {
-            for (n, id) in (1..).zip(ids) {
-                let mut e = entry(n);
-                e.record_id = id.into();
-                writer.append(e).await.unwrap();
-            }
-        });
-        writer.close();
+        write_record_ids(&b, &ids);
         let mut store = b.open();
         let mut found = |id: &str, digest: Option<String>| {
             let mut named = Vec::new();

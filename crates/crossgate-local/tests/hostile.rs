@@ -19,6 +19,25 @@ fn log(sys: &LocalSystem) -> Vec<crossgate_broker::audit::Entry> {
     sys.memory_audit.as_ref().unwrap().entries()
 }
 
+/// A valid customs declaration published under `record_id`.
+fn declaration(record_id: &str) -> PublishRequest {
+    let declaration = serde_json::json!({
+        "declaration_id": "440663864056324842", "direction": "import",
+        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
+        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
+        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
+                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
+    });
+    PublishRequest {
+        record: Some(Record {
+            record_type: "customs-declaration.v1".into(),
+            record_id: record_id.into(),
+            json: serde_json::to_vec(&declaration).unwrap(),
+        }),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_record_with_thousands_of_faults_gets_a_bounded_reply_and_entry() {
     let sys = start().await;
@@ -720,26 +739,9 @@ async fn the_broker_fetches_nothing_from_an_adapter_impostor() {
 async fn a_record_id_holding_the_logs_separator_is_logged_as_one_id() {
     let sys = start().await;
     let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
-    let declaration = serde_json::json!({
-        "declaration_id": "440663864056324842", "direction": "import",
-        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
-        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
-        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
-                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
-    });
     // Were it written as given, a search for "D-1" or for "D-2" would find
     // this record, which is neither.
-    customs
-        .publish(PublishRequest {
-            record: Some(Record {
-                record_type: "customs-declaration.v1".into(),
-                record_id: "D-1,D-2 50%".into(),
-                json: serde_json::to_vec(&declaration).unwrap(),
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    customs.publish(declaration("D-1,D-2 50%")).await.unwrap();
     let entries: Vec<_> = log(&sys)
         .into_iter()
         .filter(|e| e.provider == "customs")
@@ -766,21 +768,7 @@ async fn a_record_id_holding_the_logs_separator_is_logged_as_one_id() {
 async fn no_entry_holds_a_record_id_whichever_path_wrote_it() {
     let sys = start().await;
     let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
-    let declaration = serde_json::json!({
-        "declaration_id": "440663864056324842", "direction": "import",
-        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
-        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
-        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
-                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
-    });
-    let publish = PublishRequest {
-        record: Some(Record {
-            record_type: "customs-declaration.v1".into(),
-            record_id: "440663864056324842".into(),
-            json: serde_json::to_vec(&declaration).unwrap(),
-        }),
-        ..Default::default()
-    };
+    let publish = declaration("440663864056324842");
     // The publish, queued for its two receivers (not running), then the
     // same publish again: a repeat's entry is made inside the log's writer.
     customs.publish(publish.clone()).await.unwrap();
@@ -836,21 +824,7 @@ async fn the_durable_log_names_a_repeated_publish_by_its_digest_too() {
     opts.state_dir = Some(dir.join("state"));
     let sys = LocalSystem::start(opts).await.unwrap();
     let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
-    let declaration = serde_json::json!({
-        "declaration_id": "440663864056324842", "direction": "import",
-        "declared_on": "2025-07-22", "trader_uscc": "91110105MAMLQQMQFA", "port_code": "6508",
-        "transport": {"mode": "road", "vehicle_plate": "D96371", "driver_id_number": "110108198912063214"},
-        "goods": [{"line": 1, "hs_code": "6746284797", "description": "carpet", "quantity": 191,
-                   "unit": "kg", "value": {"amount": 16340.78, "currency": "CNY"}}],
-    });
-    let publish = PublishRequest {
-        record: Some(Record {
-            record_type: "customs-declaration.v1".into(),
-            record_id: "D-REPEAT-7".into(),
-            json: serde_json::to_vec(&declaration).unwrap(),
-        }),
-        ..Default::default()
-    };
+    let publish = declaration("D-REPEAT-7");
     customs.publish(publish.clone()).await.unwrap();
     customs.publish(publish).await.unwrap();
     sys.stop().await;
