@@ -846,3 +846,23 @@ async fn the_durable_log_names_a_repeated_publish_by_its_digest_too() {
         "{entries:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_cannot_forge_another_records_digest_as_its_id() {
+    // A publisher that learnt the digest of a citizen's record id and
+    // publishes under it as its own id: its entries hold the digest of what
+    // it sent, so a search for the citizen's record never finds them.
+    let sys = start().await;
+    let mut customs = BrokerClient::new(sys.channel(&sys.broker_addr, "customs").await.unwrap());
+    let citizens = sys.record_ids.digest("110105198405049582");
+    customs.publish(declaration(&citizens)).await.unwrap();
+    let entries: Vec<_> = log(&sys)
+        .into_iter()
+        .filter(|e| e.provider == "customs")
+        .collect();
+    assert!(!entries.is_empty());
+    for e in &entries {
+        assert_eq!(e.record_id, sys.record_ids.digest(&citizens), "{e:?}");
+        assert_ne!(e.record_id, citizens);
+    }
+}
