@@ -41,6 +41,21 @@ impl RecordIdKey {
         RecordIdKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }
 
+    /// The key from its file's text (`crossgate certs id-key`): the secret
+    /// as 64 hex characters, surrounding whitespace ignored.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let hex = text.trim().as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut secret = [0u8; 32];
+        for (byte, pair) in secret.iter_mut().zip(hex.chunks(2)) {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(RecordIdKey::new(&secret))
+    }
+
     /// `id`'s digest as an entry holds it: `id:` and the first 32 hex
     /// characters of HMAC-SHA-256(key, id). An empty id names no record and
     /// stays empty.
@@ -199,6 +214,27 @@ mod tests {
         assert!(!is_record_id_digest("110105198405049582"));
         assert!(!is_record_id_digest(&d.to_uppercase()));
         assert!(!is_record_id_digest(&d[..d.len() - 1]));
+    }
+
+    #[test]
+    fn a_key_file_holds_the_secret_in_hex() {
+        let secret = [0xa7; 32];
+        let text = format!("{}\n", "a7".repeat(32));
+        let key = RecordIdKey::from_hex(&text).expect("64 hex characters");
+        assert_eq!(key.digest("7"), RecordIdKey::new(&secret).digest("7"));
+        assert_eq!(
+            RecordIdKey::from_hex(&"A7".repeat(32)).unwrap().digest("7"),
+            key.digest("7")
+        );
+        for bad in [
+            "",
+            "a7",
+            &"a7".repeat(33),
+            &"g7".repeat(32),
+            &"é".repeat(32),
+        ] {
+            assert!(RecordIdKey::from_hex(bad).is_none(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -384,7 +384,14 @@ pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey
 /// secret) digests an id alike, and a search by id on any of them, or on
 /// the store with the same certificate folder, finds it.
 pub fn record_id_key(references: &crossgate_policy::ReferenceKey) -> crossgate_audit::RecordIdKey {
-    crossgate_audit::RecordIdKey::new(&references.derive("audit record id"))
+    crossgate_audit::RecordIdKey::new(&record_id_secret(references))
+}
+
+/// The secret of [`record_id_key`], for handing to an auditor who reads the
+/// store directly (`crossgate certs id-key`): it digests ids and nothing
+/// else; the reference secret it comes from cannot be had from it.
+pub fn record_id_secret(references: &crossgate_policy::ReferenceKey) -> [u8; 32] {
+    references.derive("audit record id")
 }
 
 /// The broker's checkpoint signing key, `checkpoint.key` in its certificate

@@ -293,6 +293,47 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         said.contains("holds no broker.toml; give --config the folder of the broker"),
         "{said}"
     );
+    // An auditor holding a copy of the store and the record-id key alone
+    // (not the broker's secret) finds the declaration by its id.
+    let id_key = dir.join("ids.key");
+    let made = crossgate(&[
+        "certs",
+        "id-key",
+        "--out",
+        id_key.to_str().unwrap(),
+        "--config",
+        &config,
+    ])
+    .output()
+    .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let text = std::fs::read_to_string(&id_key).unwrap();
+    assert_eq!(text.trim().len(), 64, "{text}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&id_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let (code, by_key) = audit(&[
+        "search",
+        "--record-id",
+        &declaration_id,
+        "--id-key",
+        id_key.to_str().unwrap(),
+        "--config",
+        elsewhere,
+    ]);
+    assert_eq!((code, by_key.lines().count()), (Some(0), 5), "{by_key}");
+    let bad_key = dir.join("bad.key");
+    std::fs::write(&bad_key, "not a key\n").unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["audit", "search", "--record-id", &declaration_id])
+        .args(["--store", &store, "--id-key", bad_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(said.contains("bad.key is not a record-id key"), "{said}");
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
         (code, verified.as_str()),

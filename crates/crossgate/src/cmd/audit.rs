@@ -18,6 +18,11 @@ pub struct AuditArgs {
     /// The log's store, e.g. sqlite:.crossgate/audit.db [default: [audit] store of broker.toml]
     #[arg(long, global = true)]
     pub store: Option<String>,
+    /// On the store: the key of the log's record-id digests (from `crossgate
+    /// certs id-key`) [default: derived from the secret in the certificate
+    /// folder of --config's broker]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub id_key: Option<PathBuf>,
     #[command(flatten)]
     pub conn: crate::cmd::connect::Connection,
 }
@@ -228,19 +233,24 @@ impl FilterArgs {
     /// The filter for reading a store directly: a record id is found by its
     /// digest, made with the key derived from the broker's reference
     /// secret in the certificate folder of `config`'s broker.
-    fn to_store_filter(&self, config: &std::path::Path) -> Result<Filter, CliError> {
+    fn to_store_filter(
+        &self,
+        config: &std::path::Path,
+        id_key: Option<&std::path::Path>,
+    ) -> Result<Filter, CliError> {
         let mut f = self.to_filter();
         if let Some(id) = f
             .record_id
             .as_deref()
             .filter(|id| !id.is_empty() && !crossgate_audit::is_record_id_digest(id))
         {
-            let key = record_id_key(config).map_err(|e| {
+            let key = record_id_key(config, id_key).map_err(|e| {
                 format!(
                     "--record-id: the log holds record ids as digests keyed by the broker's \
                      reference secret, and it cannot be had here ({e}); run where the broker's \
-                     certificate folder is readable, ask the broker (crossgate audit --cert FILE \
-                     search ...), or give the id's digest as entries show it (id:...)"
+                     certificate folder is readable, give --id-key (crossgate certs id-key), ask \
+                     the broker (crossgate audit --cert FILE search ...), or give the id's digest \
+                     as entries show it (id:...)"
                 )
             })?;
             f.record_id_digest = Some(key.digest(id));
@@ -265,12 +275,27 @@ impl FilterArgs {
     }
 }
 
-/// The key of the log's record-id digests: derived from the reference
-/// secret in the certificate folder of the broker configured in `config`.
+/// The key of the log's record-id digests: from `id_key` (a file `crossgate
+/// certs id-key` wrote), else derived from the reference secret in the
+/// certificate folder of the broker configured in `config`.
 /// Only a folder that holds a broker.toml is taken: without one the
 /// defaults would point at another folder's secret, whose digests find
 /// nothing.
-pub fn record_id_key(config: &std::path::Path) -> Result<crossgate_audit::RecordIdKey, String> {
+pub fn record_id_key(
+    config: &std::path::Path,
+    id_key: Option<&std::path::Path>,
+) -> Result<crossgate_audit::RecordIdKey, String> {
+    if let Some(file) = id_key {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --id-key {}: {e}", file.display()))?;
+        return crossgate_audit::RecordIdKey::from_hex(&text).ok_or_else(|| {
+            format!(
+                "--id-key {} is not a record-id key (64 hex characters, as `crossgate certs \
+                 id-key` writes)",
+                file.display()
+            )
+        });
+    }
     if !config.join("broker.toml").is_file() {
         return Err(format!(
             "{} holds no broker.toml; give --config the folder of the broker that wrote the log",
@@ -333,7 +358,7 @@ pub fn on_store(args: AuditArgs) -> CliResult {
         AuditCommand::Export { filter, out } => {
             // Before the file is made: a filter that cannot be applied
             // leaves an existing file as it was.
-            let filter = filter.to_store_filter(&args.conn.config)?;
+            let filter = filter.to_store_filter(&args.conn.config, args.id_key.as_deref())?;
             let mut file = std::io::BufWriter::new(
                 std::fs::File::create(&out)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?,
@@ -350,7 +375,7 @@ pub fn on_store(args: AuditArgs) -> CliResult {
             finish_export(result.map_err(|e| e.to_string()), file, n, &out)
         }
         AuditCommand::Search { filter, format } => {
-            let f = filter.to_store_filter(&args.conn.config)?;
+            let f = filter.to_store_filter(&args.conn.config, args.id_key.as_deref())?;
             let mut out = std::io::stdout().lock();
             write_header(&mut out, format);
             let result = store.scan(&f, &mut |s| {

@@ -10,6 +10,20 @@ pub enum CertsCommand {
     /// Make a development CA, and a certificate and key for the broker and for
     /// every partner, auditor and operator of partners.toml (valid one year).
     Dev(DevArgs),
+    /// Write the key of the audit log's record-id digests (derived from the
+    /// broker's record-reference secret), for an auditor who searches a
+    /// copy of the store by record id without the broker's secret.
+    IdKey(IdKeyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdKeyArgs {
+    /// File to write the key to (64 hex characters; readable by its owner only)
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Configuration folder of the broker whose log it is
+    #[arg(long, value_name = "DIR", default_value = "deploy/local")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -23,7 +37,10 @@ pub struct DevArgs {
 }
 
 pub fn run(cmd: CertsCommand) -> CliResult {
-    let CertsCommand::Dev(args) = cmd;
+    let args = match cmd {
+        CertsCommand::Dev(args) => args,
+        CertsCommand::IdKey(args) => return id_key(&args),
+    };
     let partners = crossgate_broker::deployment::read_partners(&args.config)?;
     let mut ids: Vec<&str> = vec!["broker"];
     ids.extend(partners.iter().map(|p| p.id.as_str()));
@@ -56,4 +73,38 @@ pub fn run(cmd: CertsCommand) -> CliResult {
         crossgate_tls::REFERENCE_SECRET_FILE
     );
     Ok(ExitCode::Ok)
+}
+
+/// `crossgate certs id-key`: the record-id key, from the broker's secret.
+fn id_key(args: &IdKeyArgs) -> CliResult {
+    if !args.config.join("broker.toml").is_file() {
+        return Err(format!(
+            "{} holds no broker.toml; give --config the folder of the broker whose log it is",
+            args.config.display()
+        )
+        .into());
+    }
+    let certs = crossgate_broker::BrokerConfig::load(&args.config)?.certs;
+    let references = crossgate_broker::config::load_reference_key(&certs)?;
+    let secret = crossgate_broker::config::record_id_secret(&references);
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&args.out, format!("{text}\n").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    println!(
+        "wrote the key of the audit log's record-id digests to {} (give it as --id-key to \
+         `crossgate audit` or `crossgate console` over the store)",
+        args.out.display()
+    );
+    Ok(ExitCode::Ok)
+}
+
+/// Write `bytes` to `path`, readable by its owner only where the system
+/// has such modes.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }

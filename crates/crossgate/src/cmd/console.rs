@@ -27,6 +27,11 @@ pub struct ConsoleArgs {
     /// service); two consoles on one log need two names
     #[arg(long, default_value = "console")]
     pub writer: String,
+    /// Over a store: the key of the log's record-id digests (from `crossgate
+    /// certs id-key`) [default: derived from the secret in the certificate
+    /// folder of --config's broker]
+    #[arg(long, value_name = "FILE")]
+    pub id_key: Option<std::path::PathBuf>,
     /// The key of --tls-cert
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
@@ -102,8 +107,10 @@ pub async fn run(args: ConsoleArgs) -> CliResult {
             );
             let mut console =
                 crossgate_console::Console::over_store(store).auditing_readings(readings);
-            match crate::cmd::audit::record_id_key(&args.conn.config) {
+            match crate::cmd::audit::record_id_key(&args.conn.config, args.id_key.as_deref()) {
                 Ok(key) => console = console.with_record_id_key(key),
+                // A key asked for and not usable is refused, not passed over.
+                Err(why) if args.id_key.is_some() => return Err(why.into()),
                 Err(why) => eprintln!(
                     "record ids: {why}; a search by record id finds only a digest as entries \
                      show it (id:...) and entries written before digests"
