@@ -38,14 +38,7 @@ impl ApprovalUses {
         let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
         let used = spent.entry(approval.reference.clone()).or_default();
         if *used >= limit {
-            return Err(Denial {
-                rule: format!("approval:{}", approval.reference),
-                reason: format!(
-                    "approval {} has been used {limit} time(s), all it allows",
-                    approval.reference
-                ),
-                logged: None,
-            });
+            return Err(used_up(approval, limit));
         }
         *used += 1;
         Ok(Some(Reservation {
@@ -83,14 +76,7 @@ impl ApprovalUses {
                     shared: Some(redis.clone()),
                 })))
             }
-            Ok(false) => Ok(Err(Denial {
-                rule: format!("approval:{}", approval.reference),
-                reason: format!(
-                    "approval {} has been used {limit} time(s), all it allows",
-                    approval.reference
-                ),
-                logged: None,
-            })),
+            Ok(false) => Ok(Err(used_up(approval, limit))),
             Err(e) => Err(format!(
                 "approval {}'s uses are counted across replicas in Redis, which cannot be reached ({e}); retry later",
                 approval.reference
@@ -189,6 +175,17 @@ pub fn spent_in_log(
         spent.insert(approval.reference.clone(), n);
     }
     Ok(spent)
+}
+
+/// The refusal of an approval whose uses are all spent.
+fn used_up(approval: &Approval, limit: u32) -> Denial {
+    Denial::new(
+        format!("approval:{}", approval.reference),
+        format!(
+            "approval {} has been used {limit} time(s), all it allows",
+            approval.reference
+        ),
+    )
 }
 
 #[cfg(test)]

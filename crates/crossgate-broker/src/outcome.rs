@@ -183,11 +183,7 @@ mod tests {
 
     #[test]
     fn each_refusal_is_one_decision_and_one_status() {
-        let denial = Denial {
-            rule: "grant:g".into(),
-            reason: "no".into(),
-            logged: None,
-        };
+        let denial = Denial::new("grant:g", "no");
         let r = Refusal::from(denial);
         assert_eq!(r.decision(), Decision::Denied);
         assert_eq!(r.logged(), "no (rule grant:g)");

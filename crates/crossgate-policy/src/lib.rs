@@ -186,6 +186,24 @@ pub struct Denial {
 }
 
 impl Denial {
+    /// A refusal whose reason names no value, so the log keeps it as told.
+    pub fn new(rule: impl Into<String>, reason: impl Into<String>) -> Self {
+        Denial {
+            rule: rule.into(),
+            reason: reason.into(),
+            logged: None,
+        }
+    }
+
+    /// The same refusal, logged as `logged`: for a reason that names a
+    /// value the caller may hear but the log must not keep.
+    pub fn logged_as(self, logged: impl Into<String>) -> Self {
+        Denial {
+            logged: Some(logged.into()),
+            ..self
+        }
+    }
+
     /// What the audit log keeps: the reason without any value, and the rule.
     pub fn logged(&self) -> String {
         format!(
@@ -270,16 +288,14 @@ impl Policy {
 
     fn catalog_entry(&self, provider: &str, record_type: &str) -> Result<&SharingClass, Denial> {
         match self.class(provider, record_type) {
-            None => Err(Denial {
-                rule: "catalog".into(),
-                reason: format!("the sharing catalog does not list {record_type} for {provider}"),
-                logged: None,
-            }),
-            Some(SharingClass::None { legal_basis }) => Err(Denial {
-                rule: format!("catalog:{provider}/{record_type}"),
-                reason: format!("{record_type} of {provider} is not shared: {legal_basis}"),
-                logged: None,
-            }),
+            None => Err(Denial::new(
+                "catalog",
+                format!("the sharing catalog does not list {record_type} for {provider}"),
+            )),
+            Some(SharingClass::None { legal_basis }) => Err(Denial::new(
+                format!("catalog:{provider}/{record_type}"),
+                format!("{record_type} of {provider} is not shared: {legal_basis}"),
+            )),
             Some(class) => Ok(class),
         }
     }
@@ -304,35 +320,34 @@ impl Policy {
             .and_then(|t| t.get(record_type))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let no_grant = || Denial {
-            rule: "default-deny".into(),
-            reason: format!("no grant lets {consumer} query {provider} for {record_type}"),
-            logged: None,
+        let no_grant = || {
+            Denial::new(
+                "default-deny",
+                format!("no grant lets {consumer} query {provider} for {record_type}"),
+            )
         };
         let mut denial = None;
         for &i in candidates {
             let grant = &self.grants[i];
             if !grant.purposes.iter().any(|p| p == purpose) {
-                denial.get_or_insert(Denial {
-                    rule: format!("grant:{}", grant.id),
-                    reason: format!(
+                denial.get_or_insert(Denial::new(
+                    format!("grant:{}", grant.id),
+                    format!(
                         "grant {} serves the purposes {}, not {purpose:?}",
                         grant.id,
                         grant.purposes.join(", ")
                     ),
-                    logged: None,
-                });
+                ));
                 continue;
             }
             if today < grant.valid_from || today > grant.valid_until {
-                denial = Some(Denial {
-                    rule: format!("grant:{}", grant.id),
-                    reason: format!(
+                denial = Some(Denial::new(
+                    format!("grant:{}", grant.id),
+                    format!(
                         "grant {} is valid from {} to {}; today is {today}",
                         grant.id, grant.valid_from, grant.valid_until
                     ),
-                    logged: None,
-                });
+                ));
                 continue;
             }
             check_lookup(grant, ask.criteria)?;
@@ -357,19 +372,14 @@ impl Policy {
             (ask.consumer, ask.provider, ask.record_type, ask.purpose);
         let rule = format!("catalog:{provider}/{record_type}");
         let Some(reference) = ask.approval.filter(|r| !r.is_empty()) else {
-            return Err(Denial {
+            return Err(Denial::new(
                 rule,
-                reason: format!(
+                format!(
                     "{record_type} of {provider} is shared on condition ({condition}); an approval reference is required"
                 ),
-                logged: None,
-            });
+            ));
         };
-        let deny = |why: String| Denial {
-            rule: format!("approval:{reference}"),
-            reason: why,
-            logged: None,
-        };
+        let deny = |why: String| Denial::new(format!("approval:{reference}"), why);
         // One answer whether the reference does not exist or belongs to
         // someone else: a consumer cannot probe who holds which approval.
         let approval = self
@@ -411,16 +421,14 @@ impl Policy {
             // The consumer is told both (the approval is its own, the
             // lookup its own); the log keeps neither value.
             let noun = record_type.split('.').next().unwrap_or(record_type);
-            return Err(Denial {
-                logged: Some(format!(
-                    "approval {reference} covers another {noun} than the one looked up"
-                )),
-                ..deny(format!(
-                    "approval {reference} covers {}, not {}",
-                    approval.describe_subject(),
-                    describe_lookup(record_type, asked.iter().copied())
-                ))
-            });
+            return Err(deny(format!(
+                "approval {reference} covers {}, not {}",
+                approval.describe_subject(),
+                describe_lookup(record_type, asked.iter().copied())
+            ))
+            .logged_as(format!(
+                "approval {reference} covers another {noun} than the one looked up"
+            )));
         }
         Ok(approval)
     }
@@ -457,34 +465,31 @@ fn check_lookup(grant: &Grant, criteria: &[(&str, &str)]) -> Result<(), Denial> 
     let rule = || format!("grant:{}", grant.id);
     let allowed = grant.lookup.join(", ");
     if criteria.is_empty() {
-        return Err(Denial {
-            rule: rule(),
-            reason: format!(
+        return Err(Denial::new(
+            rule(),
+            format!(
                 "grant {} answers lookups by {allowed} only; a query without criteria is refused",
                 grant.id
             ),
-            logged: None,
-        });
+        ));
     }
     if let Some((path, _)) = criteria.iter().find(|(_, value)| value.is_empty()) {
-        return Err(Denial {
-            rule: rule(),
-            reason: format!("the lookup by {path} has no value; an empty value matches nothing"),
-            logged: None,
-        });
+        return Err(Denial::new(
+            rule(),
+            format!("the lookup by {path} has no value; an empty value matches nothing"),
+        ));
     }
     if let Some((path, _)) = criteria
         .iter()
         .find(|(path, _)| !grant.lookup.iter().any(|l| l == path))
     {
-        return Err(Denial {
-            rule: rule(),
-            reason: format!(
+        return Err(Denial::new(
+            rule(),
+            format!(
                 "grant {} allows lookups by {allowed}, not by {path}",
                 grant.id
             ),
-            logged: None,
-        });
+        ));
     }
     Ok(())
 }
@@ -495,14 +500,13 @@ impl Grant {
         if count <= self.max_records {
             return Ok(());
         }
-        Err(Denial {
-            rule: format!("grant:{}", self.id),
-            reason: format!(
+        Err(Denial::new(
+            format!("grant:{}", self.id),
+            format!(
                 "grant {} releases at most {} record(s) per answer; this lookup matches more, so nothing is released — look up by a more specific value",
                 self.id, self.max_records
             ),
-            logged: None,
-        })
+        ))
     }
 }
 
