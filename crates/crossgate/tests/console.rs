@@ -113,6 +113,25 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("loopback only"));
+    // A record-id key asked for and not usable: refused at start, exit 2,
+    // rather than a console whose searches by record id find nothing.
+    let bad_key = up.dir.join("bad.key");
+    std::fs::write(&bad_key, "not a key\n").unwrap();
+    let listen = format!("127.0.0.1:{}", crossgate_testing::free_port());
+    let out = Command::new(env!("CARGO_BIN_EXE_crossgate"))
+        .args(["console", "--store", &store, "--listen", &listen])
+        .args([
+            "--id-key",
+            bad_key.to_str().unwrap(),
+            "--writer",
+            "console-2",
+        ])
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("bad.key is not a record-id key"), "{said}");
     // A partner's certificate gets no page of the log.
     let certs = up.dir.join("certs");
     let (_p, port) = console(&[

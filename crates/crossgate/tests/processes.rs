@@ -296,6 +296,36 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     // An auditor holding a copy of the store and the record-id key alone
     // (not the broker's secret) finds the declaration by its id.
     let id_key = dir.join("ids.key");
+    // A key file left readable by all from before is narrowed before the
+    // key is written into it.
+    std::fs::write(&id_key, "an older file, readable by all\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&id_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // Without the broker's folder there is no key to write: refused, and
+    // the file is left as it was.
+    let refused = crossgate(&[
+        "certs",
+        "id-key",
+        "--out",
+        id_key.to_str().unwrap(),
+        "--config",
+        elsewhere,
+    ])
+    .stderr(std::process::Stdio::piped())
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("holds no broker.toml; give --config the folder of the broker"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&id_key).unwrap(),
+        "an older file, readable by all\n"
+    );
     let made = crossgate(&[
         "certs",
         "id-key",

@@ -99,12 +99,20 @@ fn id_key(args: &IdKeyArgs) -> CliResult {
 }
 
 /// Write `bytes` to `path`, readable by its owner only where the system
-/// has such modes.
+/// has such modes. A file that was there before keeps its mode when
+/// opened, so it is narrowed before anything is written into it.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.set_len(0)?;
+    file.write_all(bytes)
 }
