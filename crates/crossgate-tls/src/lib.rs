@@ -317,6 +317,34 @@ impl DevCa {
     }
 }
 
+/// Write `bytes` to `path`, replacing what it held, readable by its owner
+/// only where the system has such modes. A file that was there before keeps
+/// its mode when opened, so it is narrowed before anything is written.
+pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    file.set_len(0)?;
+    file.write_all(bytes)
+}
+
+/// A private key: readable by its owner only.
+fn write_key(path: PathBuf, text: &str) -> Result<PathBuf, TlsError> {
+    write_owner_only(&path, text.as_bytes()).map_err(|source| TlsError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 fn write(path: PathBuf, text: &str) -> Result<PathBuf, TlsError> {
     std::fs::write(&path, text).map_err(|source| TlsError::Write {
         path: path.clone(),
@@ -343,7 +371,7 @@ impl DevCa {
         for id in ids {
             let (cert, key) = self.issue(id, 1, 365)?;
             written.push(write(out.join(format!("{id}.pem")), &cert)?);
-            written.push(write(out.join(format!("{id}.key")), &key)?);
+            written.push(write_key(out.join(format!("{id}.key")), &key)?);
         }
         written.push(ensure_reference_secret(out)?);
         ensure_checkpoint_key(out)?;
@@ -499,6 +527,35 @@ mod tests {
             "a certificate with two crossgate identities names nobody"
         );
         assert!(matches!(ca.issue("Bad Id", 1, 1), Err(TlsError::BadId(_))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_keys_are_readable_by_their_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crossgate_testing::TempDir::new("key-modes");
+        // One key left readable by all, as a copy or an older build may leave it.
+        std::fs::write(dir.join("health.key"), "old").unwrap();
+        std::fs::set_permissions(
+            dir.join("health.key"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        generate_dev(&dir, &["broker", "health"]).unwrap();
+        for file in [
+            "broker.key",
+            "health.key",
+            REFERENCE_SECRET_FILE,
+            CHECKPOINT_KEY_FILE,
+        ] {
+            let mode = std::fs::metadata(dir.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+        }
+        let key = std::fs::read_to_string(dir.join("health.key")).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
     }
 
     #[test]

@@ -88,7 +88,7 @@ fn id_key(args: &IdKeyArgs) -> CliResult {
     let references = crossgate_broker::config::load_reference_key(&certs)?;
     let secret = crossgate_broker::config::record_id_secret(&references);
     let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&args.out, format!("{text}\n").as_bytes())
+    crossgate_tls::write_owner_only(&args.out, format!("{text}\n").as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
     println!(
         "wrote the key of the audit log's record-id digests to {} (give it as --id-key to \
@@ -96,23 +96,4 @@ fn id_key(args: &IdKeyArgs) -> CliResult {
         args.out.display()
     );
     Ok(ExitCode::Ok)
-}
-
-/// Write `bytes` to `path`, readable by its owner only where the system
-/// has such modes. A file that was there before keeps its mode when
-/// opened, so it is narrowed before anything is written into it.
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    file.set_len(0)?;
-    file.write_all(bytes)
 }
