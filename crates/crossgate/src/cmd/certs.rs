@@ -41,13 +41,10 @@ pub fn run(cmd: CertsCommand) -> CliResult {
         CertsCommand::Dev(args) => args,
         CertsCommand::IdKey(args) => return id_key(&args),
     };
-    let partners = crossgate_broker::deployment::read_partners(&args.config)?;
-    let mut ids: Vec<&str> = vec!["broker"];
-    ids.extend(partners.iter().map(|p| p.id.as_str()));
-    crossgate_tls::generate_dev(&args.out, &ids)?;
+    let partners = generate(&args.config, &args.out)?;
     println!(
         "wrote a development CA and {} certificates to {}:",
-        ids.len(),
+        partners.len() + 1,
         args.out.display()
     );
     for p in &partners {
@@ -73,6 +70,19 @@ pub fn run(cmd: CertsCommand) -> CliResult {
         crossgate_tls::REFERENCE_SECRET_FILE
     );
     Ok(ExitCode::Ok)
+}
+
+/// A development CA, and a certificate and key for the broker and for every
+/// party of `config`'s partners.toml, written into `out`; the parties.
+pub fn generate(
+    config: &std::path::Path,
+    out: &std::path::Path,
+) -> Result<Vec<crossgate_policy::Partner>, crate::CliError> {
+    let partners = crossgate_broker::deployment::read_partners(config)?;
+    let mut ids: Vec<&str> = vec!["broker"];
+    ids.extend(partners.iter().map(|p| p.id.as_str()));
+    crossgate_tls::generate_dev(out, &ids)?;
+    Ok(partners)
 }
 
 /// `crossgate certs id-key`: the record-id key, from the broker's secret.

@@ -26,10 +26,7 @@ pub fn dev_certificates(
     config: &crossgate_broker::BrokerConfig,
 ) -> Result<(), crate::CliError> {
     if !config.certs.join("ca.pem").exists() {
-        let partners = crossgate_broker::deployment::read_partners(dir)?;
-        let mut ids = vec!["broker"];
-        ids.extend(partners.iter().map(|p| p.id.as_str()));
-        crossgate_tls::generate_dev(&config.certs, &ids)?;
+        crate::cmd::certs::generate(dir, &config.certs)?;
         println!(
             "made development certificates in {}",
             config.certs.display()
