@@ -282,13 +282,16 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         (Some(0), 5),
         "{by_digest}"
     );
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["audit", "search", "--record-id", &declaration_id])
-        .args(["--store", &store, "--config", elsewhere])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{said}");
+    let said = refused(&[
+        "audit",
+        "search",
+        "--record-id",
+        &declaration_id,
+        "--store",
+        &store,
+        "--config",
+        elsewhere,
+    ]);
     assert!(
         said.contains("holds no broker.toml; give --config the folder of the broker"),
         "{said}"
@@ -305,19 +308,14 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     }
     // Without the broker's folder there is no key to write: refused, and
     // the file is left as it was.
-    let refused = crossgate(&[
+    let said = refused(&[
         "certs",
         "id-key",
         "--out",
         id_key.to_str().unwrap(),
         "--config",
         elsewhere,
-    ])
-    .stderr(std::process::Stdio::piped())
-    .output()
-    .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{said}");
+    ]);
     assert!(
         said.contains("holds no broker.toml; give --config the folder of the broker"),
         "{said}"
@@ -356,13 +354,16 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     assert_eq!((code, by_key.lines().count()), (Some(0), 5), "{by_key}");
     let bad_key = dir.join("bad.key");
     std::fs::write(&bad_key, "not a key\n").unwrap();
-    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_crossgate"))
-        .args(["audit", "search", "--record-id", &declaration_id])
-        .args(["--store", &store, "--id-key", bad_key.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{said}");
+    let said = refused(&[
+        "audit",
+        "search",
+        "--record-id",
+        &declaration_id,
+        "--store",
+        &store,
+        "--id-key",
+        bad_key.to_str().unwrap(),
+    ]);
     assert!(said.contains("bad.key is not a record-id key"), "{said}");
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
@@ -386,4 +387,16 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         verified.starts_with("chain broker-1: entry ") && verified.contains("does not verify"),
         "{verified}"
     );
+}
+
+/// What crossgate says on stderr when it refuses `args`, which it must do
+/// with exit 2.
+fn refused(args: &[&str]) -> String {
+    let out = crossgate(args)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "crossgate {args:?}: {said}");
+    said
 }
