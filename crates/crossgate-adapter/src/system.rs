@@ -204,10 +204,8 @@ impl DepartmentSystem for ReferenceSystem {
             })
             .to_string();
             line.push('\n');
-            let written = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            // The inbox holds whole records: its owner's only.
+            let written = crossgate_tls::open_owner_only(path, crossgate_tls::Opening::Append)
                 .and_then(|mut f| f.write_all(line.as_bytes()));
             written.map_err(|e| Status::unavailable(format!("cannot write the inbox: {e}")))?;
         }

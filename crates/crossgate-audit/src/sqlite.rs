@@ -42,6 +42,44 @@ const CHECKPOINT_AT_REST_COMMITS: u32 = 64;
 /// that keeps up never reaches it, and stays at that size to be reused.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// A new log is made readable by its owner only: its outbox holds the
+/// records waiting for their receivers. SQLite gives its `-wal` and `-shm`
+/// files the mode of the file itself. An existing log keeps its mode (an
+/// operator may have given a group access); one that any user of the
+/// machine may read is named in a warning.
+fn owner_only(path: &Path) -> Result<(), StoreError> {
+    if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
+        return Ok(()); // SQLite's own, in memory: no file
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            let readable = {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
+            };
+            #[cfg(not(unix))]
+            let readable = false;
+            if readable {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the audit log is readable by every user of this machine, and its outbox holds records waiting for delivery; chmod o-rwx it (and its -wal and -shm files)"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::Failed(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the log at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -49,6 +87,7 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Failed(format!("cannot create {}: {e}", dir.display())))?;
         }
+        owner_only(path)?;
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Failed(format!("cannot open {}: {e}", path.display())))?;
         // A second connection (a reader, another broker) waits for the

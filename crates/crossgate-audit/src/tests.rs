@@ -1371,3 +1371,30 @@ fn an_answer_of_the_most_records_a_grant_allows_names_them_all() {
         assert_eq!(found[0].record_digest, answer.record_digest, "{}", b.name());
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_sqlite_log_is_its_owners_alone_and_an_older_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = crossgate_testing::TempDir::new("log-mode");
+    // Made here: its outbox holds records waiting for delivery.
+    let path = dir.join("audit.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let writer =
+        Writer::start(Box::new(store), "broker-a".into(), Durability::Durable, 64).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async { writer.append(entry(1)).await.unwrap() });
+    assert_eq!(mode(&path), 0o600);
+    let wal = dir.join("audit.db-wal");
+    assert!(wal.exists(), "the log was written through its WAL");
+    assert_eq!(mode(&wal), 0o600, "SQLite gives the WAL the file's mode");
+    drop(writer);
+    // An operator's own choice (a group that reads it) is left as it is,
+    // and the log opens.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    SqliteStore::open(&path).unwrap();
+    assert_eq!(mode(&path), 0o640);
+}

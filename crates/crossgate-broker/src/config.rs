@@ -373,10 +373,22 @@ pub fn open_limits(
 /// The broker's record-reference secret, `reference.key` in its certificate folder.
 pub fn load_reference_key(certs: &Path) -> Result<crossgate_policy::ReferenceKey, BrokerError> {
     let secret = crossgate_tls::read_reference_secret(certs)?;
+    warn_if_readable(&certs.join(crossgate_tls::REFERENCE_SECRET_FILE));
     crossgate_policy::ReferenceKey::new(&secret).map_err(|source| BrokerError::ReferenceKey {
         path: certs.join(crossgate_tls::REFERENCE_SECRET_FILE),
         source,
     })
+}
+
+/// A secret file any user of the machine may read is named in a warning
+/// (it is used as it is: an operator may be mid-way through fixing it).
+fn warn_if_readable(path: &Path) {
+    if crossgate_tls::readable_by_others(path) {
+        tracing::warn!(
+            path = %path.display(),
+            "this secret is readable by every user of this machine; chmod 600 it"
+        );
+    }
 }
 
 /// The key of the audit log's record-id digests, derived from the
@@ -400,6 +412,7 @@ pub fn load_checkpoint_signer(
     certs: &Path,
 ) -> Result<std::sync::Arc<crossgate_audit::checkpoint::Signer>, BrokerError> {
     let seed = crossgate_tls::ensure_checkpoint_key(certs)?;
+    warn_if_readable(&certs.join(crossgate_tls::CHECKPOINT_KEY_FILE));
     let signer = crossgate_audit::checkpoint::Signer::from_seed(&seed, "broker").map_err(|e| {
         crossgate_tls::TlsError::CheckpointKey {
             path: certs.join(crossgate_tls::CHECKPOINT_KEY_FILE),

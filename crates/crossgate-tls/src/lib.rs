@@ -317,23 +317,65 @@ impl DevCa {
     }
 }
 
-/// Write `bytes` to `path`, replacing what it held, readable by its owner
-/// only where the system has such modes. A file that was there before keeps
-/// its mode when opened, so it is narrowed before anything is written.
-pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// How [`open_owner_only`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opening {
+    /// Emptied: the caller writes the whole file.
+    Replace,
+    /// Kept: the caller adds to its end.
+    Append,
+}
+
+/// Open `path` for writing (made if missing), readable by its owner only
+/// where the system has such modes: for files that hold keys or record
+/// contents. A file that was there before keeps its mode when opened, so it
+/// is narrowed before anything is written into it.
+pub fn open_owner_only(path: &Path, opening: Opening) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true);
+    options.create(true);
+    match opening {
+        Opening::Replace => options.write(true),
+        Opening::Append => options.append(true),
+    };
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
+    let file = options.open(path)?;
+    // Only a file of its own: a pipe or a device (`--out /dev/stdout`) is
+    // written as it is, neither narrowed nor cut.
+    if file.metadata()?.is_file() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+        if opening == Opening::Replace {
+            file.set_len(0)?;
+        }
+    }
+    Ok(file)
+}
+
+/// Write `bytes` to `path`, replacing what it held, readable by its owner
+/// only ([`open_owner_only`]).
+pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    open_owner_only(path, Opening::Replace)?.write_all(bytes)
+}
+
+/// Whether users other than the owner and the owner's group may read
+/// `path` (a file that should hold a secret for its owner alone); false
+/// where the system has no such modes or the file cannot be read.
+pub fn readable_by_others(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
     }
-    file.set_len(0)?;
-    file.write_all(bytes)
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        false
+    }
 }
 
 /// A private key: readable by its owner only.
@@ -527,6 +569,37 @@ mod tests {
             "a certificate with two crossgate identities names nobody"
         );
         assert!(matches!(ca.issue("Bad Id", 1, 1), Err(TlsError::BadId(_))));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn owner_only_files_are_narrowed_replaced_or_added_to() {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crossgate_testing::TempDir::new("owner-only");
+        let path = dir.join("out");
+        let mode = || std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        std::fs::write(&path, "an older, longer text\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(readable_by_others(&path));
+        write_owner_only(&path, b"one\n").unwrap();
+        assert_eq!(
+            (mode(), std::fs::read_to_string(&path).unwrap()),
+            (0o600, "one\n".into())
+        );
+        assert!(!readable_by_others(&path));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        open_owner_only(&path, Opening::Append)
+            .unwrap()
+            .write_all(b"two\n")
+            .unwrap();
+        assert_eq!(
+            (mode(), std::fs::read_to_string(&path).unwrap()),
+            (0o600, "one\ntwo\n".into())
+        );
+        std::fs::remove_file(&path).unwrap();
+        open_owner_only(&path, Opening::Append).unwrap();
+        assert_eq!(mode(), 0o600, "made owner-only");
     }
 
     #[cfg(unix)]

@@ -98,8 +98,18 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     );
 
     let inbox = |dept: &str| -> serde_json::Value {
-        let text = std::fs::read_to_string(dir.join(format!("{dept}.inbox.jsonl"))).unwrap();
+        let path = dir.join(format!("{dept}.inbox.jsonl"));
+        let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 1, "{dept}: {text}");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o777,
+                0o600,
+                "{dept}'s inbox holds records: {mode:o}"
+            );
+        }
         serde_json::from_str(text.lines().next().unwrap()).unwrap()
     };
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();

@@ -360,7 +360,7 @@ pub fn on_store(args: AuditArgs) -> CliResult {
             // leaves an existing file as it was.
             let filter = filter.to_store_filter(&args.conn.config, args.id_key.as_deref())?;
             let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&out)
+                crossgate_tls::open_owner_only(&out, crossgate_tls::Opening::Replace)
                     .map_err(|e| format!("cannot write {}: {e}", out.display()))?,
             );
             let mut n = 0u64;
@@ -522,13 +522,14 @@ pub async fn through_broker(args: AuditArgs) -> ExitCode {
             }
         }
         AuditCommand::Export { filter, out } => {
-            let mut file = match std::fs::File::create(&out) {
-                Ok(f) => std::io::BufWriter::new(f),
-                Err(e) => {
-                    eprintln!("crossgate: cannot write {}: {e}", out.display());
-                    return ExitCode::Usage;
-                }
-            };
+            let mut file =
+                match crossgate_tls::open_owner_only(&out, crossgate_tls::Opening::Replace) {
+                    Ok(f) => std::io::BufWriter::new(f),
+                    Err(e) => {
+                        eprintln!("crossgate: cannot write {}: {e}", out.display());
+                        return ExitCode::Usage;
+                    }
+                };
             let mut stream = match client.export(filter.to_request()).await {
                 Ok(s) => s.into_inner(),
                 Err(s) => return refused(s),
