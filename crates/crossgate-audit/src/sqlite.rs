@@ -46,7 +46,7 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// records waiting for their receivers. SQLite gives its `-wal` and `-shm`
 /// files the mode of the file itself. An existing log keeps its mode (an
 /// operator may have given a group access); one that any user of the
-/// machine may read is named in a warning.
+/// machine may read is named in a warning, once per process.
 fn owner_only(path: &Path) -> Result<(), StoreError> {
     if path.as_os_str().is_empty() || path.as_os_str() == ":memory:" {
         return Ok(()); // SQLite's own, in memory: no file
@@ -61,11 +61,12 @@ fn owner_only(path: &Path) -> Result<(), StoreError> {
             #[cfg(unix)]
             let readable = {
                 use std::os::unix::fs::PermissionsExt;
-                std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
+                std::fs::metadata(path)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o004 != 0)
             };
             #[cfg(not(unix))]
             let readable = false;
-            if readable {
+            if readable && first_warning(path) {
                 tracing::warn!(
                     path = %path.display(),
                     "the audit log is readable by every user of this machine, and its outbox holds records waiting for delivery; chmod o-rwx it (and its -wal and -shm files)"
@@ -78,6 +79,18 @@ fn owner_only(path: &Path) -> Result<(), StoreError> {
             path.display()
         ))),
     }
+}
+
+/// Whether this process has not yet warned of `path` (the log is opened
+/// for every audit call and console page; once is enough).
+fn first_warning(path: &Path) -> bool {
+    static WARNED: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.iter().any(|p| p == path) {
+        return false;
+    }
+    warned.push(path.to_path_buf());
+    true
 }
 
 impl SqliteStore {

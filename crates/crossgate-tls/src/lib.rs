@@ -328,9 +328,28 @@ pub enum Opening {
 
 /// Open `path` for writing (made if missing), readable by its owner only
 /// where the system has such modes: for files that hold keys or record
-/// contents. A file that was there before keeps its mode when opened, so it
-/// is narrowed before anything is written into it.
+/// contents. A file of its own that was there before keeps its mode when
+/// opened, so one that others may read is narrowed before anything is
+/// written into it. Narrowing is as far as the file system allows (one
+/// without modes, e.g. a FAT stick, refuses it): [`write_owner_only`] is
+/// strict, for keys. A pipe or a device (`--out /dev/stdout`) is written as
+/// it is, neither narrowed nor cut. A reader that opened the file before
+/// it was narrowed keeps reading it.
 pub fn open_owner_only(path: &Path, opening: Opening) -> std::io::Result<std::fs::File> {
+    open_narrowed(path, opening, false)
+}
+
+/// Write `bytes` to `path`, replacing what it held, readable by its owner
+/// only ([`open_owner_only`]); refused where the file cannot be made so,
+/// before anything in it is cut or written.
+pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    open_narrowed(path, Opening::Replace, true)?.write_all(bytes)
+}
+
+/// [`open_owner_only`]; `strict`: a file left wider than its owner's is an
+/// error, raised before the file is cut.
+fn open_narrowed(path: &Path, opening: Opening, strict: bool) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.create(true);
     match opening {
@@ -340,36 +359,42 @@ pub fn open_owner_only(path: &Path, opening: Opening) -> std::io::Result<std::fs
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options.open(path)?;
-    // Only a file of its own: a pipe or a device (`--out /dev/stdout`) is
-    // written as it is, neither narrowed nor cut.
-    if file.metadata()?.is_file() {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    if !file.metadata()?.is_file() {
+        return Ok(file);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let wide = |f: &std::fs::File| -> std::io::Result<bool> {
+            Ok(f.metadata()?.permissions().mode() & 0o077 != 0)
+        };
+        if wide(&file)? {
+            let narrowed = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+            if strict && (narrowed.is_err() || wide(&file)?) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "it cannot be made readable by its owner only (mode 0600) here; write it \
+                     to a file system that keeps file modes",
+                ));
+            }
         }
-        if opening == Opening::Replace {
-            file.set_len(0)?;
-        }
+    }
+    #[cfg(not(unix))]
+    let _ = strict;
+    if opening == Opening::Replace {
+        file.set_len(0)?;
     }
     Ok(file)
 }
 
-/// Write `bytes` to `path`, replacing what it held, readable by its owner
-/// only ([`open_owner_only`]).
-pub fn write_owner_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    open_owner_only(path, Opening::Replace)?.write_all(bytes)
-}
-
-/// Whether users other than the owner and the owner's group may read
-/// `path` (a file that should hold a secret for its owner alone); false
-/// where the system has no such modes or the file cannot be read.
+/// Whether users other than the owner and the owner's group may read the
+/// file `path` (one that should hold a secret or records for its owner);
+/// false where the system has no such modes, or `path` is no file.
 pub fn readable_by_others(path: &Path) -> bool {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o007 != 0)
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o004 != 0)
     }
     #[cfg(not(unix))]
     {
@@ -600,6 +625,13 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         open_owner_only(&path, Opening::Append).unwrap();
         assert_eq!(mode(), 0o600, "made owner-only");
+        // A group that reads it is left as it is, and is no warning's
+        // business; a file every user may read is; a folder is no file.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(!readable_by_others(&path));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(readable_by_others(&path));
+        assert!(!readable_by_others(&dir));
     }
 
     #[cfg(unix)]

@@ -172,6 +172,26 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         "{table}"
     );
     let exported = dir.join("export.jsonl");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    std::fs::write(&exported, "an older export\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // Refused by the broker (a partner reads no log): the file is left as it was.
+    let (code, _, err) = via_broker(
+        "customs.pem",
+        &["export", "--out", exported.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("PermissionDenied"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&exported).unwrap(),
+        "an older export\n"
+    );
     let (code, _, err) = via_broker(
         "audit-office.pem",
         &["export", "--out", exported.to_str().unwrap()],
@@ -182,6 +202,7 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         lines, 6,
         "two releases, two deliveries, the search and the export itself"
     );
+    assert_eq!(mode(&exported), 0o600, "the export is its owner's alone");
     let (code, _, err) = via_broker("customs.pem", &["verify"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("PermissionDenied"), "{err}");

@@ -522,6 +522,12 @@ pub async fn through_broker(args: AuditArgs) -> ExitCode {
             }
         }
         AuditCommand::Export { filter, out } => {
+            // The file is opened (and an existing one cut) only once the
+            // broker has taken the export: a refusal leaves it as it was.
+            let mut stream = match client.export(filter.to_request()).await {
+                Ok(s) => s.into_inner(),
+                Err(s) => return refused(s),
+            };
             let mut file =
                 match crossgate_tls::open_owner_only(&out, crossgate_tls::Opening::Replace) {
                     Ok(f) => std::io::BufWriter::new(f),
@@ -530,10 +536,6 @@ pub async fn through_broker(args: AuditArgs) -> ExitCode {
                         return ExitCode::Usage;
                     }
                 };
-            let mut stream = match client.export(filter.to_request()).await {
-                Ok(s) => s.into_inner(),
-                Err(s) => return refused(s),
-            };
             let mut n = 0;
             let result = loop {
                 match stream.message().await {
