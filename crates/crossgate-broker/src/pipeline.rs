@@ -93,11 +93,26 @@ impl Broker {
             Status::unauthenticated(format!("{id} is not a party in partners.toml"))
         })?;
         if partner.role != role {
-            return Err(Status::permission_denied(format!(
+            let said = format!(
                 "{id} has the role {}; this call needs the role {}",
                 partner.role.as_str(),
                 role.as_str()
-            )));
+            );
+            // A known party, denied: in the log, counted as throttled calls
+            // are (a flood of them is one entry a second).
+            let kind = match role {
+                Role::Auditor => Kind::Audit,
+                Role::Operator => Kind::Admin,
+                // The partners' service: queries and publishes alike.
+                Role::Partner => Kind::Query,
+            };
+            self.inner.throttles.count(
+                id.as_ref(),
+                kind,
+                crate::throttle_log::Cause::WrongRole,
+                &said,
+            );
+            return Err(Status::permission_denied(said));
         }
         Ok(Caller {
             id: id.as_ref().to_owned(),

@@ -1,6 +1,7 @@
-//! Throttled calls are answered at once and counted; one audit entry per
-//! partner, kind of call, cause and second records them (how many, first and last
-//! time), so that a flood cannot grow the log by an entry per refused call.
+//! Throttled calls, and calls of a known party to a service its role may not
+//! use, are answered at once and counted; one audit entry per party, kind of
+//! call, cause and second records them (how many, first and last time), so
+//! that a flood cannot grow the log by an entry per refused call.
 
 use crate::audit::{Decision, Entry, Kind};
 use crate::pipeline::entry;
@@ -15,6 +16,9 @@ pub(crate) enum Cause {
     Rate,
     /// Over the partner's calls under way (`calls_in_flight_per_partner`).
     CallsUnderWay,
+    /// A known party calling a service of another role (a partner reading
+    /// the log, an auditor changing limits): denied, not throttled.
+    WrongRole,
 }
 
 impl Cause {
@@ -23,6 +27,7 @@ impl Cause {
         match self {
             Cause::Rate => "rate",
             Cause::CallsUnderWay => "calls_under_way",
+            Cause::WrongRole => "wrong_role",
         }
     }
 }
@@ -69,11 +74,15 @@ impl ThrottleLog {
         tallies.sort_by(|a, b| a.1.first.cmp(&b.1.first));
         tallies
             .into_iter()
-            .map(|((partner, kind, _), t)| {
-                let mut e = entry(kind, Decision::Throttled);
+            .map(|((partner, kind, cause), t)| {
+                let (decision, what) = match cause {
+                    Cause::WrongRole => (Decision::Denied, "refused"),
+                    Cause::Rate | Cause::CallsUnderWay => (Decision::Throttled, "throttled"),
+                };
+                let mut e = entry(kind, decision);
                 e.consumer = partner;
                 e.reason = format!(
-                    "{} call(s) throttled from {} to {}: {}",
+                    "{} call(s) {what} from {} to {}: {}",
                     t.count, t.first, t.last, t.said
                 );
                 e
@@ -128,5 +137,32 @@ mod tests {
             entries[0].reason
         );
         assert!(log.take().is_empty(), "counted once");
+    }
+
+    #[test]
+    fn calls_refused_for_their_role_are_counted_as_denials() {
+        let log = ThrottleLog::default();
+        for _ in 0..3 {
+            log.count(
+                "tax",
+                Kind::Audit,
+                Cause::WrongRole,
+                "tax has the role partner; this call needs the role auditor",
+            );
+        }
+        let entries = log.take();
+        assert_eq!(entries.len(), 1);
+        let e = &entries[0];
+        assert_eq!(
+            (e.kind, e.decision, e.consumer.as_str()),
+            (Kind::Audit, Decision::Denied, "tax")
+        );
+        assert!(
+            e.reason.starts_with("3 call(s) refused from ")
+                && e.reason
+                    .ends_with(": tax has the role partner; this call needs the role auditor"),
+            "{}",
+            e.reason
+        );
     }
 }

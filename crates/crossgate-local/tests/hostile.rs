@@ -866,3 +866,80 @@ async fn a_publisher_cannot_forge_another_records_digest_as_its_id() {
         assert_ne!(e.record_id, citizens);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_known_party_calling_another_roles_service_is_denied_and_logged_counted() {
+    let mut opts = Options::project_defaults();
+    opts.departments = Some(vec![]);
+    let sys = LocalSystem::start(opts).await.unwrap();
+    // A partner reading the log, 200 times over.
+    let tax = crossgate_proto::audit_client::AuditClient::new(
+        sys.channel(&sys.broker_addr, "tax").await.unwrap(),
+    );
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let mut c = tax.clone();
+            tokio::spawn(async move {
+                c.search(SearchRequest::default())
+                    .await
+                    .err()
+                    .map(|s| (s.code(), s.message().to_owned()))
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(
+            call.await.unwrap(),
+            Some((
+                Code::PermissionDenied,
+                "tax has the role partner; this call needs the role auditor".into()
+            ))
+        );
+    }
+    // An auditor changing a limit, and an operator querying.
+    let mut auditor = crossgate_proto::admin_client::AdminClient::new(
+        sys.channel(&sys.broker_addr, "audit-office").await.unwrap(),
+    );
+    let refused = auditor
+        .set_limit(SetLimitRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let mut operator =
+        BrokerClient::new(sys.channel(&sys.broker_addr, "operations").await.unwrap());
+    let refused = operator.query(QueryRequest::default()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // Counted into the log within the second, a handful of entries for 200 calls.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let denied: Vec<_> = log(&sys)
+        .into_iter()
+        .filter(|e| e.decision == Decision::Denied)
+        .collect();
+    let count = |e: &crossgate_broker::audit::Entry| {
+        e.reason.split(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let from_tax: Vec<_> = denied.iter().filter(|e| e.consumer == "tax").collect();
+    assert!(
+        !from_tax.is_empty() && from_tax.len() <= 3,
+        "{} entries",
+        from_tax.len()
+    );
+    assert!(
+        from_tax
+            .iter()
+            .all(|e| e.kind == crossgate_broker::audit::Kind::Audit
+                && e.reason.contains(" call(s) refused from ")
+                && e.reason
+                    .ends_with("tax has the role partner; this call needs the role auditor")),
+        "{from_tax:?}"
+    );
+    assert_eq!(from_tax.iter().map(|e| count(e)).sum::<u64>(), 200);
+    let one = |party: &str, kind| {
+        let of: Vec<_> = denied.iter().filter(|e| e.consumer == party).collect();
+        assert_eq!(of.len(), 1, "{party}: {denied:?}");
+        assert_eq!((of[0].kind, count(of[0])), (kind, 1), "{party}");
+    };
+    one("audit-office", crossgate_broker::audit::Kind::Admin);
+    one("operations", crossgate_broker::audit::Kind::Query);
+}
