@@ -112,6 +112,21 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
             };
             *seen.entry(code).or_insert(0) += 1;
         }
+        // A partner searching the log: denied for its role, counted as tax's.
+        let tls = crossgate_tls::Bundle::load(&up.dir.join("certs"), "tax").unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!(
+            "https://127.0.0.1:{}",
+            up.broker_port
+        ))
+        .unwrap()
+        .tls_config(tls.client_for("broker"))
+        .unwrap()
+        .connect_lazy();
+        let refused = crossgate_proto::audit_client::AuditClient::new(channel)
+            .search(crossgate_proto::SearchRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         // One declaration from customs: border inspection and commerce receive it.
         client("customs")
             .publish(PublishRequest {
@@ -181,6 +196,15 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
         labels.push(("decision", decision));
         value(&m, "crossgate_decisions_total", &labels)
     };
+    assert_eq!(
+        value(
+            &m,
+            "crossgate_decisions_total",
+            &[("consumer", "tax"), ("decision", "denied")]
+        ),
+        1.0,
+        "a partner's search of the log"
+    );
     assert_eq!(decided("allowed"), ok);
     assert_eq!(decided("throttled"), throttled);
     assert_eq!(decided("denied"), denied);
