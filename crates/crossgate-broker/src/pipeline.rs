@@ -112,9 +112,6 @@ impl Broker {
                 crate::throttle_log::Cause::WrongRole,
                 &said,
             );
-            if let Some(m) = &self.inner.metrics {
-                m.decision(id.as_ref(), "", "", Decision::Denied.as_str());
-            }
             return Err(Status::permission_denied(said));
         }
         Ok(Caller {

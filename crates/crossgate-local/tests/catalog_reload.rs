@@ -90,15 +90,25 @@ async fn an_operator_reloads_the_catalog_and_a_bad_file_changes_nothing() {
         .await
         .expect_err("partner");
     assert_eq!(status.code(), Code::PermissionDenied);
-
-    let reloads: Vec<_> = sys
+    // Its refusal is in the log, counted within the second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (by_tax, reloads): (Vec<_>, Vec<_>) = sys
         .memory_audit
         .as_ref()
         .expect("memory audit")
         .entries()
         .into_iter()
         .filter(|e| e.kind == crossgate_broker::audit::Kind::Admin)
-        .collect();
+        .partition(|e| e.consumer == "tax");
+    assert_eq!(by_tax.len(), 1, "{by_tax:?}");
+    assert_eq!(by_tax[0].decision, Decision::Denied);
+    assert!(
+        by_tax[0]
+            .reason
+            .ends_with("tax has the role partner; this call needs the role operator"),
+        "{}",
+        by_tax[0].reason
+    );
     // Both reloads are in the log, by whom: the refused one with its line,
     // the applied one with the digest of the catalog now in force.
     assert_eq!(reloads.len(), 2);

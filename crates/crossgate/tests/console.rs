@@ -146,6 +146,8 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     assert!(refused.contains("PermissionDenied"), "{refused}");
     assert!(!refused.contains("entries match"));
+    // The broker logs the refusal, counted within the second.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
 
     // HTTPS for a network: the auditor's certificate reads, a partner's is
     // refused on every page, no certificate gets no connection.
@@ -163,11 +165,31 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
         &format!("{certs_dir}/broker.key"),
     ]);
     runtime.block_on(async {
-        let page = https_get(port, &certs, Some("audit-office"), "/?consumer=education")
-            .await
-            .unwrap();
+        let page = https_get(
+            port,
+            &certs,
+            Some("audit-office"),
+            "/?consumer=education&decision=allowed",
+        )
+        .await
+        .unwrap();
         assert!(page.starts_with("HTTP/1.1 200"), "{page}");
-        assert!(page.contains("4 entries match"), "{page}");
+        assert!(page.contains("3 entries match"), "{page}");
+        // Education's console was refused the log, and the log says so.
+        let refusals = https_get(
+            port,
+            &certs,
+            Some("audit-office"),
+            "/export.jsonl?consumer=education&decision=denied",
+        )
+        .await
+        .unwrap();
+        assert!(
+            refusals.contains(" call(s) refused from ")
+                && refusals
+                    .contains("education has the role partner; this call needs the role auditor"),
+            "{refusals}"
+        );
         // The auditor's views are written under its name.
         let views = https_get(
             port,
@@ -178,7 +200,7 @@ fn the_console_reads_a_running_logs_store_and_through_the_broker_audits_each_pag
         .await
         .unwrap();
         assert!(
-            views.contains("\"reason\":\"console /?consumer=education\""),
+            views.contains("\"reason\":\"console /?consumer=education&decision=allowed\""),
             "{views}"
         );
         let partner = https_get(port, &certs, Some("education"), "/")

@@ -103,16 +103,8 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
             };
             *seen.entry(code).or_insert(0) += 1;
         }
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        // A purpose no grant serves, and a provider nobody knows: denied.
-        for provider in ["public-security", "nobody-by-this-name"] {
-            let code = match education.query(lookup(provider, "curiosity")).await {
-                Ok(_) => tonic::Code::Ok,
-                Err(s) => s.code(),
-            };
-            *seen.entry(code).or_insert(0) += 1;
-        }
-        // A partner searching the log: denied for its role, counted as tax's.
+        // A partner searching the log: denied for its role; counted as the
+        // log keeps it, one entry within the second (the wait below).
         let tls = crossgate_tls::Bundle::load(&up.dir.join("certs"), "tax").unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!(
             "https://127.0.0.1:{}",
@@ -127,6 +119,15 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // A purpose no grant serves, and a provider nobody knows: denied.
+        for provider in ["public-security", "nobody-by-this-name"] {
+            let code = match education.query(lookup(provider, "curiosity")).await {
+                Ok(_) => tonic::Code::Ok,
+                Err(s) => s.code(),
+            };
+            *seen.entry(code).or_insert(0) += 1;
+        }
         // One declaration from customs: border inspection and commerce receive it.
         client("customs")
             .publish(PublishRequest {
@@ -203,7 +204,7 @@ fn metrics_count_exactly_what_clients_saw_and_only_names_the_deployment_knows() 
             &[("consumer", "tax"), ("decision", "denied")]
         ),
         1.0,
-        "a partner's search of the log"
+        "a partner's search of the log, as its entry"
     );
     assert_eq!(decided("allowed"), ok);
     assert_eq!(decided("throttled"), throttled);

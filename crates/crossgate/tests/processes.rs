@@ -181,7 +181,9 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exported, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    // Refused by the broker (a partner reads no log): the file is left as it was.
+    // Refused by the broker (a partner reads no log): the file is left as it
+    // was. The refusal is in the log, counted within the second; so is the
+    // verify refused next (each waited for, so each is an entry of its own).
     let (code, _, err) = via_broker(
         "customs.pem",
         &["export", "--out", exported.to_str().unwrap()],
@@ -192,20 +194,39 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
         std::fs::read_to_string(&exported).unwrap(),
         "an older export\n"
     );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (code, _, err) = via_broker("customs.pem", &["verify"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("PermissionDenied"), "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let (code, _, err) = via_broker(
         "audit-office.pem",
         &["export", "--out", exported.to_str().unwrap()],
     );
     assert_eq!(code, Some(0), "{err}");
     let lines = std::fs::read_to_string(&exported).unwrap().lines().count();
+    let text = std::fs::read_to_string(&exported).unwrap();
     assert_eq!(
-        lines, 6,
-        "two releases, two deliveries, the search and the export itself"
+        lines, 8,
+        "two releases, two deliveries, the search, customs' two refused calls and the export itself: {text}"
     );
+    let refusals: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["consumer"] == "customs" && e["decision"] == "denied")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{text}");
+    for e in &refusals {
+        assert_eq!(e["kind"], "audit", "{e}");
+        let reason = e["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("1 call(s) refused from ")
+                && reason
+                    .ends_with("customs has the role partner; this call needs the role auditor"),
+            "{reason}"
+        );
+    }
     assert_eq!(mode(&exported), 0o600, "the export is its owner's alone");
-    let (code, _, err) = via_broker("customs.pem", &["verify"]);
-    assert_eq!(code, Some(1));
-    assert!(err.contains("PermissionDenied"), "{err}");
     let (code, verified, err) = via_broker("audit-office.pem", &["verify"]);
     assert_eq!(code, Some(0), "{verified}{err}");
     // The log names the declaration by its id's keyed digest: a search by
@@ -399,8 +420,8 @@ async fn three_processes_carry_a_declaration_to_each_receiver_its_part() {
     let (code, verified) = audit(&["verify"]);
     assert_eq!(
         (code, verified.as_str()),
-        (Some(0), "chain broker-1: 8 entries verified\n"),
-        "2 releases, 2 deliveries and 4 readings"
+        (Some(0), "chain broker-1: 10 entries verified\n"),
+        "2 releases, 2 deliveries, 4 readings and 2 refused readings"
     );
 
     let db = dir.join("audit.db");
