@@ -11,7 +11,6 @@ Exit 0 when every check passed; the first failed check is printed.
 import csv
 import io
 import os
-import random
 import re
 import shutil
 import socket
@@ -28,32 +27,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
-_GIVEN = set()
-
-
-def free_port():
-    """A port free now, below the kernel's range for outgoing connections (as
-    crossgate-testing's free_port and the Python client's test)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            first_ephemeral = int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        first_ephemeral = 32768
-    candidates = list(range(20000, first_ephemeral)) if first_ephemeral > 22000 else []
-    random.shuffle(candidates)
-    for port in candidates:
-        if port in _GIVEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _GIVEN.add(port)
-        return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Ports below the kernel's range for outgoing connections, as the Python
+# client's test picks them.
+sys.path.insert(0, os.path.join(ROOT, "clients", "python"))
+from test_client import free_port  # noqa: E402
 
 
 def wait_for_port(port, seconds=20):
