@@ -1225,20 +1225,13 @@ fn a_search_by_record_id_finds_the_answers_that_name_it_among_others() {
         write_record_ids(&b, &ids);
         let mut store = b.open();
         let mut found = |id: &str| {
-            let mut named = Vec::new();
-            store
-                .scan(
-                    &Filter {
-                        record_id: Some(id.into()),
-                        ..Filter::default()
-                    },
-                    &mut |s| {
-                        named.push(s.entry.record_id.clone());
-                        true
-                    },
-                )
-                .unwrap();
-            named
+            record_ids_found(
+                store.as_mut(),
+                Filter {
+                    record_id: Some(id.into()),
+                    ..Filter::default()
+                },
+            )
         };
         assert_eq!(found("110105198405049582"), ids[..3], "{}", b.name());
         assert_eq!(found("7"), [ids[2], ids[6], ids[8]], "{}", b.name());
@@ -1297,21 +1290,14 @@ fn a_search_by_record_id_finds_its_digest_and_older_entries_naming_the_id() {
         write_record_ids(&b, &ids);
         let mut store = b.open();
         let mut found = |id: &str, digest: Option<String>| {
-            let mut named = Vec::new();
-            store
-                .scan(
-                    &Filter {
-                        record_id: Some(id.into()),
-                        record_id_digest: digest,
-                        ..Filter::default()
-                    },
-                    &mut |s| {
-                        named.push(s.entry.record_id.clone());
-                        true
-                    },
-                )
-                .unwrap();
-            named
+            record_ids_found(
+                store.as_mut(),
+                Filter {
+                    record_id: Some(id.into()),
+                    record_id_digest: digest,
+                    ..Filter::default()
+                },
+            )
         };
         let name = b.name();
         // With the key: its digest alone and among others, and the older
@@ -1397,4 +1383,16 @@ fn a_new_sqlite_log_is_its_owners_alone_and_an_older_one_keeps_its_mode() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     SqliteStore::open(&path).unwrap();
     assert_eq!(mode(&path), 0o640);
+}
+
+/// The record ids of the entries `filter` finds, in order.
+fn record_ids_found(store: &mut dyn Store, filter: Filter) -> Vec<String> {
+    let mut named = Vec::new();
+    store
+        .scan(&filter, &mut |s| {
+            named.push(s.entry.record_id.clone());
+            true
+        })
+        .unwrap();
+    named
 }

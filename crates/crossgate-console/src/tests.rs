@@ -45,7 +45,90 @@ fn log() -> Log {
     // A folder of its own for each log, by a counter: tests that started
     // in the same nanosecond once shared one, and SQLite refused the second
     // to open it ("database is locked").
-    let dir = crossgate_testing::TempDir::new("console");
+    let mut entries = Vec::new();
+    for n in 0..20 {
+        entries.push(entry(
+            21,
+            n,
+            "education",
+            "public-security",
+            Decision::Allowed,
+            "school-enrolment",
+            "P-1",
+        ));
+        entries.push(entry(
+            22,
+            n,
+            "education",
+            "public-security",
+            Decision::Allowed,
+            "school-enrolment",
+            "P-2",
+        ));
+    }
+    for n in 20..25 {
+        entries.push(entry(
+            22,
+            n,
+            "education",
+            "public-security",
+            Decision::Denied,
+            "curiosity",
+            "",
+        ));
+    }
+    for n in 30..36 {
+        let mut e = entry(
+            22,
+            n,
+            "commerce",
+            "customs",
+            Decision::Delivered,
+            "trade-statistics",
+            "D-9",
+        );
+        e.kind = Kind::Publish;
+        e.record_type = "customs-declaration.v1".into();
+        entries.push(e);
+    }
+    // Queued for commerce, then delivered (above): one release, not two.
+    let mut queued = entry(
+        22,
+        29,
+        "commerce",
+        "customs",
+        Decision::Allowed,
+        "trade-statistics",
+        "D-9",
+    );
+    queued.kind = Kind::Publish;
+    entries.push(queued);
+    // An answer of three records names them all, one of them an id
+    // holding a comma.
+    entries.push(entry(
+        22,
+        40,
+        "tax",
+        "public-security",
+        Decision::Allowed,
+        "tax-audit",
+        &crossgate_audit::record_ids(["P-7", "D-9", "F,1"]),
+    ));
+    entries.push(entry(
+        22,
+        50,
+        "health",
+        "public-security",
+        Decision::Invalid,
+        "<script>alert(1)</script>",
+        "=HYPERLINK(\"http://x\")",
+    ));
+    written("console", entries)
+}
+
+/// A log of `entries` alone, in a folder of its own named after `name`.
+fn written(name: &str, entries: Vec<Entry>) -> Log {
+    let dir = crossgate_testing::TempDir::new(name);
     let db = dir.join("audit.db");
     let store = format!("sqlite:{}", db.display());
     let writer = Writer::start(
@@ -59,84 +142,6 @@ fn log() -> Log {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut entries = Vec::new();
-        for n in 0..20 {
-            entries.push(entry(
-                21,
-                n,
-                "education",
-                "public-security",
-                Decision::Allowed,
-                "school-enrolment",
-                "P-1",
-            ));
-            entries.push(entry(
-                22,
-                n,
-                "education",
-                "public-security",
-                Decision::Allowed,
-                "school-enrolment",
-                "P-2",
-            ));
-        }
-        for n in 20..25 {
-            entries.push(entry(
-                22,
-                n,
-                "education",
-                "public-security",
-                Decision::Denied,
-                "curiosity",
-                "",
-            ));
-        }
-        for n in 30..36 {
-            let mut e = entry(
-                22,
-                n,
-                "commerce",
-                "customs",
-                Decision::Delivered,
-                "trade-statistics",
-                "D-9",
-            );
-            e.kind = Kind::Publish;
-            e.record_type = "customs-declaration.v1".into();
-            entries.push(e);
-        }
-        // Queued for commerce, then delivered (above): one release, not two.
-        let mut queued = entry(
-            22,
-            29,
-            "commerce",
-            "customs",
-            Decision::Allowed,
-            "trade-statistics",
-            "D-9",
-        );
-        queued.kind = Kind::Publish;
-        entries.push(queued);
-        // An answer of three records names them all, one of them an id
-        // holding a comma.
-        entries.push(entry(
-            22,
-            40,
-            "tax",
-            "public-security",
-            Decision::Allowed,
-            "tax-audit",
-            &crossgate_audit::record_ids(["P-7", "D-9", "F,1"]),
-        ));
-        entries.push(entry(
-            22,
-            50,
-            "health",
-            "public-security",
-            Decision::Invalid,
-            "<script>alert(1)</script>",
-            "=HYPERLINK(\"http://x\")",
-        ));
         for e in entries {
             writer.append(e).await.unwrap();
         }
@@ -463,36 +468,27 @@ fn hosts_are_loopback_only_by_name_or_address() {
 fn a_record_is_found_by_its_id_through_the_logs_digest_only_with_the_key() {
     const ID: &str = "110105198405049582";
     let key = crossgate_audit::RecordIdKey::new(&[9; 32]);
-    let dir = crossgate_testing::TempDir::new("console-digests");
-    let store = format!("sqlite:{}", dir.join("audit.db").display());
-    let writer = Writer::start(
-        crossgate_audit::open(&store).unwrap(),
-        "broker-a".into(),
-        Durability::Durable,
-        64,
-    )
-    .unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        // An answer naming the citizen among two records, by digests, and
-        // an entry written before digests, naming the id itself.
-        let digested = key.record_ids([ID, "X-2"]);
-        for (n, consumer, ids) in [(1, "tax", digested.as_str()), (2, "health", ID)] {
-            let e = entry(
-                23,
-                n,
-                consumer,
-                "public-security",
-                Decision::Allowed,
-                "p",
-                ids,
-            );
-            writer.append(e).await.unwrap();
-        }
-    });
-    writer.close();
+    // An answer naming the citizen among two records, by digests, and an
+    // entry written before digests, naming the id itself.
+    let digested = key.record_ids([ID, "X-2"]);
+    let log = written(
+        "console-digests",
+        [(1, "tax", digested.as_str()), (2, "health", ID)]
+            .into_iter()
+            .map(|(n, consumer, ids)| {
+                entry(
+                    23,
+                    n,
+                    consumer,
+                    "public-security",
+                    Decision::Allowed,
+                    "p",
+                    ids,
+                )
+            })
+            .collect(),
+    );
+    let store = log.store.clone();
     let with_key = || Console::over_store(store.clone()).with_record_id_key(key.clone());
     let received = |console: Console, id: &str| {
         let query = form_urlencoded::Serializer::new(String::new())
