@@ -390,12 +390,12 @@ pub async fn serve(
             AuditServer::new(broker.clone()),
             auth(Role::Auditor),
         ))
-        .add_service(InterceptedService::new(
+        .add_service(pipeline::NamePartnerCall(InterceptedService::new(
             BrokerServer::new(broker.clone())
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             auth(Role::Partner),
-        ))
+        )))
         .serve_with_incoming_shutdown(limits.incoming(listener), draining);
     // Throttled calls reach the log as one entry per partner, kind and second.
     let counting = {
@@ -419,11 +419,18 @@ pub async fn serve(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        served = server => served?,
+    // Serving that ends in an error still goes through the steps below: the
+    // last second's tallies, the leftovers' entries and the outbox's
+    // deliveries are kept before the error is returned.
+    let served = tokio::select! {
+        served = server => served.map_err(ServeError::from),
         () = overdue => {
             tracing::warn!("grace period over: calls still in flight are cut off (their callers got no OK and may retry)");
+            Ok(())
         }
+    };
+    if let Err(e) = &served {
+        tracing::error!(error = %e, "serving stopped with an error; keeping what is under way before stopping");
     }
     counting.abort();
     if let Some(task) = metrics_task {
@@ -461,5 +468,5 @@ pub async fn serve(
             "grace period over: undelivered items stay in the outbox for the next start"
         );
     }
-    Ok(())
+    served
 }

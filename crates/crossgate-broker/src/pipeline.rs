@@ -66,6 +66,46 @@ impl tonic::service::Interceptor for Authenticate {
     }
 }
 
+/// Which of the partners' calls a request is, read from its path before
+/// the interceptor runs (an interceptor sees no path), so that a refusal for
+/// the wrong role is logged as the publish or query it was.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PartnerCall(pub(crate) Kind);
+
+/// Puts [`PartnerCall`] into each request to the partners' service.
+#[derive(Clone)]
+pub struct NamePartnerCall<S>(pub(crate) S);
+
+impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for NamePartnerCall<S>
+where
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let kind = if request.uri().path().ends_with("/Publish") {
+            Kind::Publish
+        } else {
+            Kind::Query
+        };
+        request.extensions_mut().insert(PartnerCall(kind));
+        self.0.call(request)
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for NamePartnerCall<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 impl Broker {
     /// The caller the interceptor authenticated for `role`. A service
     /// mounted without it (or for another role) identifies the caller here
@@ -103,8 +143,12 @@ impl Broker {
             let kind = match role {
                 Role::Auditor => Kind::Audit,
                 Role::Operator => Kind::Admin,
-                // The partners' service: queries and publishes alike.
-                Role::Partner => Kind::Query,
+                // The partners' service: a publish or a query (listing the
+                // schemas counts as a query), as its path said.
+                Role::Partner => request
+                    .extensions()
+                    .get::<PartnerCall>()
+                    .map_or(Kind::Query, |call| call.0),
             };
             self.inner.throttles.count(
                 id.as_ref(),

@@ -909,6 +909,12 @@ async fn a_known_party_calling_another_roles_service_is_denied_and_logged_counte
         BrokerClient::new(sys.channel(&sys.broker_addr, "operations").await.unwrap());
     let refused = operator.query(QueryRequest::default()).await.unwrap_err();
     assert_eq!(refused.code(), Code::PermissionDenied);
+    // And publishing: logged as the publish it was, not as a query.
+    let refused = operator
+        .publish(PublishRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
 
     // Counted into the log within the second, a handful of entries for 200 calls.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -936,10 +942,16 @@ async fn a_known_party_calling_another_roles_service_is_denied_and_logged_counte
     );
     assert_eq!(from_tax.iter().map(|e| count(e)).sum::<u64>(), 200);
     let one = |party: &str, kind| {
-        let of: Vec<_> = denied.iter().filter(|e| e.consumer == party).collect();
-        assert_eq!(of.len(), 1, "{party}: {denied:?}");
-        assert_eq!((of[0].kind, count(of[0])), (kind, 1), "{party}");
+        let of: Vec<_> = denied
+            .iter()
+            .filter(|e| e.consumer == party && e.kind == kind)
+            .collect();
+        assert_eq!(of.len(), 1, "{party} {kind:?}: {denied:?}");
+        assert_eq!(count(of[0]), 1, "{party} {kind:?}");
     };
     one("audit-office", crossgate_broker::audit::Kind::Admin);
     one("operations", crossgate_broker::audit::Kind::Query);
+    one("operations", crossgate_broker::audit::Kind::Publish);
+    let by = |party: &str| denied.iter().filter(|e| e.consumer == party).count();
+    assert_eq!((by("audit-office"), by("operations")), (1, 2), "{denied:?}");
 }
