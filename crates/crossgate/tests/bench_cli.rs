@@ -106,6 +106,33 @@ fn bench_measures_queries_fetches_and_publishes_and_counts_refusals() {
     );
     assert!(0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max, "{j}");
     assert!(j["server_cpu_us_per_req"].as_f64().unwrap() > 0.0, "{j}");
+    assert_eq!(
+        j["server_cpu_us_per_req_by_pid"],
+        serde_json::json!({}),
+        "{j}"
+    );
+
+    // Two processes watched (the system, and this test's own): each one's
+    // part, adding up to the whole.
+    let me = std::process::id().to_string();
+    let mut both = args.clone();
+    both.extend(["--pid", &me]);
+    let j = json(&bench(config, &both));
+    let parts = j["server_cpu_us_per_req_by_pid"].as_object().unwrap();
+    let part = |pid: &str| parts[pid].as_f64().unwrap_or_else(|| panic!("{pid}: {j}"));
+    assert_eq!(parts.len(), 2, "{j}");
+    assert!(part(&pid) > 0.0 && part(&me) >= 0.0, "{j}");
+    let total = j["server_cpu_us_per_req"].as_f64().unwrap();
+    assert!((part(&pid) + part(&me) - total).abs() <= 0.2, "{j}");
+    let mut both = both;
+    both.retain(|a| *a != "--json");
+    let table = bench(config, &both);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&format!("µs CPU per request (pid {pid}: "))
+            && text.contains(&format!(", pid {me}: ")),
+        "{text}"
+    );
 
     // At a fixed rate, about that many requests are sent.
     let mut paced = vec![

@@ -51,7 +51,8 @@ pub struct Load {
     /// next request as soon as the last is answered.
     #[arg(long, global = true)]
     pub rate: Option<f64>,
-    /// Server process(es) whose CPU time per request to report (repeatable)
+    /// Server process(es) whose CPU time per request to report (repeatable;
+    /// with several, each one's part too)
     #[arg(long, value_name = "PID", global = true)]
     pub pid: Vec<u32>,
     /// One JSON object instead of the table, for scripts
@@ -399,13 +400,13 @@ fn criteria(given: &[String]) -> Result<Vec<Criterion>, CliError> {
         .collect()
 }
 
-/// CPU time (user + system) of the processes so far, in clock ticks of
-/// 1/100 s (Linux's USER_HZ); `None` without `--pid`.
-fn cpu_ticks(pids: &[u32]) -> Result<Option<u64>, CliError> {
+/// CPU time (user + system) of each process so far, in clock ticks of
+/// 1/100 s (Linux's USER_HZ), in the order given; `None` without `--pid`.
+fn cpu_ticks(pids: &[u32]) -> Result<Option<Vec<u64>>, CliError> {
     if pids.is_empty() {
         return Ok(None);
     }
-    let mut total = 0;
+    let mut each = Vec::with_capacity(pids.len());
     for pid in pids {
         let path = format!("/proc/{pid}/stat");
         let stat =
@@ -418,11 +419,11 @@ fn cpu_ticks(pids: &[u32]) -> Result<Option<u64>, CliError> {
             .unwrap_or_default();
         let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
         match (tick(11), tick(12)) {
-            (Some(user), Some(system)) => total += user + system,
+            (Some(user), Some(system)) => each.push(user + system),
             _ => return Err(format!("--pid {pid}: cannot read CPU times from {path}").into()),
         }
     }
-    Ok(Some(total))
+    Ok(Some(each))
 }
 
 struct Report {
@@ -439,6 +440,9 @@ struct Report {
     percentiles: [u32; 4],
     errors: BTreeMap<String, u64>,
     cpu_us_per_request: Option<f64>,
+    /// Each process's part of it, with more than one `--pid` (a broker and
+    /// its adapters run apart: whose CPU a request costs).
+    cpu_by_pid: Vec<(u32, f64)>,
 }
 
 impl Report {
@@ -447,7 +451,7 @@ impl Report {
         load: &Load,
         mut tally: Tally,
         secs: f64,
-        cpu: Option<(u64, u64)>,
+        cpu: Option<(Vec<u64>, Vec<u64>)>,
     ) -> Report {
         tally.latencies.sort_unstable();
         let at = |q: f64| -> u32 {
@@ -458,7 +462,24 @@ impl Report {
             l[((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1]
         };
         let ok = tally.latencies.len() as u64;
-        let failed = tally.errors.values().sum();
+        let failed: u64 = tally.errors.values().sum();
+        let per_request = |ticks: u64| ticks as f64 * 10_000.0 / (ok + failed).max(1) as f64;
+        let used: Option<Vec<u64>> = cpu.map(|(before, after)| {
+            before
+                .iter()
+                .zip(&after)
+                .map(|(b, a)| a.saturating_sub(*b))
+                .collect()
+        });
+        let cpu_by_pid = match &used {
+            Some(each) if each.len() > 1 => load
+                .pid
+                .iter()
+                .zip(each)
+                .map(|(pid, ticks)| (*pid, per_request(*ticks)))
+                .collect(),
+            _ => Vec::new(),
+        };
         Report {
             label,
             conns: load.conns,
@@ -470,9 +491,8 @@ impl Report {
             rps: ok as f64 / secs,
             percentiles: [at(0.50), at(0.90), at(0.99), at(1.0)],
             errors: tally.errors,
-            cpu_us_per_request: cpu.map(|(before, after)| {
-                (after.saturating_sub(before)) as f64 * 10_000.0 / (ok + failed).max(1) as f64
-            }),
+            cpu_us_per_request: used.map(|each| per_request(each.iter().sum())),
+            cpu_by_pid,
         }
     }
 
@@ -508,13 +528,24 @@ impl Report {
             out.push_str(&format!("errors    {}\n", listed.join(", ")));
         }
         if let Some(cpu) = self.cpu_us_per_request {
-            out.push_str(&format!("server    {cpu:.0} µs CPU per request\n"));
+            let parts: Vec<String> = self
+                .cpu_by_pid
+                .iter()
+                .map(|(pid, cpu)| format!("pid {pid}: {cpu:.0}"))
+                .collect();
+            let parts = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", parts.join(", "))
+            };
+            out.push_str(&format!("server    {cpu:.0} µs CPU per request{parts}\n"));
         }
         out
     }
 
     fn json(&self) -> String {
         let [p50, p90, p99, max] = self.percentiles;
+        let tenths = |c: f64| (c * 10.0).round() / 10.0;
         serde_json::json!({
             "target": self.label,
             "conns": self.conns,
@@ -529,7 +560,12 @@ impl Report {
             "p99_us": p99,
             "max_us": max,
             "errors": self.errors,
-            "server_cpu_us_per_req": self.cpu_us_per_request.map(|c| (c * 10.0).round() / 10.0),
+            "server_cpu_us_per_req": self.cpu_us_per_request.map(tenths),
+            "server_cpu_us_per_req_by_pid": self
+                .cpu_by_pid
+                .iter()
+                .map(|(pid, cpu)| (pid.to_string(), serde_json::json!(tenths(*cpu))))
+                .collect::<serde_json::Map<_, _>>(),
         })
         .to_string()
     }
