@@ -72,7 +72,7 @@ impl tonic::service::Interceptor for Authenticate {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PartnerCall(pub(crate) Kind);
 
-/// Puts [`PartnerCall`] into each request to the partners' service.
+/// Puts [`PartnerCall`] into each publish to the partners' service.
 #[derive(Clone)]
 pub struct NamePartnerCall<S>(pub(crate) S);
 
@@ -92,12 +92,11 @@ where
     }
 
     fn call(&mut self, mut request: tonic::codegen::http::Request<B>) -> Self::Future {
-        let kind = if request.uri().path().ends_with("/Publish") {
-            Kind::Publish
-        } else {
-            Kind::Query
-        };
-        request.extensions_mut().insert(PartnerCall(kind));
+        // Only a publish is marked: a query, the hot path, is what an
+        // unmarked call is taken for, and pays nothing.
+        if request.uri().path().ends_with("/Publish") {
+            request.extensions_mut().insert(PartnerCall(Kind::Publish));
+        }
         self.0.call(request)
     }
 }
@@ -143,8 +142,8 @@ impl Broker {
             let kind = match role {
                 Role::Auditor => Kind::Audit,
                 Role::Operator => Kind::Admin,
-                // The partners' service: a publish or a query (listing the
-                // schemas counts as a query), as its path said.
+                // The partners' service: a publish if its path said so, else
+                // a query (listing the schemas counts as one).
                 Role::Partner => request
                     .extensions()
                     .get::<PartnerCall>()
