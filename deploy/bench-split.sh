@@ -30,7 +30,11 @@ cd "$W"
 started() {
   local name=$1 log=$2; shift 3
   "$@" > "$log" 2>&1 & PIDS+=($!)
-  for _ in $(seq 100); do grep -q "listening on" "$log" 2>/dev/null && return 0; sleep 0.2; done
+  for _ in $(seq 100); do
+    grep -q "listening on" "$log" 2>/dev/null && return 0
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break
+    sleep 0.2
+  done
   tail -5 "$log" >&2; echo "$name did not start" >&2; exit 2
 }
 started broker broker.log -- "$CG" broker --config deploy/local
@@ -40,7 +44,7 @@ for d in public-security border-inspection commerce; do
 done
 PS=${PIDS[1]}; BI=${PIDS[2]}; CO=${PIDS[3]}
 STATUS=0
-# run LABEL NAMES -- BENCH ARGS: one run, its line printed and kept.
+# run LABEL "NAME=PID ..." -- BENCH ARGS: one run, its line printed and kept.
 run() {
   local label=$1 names=$2; shift 3
   local out
@@ -52,19 +56,19 @@ try:
     d = json.loads(sys.stdin.read())
 except ValueError:
     print(os.environ["LABEL"], "printed no figures"); sys.exit(1)
-names = os.environ["NAMES"].split()
-parts = d["server_cpu_us_per_req_by_pid"] or {"": d["server_cpu_us_per_req"]}
-each = ", ".join("%s %.1f" % (n, v) for n, v in zip(names, parts.values()))
+names = [n.split("=") for n in os.environ["NAMES"].split()]
+parts = d["server_cpu_us_per_req_by_pid"] or {pid: d["server_cpu_us_per_req"] for _, pid in names}
+each = ", ".join("%s %.1f" % (n, parts[pid]) for n, pid in names)
 print("%-8s %9.1f req/s  CPU us/req %.1f (%s)  p99 %.2f ms  failed %d" % (
     os.environ["LABEL"], d["rps"], d["server_cpu_us_per_req"], each, d["p99_us"] / 1000, d["failed"]))
 sys.exit(1 if d["failed"] or not d["ok"] else 0)
 ' <<< "$out" || STATUS=1
 }
 for _ in $(seq "$ROUNDS"); do
-  run query "broker public-security" -- query "${LOOKUP[@]}" --pid "$BROKER" --pid "$PS"
-  run publish "broker border-inspection commerce" -- publish --type customs-declaration.v1 \
-    --record "$W/declaration.json" --pid "$BROKER" --pid "$BI" --pid "$CO"
-  run fetch "public-security" -- fetch --consumer education "${LOOKUP[@]}" --pid "$PS"
+  run query "broker=$BROKER public-security=$PS" -- query "${LOOKUP[@]}" --pid "$BROKER" --pid "$PS"
+  run publish "broker=$BROKER border-inspection=$BI commerce=$CO" -- publish \
+    --type customs-declaration.v1 --record "$W/declaration.json" --pid "$BROKER" --pid "$BI" --pid "$CO"
+  run fetch "public-security=$PS" -- fetch --consumer education "${LOOKUP[@]}" --pid "$PS"
 done
 echo "medians of $ROUNDS rounds:"
 python3 - runs.tsv <<'PY'
@@ -73,7 +77,7 @@ runs = []
 for line in open(sys.argv[1]):
     names, _, out = line.rstrip("\n").partition("\t")
     try:
-        runs.append((names.split(), json.loads(out)))
+        runs.append(([n.split("=") for n in names.split()], json.loads(out)))
     except ValueError:
         pass
 for target in sorted({r["target"] for _, r in runs}):
@@ -81,8 +85,10 @@ for target in sorted({r["target"] for _, r in runs}):
     med = statistics.median
     parts = {}
     for names, r in of:
-        for name, v in zip(names, (r["server_cpu_us_per_req_by_pid"] or {}).values()):
-            parts.setdefault(name, []).append(v)
+        by_pid = r["server_cpu_us_per_req_by_pid"] or {}
+        for name, pid in names:
+            if pid in by_pid:
+                parts.setdefault(name, []).append(by_pid[pid])
     split = ", ".join("%s %.1f" % (n, med(v)) for n, v in parts.items())
     print("  %s: %.0f req/s, CPU %.1f us/req%s" % (target, med([r["rps"] for _, r in of]),
           med([r["server_cpu_us_per_req"] or 0 for _, r in of]), " (%s)" % split if split else ""))

@@ -431,7 +431,10 @@ pub async fn serve(
     };
     if let Err(e) = &served {
         tracing::error!(error = %e, "serving stopped with an error; keeping what is under way before stopping");
+        broker.inner.draining.store(true, Ordering::SeqCst);
     }
+    // The grace counts from the stop asked for, or from the error.
+    let stopped_at = (*since.borrow()).unwrap_or_else(tokio::time::Instant::now);
     counting.abort();
     if let Some(task) = metrics_task {
         task.abort();
@@ -443,11 +446,7 @@ pub async fn serve(
         task.abort();
     }
     broker.write_throttles().await;
-    let left = || {
-        (*since.borrow()).map_or(grace, |at: tokio::time::Instant| {
-            (at + grace).saturating_duration_since(tokio::time::Instant::now())
-        })
-    };
+    let left = || (stopped_at + grace).saturating_duration_since(tokio::time::Instant::now());
     // Calls whose callers went away may still be fetching or publishing:
     // their entries and outbox items come before the outbox drains.
     broker.inner.leftovers.close();

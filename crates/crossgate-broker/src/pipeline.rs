@@ -78,7 +78,7 @@ pub struct NamePartnerCall<S>(pub(crate) S);
 
 impl<S, B> tonic::codegen::Service<tonic::codegen::http::Request<B>> for NamePartnerCall<S>
 where
-    S: tonic::codegen::Service<tonic::codegen::http::Request<B>>,
+    S: tonic::codegen::Service<tonic::codegen::http::Request<B>> + tonic::server::NamedService,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -94,7 +94,14 @@ where
     fn call(&mut self, mut request: tonic::codegen::http::Request<B>) -> Self::Future {
         // Only a publish is marked: a query, the hot path, is what an
         // unmarked call is taken for, and pays nothing.
-        if request.uri().path().ends_with("/Publish") {
+        // Exactly `/<service>/Publish`, not any path ending so.
+        let publish = request
+            .uri()
+            .path()
+            .strip_prefix('/')
+            .and_then(|p| p.strip_prefix(S::NAME))
+            == Some("/Publish");
+        if publish {
             request.extensions_mut().insert(PartnerCall(Kind::Publish));
         }
         self.0.call(request)

@@ -168,7 +168,16 @@ pub async fn run(args: BenchArgs) -> CliResult {
                 })?,
         ),
     };
-    // A process to watch must exist before the load starts.
+    // A process to watch must exist before the load starts, and be named
+    // once (twice would count it twice in the whole).
+    if let Some(pid) = load
+        .pid
+        .iter()
+        .enumerate()
+        .find_map(|(i, pid)| load.pid[..i].contains(pid).then_some(pid))
+    {
+        return Err(format!("--pid {pid} is given twice; name each process once").into());
+    }
     cpu_ticks(&load.pid)?;
     let (party, server, address, label) = target_of(&args)?;
     // A server that stops answering shows as DeadlineExceeded, not a hang.
